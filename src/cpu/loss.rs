@@ -1,0 +1,620 @@
+//! CPU reference of the CYB loss pipeline (SPEC section 4): the truth every kernel is
+//! checked against.
+//!
+//! Three stages, mirrored one to one by `kernels/cyb_loss.cu`:
+//! 1. [`row_scalars`]: one pass over each logits row `z ∈ R^{V+1}` giving
+//!    `r = logsumexp(z[0..V])`, `e = z[V]`, `u = z[y]`.
+//! 2. [`position_objectives`]: per position, the halting distribution and the
+//!    objective, forward and backward, on the `K+1` scalar triples only.
+//! 3. [`dlogits_from_row_grads`]: one streaming pass writing
+//!    `∂L/∂z[v] = g_r·exp(z[v]-r) + g_u·[v==y]`, `∂L/∂z[V] = g_e`.
+//!
+//! The `(B, K+1, T, V+1)` probability tensor is never stored. All per-position math
+//! is f64 and in log space (never divide, never exponentiate a logit unshifted).
+
+use crate::error::{CybError, Result};
+use crate::objective::{ObjectiveKind, Reduction, ResolvedObjective};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Shape of a logits tensor `[B, K+1, T, V+1]` (depth-major, SPEC section 3) and its
+/// targets `[B, T]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LossShape {
+    pub batch: usize,
+    /// Pause steps `K`; each position has `K+1` rows.
+    pub pauses: usize,
+    pub seq: usize,
+    /// Real vocabulary size `V`; rows have `V+1` entries (the last is DK).
+    pub vocab: usize,
+}
+
+impl LossShape {
+    /// Number of positions `B*T`.
+    pub fn positions(&self) -> usize {
+        self.batch * self.seq
+    }
+    /// Number of logits rows `B*(K+1)*T`.
+    pub fn rows(&self) -> usize {
+        self.batch * (self.pauses + 1) * self.seq
+    }
+    /// Row index of step `(b, k, t)` in the depth-major layout.
+    pub fn row(&self, b: usize, k: usize, t: usize) -> usize {
+        (b * (self.pauses + 1) + k) * self.seq + t
+    }
+    /// Position index `b*T + t` of a row.
+    pub fn position_of_row(&self, row: usize) -> usize {
+        let b = row / ((self.pauses + 1) * self.seq);
+        b * self.seq + row % self.seq
+    }
+
+    /// Check logits and targets lengths and that every target is `-1` or in `0..V`.
+    pub fn check(&self, logits_len: usize, targets: &[i32]) -> Result<()> {
+        if self.vocab == 0 {
+            return Err(CybError::Shape("vocabulary size V must be >= 1".into()));
+        }
+        let want = self.rows() * (self.vocab + 1);
+        if logits_len != want {
+            return Err(CybError::Shape(format!(
+                "logits have {logits_len} elements, expected B*(K+1)*T*(V+1) = {}*{}*{}*{} = {want}",
+                self.batch,
+                self.pauses + 1,
+                self.seq,
+                self.vocab + 1
+            )));
+        }
+        if targets.len() != self.positions() {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {}",
+                targets.len(),
+                self.positions()
+            )));
+        }
+        check_targets(targets, self.vocab)
+    }
+}
+
+/// Every target must be `-1` (ignored) or a real token `0..V` (never DK = `V`).
+pub fn check_targets(targets: &[i32], vocab: usize) -> Result<()> {
+    for (index, &y) in targets.iter().enumerate() {
+        if y < -1 || (y >= 0 && y as usize >= vocab) {
+            return Err(CybError::VocabRange {
+                id: y as i64,
+                index,
+                vocab,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `log(exp(a) + exp(b))` without overflow; `-inf` when both are `-inf`.
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// The three numbers of one logits row (SPEC section 4).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RowScalar {
+    /// `logsumexp(z[0..V])` over the real vocabulary.
+    pub r: f64,
+    /// `z[V]`, the DK logit.
+    pub e: f64,
+    /// `z[y]`, the target logit (0 for ignored positions).
+    pub u: f64,
+}
+
+/// `r, e, u` of one row `z` (length `V+1`); `y < 0` leaves `u = 0`.
+pub fn row_scalar<T: Float>(z: &[T], y: i32) -> RowScalar {
+    let v = z.len() - 1;
+    // Online max/sum, as the kernel does it: one read per logit.
+    let mut m = f64::NEG_INFINITY;
+    let mut s = 0.0f64;
+    for x in &z[..v] {
+        let x = x.to_f64().unwrap_or(f64::NAN);
+        if x > m {
+            s = s * (m - x).exp() + 1.0;
+            m = x;
+        } else {
+            s += (x - m).exp();
+        }
+    }
+    RowScalar {
+        r: m + s.ln(),
+        e: z[v].to_f64().unwrap_or(f64::NAN),
+        u: if y >= 0 {
+            z[y as usize].to_f64().unwrap_or(f64::NAN)
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Stage 1: the scalars of every row, `[B, K+1, T]` in row order.
+pub fn row_scalars<T: Float + Sync>(
+    logits: &[T],
+    targets: &[i32],
+    shape: LossShape,
+) -> Result<Vec<RowScalar>> {
+    shape.check(logits.len(), targets)?;
+    let width = shape.vocab + 1;
+    Ok(logits
+        .par_chunks(width)
+        .enumerate()
+        .map(|(row, z)| row_scalar(z, targets[shape.position_of_row(row)]))
+        .collect())
+}
+
+/// Halting quantities of one position, from its `K+1` row scalars (SPEC section 4).
+#[derive(Clone, Debug, Default)]
+pub struct Halting {
+    /// `a_k = u_k - r_k`: log p(y | answer at k).
+    pub a: Vec<f64>,
+    /// `c_k = e_k - lse_k`: log p(DK at k).
+    pub c: Vec<f64>,
+    /// `log h_k = sum_{j<k} c_j + s_k`.
+    pub log_h: Vec<f64>,
+    /// `C_k = sum_{j<k} c_j` (log probability of reaching step k), `K+2` entries.
+    pub cum_c: Vec<f64>,
+    /// `p(DK at k) = exp(c_k)`, kept for the backward.
+    pub p_dk: Vec<f64>,
+    /// `p(answer at k) = exp(r_k - lse_k)`.
+    pub p_ans: Vec<f64>,
+}
+
+impl Halting {
+    /// `K`, the number of pause steps.
+    pub fn pauses(&self) -> usize {
+        self.a.len() - 1
+    }
+    /// `h_k`, the halting distribution (sums to 1).
+    pub fn h(&self) -> Vec<f64> {
+        self.log_h.iter().map(|l| l.exp()).collect()
+    }
+    /// `E[pauses] = sum_k k h_k`.
+    pub fn expected_pauses(&self) -> f64 {
+        self.log_h
+            .iter()
+            .enumerate()
+            .map(|(k, l)| k as f64 * l.exp())
+            .sum()
+    }
+}
+
+/// Forward of the halting distribution from the scalars of one position.
+pub fn halting_from_scalars(rows: &[RowScalar]) -> Halting {
+    let kk = rows.len() - 1;
+    let mut hal = Halting {
+        cum_c: vec![0.0; kk + 2],
+        ..Default::default()
+    };
+    for (k, s) in rows.iter().enumerate() {
+        let lse = log_add_exp(s.r, s.e);
+        let c = s.e - lse;
+        let log_s = if k < kk { s.r - lse } else { 0.0 };
+        hal.a.push(s.u - s.r);
+        hal.c.push(c);
+        hal.p_dk.push(c.exp());
+        hal.p_ans.push((s.r - lse).exp());
+        hal.log_h.push(hal.cum_c[k] + log_s);
+        hal.cum_c[k + 1] = hal.cum_c[k] + c;
+    }
+    hal
+}
+
+/// Gradients of a per-position quantity with respect to the halting intermediates.
+#[derive(Clone, Debug)]
+pub struct HaltingGrad {
+    pub a: Vec<f64>,
+    pub log_h: Vec<f64>,
+    /// Gradient with respect to `C_k` used directly (AP's "forced answer at m" term).
+    pub cum_c: Vec<f64>,
+}
+
+impl HaltingGrad {
+    fn zeros(kk: usize) -> Self {
+        HaltingGrad {
+            a: vec![0.0; kk + 1],
+            log_h: vec![0.0; kk + 1],
+            cum_c: vec![0.0; kk + 1],
+        }
+    }
+}
+
+/// Per-row gradients `∂L/∂r_k, ∂L/∂e_k, ∂L/∂u_k`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RowGrad {
+    pub g_r: f64,
+    pub g_e: f64,
+    pub g_u: f64,
+}
+
+/// Backward of [`halting_from_scalars`]: chain `∂L/∂a, ∂L/∂log h, ∂L/∂C` to `r, e, u`.
+pub fn halting_backward(hal: &Halting, g: &HaltingGrad) -> Vec<RowGrad> {
+    let kk = hal.pauses();
+    // log h_k = C_k + s_k, and C_k = sum_{j<k} c_j, so ∂/∂c_j = sum_{k>j} ∂/∂C_k.
+    let mut g_cum = vec![0.0; kk + 1];
+    for k in 0..=kk {
+        g_cum[k] = g.log_h[k] + g.cum_c[k];
+    }
+    let mut out = vec![RowGrad::default(); kk + 1];
+    let mut suffix = 0.0; // sum_{k>j} g_cum[k]
+    for j in (0..=kk).rev() {
+        let g_c = suffix;
+        let g_s = if j < kk { g.log_h[j] } else { 0.0 };
+        let (pa, pd) = (hal.p_ans[j], hal.p_dk[j]);
+        // a = u - r;  c = e - lse;  s = r - lse;  ∂lse/∂r = p_ans, ∂lse/∂e = p_dk.
+        out[j] = RowGrad {
+            g_r: -g.a[j] - pa * g_c + pd * g_s,
+            g_e: pa * g_c - pd * g_s,
+            g_u: g.a[j],
+        };
+        suffix += g_cum[j];
+    }
+    out
+}
+
+/// Value and gradient of one objective at one position (without the `dp` batch term,
+/// which [`expected_pauses_grad`] supplies).
+pub fn objective_forward_backward(obj: &ResolvedObjective, hal: &Halting) -> (f64, HaltingGrad) {
+    let kk = hal.pauses();
+    let mut g = HaltingGrad::zeros(kk);
+    let loss = match obj.kind {
+        ObjectiveKind::CeFinal => {
+            g.a[kk] = -1.0;
+            -hal.a[kk]
+        }
+        ObjectiveKind::Marginal | ObjectiveKind::Dp => {
+            let z: Vec<f64> = (0..=kk).map(|k| hal.log_h[k] + hal.a[k]).collect();
+            let lse = z
+                .iter()
+                .fold(f64::NEG_INFINITY, |acc, &x| log_add_exp(acc, x));
+            for k in 0..=kk {
+                let q = (z[k] - lse).exp();
+                g.a[k] = -q;
+                g.log_h[k] = -q;
+            }
+            -lse
+        }
+        ObjectiveKind::Ap => {
+            let lg = obj.gamma.ln();
+            // x_k: answered at k (counts for every m > k); y_m: forced answer at m.
+            let x: Vec<f64> = (0..=kk)
+                .map(|k| k as f64 * lg + hal.log_h[k] + hal.a[k])
+                .collect();
+            let y: Vec<f64> = (0..=kk)
+                .map(|m| m as f64 * lg + hal.cum_c[m] + hal.a[m])
+                .collect();
+            // One forward recurrence: P_m = logsumexp_{k<m} x_k, log R_m = P_m ⊕ y_m.
+            let mut log_r = vec![0.0; kk + 1];
+            let mut prefix = f64::NEG_INFINITY;
+            let mut loss = 0.0;
+            for m in 0..=kk {
+                log_r[m] = log_add_exp(prefix, y[m]);
+                prefix = log_add_exp(prefix, x[m]);
+                if obj.omega[m] > 0.0 {
+                    loss -= obj.omega[m] * log_r[m];
+                }
+            }
+            // Backward: every ratio exp(x_k - log R_m), m > k, is <= 1 (x_k is one of
+            // R_m's terms), so the O(K^2) double loop cannot overflow for any logits.
+            for m in 0..=kk {
+                let w = obj.omega[m];
+                if w == 0.0 {
+                    continue;
+                }
+                let gy = -w * (y[m] - log_r[m]).exp();
+                g.cum_c[m] += gy;
+                g.a[m] += gy;
+                for k in 0..m {
+                    let gx = -w * (x[k] - log_r[m]).exp();
+                    g.log_h[k] += gx;
+                    g.a[k] += gx;
+                }
+            }
+            loss
+        }
+        ObjectiveKind::Va => {
+            let mut loss = 0.0;
+            for k in 0..=kk {
+                let h = hal.log_h[k].exp();
+                let log_ratio = hal.log_h[k] - obj.prior[k].ln();
+                loss += h * (-hal.a[k] + obj.beta * log_ratio);
+                g.a[k] = -h;
+                g.log_h[k] = h * (-hal.a[k] + obj.beta * (log_ratio + 1.0));
+            }
+            loss
+        }
+    };
+    (loss, g)
+}
+
+/// `E[pauses] = sum_k k h_k` and its gradient with respect to `log h`.
+pub fn expected_pauses_grad(hal: &Halting) -> (f64, HaltingGrad) {
+    let kk = hal.pauses();
+    let mut g = HaltingGrad::zeros(kk);
+    let mut e = 0.0;
+    for k in 0..=kk {
+        let kh = k as f64 * hal.log_h[k].exp();
+        e += kh;
+        g.log_h[k] = kh;
+    }
+    (e, g)
+}
+
+/// Summary numbers of one loss evaluation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossStats {
+    /// Positions with a target (`y >= 0`).
+    pub valid_positions: usize,
+    /// Sum of the per-position weights over valid positions (= valid count by default).
+    pub weight_sum: f64,
+    /// Weighted mean over valid positions of `E[pauses]`.
+    pub mean_pauses: f64,
+    /// The `dp` batch term `lambda * max(0, mean E[pauses] - B)` (0 for other objectives).
+    pub penalty: f64,
+}
+
+/// Result of stage 2: the reduced loss, per-position values, and what backward needs.
+#[derive(Clone, Debug)]
+pub struct LossForward {
+    /// The reduced loss (`Mean`/`Sum`), or the `dp` penalty alone for `None`.
+    pub loss: f64,
+    /// Per-position `w_i L_i` (0 at ignored positions), in `[B, T]` order.
+    pub per_position: Vec<f64>,
+    /// Per-position `E[pauses]` (0 at ignored positions).
+    pub pauses: Vec<f64>,
+    pub stats: LossStats,
+    reduction: Reduction,
+    /// Unscaled gradient of `w_i L_i` per row, `[B, K+1, T]`.
+    grad_loss: Vec<RowGrad>,
+    /// Gradient of the `dp` term per row (already complete, weight 1).
+    grad_penalty: Vec<RowGrad>,
+}
+
+impl LossForward {
+    /// Row gradients for an upstream gradient: for `Mean`/`Sum` pass one value (the
+    /// gradient of whatever consumes the reduced loss, usually 1), for `None` one value
+    /// per position.
+    pub fn row_grads(&self, shape: LossShape, upstream: &[f64]) -> Result<Vec<RowGrad>> {
+        let per_position = self.reduction == Reduction::None;
+        let want = if per_position { shape.positions() } else { 1 };
+        if upstream.len() != want {
+            return Err(CybError::Shape(format!(
+                "upstream gradient has {} values, expected {want} for reduction {:?}",
+                upstream.len(),
+                self.reduction
+            )));
+        }
+        let scale = match self.reduction {
+            Reduction::Mean if self.stats.weight_sum > 0.0 => 1.0 / self.stats.weight_sum,
+            Reduction::Mean => 0.0,
+            _ => 1.0,
+        };
+        let penalty_scale = if per_position { 1.0 } else { upstream[0] };
+        Ok((0..shape.rows())
+            .map(|row| {
+                let up = if per_position {
+                    upstream[shape.position_of_row(row)]
+                } else {
+                    upstream[0]
+                } * scale;
+                let (l, p) = (self.grad_loss[row], self.grad_penalty[row]);
+                RowGrad {
+                    g_r: up * l.g_r + penalty_scale * p.g_r,
+                    g_e: up * l.g_e + penalty_scale * p.g_e,
+                    g_u: up * l.g_u + penalty_scale * p.g_u,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Stage 2: halting and objective of every position, forward and backward.
+///
+/// `weights` (optional, `[B, T]`) multiply each position's loss; they must be finite
+/// and `>= 0`. Ignored positions (`y = -1`) contribute nothing and get zero gradient.
+pub fn position_objectives(
+    scalars: &[RowScalar],
+    targets: &[i32],
+    shape: LossShape,
+    obj: &ResolvedObjective,
+    reduction: Reduction,
+    weights: Option<&[f32]>,
+) -> Result<LossForward> {
+    if obj.k != shape.pauses {
+        return Err(CybError::Shape(format!(
+            "objective resolved for K = {} but the logits have K = {}",
+            obj.k, shape.pauses
+        )));
+    }
+    if scalars.len() != shape.rows() || targets.len() != shape.positions() {
+        return Err(CybError::Shape(format!(
+            "{} row scalars / {} targets for shape {shape:?}",
+            scalars.len(),
+            targets.len()
+        )));
+    }
+    if let Some(w) = weights {
+        if w.len() != shape.positions() {
+            return Err(CybError::Shape(format!(
+                "weights have {} elements, expected B*T = {}",
+                w.len(),
+                shape.positions()
+            )));
+        }
+        if let Some((i, x)) = w
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || **x < 0.0)
+        {
+            return Err(CybError::Param(format!(
+                "position weight {i} is {x}; weights must be finite and >= 0"
+            )));
+        }
+    }
+    let kk = shape.pauses;
+    let n = shape.positions();
+    let mut per_position = vec![0.0; n];
+    let mut pauses = vec![0.0; n];
+    let mut grad_loss = vec![RowGrad::default(); shape.rows()];
+    let mut pause_grads: Vec<(usize, f64, Vec<RowGrad>)> = Vec::new();
+    let mut stats = LossStats::default();
+    let mut weighted_pauses = 0.0;
+    for b in 0..shape.batch {
+        for t in 0..shape.seq {
+            let pos = b * shape.seq + t;
+            if targets[pos] < 0 {
+                continue;
+            }
+            let w = weights.map_or(1.0, |w| w[pos] as f64);
+            let rows: Vec<RowScalar> = (0..=kk).map(|k| scalars[shape.row(b, k, t)]).collect();
+            let hal = halting_from_scalars(&rows);
+            let (l, g) = objective_forward_backward(obj, &hal);
+            let (e, ge) = expected_pauses_grad(&hal);
+            per_position[pos] = w * l;
+            pauses[pos] = e;
+            stats.valid_positions += 1;
+            stats.weight_sum += w;
+            weighted_pauses += w * e;
+            for (k, rg) in halting_backward(&hal, &g).into_iter().enumerate() {
+                grad_loss[shape.row(b, k, t)] = RowGrad {
+                    g_r: w * rg.g_r,
+                    g_e: w * rg.g_e,
+                    g_u: w * rg.g_u,
+                };
+            }
+            if obj.kind == ObjectiveKind::Dp {
+                pause_grads.push((pos, w, halting_backward(&hal, &ge)));
+            }
+        }
+    }
+    if stats.weight_sum > 0.0 {
+        stats.mean_pauses = weighted_pauses / stats.weight_sum;
+    }
+    // The dp term is once per batch: lambda * max(0, mean E - B), mean weighted like
+    // the loss. Its gradient reaches every valid row through that mean.
+    let mut grad_penalty = vec![RowGrad::default(); shape.rows()];
+    if obj.kind == ObjectiveKind::Dp && stats.weight_sum > 0.0 {
+        let excess = stats.mean_pauses - obj.budget;
+        if excess > 0.0 {
+            stats.penalty = obj.lambda * excess;
+            let coef = obj.lambda / stats.weight_sum;
+            for (pos, w, rgs) in pause_grads {
+                let (b, t) = (pos / shape.seq, pos % shape.seq);
+                for (k, rg) in rgs.into_iter().enumerate() {
+                    grad_penalty[shape.row(b, k, t)] = RowGrad {
+                        g_r: coef * w * rg.g_r,
+                        g_e: coef * w * rg.g_e,
+                        g_u: coef * w * rg.g_u,
+                    };
+                }
+            }
+        }
+    }
+    let total: f64 = per_position.iter().sum();
+    let loss = match reduction {
+        Reduction::Mean if stats.weight_sum > 0.0 => total / stats.weight_sum + stats.penalty,
+        Reduction::Mean => 0.0,
+        Reduction::Sum => total + stats.penalty,
+        Reduction::None => stats.penalty,
+    };
+    Ok(LossForward {
+        loss,
+        per_position,
+        pauses,
+        stats,
+        reduction,
+        grad_loss,
+        grad_penalty,
+    })
+}
+
+/// Stage 3: `dlogits` from the row gradients, one streaming pass per row.
+///
+/// `∂L/∂z[v] = g_r·exp(z[v] - r) + g_u·[v == y]` for `v < V`, `∂L/∂z[V] = g_e`.
+/// Rows of ignored positions are written as zeros.
+pub fn dlogits_from_row_grads<T: Float + Send + Sync>(
+    logits: &[T],
+    targets: &[i32],
+    shape: LossShape,
+    scalars: &[RowScalar],
+    grads: &[RowGrad],
+    dlogits: &mut [T],
+) -> Result<()> {
+    shape.check(logits.len(), targets)?;
+    if dlogits.len() != logits.len() || scalars.len() != shape.rows() || grads.len() != shape.rows()
+    {
+        return Err(CybError::Shape(format!(
+            "dlogits {} / scalars {} / grads {} do not match shape {shape:?}",
+            dlogits.len(),
+            scalars.len(),
+            grads.len()
+        )));
+    }
+    let width = shape.vocab + 1;
+    dlogits
+        .par_chunks_mut(width)
+        .zip(logits.par_chunks(width))
+        .enumerate()
+        .for_each(|(row, (dz, z))| {
+            let y = targets[shape.position_of_row(row)];
+            if y < 0 {
+                dz.iter_mut().for_each(|d| *d = T::zero());
+                return;
+            }
+            let (s, g) = (scalars[row], grads[row]);
+            for v in 0..shape.vocab {
+                let zv = z[v].to_f64().unwrap_or(f64::NAN);
+                let mut d = g.g_r * (zv - s.r).exp();
+                if v as i32 == y {
+                    d += g.g_u;
+                }
+                dz[v] = T::from(d).unwrap_or_else(T::nan);
+            }
+            dz[shape.vocab] = T::from(g.g_e).unwrap_or_else(T::nan);
+        });
+    Ok(())
+}
+
+/// Everything a caller usually wants in one call: loss, stats, and (optionally)
+/// `dlogits` for upstream gradient 1 under the given reduction (for `Reduction::None`
+/// the upstream gradient is 1 at every position).
+///
+/// ```
+/// use cyb::cpu::loss::{cyb_loss, LossShape};
+/// use cyb::{Objective, Reduction};
+/// let shape = LossShape { batch: 1, pauses: 2, seq: 3, vocab: 4 };
+/// let logits: Vec<f64> = (0..shape.rows() * 5).map(|i| (i as f64 * 0.37).sin()).collect();
+/// let targets = [1, -1, 3];
+/// let mut dlogits = vec![0.0; logits.len()];
+/// let obj = Objective::ap_default().resolve(2).unwrap();
+/// let out = cyb_loss(&logits, &targets, shape, &obj, Reduction::Mean, None, Some(&mut dlogits)).unwrap();
+/// assert!(out.loss.is_finite() && out.stats.valid_positions == 2);
+/// ```
+pub fn cyb_loss<T: Float + Send + Sync>(
+    logits: &[T],
+    targets: &[i32],
+    shape: LossShape,
+    obj: &ResolvedObjective,
+    reduction: Reduction,
+    weights: Option<&[f32]>,
+    dlogits: Option<&mut [T]>,
+) -> Result<LossForward> {
+    let scalars = row_scalars(logits, targets, shape)?;
+    let fwd = position_objectives(&scalars, targets, shape, obj, reduction, weights)?;
+    if let Some(d) = dlogits {
+        let upstream = if reduction == Reduction::None {
+            vec![1.0; shape.positions()]
+        } else {
+            vec![1.0]
+        };
+        let grads = fwd.row_grads(shape, &upstream)?;
+        dlogits_from_row_grads(logits, targets, shape, &scalars, &grads, d)?;
+    }
+    Ok(fwd)
+}

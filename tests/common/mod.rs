@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: test vectors, comparisons, random inputs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The folder with SPEC test vectors: `$CYB_TESTDATA`, else `../shared/testdata`
+/// next to the crate. A missing folder is a test failure, never a silent pass.
+pub fn testdata_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("CYB_TESTDATA") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+}
+
+pub fn vectors() -> serde_json::Value {
+    let path = testdata_dir().join("vectors.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
+    serde_json::from_str(&text).expect("vectors.json parses")
+}
+
+pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+pub fn i32s(v: &serde_json::Value) -> Vec<i32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_i64().expect("integer") as i32)
+        .collect()
+}
+
+/// Asserts `|got - want| <= atol + rtol*|want|` elementwise; NaN/inf are reported as
+/// such; prints the first mismatches with their index.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut bad = Vec::new();
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() && w.is_finite() {
+            bad.push(format!("[{i}] got non-finite {g}, want {w}"));
+        } else if (g - w).abs() > atol + rtol * w.abs() {
+            bad.push(format!(
+                "[{i}] got {g:.12e}, want {w:.12e}, diff {:.3e}",
+                (g - w).abs()
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} mismatch (atol {atol}, rtol {rtol}); first: {:#?}",
+        bad.len(),
+        got.len(),
+        &bad[..bad.len().min(6)]
+    );
+}
