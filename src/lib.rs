@@ -6,9 +6,15 @@
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
 pub mod cpu;
+pub mod data;
 pub mod error;
+pub mod experiment;
+pub mod metrics;
 pub mod objective;
+pub mod plot;
+pub mod report;
 pub mod rng;
+pub mod train;
 
 pub use error::{CybError, Result};
 pub use objective::{Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights};

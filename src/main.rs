@@ -1,3 +1,406 @@
+//! `cyb`: train and evaluate pause-capable language models (CPU reference; the GPU
+//! model is issue #4).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cyb::checkpoint;
+use cyb::config::ModelConfig;
+use cyb::data::{task_by_name, ByteText, DataSource};
+use cyb::experiment::{
+    curves_csv, default_variants, plot_experiment, ratios_csv, render_report, run_experiment,
+    ExperimentConfig,
+};
+use cyb::plot;
+use cyb::report::{render, RunDescription};
+use cyb::train::{evaluate, train, EvalConfig, TrainConfig};
+use cyb::{CybError, Objective, Result, StepWeights};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cyb", version, about = "Catch Your Breath: language models that learn when to pause")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (on the built-in `modsum` task unless told otherwise) and report.
+    Train(TrainArgs),
+    /// Report validation metrics of a saved model.
+    Eval(EvalArgs),
+    /// Train no-pause, pause+CE and the three CYB variants side by side and test the
+    /// published claims (data efficiency, where the model pauses).
+    Experiment(ExperimentArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ObjectiveName {
+    #[value(name = "ce_final")]
+    CeFinal,
+    Marginal,
+    Ap,
+    Va,
+    Dp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Built-in synthetic task (ignored when --text is given).
+    #[arg(long, default_value = "modsum")]
+    task: String,
+    /// Train on a UTF-8 text file, byte-level (V = 256).
+    #[arg(long)]
+    text: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn source(&self, seq: usize) -> Result<Box<dyn DataSource>> {
+        match &self.text {
+            Some(path) => Ok(Box::new(ByteText::from_file(path, seq)?)),
+            None => task_by_name(&self.task),
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Training objective (SPEC section 4).
+    #[arg(long, value_enum, default_value = "ap")]
+    objective: ObjectiveName,
+    /// CYB-AP discount per pause step.
+    #[arg(long, default_value_t = 0.9)]
+    gamma: f64,
+    /// CYB-VA weight of KL(h || prior).
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// CYB-VA prior over stopping steps, proportional to ratio^k.
+    #[arg(long, default_value_t = 0.5)]
+    prior_ratio: f64,
+    /// CYB-DP penalty weight.
+    #[arg(long, default_value_t = 0.05)]
+    lambda: f64,
+    /// CYB-DP budget of mean pauses per token.
+    #[arg(long, default_value_t = 0.0)]
+    budget: f64,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Save the trained model (safetensors, SPEC section 7).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Start from a saved model (its shape overrides --layers/--d-model/...).
+    #[arg(long)]
+    load: Option<PathBuf>,
+    /// Write report.md and curve.csv into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+}
+
+/// Model shape, schedule and seed: the same for `train` and `experiment`.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Pause steps K per position (0 = a plain GPT).
+    #[arg(long, default_value_t = 3)]
+    pauses: usize,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Context length T.
+    #[arg(long, default_value_t = 48)]
+    ctx: usize,
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate (warmup, then cosine to a tenth of it).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Validation batches for the learning curve and the report.
+    #[arg(long, default_value_t = 16)]
+    eval_batches: usize,
+    /// Evaluate every this many steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Seeds: every variant is trained once per seed.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2])]
+    seeds: Vec<u64>,
+    /// Folder for report.md, curves.csv, ratios.csv and the plots.
+    #[arg(long, default_value = "experiment")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The saved model to evaluate.
+    #[arg(long)]
+    load: PathBuf,
+    /// Pause steps K to allow (default: the model's k_max).
+    #[arg(long)]
+    pauses: Option<usize>,
+    /// Context length (default: the model's t_max).
+    #[arg(long)]
+    ctx: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 32)]
+    eval_batches: usize,
+    /// Greedy policy: DK when p(DK) exceeds this.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+}
+
+fn objective(a: &TrainArgs) -> Objective {
+    match a.objective {
+        ObjectiveName::CeFinal => Objective::CeFinal,
+        ObjectiveName::Marginal => Objective::Marginal,
+        ObjectiveName::Ap => Objective::Ap {
+            gamma: a.gamma,
+            omega: StepWeights::Uniform,
+        },
+        ObjectiveName::Va => Objective::Va {
+            beta: a.beta,
+            prior: StepWeights::Geometric(a.prior_ratio),
+        },
+        ObjectiveName::Dp => Objective::Dp {
+            lambda: a.lambda,
+            budget: a.budget,
+        },
+    }
+}
+
+fn require_cpu(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda => Err(CybError::Unavailable(
+            "--device cuda: the GPU model is not implemented yet (issue #4); the CUDA loss \
+             kernels exist behind the `cuda` feature, the transformer runs on the CPU. Use --device cpu."
+                .into(),
+        )),
+    }
+}
+
+/// Write each file to a temporary name first, then rename: no half-written outputs.
+fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
+    for &(name, text) in files {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| CybError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| CybError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+impl RunArgs {
+    /// The training configuration these flags describe, for a model of `vocab` tokens.
+    fn train_config(&self, vocab: usize, objective: Objective) -> TrainConfig {
+        TrainConfig {
+            model: ModelConfig {
+                vocab,
+                d_model: self.d_model,
+                n_layer: self.layers,
+                n_head: self.heads,
+                t_max: self.ctx,
+                k_max: self.pauses,
+            },
+            objective,
+            pauses: self.pauses,
+            steps: self.steps,
+            batch: self.batch,
+            seq: self.ctx,
+            lr: self.lr,
+            min_lr_ratio: 0.1,
+            warmup: (self.steps / 20).max(1),
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+        }
+    }
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    require_cpu(a.device)?;
+    let init = match &a.load {
+        Some(p) => Some(checkpoint::load(p)?),
+        None => None,
+    };
+    let data = a.data.source(a.run.ctx)?;
+    let mut cfg = a.run.train_config(data.vocab(), objective(&a));
+    if let Some(m) = &init {
+        cfg.model = m.config.clone();
+    }
+    let m = &cfg.model;
+    eprintln!(
+        "training {} on {} | d={} L={} H={} T={} K={} | {} steps x {} x {}",
+        cfg.objective,
+        data.describe(),
+        m.d_model,
+        m.n_layer,
+        m.n_head,
+        cfg.seq,
+        cfg.pauses,
+        cfg.steps,
+        cfg.batch,
+        cfg.seq
+    );
+    let out = train(&cfg, data.as_ref(), init, true)?;
+    if let Some(path) = &a.save {
+        checkpoint::save(path, &out.model)?;
+        eprintln!("saved {}", path.display());
+    }
+    let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
+    let desc = RunDescription {
+        lines: vec![
+            format!("objective: {} with K = {} pauses", cfg.objective, cfg.pauses),
+            format!("data: {}", data.describe()),
+            format!(
+                "model: d_model {} layers {} heads {} context {} (V = {})",
+                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab
+            ),
+            format!(
+                "training: {} steps x {} sequences x {} tokens = {} real tokens, lr {} seed {}",
+                cfg.steps,
+                cfg.batch,
+                cfg.seq,
+                cfg.steps * cfg.batch * cfg.seq,
+                cfg.lr,
+                cfg.seed
+            ),
+            format!(
+                "speed: {:.0} real tokens/s on {} CPU threads, {:.1} s in all",
+                out.tokens_per_sec,
+                rayon::current_num_threads(),
+                out.seconds
+            ),
+        ],
+    };
+    let report = render(&desc, &summary, data.as_ref());
+    println!("{report}");
+    if let Some(dir) = &a.out {
+        let mut csv = String::from("step,tokens_seen,nll,nll_final,accuracy,mean_pauses\n");
+        for p in &out.curve {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                p.step, p.tokens_seen, p.nll, p.nll_final, p.accuracy, p.mean_pauses
+            ));
+        }
+        write_outputs(dir, &[("report.md", &report), ("curve.csv", &csv)])?;
+        plot::plot_pauses(&dir.join("pauses.png"), &summary)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
+fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
+    require_cpu(a.device)?;
+    let data = a.data.source(a.run.ctx)?;
+    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal);
+    if base.eval_every == 0 {
+        // Learning curves need points to interpolate: ten per run by default.
+        base.eval_every = (base.steps / 10).max(1);
+    }
+    let cfg = ExperimentConfig {
+        variants: default_variants(a.run.pauses),
+        seeds: a.seeds.clone(),
+        base,
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
+        eprintln!("[{}/{n}] {label}", i + 1)
+    })?;
+    let report = render_report(&res, &command.join(" "));
+    write_outputs(
+        &a.out,
+        &[
+            ("report.md", &report),
+            ("curves.csv", &curves_csv(&res)),
+            ("ratios.csv", &ratios_csv(&res)),
+        ],
+    )?;
+    plot_experiment(&a.out, &res)?;
+    println!("{report}");
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    require_cpu(a.device)?;
+    let model = checkpoint::load(&a.load)?;
+    let seq = a.ctx.unwrap_or(model.config.t_max);
+    let pauses = a.pauses.unwrap_or(model.config.k_max);
+    let data = a.data.source(seq)?;
+    if data.vocab() != model.config.vocab {
+        return Err(CybError::Data(format!(
+            "the data has vocabulary {} but the model was trained with {}",
+            data.vocab(),
+            model.config.vocab
+        )));
+    }
+    let cfg = EvalConfig {
+        pauses,
+        batches: a.eval_batches,
+        batch: a.batch,
+        seq,
+        threshold: a.threshold,
+        seed: a.seed,
+    };
+    let summary = evaluate(&model, data.as_ref(), &cfg)?;
+    let desc = RunDescription {
+        lines: vec![
+            format!("model: {} ({:?})", a.load.display(), model.config),
+            format!("data: {}", data.describe()),
+            format!("evaluation: K = {pauses}, threshold {}", a.threshold),
+        ],
+    };
+    println!("{}", render(&desc, &summary, data.as_ref()));
+    Ok(())
+}
+
 fn main() {
-    println!("cyb: command line coming");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => run_train(a),
+        Command::Eval(a) => run_eval(a),
+        Command::Experiment(a) => run_experiment_cmd(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

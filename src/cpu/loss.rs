@@ -12,6 +12,9 @@
 //! The `(B, K+1, T, V+1)` probability tensor is never stored. All per-position math
 //! is f64 and in log space (never divide, never exponentiate a logit unshifted).
 
+// Index loops over k = 0..=K mirror the SPEC's sums term by term.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{CybError, Result};
 use crate::objective::{ObjectiveKind, Reduction, ResolvedObjective};
 use num_traits::Float;

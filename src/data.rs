@@ -1,0 +1,287 @@
+//! Training data: the built-in synthetic tasks and byte-level text.
+//!
+//! Every source yields batches of `tokens [B, T]`, `targets [B, T]` (`-1` = ignored)
+//! and a *difficulty class* per target, so reports can show where a model pauses.
+//!
+//! ## The default task: `modsum`
+//!
+//! A stream of little sums modulo `M` (default 5):
+//!
+//! ```text
+//!   [L3] 4 1 2 = 2 [L1] 3 = 3 [L4] 0 4 4 1 = 4 [L2] ...
+//! ```
+//!
+//! A length marker `[Lk]` (`k` in `1..=S`, default `S = 4`) announces `k` random
+//! digits, then `=`, then their sum mod `M`. Next-token targets fall in classes of
+//! known difficulty:
+//!
+//! | class | predicting | needs |
+//! |---|---|---|
+//! | `marker` | the next `[Lk]` after an answer | nothing can help (uniform over `S`) |
+//! | `digit` | a random digit | nothing can help (uniform over `M`) |
+//! | `equals` | `=` after the `k`-th digit | counting to the visible `k` |
+//! | `sum/k` | the answer after `=` | adding `k` digits: more work for larger `k` |
+//!
+//! So some targets need more computation than others and the span length that says
+//! how much is visible in the input: exactly where pauses can pay off.
+
+use crate::error::{CybError, Result};
+use crate::rng::Rng;
+use std::path::Path;
+
+/// One batch: `tokens [B, T]`, `targets [B, T]`, and the difficulty class of every
+/// target (an index into [`DataSource::class_names`]; meaningless where target = -1).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub tokens: Vec<i32>,
+    pub targets: Vec<i32>,
+    pub classes: Vec<u16>,
+}
+
+/// Which split of a source to draw from (validation never overlaps training).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+}
+
+/// A source of batches with a fixed vocabulary.
+pub trait DataSource: Send {
+    /// Real vocabulary size `V`.
+    fn vocab(&self) -> usize;
+    /// A short human-readable description (goes into reports).
+    fn describe(&self) -> String;
+    /// Names of the difficulty classes, indexed by `Batch::classes`.
+    fn class_names(&self) -> Vec<String>;
+    /// Printable form of a token id.
+    fn token_name(&self, id: usize) -> String;
+    /// A batch of `batch` sequences of length `seq` from `split`, drawn with `rng`.
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch;
+}
+
+/// Names of the built-in tasks, for `--task`.
+pub const TASKS: &[&str] = &["modsum"];
+
+/// A built-in task by name.
+pub fn task_by_name(name: &str) -> Result<Box<dyn DataSource>> {
+    match name {
+        "modsum" => Ok(Box::new(ModSum::default())),
+        other => Err(CybError::Data(format!(
+            "unknown task '{other}' (built-in tasks: {})",
+            TASKS.join(", ")
+        ))),
+    }
+}
+
+/// The `modsum` task (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ModSum {
+    /// Modulus `M`; digits are `0..M`.
+    pub modulus: usize,
+    /// Longest span `S`; spans have `1..=S` digits.
+    pub max_span: usize,
+}
+
+impl Default for ModSum {
+    fn default() -> Self {
+        ModSum {
+            modulus: 5,
+            max_span: 4,
+        }
+    }
+}
+
+impl ModSum {
+    fn equals(&self) -> usize {
+        self.modulus
+    }
+    fn marker(&self, span: usize) -> usize {
+        self.modulus + span // spans 1..=S map to M+1..=M+S
+    }
+    const CLASS_MARKER: u16 = 0;
+    const CLASS_DIGIT: u16 = 1;
+    const CLASS_EQUALS: u16 = 2;
+    /// `sum/k` is class `2 + k`.
+    fn class_sum(span: usize) -> u16 {
+        2 + span as u16
+    }
+
+    /// Tokens and the class of predicting each token, for one sequence of `len + 1`
+    /// tokens (the extra one is the last target).
+    fn sequence(&self, len: usize, rng: &mut Rng) -> (Vec<i32>, Vec<u16>) {
+        // Start inside the first problem so that positions are not aligned to problems.
+        let start = rng.below(self.max_span + 3);
+        let mut toks = Vec::with_capacity(start + len + self.max_span + 3);
+        let mut cls = Vec::with_capacity(toks.capacity());
+        while toks.len() < start + len {
+            let span = 1 + rng.below(self.max_span);
+            toks.push(self.marker(span) as i32);
+            cls.push(Self::CLASS_MARKER);
+            let mut sum = 0;
+            for _ in 0..span {
+                let d = rng.below(self.modulus);
+                sum += d;
+                toks.push(d as i32);
+                cls.push(Self::CLASS_DIGIT);
+            }
+            toks.push(self.equals() as i32);
+            cls.push(Self::CLASS_EQUALS);
+            toks.push((sum % self.modulus) as i32);
+            cls.push(Self::class_sum(span));
+        }
+        toks.drain(..start);
+        cls.drain(..start);
+        (toks, cls)
+    }
+}
+
+impl DataSource for ModSum {
+    fn vocab(&self) -> usize {
+        self.modulus + 1 + self.max_span
+    }
+    fn describe(&self) -> String {
+        format!(
+            "modsum: [Lk] d1..dk = (sum mod {}), k in 1..={} (V = {})",
+            self.modulus,
+            self.max_span,
+            self.vocab()
+        )
+    }
+    fn class_names(&self) -> Vec<String> {
+        let mut names = vec!["marker".to_string(), "digit".into(), "equals".into()];
+        names.extend((1..=self.max_span).map(|k| format!("sum/{k}")));
+        names
+    }
+    fn token_name(&self, id: usize) -> String {
+        if id < self.modulus {
+            id.to_string()
+        } else if id == self.equals() {
+            "=".into()
+        } else if id < self.vocab() {
+            format!("[L{}]", id - self.modulus)
+        } else {
+            "<PAUSE>".into()
+        }
+    }
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+        // The data is an endless generated stream: train and validation differ only
+        // by the generator the caller passes (see `train::validation_rng`).
+        let _ = split;
+        let mut out = Batch {
+            batch,
+            seq,
+            tokens: Vec::with_capacity(batch * seq),
+            targets: Vec::with_capacity(batch * seq),
+            classes: Vec::with_capacity(batch * seq),
+        };
+        for _ in 0..batch {
+            let (toks, cls) = self.sequence(seq + 1, rng);
+            out.tokens.extend_from_slice(&toks[..seq]);
+            out.targets.extend_from_slice(&toks[1..=seq]);
+            out.classes.extend_from_slice(&cls[1..=seq]);
+        }
+        out
+    }
+}
+
+/// Byte-level text (`V = 256`): the first 90% of the file trains, the last 10%
+/// validates. Classes are byte kinds (letter, digit, space, punctuation, other).
+#[derive(Clone, Debug)]
+pub struct ByteText {
+    name: String,
+    bytes: Vec<u8>,
+    split_at: usize,
+}
+
+impl ByteText {
+    /// Read a UTF-8 text file; empty, non-UTF-8 or too-short files are errors.
+    pub fn from_file(path: &Path, seq: usize) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        if bytes.is_empty() {
+            return Err(CybError::Data(format!("{} is empty", path.display())));
+        }
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            return Err(CybError::Data(format!(
+                "{} is not UTF-8 text: {e}",
+                path.display()
+            )));
+        }
+        Self::from_bytes(path.display().to_string(), bytes, seq)
+    }
+
+    /// Text already in memory.
+    pub fn from_bytes(name: String, bytes: Vec<u8>, seq: usize) -> Result<Self> {
+        let split_at = bytes.len() * 9 / 10;
+        let shortest = split_at.min(bytes.len() - split_at);
+        if shortest < seq + 1 {
+            return Err(CybError::Data(format!(
+                "{name}: {} bytes are too few for context {seq} (each split needs at least {} bytes; the file needs about {})",
+                bytes.len(),
+                seq + 1,
+                10 * (seq + 1)
+            )));
+        }
+        Ok(ByteText {
+            name,
+            bytes,
+            split_at,
+        })
+    }
+}
+
+fn byte_class(b: u8) -> u16 {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' => 0,
+        b'0'..=b'9' => 1,
+        b' ' | b'\n' | b'\t' | b'\r' => 2,
+        b if b.is_ascii_punctuation() => 3,
+        _ => 4,
+    }
+}
+
+impl DataSource for ByteText {
+    fn vocab(&self) -> usize {
+        256
+    }
+    fn describe(&self) -> String {
+        format!("text {} ({} bytes, byte-level, V = 256)", self.name, self.bytes.len())
+    }
+    fn class_names(&self) -> Vec<String> {
+        ["letter", "digit", "space", "punctuation", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    fn token_name(&self, id: usize) -> String {
+        match id {
+            0x20 => "' '".into(),
+            0x0A => "'\\n'".into(),
+            0x21..=0x7E => format!("'{}'", id as u8 as char),
+            256 => "<PAUSE>".into(),
+            _ => format!("0x{id:02x}"),
+        }
+    }
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+        let (lo, hi) = match split {
+            Split::Train => (0, self.split_at),
+            Split::Validation => (self.split_at, self.bytes.len()),
+        };
+        let mut out = Batch {
+            batch,
+            seq,
+            tokens: Vec::with_capacity(batch * seq),
+            targets: Vec::with_capacity(batch * seq),
+            classes: Vec::with_capacity(batch * seq),
+        };
+        for _ in 0..batch {
+            let start = lo + rng.below(hi - lo - seq);
+            let w = &self.bytes[start..=start + seq];
+            out.tokens.extend(w[..seq].iter().map(|&b| b as i32));
+            out.targets.extend(w[1..].iter().map(|&b| b as i32));
+            out.classes.extend(w[1..].iter().map(|&b| byte_class(b)));
+        }
+        out
+    }
+}

@@ -1,0 +1,360 @@
+//! Adaptive decoding (SPEC section 6) with a KV cache of real tokens only.
+//!
+//! Because pauses are private (SPEC section 3), the keys and values of real tokens
+//! never depend on anyone's pauses: the cache holds exactly one entry per real
+//! position. The pause steps of the position being answered attend to the cache
+//! plus their own pause keys, which live in a scratch list that is dropped as soon
+//! as the position answers. So a token costs `1 + pauses taken` row evaluations.
+
+use crate::cpu::gelu::gelu_forward;
+use crate::cpu::layernorm::layernorm_forward;
+use crate::cpu::linear::linear_forward;
+use crate::cpu::loss::{log_add_exp, row_scalar};
+use crate::cpu::model::Model;
+use crate::cpu::scalar::Scalar;
+use crate::error::{CybError, Result};
+use crate::rng::Rng;
+
+/// When to say DK and how to pick the answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Policy {
+    /// DK at step `k < K` when `p(DK) > threshold` (SPEC default 0.5); answer argmax.
+    Greedy { threshold: f64 },
+    /// DK drawn with probability `p(DK)`; the answer drawn from the answer distribution
+    /// at `temperature`, restricted to the `top_k` most likely tokens (0 = all) and to
+    /// the smallest set with mass `>= top_p`.
+    Sample {
+        temperature: f64,
+        top_k: usize,
+        top_p: f64,
+    },
+    /// Always take all `K` pauses, then answer argmax (for comparison).
+    ForcedK,
+}
+
+impl Policy {
+    fn check(&self) -> Result<()> {
+        match self {
+            Policy::Greedy { threshold } if threshold.is_nan() => {
+                Err(CybError::Param("threshold is NaN".into()))
+            }
+            Policy::Sample {
+                temperature,
+                top_p,
+                ..
+            } if !(temperature.is_finite() && *temperature > 0.0)
+                || !(*top_p > 0.0 && *top_p <= 1.0) =>
+            {
+                Err(CybError::Param(format!(
+                    "sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One emitted token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emitted {
+    pub token: usize,
+    /// Pauses taken before answering.
+    pub pauses: usize,
+    /// `p(DK)` at every step evaluated (`pauses + 1` entries).
+    pub p_dk: Vec<f64>,
+}
+
+/// Keys and values of one layer, `[len, d]` each (heads contiguous).
+#[derive(Clone, Debug, Default)]
+struct LayerKv<T> {
+    keys: Vec<T>,
+    values: Vec<T>,
+}
+
+/// Steps one token at a time through a model with a KV cache of real tokens.
+///
+/// ```
+/// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng};
+/// use cyb::decode::{Decoder, Policy};
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2 };
+/// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+/// let mut dec = Decoder::new(&m, 2, Policy::Greedy { threshold: 0.5 }, 1).unwrap();
+/// let out = dec.generate(&[1, 2, 3], 4).unwrap();
+/// assert_eq!(out.len(), 4);
+/// assert!(out.iter().all(|e| e.pauses <= 2 && e.p_dk.len() == e.pauses + 1));
+/// ```
+pub struct Decoder<'m, T: Scalar> {
+    model: &'m Model<T>,
+    pauses_max: usize,
+    policy: Policy,
+    rng: Rng,
+    /// Real-token keys/values per layer.
+    cache: Vec<LayerKv<T>>,
+    /// Pause keys/values of the current position per layer (dropped on the next push).
+    scratch: Vec<LayerKv<T>>,
+    /// Pause steps taken at the current position.
+    depth: usize,
+}
+
+impl<'m, T: Scalar> Decoder<'m, T> {
+    /// A decoder allowing up to `pauses` pause steps per token (`<= k_max`).
+    pub fn new(model: &'m Model<T>, pauses: usize, policy: Policy, seed: u64) -> Result<Self> {
+        model.config.validate()?;
+        if pauses > model.config.k_max {
+            return Err(CybError::TooManyPauses {
+                k: pauses,
+                k_max: model.config.k_max,
+            });
+        }
+        policy.check()?;
+        let layers = model.config.n_layer;
+        Ok(Decoder {
+            model,
+            pauses_max: pauses,
+            policy,
+            rng: Rng::new(seed),
+            cache: vec![LayerKv::default(); layers],
+            scratch: vec![LayerKv::default(); layers],
+            depth: 0,
+        })
+    }
+
+    /// Real tokens in the cache (the position of the next `push`).
+    pub fn len(&self) -> usize {
+        self.cache.first().map_or(0, |c| c.keys.len() / self.model.config.d_model)
+    }
+
+    /// Whether no token has been pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget everything (start a new sequence).
+    pub fn reset(&mut self) {
+        for kv in self.cache.iter_mut().chain(self.scratch.iter_mut()) {
+            kv.keys.clear();
+            kv.values.clear();
+        }
+        self.depth = 0;
+    }
+
+    /// Feed a real token at the next position; returns the logits `[V+1]` of its step 0.
+    pub fn push(&mut self, token: usize) -> Result<Vec<T>> {
+        let c = &self.model.config;
+        if token >= c.vocab {
+            return Err(CybError::VocabRange {
+                id: token as i64,
+                index: self.len(),
+                vocab: c.vocab,
+            });
+        }
+        if self.len() >= c.t_max {
+            return Err(CybError::Shape(format!(
+                "the context is full: the model's t_max is {}",
+                c.t_max
+            )));
+        }
+        for kv in &mut self.scratch {
+            kv.keys.clear();
+            kv.values.clear();
+        }
+        self.depth = 0;
+        Ok(self.step(token, 0))
+    }
+
+    /// Take one more pause step at the current position; returns its logits `[V+1]`.
+    pub fn pause(&mut self) -> Result<Vec<T>> {
+        if self.is_empty() {
+            return Err(CybError::Shape("pause before any token was pushed".into()));
+        }
+        if self.depth >= self.pauses_max {
+            return Err(CybError::TooManyPauses {
+                k: self.depth + 1,
+                k_max: self.pauses_max,
+            });
+        }
+        self.depth += 1;
+        Ok(self.step(self.model.config.vocab, self.depth))
+    }
+
+    /// Decide how long to think at the current position (the last pushed token) and
+    /// which token comes next, per the policy. Does not push the answer.
+    pub fn answer(&mut self, step0_logits: Vec<T>) -> Result<Emitted> {
+        let v = self.model.config.vocab;
+        let mut logits = step0_logits;
+        let mut p_dk = Vec::new();
+        loop {
+            let s = row_scalar(&logits, -1);
+            let dk = (s.e - log_add_exp(s.r, s.e)).exp();
+            p_dk.push(dk);
+            let k = self.depth;
+            let say_dk = k < self.pauses_max
+                && match &self.policy {
+                    Policy::Greedy { threshold } => dk > *threshold,
+                    Policy::Sample { .. } => self.rng.uniform() < dk,
+                    Policy::ForcedK => true,
+                };
+            if !say_dk {
+                let real: Vec<f64> = logits[..v]
+                    .iter()
+                    .map(|x| x.to_f64().unwrap_or(f64::NAN))
+                    .collect();
+                let token = match &self.policy {
+                    Policy::Sample {
+                        temperature,
+                        top_k,
+                        top_p,
+                    } => sample(&real, *temperature, *top_k, *top_p, &mut self.rng),
+                    _ => argmax(&real),
+                };
+                return Ok(Emitted {
+                    token,
+                    pauses: k,
+                    p_dk,
+                });
+            }
+            logits = self.pause()?;
+        }
+    }
+
+    /// Feed `prompt`, then emit `n` tokens, each with the pauses it took.
+    pub fn generate(&mut self, prompt: &[usize], n: usize) -> Result<Vec<Emitted>> {
+        if prompt.is_empty() {
+            return Err(CybError::Shape("the prompt is empty".into()));
+        }
+        let c = &self.model.config;
+        if prompt.len() + n > c.t_max + 1 {
+            return Err(CybError::Shape(format!(
+                "prompt ({}) plus {n} new tokens exceed the context t_max = {}",
+                prompt.len(),
+                c.t_max
+            )));
+        }
+        let mut logits = Vec::new();
+        for &tok in prompt {
+            // Earlier prompt positions need no pauses: their next token is given, and
+            // pauses never change the cache.
+            logits = self.push(tok)?;
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let e = self.answer(logits)?;
+            let tok = e.token;
+            out.push(e);
+            if i + 1 < n {
+                logits = self.push(tok)?;
+            } else {
+                logits = Vec::new();
+            }
+        }
+        let _ = logits;
+        Ok(out)
+    }
+
+    /// One row through the model: input `token` at the current position `t` and
+    /// depth `k`. Depth 0 appends its keys/values to the cache, pauses to the scratch.
+    fn step(&mut self, token: usize, k: usize) -> Vec<T> {
+        let c = &self.model.config;
+        let p = &self.model.params;
+        let (d, h) = (c.d_model, c.n_head);
+        let dh = d / h;
+        let t = if k == 0 { self.len() } else { self.len() - 1 };
+        let mut x: Vec<T> = (0..d)
+            .map(|i| p.tok_emb[token * d + i] + p.pos_emb[t * d + i] + p.depth_emb[k * d + i])
+            .collect();
+        let (mut ln, mut mean, mut rstd) = (vec![T::zero(); d], [T::zero()], [T::zero()]);
+        let mut qkv = vec![T::zero(); 3 * d];
+        let mut y = vec![T::zero(); d];
+        let mut proj = vec![T::zero(); d];
+        let mut fc = vec![T::zero(); 4 * d];
+        let mut act = vec![T::zero(); 4 * d];
+        let scale = T::of(1.0 / (dh as f64).sqrt());
+        for (l, b) in p.blocks.iter().enumerate() {
+            layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &b.ln1_weight, &b.ln1_bias, d);
+            linear_forward(&mut qkv, &ln, &b.attn_qkv_weight, &b.attn_qkv_bias, 1, d, 3 * d);
+            let kv = if k == 0 { &mut self.cache[l] } else { &mut self.scratch[l] };
+            kv.keys.extend_from_slice(&qkv[d..2 * d]);
+            kv.values.extend_from_slice(&qkv[2 * d..]);
+            // Visible keys: real steps (t' <= t, k' = 0) = the whole cache, then this
+            // position's pauses 1..=k = the whole scratch (empty at k = 0).
+            let (real, own) = (&self.cache[l], &self.scratch[l]);
+            let n_real = real.keys.len() / d;
+            let n_own = if k == 0 { 0 } else { own.keys.len() / d };
+            for head in 0..h {
+                let q = &qkv[head * dh..][..dh];
+                let key = |j: usize| {
+                    let (src, row) = if j < n_real { (real, j) } else { (own, j - n_real) };
+                    (&src.keys[row * d + head * dh..][..dh], &src.values[row * d + head * dh..][..dh])
+                };
+                let scores: Vec<T> = (0..n_real + n_own)
+                    .map(|j| key(j).0.iter().zip(q).fold(T::zero(), |a, (&u, &w)| a + u * w) * scale)
+                    .collect();
+                let m = scores.iter().copied().fold(T::neg_infinity(), T::max);
+                let w: Vec<T> = scores.iter().map(|&s| (s - m).exp()).collect();
+                let z = w.iter().copied().sum::<T>();
+                let o = &mut y[head * dh..][..dh];
+                o.iter_mut().for_each(|v| *v = T::zero());
+                for (j, &wj) in w.iter().enumerate() {
+                    let a = wj / z;
+                    for (ov, &vv) in o.iter_mut().zip(key(j).1) {
+                        *ov += a * vv;
+                    }
+                }
+            }
+            linear_forward(&mut proj, &y, &b.attn_proj_weight, &b.attn_proj_bias, 1, d, d);
+            x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
+            layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &b.ln2_weight, &b.ln2_bias, d);
+            linear_forward(&mut fc, &ln, &b.mlp_fc_weight, &b.mlp_fc_bias, 1, d, 4 * d);
+            gelu_forward(&mut act, &fc);
+            linear_forward(&mut proj, &act, &b.mlp_proj_weight, &b.mlp_proj_bias, 1, 4 * d, d);
+            x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
+        }
+        layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &p.ln_f_weight, &p.ln_f_bias, d);
+        let vocab1 = c.vocab + 1;
+        let mut logits = vec![T::zero(); vocab1];
+        let zero_bias = vec![T::zero(); vocab1];
+        linear_forward(&mut logits, &ln, &p.tok_emb, &zero_bias, 1, d, vocab1);
+        logits
+    }
+}
+
+fn argmax(x: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Draw from `softmax(x / temperature)` restricted by top-k and top-p.
+fn sample(x: &[f64], temperature: f64, top_k: usize, top_p: f64, rng: &mut Rng) -> usize {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    if top_k > 0 {
+        order.truncate(top_k);
+    }
+    let m = x[order[0]];
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((x[i] - m) / temperature).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
+    let mut keep = 0;
+    let mut mass = 0.0;
+    while keep < probs.len() {
+        mass += probs[keep];
+        keep += 1;
+        if mass >= top_p {
+            break;
+        }
+    }
+    let u = rng.uniform() * mass;
+    let mut acc = 0.0;
+    for i in 0..keep {
+        acc += probs[i];
+        if u < acc {
+            return order[i];
+        }
+    }
+    order[keep - 1]
+}

@@ -1,0 +1,276 @@
+//! The CPU training loop: seeded data, AdamW with warmup + cosine learning rate and
+//! gradient clipping, a progress bar, and evaluation under the greedy pause policy.
+
+use crate::config::ModelConfig;
+use crate::cpu::adamw::{clip_grad_norm, lr_schedule, AdamW};
+use crate::cpu::loss::LossShape;
+use crate::cpu::model::{Model, Params};
+use crate::data::{DataSource, Split};
+use crate::error::{CybError, Result};
+use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
+use crate::objective::Objective;
+use crate::rng::Rng;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
+
+/// Everything that defines a training run (besides the data).
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub objective: Objective,
+    /// Pause steps `K` used in training (`<= model.k_max`).
+    pub pauses: usize,
+    pub steps: usize,
+    pub batch: usize,
+    /// Sequence length (`<= model.t_max`).
+    pub seq: usize,
+    pub lr: f32,
+    /// Final learning rate as a fraction of `lr` (cosine floor).
+    pub min_lr_ratio: f32,
+    pub warmup: usize,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub seed: u64,
+    /// Evaluate on validation every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+}
+
+impl TrainConfig {
+    /// The validation setting used for the learning curve and the final report.
+    pub fn eval_config(&self) -> EvalConfig {
+        EvalConfig {
+            pauses: self.pauses,
+            batches: self.eval_batches,
+            batch: self.batch,
+            seq: self.seq,
+            threshold: 0.5,
+            seed: self.seed,
+        }
+    }
+}
+
+/// One logged training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub mean_pauses: f64,
+    pub grad_norm: f32,
+    pub lr: f32,
+    /// Real (non-pause) tokens trained on so far, this step included.
+    pub tokens_seen: usize,
+}
+
+/// A validation point on the learning curve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalPoint {
+    pub step: usize,
+    pub tokens_seen: usize,
+    /// Marginal NLL (the model's own halting) and forced-final NLL.
+    pub nll: f64,
+    pub nll_final: f64,
+    pub accuracy: f64,
+    pub mean_pauses: f64,
+}
+
+/// What a run produced.
+pub struct TrainOutcome {
+    pub model: Model<f32>,
+    pub history: Vec<StepLog>,
+    pub curve: Vec<EvalPoint>,
+    /// Real tokens per second over the whole run (training steps only).
+    pub tokens_per_sec: f64,
+    pub seconds: f64,
+}
+
+/// Generator for validation batches: fixed by the seed, independent of training.
+pub fn validation_rng(seed: u64) -> Rng {
+    Rng::new(seed ^ 0x0005_EED0_F0A1_1DA7)
+}
+
+/// Train a model (fresh from `cfg.seed`, or continuing `init`) on `data`.
+pub fn train(
+    cfg: &TrainConfig,
+    data: &dyn DataSource,
+    init: Option<Model<f32>>,
+    show_progress: bool,
+) -> Result<TrainOutcome> {
+    cfg.model.validate()?;
+    if data.vocab() != cfg.model.vocab {
+        return Err(CybError::Data(format!(
+            "data has vocabulary {} but the model has {}",
+            data.vocab(),
+            cfg.model.vocab
+        )));
+    }
+    if cfg.pauses > cfg.model.k_max {
+        return Err(CybError::TooManyPauses {
+            k: cfg.pauses,
+            k_max: cfg.model.k_max,
+        });
+    }
+    if cfg.seq == 0 || cfg.seq > cfg.model.t_max || cfg.batch == 0 {
+        return Err(CybError::Shape(format!(
+            "batch {} x context {} (the model allows context up to {})",
+            cfg.batch, cfg.seq, cfg.model.t_max
+        )));
+    }
+    let objective = cfg.objective.resolve(cfg.pauses)?;
+    let mut rng = Rng::new(cfg.seed);
+    let mut model = match init {
+        Some(m) => {
+            if m.config != cfg.model {
+                return Err(CybError::Param(format!(
+                    "loaded model config {:?} differs from the requested {:?}",
+                    m.config, cfg.model
+                )));
+            }
+            m
+        }
+        None => Model {
+            config: cfg.model.clone(),
+            params: Params::init(&cfg.model, &mut rng.fork()),
+        },
+    };
+    let mut data_rng = rng.fork();
+    let mut grads = Params::<f32>::zeros(&cfg.model);
+    let mut opt = AdamW::new(&model.params, cfg.weight_decay);
+
+    let bar = if show_progress {
+        let bar = ProgressBar::new(cfg.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let tokens_per_step = cfg.batch * cfg.seq;
+    let mut history = Vec::with_capacity(cfg.steps);
+    let mut curve = Vec::new();
+    let start = Instant::now();
+    let mut eval_time = 0.0;
+    for step in 0..cfg.steps {
+        let batch = data.sample(Split::Train, cfg.batch, cfg.seq, &mut data_rng);
+        let out = model.forward_backward(
+            &batch.tokens,
+            &batch.targets,
+            cfg.batch,
+            cfg.seq,
+            cfg.pauses,
+            &objective,
+            &mut grads,
+        )?;
+        if !out.loss.is_finite() {
+            return Err(CybError::Param(format!(
+                "loss became {} at step {step}; try a lower --lr",
+                out.loss
+            )));
+        }
+        let grad_norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+        let lr = lr_schedule(
+            step,
+            cfg.steps,
+            cfg.warmup,
+            cfg.lr,
+            cfg.lr * cfg.min_lr_ratio,
+        );
+        opt.step(&mut model.params, &grads, lr);
+        history.push(StepLog {
+            step,
+            loss: out.loss,
+            mean_pauses: out.stats.mean_pauses,
+            grad_norm,
+            lr,
+            tokens_seen: (step + 1) * tokens_per_step,
+        });
+        let last = step + 1 == cfg.steps;
+        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+            let t0 = Instant::now();
+            let summary = evaluate(&model, data, &cfg.eval_config())?;
+            eval_time += t0.elapsed().as_secs_f64();
+            curve.push(EvalPoint {
+                step: step + 1,
+                tokens_seen: (step + 1) * tokens_per_step,
+                nll: summary.overall.nll,
+                nll_final: summary.nll_final,
+                accuracy: summary.overall.accuracy,
+                mean_pauses: summary.overall.mean_pauses,
+            });
+        }
+        let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
+        bar.set_message(format!(
+            "loss {:.4}  pauses {:.2}  {:.0} tok/s",
+            out.loss,
+            out.stats.mean_pauses,
+            (step + 1) as f64 * tokens_per_step as f64 / secs
+        ));
+        bar.inc(1);
+    }
+    bar.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    let train_secs = (seconds - eval_time).max(1e-9);
+    Ok(TrainOutcome {
+        model,
+        history,
+        curve,
+        tokens_per_sec: (cfg.steps * tokens_per_step) as f64 / train_secs,
+        seconds,
+    })
+}
+
+/// How to evaluate: which validation batches, how many pauses, which DK threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalConfig {
+    pub pauses: usize,
+    pub batches: usize,
+    pub batch: usize,
+    pub seq: usize,
+    /// Greedy policy: DK at step `k < K` when `p(DK) > threshold` (SPEC default 0.5).
+    pub threshold: f64,
+    /// Validation batches are drawn from [`validation_rng`]`(seed)`.
+    pub seed: u64,
+}
+
+/// Outcomes of the greedy policy on the validation batches of `cfg`.
+pub fn validation_outcomes(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+) -> Result<Vec<PositionOutcome>> {
+    let mut rng = validation_rng(cfg.seed);
+    let shape = LossShape {
+        batch: cfg.batch,
+        pauses: cfg.pauses,
+        seq: cfg.seq,
+        vocab: model.config.vocab,
+    };
+    let mut outcomes = Vec::new();
+    for _ in 0..cfg.batches {
+        let b = data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng);
+        let logits = model.forward(&b.tokens, cfg.batch, cfg.seq, cfg.pauses)?;
+        outcomes.extend(greedy_outcomes(
+            &logits,
+            &b.targets,
+            &b.classes,
+            shape,
+            cfg.threshold,
+        )?);
+    }
+    Ok(outcomes)
+}
+
+/// Validation summary: marginal NLL, greedy accuracy and pauses, by class and token.
+pub fn evaluate(model: &Model<f32>, data: &dyn DataSource, cfg: &EvalConfig) -> Result<EvalSummary> {
+    let outcomes = validation_outcomes(model, data, cfg)?;
+    Ok(EvalSummary::from_outcomes(
+        &outcomes,
+        cfg.pauses,
+        &data.class_names(),
+    ))
+}

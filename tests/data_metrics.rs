@@ -1,0 +1,119 @@
+//! The synthetic task, text loading, and the greedy-policy metrics.
+
+use cyb::cpu::loss::LossShape;
+use cyb::data::{task_by_name, ByteText, DataSource, ModSum, Split};
+use cyb::metrics::{greedy_outcomes, EvalSummary};
+use cyb::rng::Rng;
+
+#[test]
+fn modsum_answers_are_sums_of_their_spans() {
+    let task = ModSum::default();
+    let m = task.modulus as i32;
+    let b = task.sample(Split::Train, 8, 97, &mut Rng::new(4));
+    assert_eq!((b.tokens.len(), b.targets.len(), b.classes.len()), (8 * 97, 8 * 97, 8 * 97));
+    let names = task.class_names();
+    let mut checked = 0;
+    for s in 0..8 {
+        let toks = &b.tokens[s * 97..(s + 1) * 97];
+        let tgts = &b.targets[s * 97..(s + 1) * 97];
+        let cls = &b.classes[s * 97..(s + 1) * 97];
+        assert_eq!(&toks[1..], &tgts[..96], "targets are the next tokens");
+        for t in 0..97 {
+            let name = &names[cls[t] as usize];
+            if let Some(k) = name.strip_prefix("sum/") {
+                let k: usize = k.parse().unwrap();
+                // Input at t is '=', preceded by k digits and the marker [Lk].
+                if t > k {
+                    assert_eq!(toks[t], m, "'=' before the answer");
+                    let digits = &toks[t - k..t];
+                    assert!(digits.iter().all(|&d| d < m));
+                    assert_eq!(toks[t - k - 1], m + k as i32, "marker [L{k}]");
+                    assert_eq!(tgts[t], digits.iter().sum::<i32>() % m);
+                    checked += 1;
+                }
+            } else if name == "equals" {
+                assert_eq!(tgts[t], m);
+            } else if name == "digit" {
+                assert!(tgts[t] < m);
+            } else {
+                assert!(tgts[t] > m, "marker");
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} answers checked");
+    // Seeded: the same seed gives the same batch.
+    let again = task.sample(Split::Train, 8, 97, &mut Rng::new(4));
+    assert_eq!(again.tokens, b.tokens);
+    assert!(task_by_name("nope").is_err());
+}
+
+#[test]
+fn text_files_are_checked() {
+    let dir = std::env::temp_dir().join(format!("cyb-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    let binary = dir.join("bin.txt");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x41].repeat(100)).unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "hello").unwrap();
+    let good = dir.join("good.txt");
+    std::fs::write(&good, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    for (p, needle) in [(&empty, "empty"), (&binary, "UTF-8"), (&short, "too few")] {
+        let e = ByteText::from_file(p, 16).expect_err("error").to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    assert!(ByteText::from_file(&dir.join("missing.txt"), 16).is_err());
+    let text = ByteText::from_file(&good, 16).unwrap();
+    let b = text.sample(Split::Validation, 3, 16, &mut Rng::new(1));
+    assert_eq!(&b.tokens[1..16], &b.targets[..15]);
+    assert!(b.tokens.iter().all(|&t| (0..256).contains(&t)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Logits where step k of every position says DK with probability `p_dk[k]` and puts
+/// its answer mass on `answer[k]`.
+fn scripted_logits(shape: LossShape, p_dk: &[f64], answer: &[usize]) -> Vec<f64> {
+    let w = shape.vocab + 1;
+    let mut z = vec![0.0; shape.rows() * w];
+    for b in 0..shape.batch {
+        for k in 0..=shape.pauses {
+            for t in 0..shape.seq {
+                let row = &mut z[shape.row(b, k, t) * w..][..w];
+                row[answer[k]] = 4.0;
+                // r = logsumexp(real) is fixed; choose e so that sigmoid(e - r) = p_dk.
+                let r = (4f64.exp() + (shape.vocab - 1) as f64).ln();
+                row[shape.vocab] = r + (p_dk[k] / (1.0 - p_dk[k])).ln();
+            }
+        }
+    }
+    z
+}
+
+#[test]
+fn greedy_policy_follows_the_threshold() {
+    let shape = LossShape { batch: 2, pauses: 3, seq: 5, vocab: 6 };
+    let p_dk = [0.9, 0.7, 0.2, 0.6];
+    let answer = [1, 2, 3, 4];
+    let z = scripted_logits(shape, &p_dk, &answer);
+    let targets: Vec<i32> = (0..10).map(|i| if i == 3 { -1 } else { 3 }).collect();
+    let classes = vec![0u16; 10];
+    // Default threshold: DK at steps 0 and 1, answers at step 2 (token 3: correct).
+    let out = greedy_outcomes(&z, &targets, &classes, shape, 0.5).unwrap();
+    assert_eq!(out.len(), 9, "ignored target skipped");
+    assert!(out.iter().all(|o| o.pauses == 2 && o.correct && !o.correct_at_0));
+    // Threshold above 1 never pauses; below 0 always takes all K pauses.
+    let never = greedy_outcomes(&z, &targets, &classes, shape, 1.5).unwrap();
+    assert!(never.iter().all(|o| o.pauses == 0 && !o.correct));
+    let always = greedy_outcomes(&z, &targets, &classes, shape, -0.5).unwrap();
+    assert!(always.iter().all(|o| o.pauses == 3 && !o.correct));
+    // E[pauses] from the halting distribution: h = (0.1, 0.9*0.3, 0.9*0.7*0.8, 0.9*0.7*0.2).
+    let h = [0.1, 0.27, 0.504, 0.126];
+    let e: f64 = h.iter().enumerate().map(|(k, p)| k as f64 * p).sum();
+    assert!((out[0].expected_pauses - e).abs() < 1e-9, "{} vs {e}", out[0].expected_pauses);
+    let summary = EvalSummary::from_outcomes(&out, 3, &["all".to_string()]);
+    assert_eq!(summary.histogram, vec![0, 0, 9, 0]);
+    assert_eq!(summary.overall.accuracy, 1.0);
+    assert_eq!(summary.by_class[0].1.count, 9);
+    assert_eq!(summary.by_token, vec![(3, summary.overall.clone())]);
+}
