@@ -5,10 +5,14 @@
 //! step. This crate holds the CPU reference of the model and the CYB losses
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
+pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod objective;
 pub mod rng;
 
+pub use config::ModelConfig;
+pub use cpu::model::Model;
 pub use error::{CybError, Result};
 pub use objective::{Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights};
