@@ -5,6 +5,8 @@
 //! step. This crate holds the CPU reference of the model and the CYB losses
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
+pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod error;
@@ -16,5 +18,7 @@ pub mod report;
 pub mod rng;
 pub mod train;
 
+pub use config::ModelConfig;
+pub use cpu::model::Model;
 pub use error::{CybError, Result};
 pub use objective::{Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights};

@@ -1,4 +1,22 @@
 //! The CPU reference: plain functions that read like SPEC.md, checked by f64
 //! finite differences and by the independent test vectors in `shared/testdata`.
+//!
+//! One concern per file: [`embedding`], [`layernorm`], [`attention`], [`gelu`],
+//! [`linear`] (the ops, forward and backward), [`params`] and [`model`] (the model of
+//! SPEC section 5), [`loss`] (SPEC section 4), [`adamw`] (the optimiser), and
+//! [`scalar`] (f32/f64 and the GEMM).
 
+// Index loops here mirror the SPEC's subscripts (`a_k`, `h_k`, row `(b, k, t)`), which
+// is the point of a reference; iterator chains would hide that.
+#![allow(clippy::needless_range_loop)]
+
+pub mod adamw;
+pub mod attention;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod linear;
 pub mod loss;
+pub mod model;
+pub mod params;
+pub mod scalar;

@@ -1,0 +1,161 @@
+//! Checkpoints (SPEC section 7): safetensors with the SPEC tensor names and shapes,
+//! little-endian f32 (bf16 and f16 weights are accepted on load), and
+//! `__metadata__ = {"config": <ModelConfig as JSON>}`.
+//!
+//! `save` writes a temporary file next to the target and renames it into place, so a
+//! crash or error never leaves a half-written checkpoint under the real name.
+
+use crate::config::ModelConfig;
+use crate::cpu::model::Model;
+use crate::cpu::params::{tensor_layout, Params};
+use crate::error::{CybError, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn err(path: &Path, msg: impl Into<String>) -> CybError {
+    CybError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The serialised bytes of a model (what [`save`] writes).
+pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
+    model.config.validate()?;
+    model.params.check(&model.config)?;
+    let tensors = model.params.tensors();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, x)| x.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| CybError::Shape(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
+    safetensors::serialize(views, &Some(meta))
+        .map_err(|e| CybError::Shape(format!("cannot serialise checkpoint: {e}")))
+}
+
+/// Writes `model` to `path` (f32), atomically: a temporary file in the same directory
+/// is written, flushed to disk and renamed over `path`; on any error it is removed.
+///
+/// ```
+/// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::Rng};
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1 };
+/// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+/// let path = std::env::temp_dir().join(format!("cyb_doc_{}.safetensors", std::process::id()));
+/// checkpoint::save(&path, &m).unwrap();
+/// assert_eq!(checkpoint::load(&path).unwrap(), m);
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = to_bytes(model)?;
+    let tmp = temp_path(path)?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CybError::io(path, e)
+    })
+}
+
+/// `.<name>.tmp.<pid>` next to `path`.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(path, "not a file path (no file name)"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),
+/// f32/bf16/f16 data, and a `config` that parses and validates. Errors say exactly
+/// which tensor or field is wrong.
+pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+    from_bytes(&bytes).map_err(|msg| err(path, msg))
+}
+
+/// Parses checkpoint bytes; the error is the message [`load`] reports.
+pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let config_json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config"))
+        .ok_or("no `config` entry in __metadata__")?;
+    let config: ModelConfig = serde_json::from_str(config_json)
+        .map_err(|e| format!("config metadata does not parse: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| format!("config {config_json}: {e}"))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let layout = tensor_layout(&config);
+    let mut unknown: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| !layout.iter().any(|(name, _)| name == *n))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(format!(
+            "unknown tensors {unknown:?} (not in SPEC section 7 for {config:?})"
+        ));
+    }
+    let mut tensors = Vec::with_capacity(layout.len());
+    for (name, shape) in &layout {
+        let view = st
+            .tensor(name)
+            .map_err(|_| format!("missing tensor {name} (expected shape {shape:?})"))?;
+        if view.shape() != shape.as_slice() {
+            return Err(format!(
+                "tensor {name} has shape {:?}, expected {shape:?} for config {config:?}",
+                view.shape()
+            ));
+        }
+        tensors.push(decode(name, &view)?);
+    }
+    let params = Params::from_ordered(config.n_layer, tensors);
+    Model::new(config, params).map_err(|e| e.to_string())
+}
+
+/// Little-endian f32, bf16 or f16 data as f32.
+fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+    let data = view.data();
+    let halves = || {
+        data.chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    match view.dtype() {
+        Dtype::F32 => Ok(data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        Dtype::BF16 => Ok(halves()
+            .map(|h| half::bf16::from_bits(h).to_f32())
+            .collect()),
+        Dtype::F16 => Ok(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
+        other => Err(format!(
+            "tensor {name} has dtype {other:?}; expected F32 (or BF16/F16)"
+        )),
+    }
+}

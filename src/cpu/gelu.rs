@@ -1,0 +1,35 @@
+//! GELU, tanh approximation (SPEC section 5, as in GPT-2):
+//! `gelu(x) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))`.
+
+use crate::cpu::scalar::Scalar;
+use rayon::prelude::*;
+
+const GELU_COEF: f64 = 0.044715;
+
+fn sqrt_2_over_pi<T: Scalar>() -> T {
+    T::of((2.0 / std::f64::consts::PI).sqrt())
+}
+
+/// out: `[N]`; inp: `[N]` (any shape, elementwise).
+pub fn gelu_forward<T: Scalar>(out: &mut [T], inp: &[T]) {
+    let (s, c, half) = (sqrt_2_over_pi::<T>(), T::of(GELU_COEF), T::of(0.5));
+    out.par_iter_mut().zip(inp.par_iter()).for_each(|(o, &x)| {
+        let u = s * (x + c * x * x * x);
+        *o = half * x * (T::one() + u.tanh());
+    });
+}
+
+/// Overwrites `dinp` with `dout · gelu'(inp)`.
+pub fn gelu_backward<T: Scalar>(dinp: &mut [T], inp: &[T], dout: &[T]) {
+    let (s, c, half) = (sqrt_2_over_pi::<T>(), T::of(GELU_COEF), T::of(0.5));
+    let three = T::of(3.0);
+    dinp.par_iter_mut()
+        .zip(inp.par_iter().zip(dout.par_iter()))
+        .for_each(|(dx, (&x, &dy))| {
+            let u = s * (x + c * x * x * x);
+            let th = u.tanh();
+            let sech2 = T::one() - th * th;
+            let du = s * (T::one() + three * c * x * x);
+            *dx = dy * (half * (T::one() + th) + half * x * sech2 * du);
+        });
+}

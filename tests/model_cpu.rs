@@ -1,0 +1,486 @@
+//! The CPU model against the independent SPEC vectors (`model_case`), f64 finite
+//! differences for every parameter tensor and objective, the pause mask against a
+//! brute-force masked softmax, position independence, and determinism.
+
+mod common;
+
+use common::{assert_close, f64s, i32s, testdata_dir, vectors};
+use cyb::checkpoint;
+use cyb::config::ModelConfig;
+use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
+use cyb::cpu::embedding::StepShape;
+use cyb::cpu::loss::{cyb_loss, LossShape};
+use cyb::cpu::model::{Model, Params};
+use cyb::rng::Rng;
+use cyb::{CybError, Objective, Reduction};
+
+fn spec_model() -> Model<f64> {
+    checkpoint::load(testdata_dir().join("tiny_model.safetensors"))
+        .expect("tiny_model.safetensors loads")
+        .cast()
+}
+
+#[test]
+fn reproduces_spec_model_case() {
+    let v = vectors();
+    let case = &v["model_case"];
+    let model = spec_model();
+    let c = &case["config"];
+    assert_eq!(model.config.vocab, c["vocab"].as_u64().unwrap() as usize);
+    let tokens = i32s(&case["tokens"]);
+    let targets = i32s(&case["targets"]);
+    let (batch, kk) = (2, model.config.k_max);
+    let seq = tokens.len() / batch;
+    // Losses and gradients are sums of many terms: 1e-9 relative plus a tiny absolute
+    // floor for entries that are ~0 up to rounding.
+    let logits = model.forward(&tokens, batch, seq, kk).unwrap();
+    assert_close("logits", &logits, &f64s(&case["logits"]), 1e-12, 1e-9);
+    for (name, want) in case["objectives"].as_object().unwrap() {
+        let obj: Objective = name.parse().unwrap();
+        let mut grads = Params::zeros(&model.config);
+        let out = model
+            .forward_backward(
+                &tokens,
+                &targets,
+                batch,
+                seq,
+                kk,
+                &obj.resolve(kk).unwrap(),
+                &mut grads,
+            )
+            .unwrap();
+        assert_close(
+            &format!("{name} loss"),
+            &[out.loss],
+            &[want["loss"].as_f64().unwrap()],
+            0.0,
+            1e-9,
+        );
+        assert_close(
+            &format!("{name} mean_pauses"),
+            &[out.stats.mean_pauses],
+            &[want["mean_pauses"].as_f64().unwrap()],
+            0.0,
+            1e-9,
+        );
+        if name == "ap" {
+            let want_grads = case["ap_grads"].as_object().unwrap();
+            assert_eq!(want_grads.len(), grads.tensors().len());
+            for (tname, _, g) in grads.tensors() {
+                assert_close(
+                    &format!("ap grad {tname}"),
+                    g,
+                    &f64s(&want_grads[&tname]),
+                    1e-12,
+                    1e-9,
+                );
+            }
+        }
+    }
+}
+
+fn all_objectives() -> Vec<Objective> {
+    vec![
+        Objective::CeFinal,
+        Objective::Marginal,
+        Objective::ap_default(),
+        Objective::va_default(),
+        Objective::dp_default(),
+    ]
+}
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        vocab: 7,
+        d_model: 8,
+        n_layer: 2,
+        n_head: 2,
+        t_max: 5,
+        k_max: 3,
+    }
+}
+
+/// A model whose parameters are far from the init (LayerNorm gains and biases not
+/// 1/0, larger weights), so that no gradient is trivially zero or linear.
+fn random_model(config: ModelConfig, seed: u64) -> Model<f64> {
+    let mut rng = Rng::new(seed);
+    let mut model: Model<f64> = Model::init(config, &mut rng).unwrap();
+    for (name, _, x) in model.params.tensors_mut() {
+        let (base, std) = if name.contains("ln") && name.ends_with(".weight") {
+            (1.0, 0.3)
+        } else {
+            (0.0, 0.3)
+        };
+        x.iter_mut().for_each(|v| *v = base + std * rng.normal());
+    }
+    model
+}
+
+fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
+    (0..n).map(|_| rng.below(vocab) as i32).collect()
+}
+
+/// Loss only (forward + `cyb_loss`), for finite differences.
+fn loss_of(
+    model: &Model<f64>,
+    tokens: &[i32],
+    targets: &[i32],
+    b: usize,
+    t: usize,
+    k: usize,
+    obj: &Objective,
+) -> f64 {
+    let logits = model.forward(tokens, b, t, k).unwrap();
+    let shape = LossShape {
+        batch: b,
+        pauses: k,
+        seq: t,
+        vocab: model.config.vocab,
+    };
+    cyb_loss(
+        &logits,
+        targets,
+        shape,
+        &obj.resolve(k).unwrap(),
+        Reduction::Mean,
+        None,
+        None::<&mut [f64]>,
+    )
+    .unwrap()
+    .loss
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let config = tiny_config();
+    let (b, t, k) = (2, 4, 2); // K < k_max and T < t_max: unused table rows get 0
+    let mut rng = Rng::new(11);
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let mut targets = random_tokens(&mut rng, b * t, config.vocab);
+    targets[1] = -1;
+    targets[6] = -1;
+    let mut model = random_model(config.clone(), 3);
+    for obj in all_objectives() {
+        let mut grads = Params::zeros(&config);
+        model
+            .forward_backward(
+                &tokens,
+                &targets,
+                b,
+                t,
+                k,
+                &obj.resolve(k).unwrap(),
+                &mut grads,
+            )
+            .unwrap();
+        let analytic: Vec<(String, Vec<f64>)> = grads
+            .tensors()
+            .into_iter()
+            .map(|(n, _, g)| (n, g.to_vec()))
+            .collect();
+        for (ti, (name, g)) in analytic.iter().enumerate() {
+            // Up to 5 random coordinates per tensor, plus the first one.
+            let mut coords: Vec<usize> = (0..5).map(|_| rng.below(g.len())).collect();
+            coords.push(0);
+            for &i in &coords {
+                let h = 1e-5;
+                let orig = model.params.tensors()[ti].2[i];
+                let mut at = |x: f64| {
+                    model.params.tensors_mut()[ti].2[i] = x;
+                    loss_of(&model, &tokens, &targets, b, t, k, &obj)
+                };
+                let fd = (at(orig + h) - at(orig - h)) / (2.0 * h);
+                at(orig);
+                // Central differences: truncation ~h^2, rounding ~1e-16/h.
+                assert_close(
+                    &format!("{} d{name}[{i}]", obj.name()),
+                    &[g[i]],
+                    &[fd],
+                    1e-8,
+                    1e-5,
+                );
+            }
+        }
+        // Rows the batch never reads get exactly zero gradient.
+        let d = config.d_model;
+        assert!(grads.depth_emb[(k + 1) * d..].iter().all(|&x| x == 0.0));
+        assert!(grads.pos_emb[t * d..].iter().all(|&x| x == 0.0));
+    }
+}
+
+/// Brute force: softmax over all `(K+1)T` steps, masked by `pause_visible`.
+fn attention_brute_force(qkv: &[f64], s: AttnShape) -> Vec<f64> {
+    let (d, h_n) = (s.d, s.heads);
+    let dh = d / h_n;
+    let st = s.steps;
+    let mut out = vec![0.0; st.rows() * d];
+    for b in 0..st.batch {
+        for h in 0..h_n {
+            for k in 0..=st.pauses {
+                for t in 0..st.seq {
+                    let q = &qkv[st.row(b, k, t) * 3 * d + h * dh..][..dh];
+                    let mut scores = Vec::new();
+                    for k2 in 0..=st.pauses {
+                        for t2 in 0..st.seq {
+                            if pause_visible(t, k, t2, k2) {
+                                let key = &qkv[st.row(b, k2, t2) * 3 * d + d + h * dh..][..dh];
+                                let sc: f64 = q.iter().zip(key).map(|(a, b)| a * b).sum::<f64>()
+                                    / (dh as f64).sqrt();
+                                scores.push((sc, st.row(b, k2, t2)));
+                            }
+                        }
+                    }
+                    let max = scores.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s.0 - max).exp()).sum();
+                    for (sc, row) in scores {
+                        let p = (sc - max).exp() / z;
+                        for i in 0..dh {
+                            out[st.row(b, k, t) * d + h * dh + i] +=
+                                p * qkv[row * 3 * d + 2 * d + h * dh + i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn attn_shape(batch: usize, pauses: usize, seq: usize, heads: usize, d: usize) -> AttnShape {
+    AttnShape {
+        steps: StepShape { batch, pauses, seq },
+        heads,
+        d,
+    }
+}
+
+#[test]
+fn pause_attention_equals_brute_force_masked_softmax() {
+    let mut rng = Rng::new(5);
+    for (b, k, t, h, d) in [
+        (2, 3, 5, 2, 8),
+        (1, 0, 7, 3, 6),
+        (3, 1, 1, 1, 4),
+        (1, 4, 3, 2, 4),
+    ] {
+        let s = attn_shape(b, k, t, h, d);
+        let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
+        let mut out = vec![f64::NAN; s.steps.rows() * d];
+        let mut att = vec![f64::NAN; s.att_len()];
+        attention_forward(&mut out, &mut att, &qkv, s);
+        assert_close(
+            &format!("attention {s:?}"),
+            &out,
+            &attention_brute_force(&qkv, s),
+            1e-13,
+            1e-12,
+        );
+    }
+}
+
+#[test]
+fn pause_steps_stay_private() {
+    // Perturb the q/k/v of one pause step (t0, k0); only the steps (t0, k >= k0) of
+    // the same batch element may change.
+    let mut rng = Rng::new(8);
+    let s = attn_shape(2, 3, 5, 2, 8);
+    let d = s.d;
+    let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
+    let run = |x: &[f64]| {
+        let mut out = vec![0.0; s.steps.rows() * d];
+        let mut att = vec![0.0; s.att_len()];
+        attention_forward(&mut out, &mut att, x, s);
+        out
+    };
+    let base = run(&qkv);
+    let (b0, t0, k0) = (1, 2, 2);
+    let mut changed = qkv.clone();
+    changed[s.steps.row(b0, k0, t0) * 3 * d..][..3 * d]
+        .iter_mut()
+        .for_each(|x| *x += 1.0 + rng.normal());
+    let after = run(&changed);
+    for b in 0..2 {
+        for k in 0..=3 {
+            for t in 0..5 {
+                let row = s.steps.row(b, k, t);
+                let same = base[row * d..][..d] == after[row * d..][..d];
+                let may_change = b == b0 && t == t0 && k >= k0;
+                assert_eq!(same, !may_change, "step (b={b}, t={t}, k={k})");
+            }
+        }
+    }
+}
+
+#[test]
+fn real_plane_does_not_depend_on_pauses() {
+    // The k = 0 plane is a plain GPT: identical for K = 0 and K = 3, and a
+    // position's plane k only depends on its own pause steps <= k, so planes 0..=1
+    // with K = 1 equal those with K = 3.
+    let config = tiny_config();
+    let model = random_model(config.clone(), 4);
+    let mut rng = Rng::new(2);
+    let (b, t) = (2, 5);
+    let v1 = config.vocab + 1;
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let plane = |logits: &[f64], kk: usize, bi: usize, k: usize| -> Vec<f64> {
+        let start = (bi * (kk + 1) + k) * t * v1;
+        logits[start..start + t * v1].to_vec()
+    };
+    let l0 = model.forward(&tokens, b, t, 0).unwrap();
+    let l1 = model.forward(&tokens, b, t, 1).unwrap();
+    let l3 = model.forward(&tokens, b, t, 3).unwrap();
+    for bi in 0..b {
+        assert_eq!(plane(&l0, 0, bi, 0), plane(&l3, 3, bi, 0));
+        assert_eq!(plane(&l1, 1, bi, 0), plane(&l3, 3, bi, 0));
+        assert_eq!(plane(&l1, 1, bi, 1), plane(&l3, 3, bi, 1));
+        assert_ne!(plane(&l3, 3, bi, 1), plane(&l3, 3, bi, 2));
+    }
+}
+
+#[test]
+fn changing_a_token_never_changes_earlier_positions() {
+    let config = tiny_config();
+    let model = random_model(config.clone(), 6);
+    let mut rng = Rng::new(9);
+    let (b, t, kk) = (1, 5, 3);
+    let v1 = config.vocab + 1;
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let base = model.forward(&tokens, b, t, kk).unwrap();
+    let t0 = 2;
+    let mut changed = tokens.clone();
+    changed[t0] = (changed[t0] + 1) % config.vocab as i32;
+    let after = model.forward(&changed, b, t, kk).unwrap();
+    for k in 0..=kk {
+        for pos in 0..t {
+            let row = (k * t + pos) * v1;
+            let same = base[row..row + v1] == after[row..row + v1];
+            assert_eq!(same, pos < t0, "position {pos}, step {k}");
+        }
+    }
+}
+
+#[test]
+fn forward_backward_is_deterministic_across_thread_counts() {
+    let config = ModelConfig {
+        vocab: 11,
+        d_model: 16,
+        n_layer: 2,
+        n_head: 4,
+        t_max: 9,
+        k_max: 2,
+    };
+    let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(1)).unwrap();
+    let mut rng = Rng::new(3);
+    let (b, t, k) = (5, 9, 2);
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let targets = random_tokens(&mut rng, b * t, config.vocab);
+    let obj = Objective::ap_default().resolve(k).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut g = Params::zeros(&config);
+            let out = model
+                .forward_backward(&tokens, &targets, b, t, k, &obj, &mut g)
+                .unwrap();
+            (out, g)
+        })
+    };
+    let (o1, g1) = run(1);
+    let (o3, g3) = run(3);
+    let (o3b, g3b) = run(3);
+    assert_eq!(o1, o3);
+    assert_eq!(g1, g3);
+    assert_eq!(o3, o3b);
+    assert_eq!(g3, g3b);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let config = tiny_config();
+    let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(0)).unwrap();
+    let obj = Objective::CeFinal.resolve(1).unwrap();
+    let mut g = Params::zeros(&config);
+    let v = config.vocab as i32;
+    // PAUSE (= V) is not a user token.
+    assert!(
+        matches!(model.forward(&[0, v], 1, 2, 1), Err(CybError::VocabRange { id, index: 1, .. }) if id == v as i64)
+    );
+    assert!(matches!(
+        model.forward(&[-2, 0], 1, 2, 1),
+        Err(CybError::VocabRange { .. })
+    ));
+    assert!(matches!(
+        model.forward(&[0; 6], 1, 6, 1),
+        Err(CybError::Shape(_))
+    )); // T > t_max
+    assert!(matches!(
+        model.forward(&[0; 2], 1, 2, 4),
+        Err(CybError::TooManyPauses { k: 4, k_max: 3 })
+    ));
+    assert!(matches!(
+        model.forward(&[0; 3], 1, 2, 1),
+        Err(CybError::Shape(_))
+    ));
+    assert!(matches!(
+        model.forward(&[], 0, 2, 1),
+        Err(CybError::Shape(_))
+    ));
+    let fb = |m: &Model<f32>, targets: &[i32], g: &mut Params<f32>| {
+        m.forward_backward(&[0, 1], targets, 1, 2, 1, &obj, g)
+    };
+    assert!(matches!(
+        fb(&model, &[0, v], &mut g),
+        Err(CybError::VocabRange { .. })
+    ));
+    assert!(matches!(fb(&model, &[0], &mut g), Err(CybError::Shape(_))));
+    assert!(fb(&model, &[-1, 2], &mut g).is_ok());
+    // K of the objective and of the call must agree.
+    let obj2 = Objective::CeFinal.resolve(2).unwrap();
+    assert!(model
+        .forward_backward(&[0, 1], &[1, 2], 1, 2, 1, &obj2, &mut g)
+        .is_err());
+    // Gradients of another shape.
+    let mut wrong = Params::zeros(&ModelConfig {
+        d_model: 4,
+        ..config.clone()
+    });
+    assert!(matches!(
+        fb(&model, &[0, 1], &mut wrong),
+        Err(CybError::Shape(_))
+    ));
+    // A model whose params do not match its config.
+    let broken = Model {
+        config: ModelConfig { vocab: 9, ..config },
+        params: model.params.clone(),
+    };
+    assert!(matches!(
+        broken.forward(&[0, 1], 1, 2, 1),
+        Err(CybError::Shape(_))
+    ));
+}
+
+#[test]
+fn all_ignored_batch_has_zero_loss_and_gradient() {
+    let config = tiny_config();
+    let model: Model<f64> = random_model(config.clone(), 2);
+    let mut g = Params::zeros(&config);
+    let out = model
+        .forward_backward(
+            &[1, 2, 3],
+            &[-1, -1, -1],
+            1,
+            3,
+            2,
+            &Objective::ap_default().resolve(2).unwrap(),
+            &mut g,
+        )
+        .unwrap();
+    assert_eq!(out.loss, 0.0);
+    assert!(g
+        .tensors()
+        .iter()
+        .all(|(_, _, x)| x.iter().all(|&v| v == 0.0)));
+}
