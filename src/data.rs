@@ -246,7 +246,11 @@ impl DataSource for ByteText {
         256
     }
     fn describe(&self) -> String {
-        format!("text {} ({} bytes, byte-level, V = 256)", self.name, self.bytes.len())
+        format!(
+            "text {} ({} bytes, byte-level, V = 256)",
+            self.name,
+            self.bytes.len()
+        )
     }
     fn class_names(&self) -> Vec<String> {
         ["letter", "digit", "space", "punctuation", "other"]

@@ -121,7 +121,9 @@ impl<'m, T: Scalar> Decoder<'m, T> {
 
     /// Real tokens in the cache (the position of the next `push`).
     pub fn len(&self) -> usize {
-        self.cache.first().map_or(0, |c| c.keys.len() / self.model.config.d_model)
+        self.cache
+            .first()
+            .map_or(0, |c| c.keys.len() / self.model.config.d_model)
     }
 
     /// Whether no token has been pushed yet.
@@ -270,9 +272,29 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         let mut act = vec![T::zero(); 4 * d];
         let scale = T::of(1.0 / (dh as f64).sqrt());
         for (l, b) in p.blocks.iter().enumerate() {
-            layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &b.ln1_weight, &b.ln1_bias, d);
-            linear_forward(&mut qkv, &ln, &b.attn_qkv_weight, &b.attn_qkv_bias, 1, d, 3 * d);
-            let kv = if k == 0 { &mut self.cache[l] } else { &mut self.scratch[l] };
+            layernorm_forward(
+                &mut ln,
+                &mut mean,
+                &mut rstd,
+                &x,
+                &b.ln1_weight,
+                &b.ln1_bias,
+                d,
+            );
+            linear_forward(
+                &mut qkv,
+                &ln,
+                &b.attn_qkv_weight,
+                &b.attn_qkv_bias,
+                1,
+                d,
+                3 * d,
+            );
+            let kv = if k == 0 {
+                &mut self.cache[l]
+            } else {
+                &mut self.scratch[l]
+            };
             kv.keys.extend_from_slice(&qkv[d..2 * d]);
             kv.values.extend_from_slice(&qkv[2 * d..]);
             // Visible keys: real steps (t' <= t, k' = 0) = the whole cache, then this
@@ -283,11 +305,25 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             for head in 0..h {
                 let q = &qkv[head * dh..][..dh];
                 let key = |j: usize| {
-                    let (src, row) = if j < n_real { (real, j) } else { (own, j - n_real) };
-                    (&src.keys[row * d + head * dh..][..dh], &src.values[row * d + head * dh..][..dh])
+                    let (src, row) = if j < n_real {
+                        (real, j)
+                    } else {
+                        (own, j - n_real)
+                    };
+                    (
+                        &src.keys[row * d + head * dh..][..dh],
+                        &src.values[row * d + head * dh..][..dh],
+                    )
                 };
                 let scores: Vec<T> = (0..n_real + n_own)
-                    .map(|j| key(j).0.iter().zip(q).fold(T::zero(), |a, (&u, &w)| a + u * w) * scale)
+                    .map(|j| {
+                        key(j)
+                            .0
+                            .iter()
+                            .zip(q)
+                            .fold(T::zero(), |a, (&u, &w)| a + u * w)
+                            * scale
+                    })
                     .collect();
                 let m = scores.iter().copied().fold(T::neg_infinity(), T::max);
                 let w: Vec<T> = scores.iter().map(|&s| (s - m).exp()).collect();
@@ -301,15 +337,47 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                     }
                 }
             }
-            linear_forward(&mut proj, &y, &b.attn_proj_weight, &b.attn_proj_bias, 1, d, d);
+            linear_forward(
+                &mut proj,
+                &y,
+                &b.attn_proj_weight,
+                &b.attn_proj_bias,
+                1,
+                d,
+                d,
+            );
             x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
-            layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &b.ln2_weight, &b.ln2_bias, d);
+            layernorm_forward(
+                &mut ln,
+                &mut mean,
+                &mut rstd,
+                &x,
+                &b.ln2_weight,
+                &b.ln2_bias,
+                d,
+            );
             linear_forward(&mut fc, &ln, &b.mlp_fc_weight, &b.mlp_fc_bias, 1, d, 4 * d);
             gelu_forward(&mut act, &fc);
-            linear_forward(&mut proj, &act, &b.mlp_proj_weight, &b.mlp_proj_bias, 1, 4 * d, d);
+            linear_forward(
+                &mut proj,
+                &act,
+                &b.mlp_proj_weight,
+                &b.mlp_proj_bias,
+                1,
+                4 * d,
+                d,
+            );
             x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
         }
-        layernorm_forward(&mut ln, &mut mean, &mut rstd, &x, &p.ln_f_weight, &p.ln_f_bias, d);
+        layernorm_forward(
+            &mut ln,
+            &mut mean,
+            &mut rstd,
+            &x,
+            &p.ln_f_weight,
+            &p.ln_f_bias,
+            d,
+        );
         let vocab1 = c.vocab + 1;
         let mut logits = vec![T::zero(); vocab1];
         let zero_bias = vec![T::zero(); vocab1];
@@ -336,7 +404,10 @@ fn sample(x: &[f64], temperature: f64, top_k: usize, top_p: f64, rng: &mut Rng) 
         order.truncate(top_k);
     }
     let m = x[order[0]];
-    let mut probs: Vec<f64> = order.iter().map(|&i| ((x[i] - m) / temperature).exp()).collect();
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((x[i] - m) / temperature).exp())
+        .collect();
     let z: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= z);
     let mut keep = 0;

@@ -147,7 +147,10 @@ impl ExperimentResult {
             .iter()
             .filter_map(|&s| {
                 let (c, b) = (self.run(cyb, s)?, self.run(base, s)?);
-                Some((s, efficiency_ratio(&self.quality_curve(c), &self.quality_curve(b))))
+                Some((
+                    s,
+                    efficiency_ratio(&self.quality_curve(c), &self.quality_curve(b)),
+                ))
             })
             .collect()
     }
@@ -161,7 +164,9 @@ pub fn run_experiment(
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<ExperimentResult> {
     if cfg.variants.is_empty() || cfg.seeds.is_empty() {
-        return Err(CybError::Param("an experiment needs variants and seeds".into()));
+        return Err(CybError::Param(
+            "an experiment needs variants and seeds".into(),
+        ));
     }
     let total = cfg.variants.len() * cfg.seeds.len();
     let mut runs = Vec::with_capacity(total);
@@ -207,7 +212,9 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 
 /// The CSV of every evaluation point of every run.
 pub fn curves_csv(res: &ExperimentResult) -> String {
-    let mut s = String::from("variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,mean_pauses\n");
+    let mut s = String::from(
+        "variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,mean_pauses\n",
+    );
     for r in &res.runs {
         let v = &res.config.variants[r.variant];
         for p in &r.curve {
@@ -233,8 +240,20 @@ pub fn curves_csv(res: &ExperimentResult) -> String {
 /// = the baseline never reached the CYB model's final quality).
 pub fn ratios_csv(res: &ExperimentResult) -> String {
     let mut s = String::from("cyb_variant,baseline,seed,ratio\n");
-    for (ci, cv) in res.config.variants.iter().enumerate().filter(|(_, v)| !v.is_baseline()) {
-        for (bi, bv) in res.config.variants.iter().enumerate().filter(|(_, v)| v.is_baseline()) {
+    for (ci, cv) in res
+        .config
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_baseline())
+    {
+        for (bi, bv) in res
+            .config
+            .variants
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_baseline())
+        {
             for (seed, r) in res.ratios(ci, bi) {
                 let r = r.map(|x| format!("{x}")).unwrap_or_default();
                 let _ = writeln!(s, "{},{},{},{}", cv.name, bv.name, seed, r);
@@ -268,12 +287,26 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     let _ = writeln!(s, "| variant | objective | K | quality NLL | accuracy | acc@0 | pauses/token | real tokens |\n|---|---|---:|---:|---:|---:|---:|---:|");
     for (vi, v) in cfg.variants.iter().enumerate() {
         let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.variant == vi).collect();
-        let q: Vec<f64> = runs.iter().filter_map(|r| r.curve.last().map(|p| v.quality(p))).collect();
+        let q: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.curve.last().map(|p| v.quality(p)))
+            .collect();
         let acc: Vec<f64> = runs.iter().map(|r| r.summary.overall.accuracy).collect();
-        let acc0: Vec<f64> = runs.iter().map(|r| r.summary.overall.accuracy_at_0).collect();
+        let acc0: Vec<f64> = runs
+            .iter()
+            .map(|r| r.summary.overall.accuracy_at_0)
+            .collect();
         let pau: Vec<f64> = runs.iter().map(|r| r.summary.overall.mean_pauses).collect();
-        let tokens = runs.first().and_then(|r| r.curve.last()).map_or(0, |p| p.tokens_seen);
-        let ((qm, qs), (am, as_), (a0, _), (pm, _)) = (mean_std(&q), mean_std(&acc), mean_std(&acc0), mean_std(&pau));
+        let tokens = runs
+            .first()
+            .and_then(|r| r.curve.last())
+            .map_or(0, |p| p.tokens_seen);
+        let ((qm, qs), (am, as_), (a0, _), (pm, _)) = (
+            mean_std(&q),
+            mean_std(&acc),
+            mean_std(&acc0),
+            mean_std(&pau),
+        );
         let _ = writeln!(
             s,
             "| {} | {} | {} | {qm:.4} ± {qs:.4} | {am:.4} ± {as_:.4} | {a0:.4} | {pm:.3} | {tokens} |",
@@ -285,9 +318,22 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
 
     let _ = writeln!(s, "\n## Claim 1: data efficiency\n");
     let _ = writeln!(s, "Ratio = real tokens the baseline needs to reach the CYB model's final quality (interpolated on its validation curve) / real tokens the CYB model trained on. The claim is about 1/3 against no-pause and 1/2 against pause-ce; a ratio above 1 means the baseline needed *more* data than CYB, i.e. CYB is more data-efficient by that factor. \"not reached\" = the baseline never got there within this run.\n");
-    let _ = writeln!(s, "| CYB variant | baseline | per seed | mean | verdict |\n|---|---|---|---:|---|");
-    for (ci, cv) in cfg.variants.iter().enumerate().filter(|(_, v)| !v.is_baseline()) {
-        for (bi, bv) in cfg.variants.iter().enumerate().filter(|(_, v)| v.is_baseline()) {
+    let _ = writeln!(
+        s,
+        "| CYB variant | baseline | per seed | mean | verdict |\n|---|---|---|---:|---|"
+    );
+    for (ci, cv) in cfg
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_baseline())
+    {
+        for (bi, bv) in cfg
+            .variants
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_baseline())
+        {
             let rs = res.ratios(ci, bi);
             let per: Vec<String> = rs
                 .iter()
@@ -313,13 +359,26 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             } else {
                 ("—".into(), "mixed: not reached for some seeds".into())
             };
-            let _ = writeln!(s, "| {} | {} | {} | {mean} | {verdict} |", cv.name, bv.name, per.join(", "));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {mean} | {verdict} |",
+                cv.name,
+                bv.name,
+                per.join(", ")
+            );
         }
     }
 
     let _ = writeln!(s, "\n## Claim 2: where the model pauses\n");
-    let base_idx = cfg.variants.iter().position(|v| v.is_baseline() && v.pauses == 0);
-    let _ = writeln!(s, "Mean greedy pauses per target, by difficulty class (seed {}):\n", cfg.seeds[0]);
+    let base_idx = cfg
+        .variants
+        .iter()
+        .position(|v| v.is_baseline() && v.pauses == 0);
+    let _ = writeln!(
+        s,
+        "Mean greedy pauses per target, by difficulty class (seed {}):\n",
+        cfg.seeds[0]
+    );
     let mut header = String::from("| variant |");
     let mut rule = String::from("|---|");
     for c in &res.class_names {
@@ -329,8 +388,15 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     header.push_str(" corr(pauses, baseline loss) | acc answered / acc@0 (paused positions) |");
     rule.push_str("---:|---|");
     let _ = writeln!(s, "{header}\n{rule}");
-    for (vi, v) in cfg.variants.iter().enumerate().filter(|(_, v)| v.pauses > 0) {
-        let Some(run) = res.run(vi, cfg.seeds[0]) else { continue };
+    for (vi, v) in cfg
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.pauses > 0)
+    {
+        let Some(run) = res.run(vi, cfg.seeds[0]) else {
+            continue;
+        };
         let mut row = format!("| {} |", v.name);
         for (_, g) in &run.summary.by_class {
             if g.count > 0 {
@@ -356,7 +422,13 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let a0 = paused.iter().filter(|o| o.correct_at_0).count() as f64 / n;
             format!("{a:.3} / {a0:.3} ({} positions)", paused.len())
         };
-        let corr = corr.map_or("—".to_string(), |c| if c.is_nan() { "undefined (constant)".into() } else { format!("{c:.3}") });
+        let corr = corr.map_or("—".to_string(), |c| {
+            if c.is_nan() {
+                "undefined (constant)".into()
+            } else {
+                format!("{c:.3}")
+            }
+        });
         let _ = writeln!(s, "{row} {corr} | {helped} |");
     }
     let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class). Numbers: `curves.csv`, `ratios.csv`.");
@@ -381,7 +453,9 @@ pub fn plot_experiment(dir: &std::path::Path, res: &ExperimentResult) -> Result<
         for i in 0..len {
             let x = curves[0][i].0;
             let ys: Vec<f64> = curves.iter().map(|c| c[i].1).collect();
-            let (lo, hi) = ys.iter().fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+            let (lo, hi) = ys
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
             points.push((x, ys.iter().sum::<f64>() / ys.len() as f64));
             band.push((x, lo, hi));
         }

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod decode;
 pub mod error;
 pub mod experiment;
 pub mod metrics;

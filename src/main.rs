@@ -16,7 +16,11 @@ use cyb::{CybError, Objective, Result, StepWeights};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cyb", version, about = "Catch Your Breath: language models that learn when to pause")]
+#[command(
+    name = "cyb",
+    version,
+    about = "Catch Your Breath: language models that learn when to pause"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -287,7 +291,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
     let desc = RunDescription {
         lines: vec![
-            format!("objective: {} with K = {} pauses", cfg.objective, cfg.pauses),
+            format!(
+                "objective: {} with K = {} pauses",
+                cfg.objective, cfg.pauses
+            ),
             format!("data: {}", data.describe()),
             format!(
                 "model: d_model {} layers {} heads {} context {} (V = {})",

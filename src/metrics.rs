@@ -6,9 +6,7 @@
 //! with all `K` pauses present are exactly those the model would see at inference
 //! after taking `k` pauses at `t`, so the greedy policy can be read off one forward.
 
-use crate::cpu::loss::{
-    halting_from_scalars, log_add_exp, row_scalar, LossShape, RowScalar,
-};
+use crate::cpu::loss::{halting_from_scalars, log_add_exp, row_scalar, LossShape, RowScalar};
 use crate::error::{CybError, Result};
 use num_traits::Float;
 
@@ -150,7 +148,11 @@ pub struct EvalSummary {
 
 impl EvalSummary {
     /// Group outcomes by class (names from the data source) and by target token.
-    pub fn from_outcomes(outcomes: &[PositionOutcome], pauses_max: usize, class_names: &[String]) -> Self {
+    pub fn from_outcomes(
+        outcomes: &[PositionOutcome],
+        pauses_max: usize,
+        class_names: &[String],
+    ) -> Self {
         let mut histogram = vec![0; pauses_max + 1];
         for o in outcomes {
             histogram[o.pauses.min(pauses_max)] += 1;

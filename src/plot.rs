@@ -32,13 +32,27 @@ pub struct Series {
 }
 
 /// Line plot of several series (e.g. validation NLL against real tokens seen).
-pub fn plot_curves(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn plot_curves(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     register_font();
     let pts = series.iter().flat_map(|s| s.points.iter().copied());
-    let band = series.iter().flat_map(|s| s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
-    let all: Vec<(f64, f64)> = pts.chain(band).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let band = series
+        .iter()
+        .flat_map(|s| s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
+    let all: Vec<(f64, f64)> = pts
+        .chain(band)
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
     if all.is_empty() {
-        return Err(CybError::Data(format!("plotting {}: no finite points", path.display())));
+        return Err(CybError::Data(format!(
+            "plotting {}: no finite points",
+            path.display()
+        )));
     }
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in &all {
@@ -73,14 +87,22 @@ pub fn plot_curves(path: &Path, title: &str, x_label: &str, y_label: &str, serie
             let mut poly: Vec<(f64, f64)> = s.band.iter().map(|&(x, _, hi)| (x, hi)).collect();
             poly.extend(s.band.iter().rev().map(|&(x, lo, _)| (x, lo)));
             chart
-                .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.18).filled())))
+                .draw_series(std::iter::once(Polygon::new(
+                    poly,
+                    color.mix(0.18).filled(),
+                )))
                 .map_err(|e| plot_err(path, e))?;
         }
         chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| plot_err(path, e))?
             .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -120,11 +142,21 @@ pub fn plot_pauses(path: &Path, summary: &EvalSummary) -> Result<()> {
             Histogram::vertical(&chart)
                 .style(BLUE.mix(0.6).filled())
                 .margin(6)
-                .data(summary.histogram.iter().enumerate().map(|(k, &n)| (k, n as f64 / total))),
+                .data(
+                    summary
+                        .histogram
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &n)| (k, n as f64 / total)),
+                ),
         )
         .map_err(|e| plot_err(path, e))?;
 
-    let classes: Vec<_> = summary.by_class.iter().filter(|(_, g)| g.count > 0).collect();
+    let classes: Vec<_> = summary
+        .by_class
+        .iter()
+        .filter(|(_, g)| g.count > 0)
+        .collect();
     let ymax = (summary.pauses_max as f64).max(0.5);
     let mut chart = ChartBuilder::on(&right)
         .caption("mean pauses by target class", (FONT, 18))
@@ -150,7 +182,12 @@ pub fn plot_pauses(path: &Path, summary: &EvalSummary) -> Result<()> {
             Histogram::vertical(&chart)
                 .style(RED.mix(0.6).filled())
                 .margin(6)
-                .data(classes.iter().enumerate().map(|(i, (_, g))| (i, g.mean_pauses))),
+                .data(
+                    classes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, g))| (i, g.mean_pauses)),
+                ),
         )
         .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
@@ -203,10 +240,16 @@ pub fn plot_grouped_bars(
     for (gi, (label, values)) in groups.iter().enumerate() {
         let color = Palette99::pick(gi).to_rgba();
         chart
-            .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(ci, &v)| {
-                let x0 = ci as f64 + 0.1 + gi as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
-            }))
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(ci, &v)| {
+                        let x0 = ci as f64 + 0.1 + gi as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+                    }),
+            )
             .map_err(|e| plot_err(path, e))?
             .label(label.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));

@@ -51,30 +51,70 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
     );
     let _ = writeln!(s, "| metric | value |\n|---|---:|");
     let _ = writeln!(s, "| marginal NLL (nats/token) | {:.4} |", o.nll);
-    let _ = writeln!(s, "| forced-final NLL (step K) | {:.4} |", summary.nll_final);
+    let _ = writeln!(
+        s,
+        "| forced-final NLL (step K) | {:.4} |",
+        summary.nll_final
+    );
     let _ = writeln!(s, "| accuracy, greedy policy | {:.4} |", o.accuracy);
-    let _ = writeln!(s, "| accuracy answering at step 0 | {:.4} |", o.accuracy_at_0);
-    let _ = writeln!(s, "| mean pauses per token (greedy) | {:.3} |", o.mean_pauses);
-    let _ = writeln!(s, "| mean E[pauses] (halting distribution) | {:.3} |", o.mean_expected_pauses);
+    let _ = writeln!(
+        s,
+        "| accuracy answering at step 0 | {:.4} |",
+        o.accuracy_at_0
+    );
+    let _ = writeln!(
+        s,
+        "| mean pauses per token (greedy) | {:.3} |",
+        o.mean_pauses
+    );
+    let _ = writeln!(
+        s,
+        "| mean E[pauses] (halting distribution) | {:.3} |",
+        o.mean_expected_pauses
+    );
 
     let _ = writeln!(s, "\n## Pauses taken (greedy)\n\n```");
     let total = summary.histogram.iter().sum::<usize>().max(1) as f64;
     for (k, &n) in summary.histogram.iter().enumerate() {
         let f = n as f64 / total;
-        let _ = writeln!(s, "{k:>2} pauses | {:<40} {:5.1}% ({n})", bar(f, 40), 100.0 * f);
+        let _ = writeln!(
+            s,
+            "{k:>2} pauses | {:<40} {:5.1}% ({n})",
+            bar(f, 40),
+            100.0 * f
+        );
     }
     let _ = writeln!(s, "```");
 
-    let _ = writeln!(s, "\n## By difficulty class (most pauses first)\n\n{GROUP_HEADER}");
-    let mut classes: Vec<_> = summary.by_class.iter().filter(|(_, g)| g.count > 0).collect();
-    classes.sort_by(|a, b| b.1.mean_pauses.total_cmp(&a.1.mean_pauses).then(a.0.cmp(&b.0)));
+    let _ = writeln!(
+        s,
+        "\n## By difficulty class (most pauses first)\n\n{GROUP_HEADER}"
+    );
+    let mut classes: Vec<_> = summary
+        .by_class
+        .iter()
+        .filter(|(_, g)| g.count > 0)
+        .collect();
+    classes.sort_by(|a, b| {
+        b.1.mean_pauses
+            .total_cmp(&a.1.mean_pauses)
+            .then(a.0.cmp(&b.0))
+    });
     for (name, g) in classes {
         let _ = writeln!(s, "{}", group_row(name, g));
     }
 
     // Tokens with enough occurrences for a mean to mean something.
-    let mut tokens: Vec<_> = summary.by_token.iter().filter(|(_, g)| g.count >= 5).collect();
-    tokens.sort_by(|a, b| b.1.mean_pauses.total_cmp(&a.1.mean_pauses).then(a.0.cmp(&b.0)));
+    let mut tokens: Vec<_> = summary
+        .by_token
+        .iter()
+        .filter(|(_, g)| g.count >= 5)
+        .collect();
+    tokens.sort_by(|a, b| {
+        b.1.mean_pauses
+            .total_cmp(&a.1.mean_pauses)
+            .then(a.0.cmp(&b.0))
+    });
     let shown = 8.min(tokens.len() / 2).max(1.min(tokens.len()));
     let _ = writeln!(s, "\n## Target tokens that pause most\n\n{GROUP_HEADER}");
     for (tok, g) in tokens.iter().take(shown) {

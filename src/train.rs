@@ -136,7 +136,7 @@ pub fn train(
     };
     let mut data_rng = rng.fork();
     let mut grads = Params::<f32>::zeros(&cfg.model);
-    let mut opt = AdamW::new(&model.params, cfg.weight_decay);
+    let mut opt = AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay);
 
     let bar = if show_progress {
         let bar = ProgressBar::new(cfg.steps as u64);
@@ -266,7 +266,11 @@ pub fn validation_outcomes(
 }
 
 /// Validation summary: marginal NLL, greedy accuracy and pauses, by class and token.
-pub fn evaluate(model: &Model<f32>, data: &dyn DataSource, cfg: &EvalConfig) -> Result<EvalSummary> {
+pub fn evaluate(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+) -> Result<EvalSummary> {
     let outcomes = validation_outcomes(model, data, cfg)?;
     Ok(EvalSummary::from_outcomes(
         &outcomes,

@@ -10,7 +10,10 @@ fn modsum_answers_are_sums_of_their_spans() {
     let task = ModSum::default();
     let m = task.modulus as i32;
     let b = task.sample(Split::Train, 8, 97, &mut Rng::new(4));
-    assert_eq!((b.tokens.len(), b.targets.len(), b.classes.len()), (8 * 97, 8 * 97, 8 * 97));
+    assert_eq!(
+        (b.tokens.len(), b.targets.len(), b.classes.len()),
+        (8 * 97, 8 * 97, 8 * 97)
+    );
     let names = task.class_names();
     let mut checked = 0;
     for s in 0..8 {
@@ -58,7 +61,11 @@ fn text_files_are_checked() {
     let short = dir.join("short.txt");
     std::fs::write(&short, "hello").unwrap();
     let good = dir.join("good.txt");
-    std::fs::write(&good, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    std::fs::write(
+        &good,
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
     for (p, needle) in [(&empty, "empty"), (&binary, "UTF-8"), (&short, "too few")] {
         let e = ByteText::from_file(p, 16).expect_err("error").to_string();
         assert!(e.contains(needle), "{e}");
@@ -92,7 +99,12 @@ fn scripted_logits(shape: LossShape, p_dk: &[f64], answer: &[usize]) -> Vec<f64>
 
 #[test]
 fn greedy_policy_follows_the_threshold() {
-    let shape = LossShape { batch: 2, pauses: 3, seq: 5, vocab: 6 };
+    let shape = LossShape {
+        batch: 2,
+        pauses: 3,
+        seq: 5,
+        vocab: 6,
+    };
     let p_dk = [0.9, 0.7, 0.2, 0.6];
     let answer = [1, 2, 3, 4];
     let z = scripted_logits(shape, &p_dk, &answer);
@@ -101,7 +113,9 @@ fn greedy_policy_follows_the_threshold() {
     // Default threshold: DK at steps 0 and 1, answers at step 2 (token 3: correct).
     let out = greedy_outcomes(&z, &targets, &classes, shape, 0.5).unwrap();
     assert_eq!(out.len(), 9, "ignored target skipped");
-    assert!(out.iter().all(|o| o.pauses == 2 && o.correct && !o.correct_at_0));
+    assert!(out
+        .iter()
+        .all(|o| o.pauses == 2 && o.correct && !o.correct_at_0));
     // Threshold above 1 never pauses; below 0 always takes all K pauses.
     let never = greedy_outcomes(&z, &targets, &classes, shape, 1.5).unwrap();
     assert!(never.iter().all(|o| o.pauses == 0 && !o.correct));
@@ -110,7 +124,11 @@ fn greedy_policy_follows_the_threshold() {
     // E[pauses] from the halting distribution: h = (0.1, 0.9*0.3, 0.9*0.7*0.8, 0.9*0.7*0.2).
     let h = [0.1, 0.27, 0.504, 0.126];
     let e: f64 = h.iter().enumerate().map(|(k, p)| k as f64 * p).sum();
-    assert!((out[0].expected_pauses - e).abs() < 1e-9, "{} vs {e}", out[0].expected_pauses);
+    assert!(
+        (out[0].expected_pauses - e).abs() < 1e-9,
+        "{} vs {e}",
+        out[0].expected_pauses
+    );
     let summary = EvalSummary::from_outcomes(&out, 3, &["all".to_string()]);
     assert_eq!(summary.histogram, vec![0, 0, 9, 0]);
     assert_eq!(summary.overall.accuracy, 1.0);
