@@ -59,6 +59,67 @@ pub trait DataSource: Send {
     fn token_name(&self, id: usize) -> String;
     /// A batch of `batch` sequences of length `seq` from `split`, drawn with `rng`.
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch;
+    /// Token ids of a prompt: by default whitespace-separated token names.
+    fn encode(&self, text: &str) -> Result<Vec<usize>> {
+        text.split_whitespace()
+            .map(|w| {
+                (0..self.vocab())
+                    .find(|&id| self.token_name(id) == w)
+                    .ok_or_else(|| {
+                        CybError::Data(format!("'{w}' is not a token of {}", self.describe()))
+                    })
+            })
+            .collect()
+    }
+    /// Text of one generated token (a token name followed by a space by default).
+    fn token_text(&self, id: usize) -> String {
+        format!("{} ", self.token_name(id))
+    }
+}
+
+/// The byte-level vocabulary (`V = 256`) of text models, without any text attached:
+/// what `cyb generate` needs to encode a prompt for a model trained with `--text`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bytes;
+
+impl DataSource for Bytes {
+    fn vocab(&self) -> usize {
+        256
+    }
+    fn describe(&self) -> String {
+        "bytes (V = 256)".into()
+    }
+    fn class_names(&self) -> Vec<String> {
+        ["letter", "digit", "space", "punctuation", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    fn token_name(&self, id: usize) -> String {
+        match id {
+            0x20 => "' '".into(),
+            0x0A => "'\\n'".into(),
+            0x21..=0x7E => format!("'{}'", id as u8 as char),
+            256 => "<PAUSE>".into(),
+            _ => format!("0x{id:02x}"),
+        }
+    }
+    fn sample(&self, _: Split, batch: usize, seq: usize, _: &mut Rng) -> Batch {
+        // No text, no samples: every target ignored.
+        Batch {
+            batch,
+            seq,
+            tokens: vec![b' ' as i32; batch * seq],
+            targets: vec![-1; batch * seq],
+            classes: vec![0; batch * seq],
+        }
+    }
+    fn encode(&self, text: &str) -> Result<Vec<usize>> {
+        Ok(text.bytes().map(usize::from).collect())
+    }
+    fn token_text(&self, id: usize) -> String {
+        String::from_utf8_lossy(&[id as u8]).into_owned()
+    }
 }
 
 /// Names of the built-in tasks, for `--task`.
@@ -253,19 +314,16 @@ impl DataSource for ByteText {
         )
     }
     fn class_names(&self) -> Vec<String> {
-        ["letter", "digit", "space", "punctuation", "other"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        Bytes.class_names()
     }
     fn token_name(&self, id: usize) -> String {
-        match id {
-            0x20 => "' '".into(),
-            0x0A => "'\\n'".into(),
-            0x21..=0x7E => format!("'{}'", id as u8 as char),
-            256 => "<PAUSE>".into(),
-            _ => format!("0x{id:02x}"),
-        }
+        Bytes.token_name(id)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<usize>> {
+        Bytes.encode(text)
+    }
+    fn token_text(&self, id: usize) -> String {
+        Bytes.token_text(id)
     }
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
         let (lo, hi) = match split {

@@ -42,8 +42,7 @@ impl Policy {
                 temperature,
                 top_p,
                 ..
-            } if !(temperature.is_finite() && *temperature > 0.0)
-                || !(*top_p > 0.0 && *top_p <= 1.0) =>
+            } if !(temperature.is_finite() && *temperature > 0.0 && *top_p > 0.0 && *top_p <= 1.0) =>
             {
                 Err(CybError::Param(format!(
                     "sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}"
@@ -240,16 +239,12 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         }
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let e = self.answer(logits)?;
-            let tok = e.token;
-            out.push(e);
+            let e = self.answer(std::mem::take(&mut logits))?;
             if i + 1 < n {
-                logits = self.push(tok)?;
-            } else {
-                logits = Vec::new();
+                logits = self.push(e.token)?;
             }
+            out.push(e);
         }
-        let _ = logits;
         Ok(out)
     }
 

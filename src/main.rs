@@ -10,9 +10,10 @@ use cyb::experiment::{
     ExperimentConfig,
 };
 use cyb::plot;
-use cyb::report::{render, RunDescription};
+use cyb::report::{render, render_by_token, RunDescription};
 use cyb::train::{evaluate, train, EvalConfig, TrainConfig};
 use cyb::{CybError, Objective, Result, StepWeights};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -35,6 +36,54 @@ enum Command {
     /// Train no-pause, pause+CE and the three CYB variants side by side and test the
     /// published claims (data efficiency, where the model pauses).
     Experiment(ExperimentArgs),
+    /// Continue a prompt with a saved model, showing how many pauses each token took.
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PolicyName {
+    Greedy,
+    Sample,
+    Forced,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The saved model.
+    #[arg(long)]
+    load: PathBuf,
+    /// The prompt: text for byte-level models (V = 256), else space-separated token
+    /// names of --task (e.g. "[L3] 1 2 4 =").
+    #[arg(long)]
+    prompt: String,
+    /// Built-in task whose token names the prompt uses (models with V != 256).
+    #[arg(long, default_value = "modsum")]
+    task: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 16)]
+    max_new: usize,
+    /// Pause steps allowed per token (default: the model's k_max).
+    #[arg(long)]
+    pauses: Option<usize>,
+    #[arg(long, value_enum, default_value = "greedy")]
+    policy: PolicyName,
+    /// Greedy: DK when p(DK) exceeds this.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON (per-token pauses and DK probabilities) instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -183,6 +232,9 @@ struct EvalArgs {
     threshold: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also list every target token with its mean pauses and their variance.
+    #[arg(long)]
+    pauses_by_token: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
 }
@@ -396,6 +448,100 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         ],
     };
     println!("{}", render(&desc, &summary, data.as_ref()));
+    if a.pauses_by_token {
+        println!("{}", render_by_token(&summary, data.as_ref()));
+    }
+    Ok(())
+}
+
+/// Superscript digits for the pause count after a token in a terminal.
+fn superscript(n: usize) -> String {
+    const SUP: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+    n.to_string()
+        .chars()
+        .map(|c| SUP[c.to_digit(10).unwrap_or(0) as usize])
+        .collect()
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    use cyb::decode::{Decoder, Policy};
+    require_cpu(a.device)?;
+    let model = checkpoint::load(&a.load)?;
+    let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
+        Box::new(cyb::data::Bytes)
+    } else {
+        task_by_name(&a.task)?
+    };
+    if vocab.vocab() != model.config.vocab {
+        return Err(CybError::Data(format!(
+            "the model has vocabulary {} but --task {} has {}",
+            model.config.vocab,
+            a.task,
+            vocab.vocab()
+        )));
+    }
+    let prompt = vocab.encode(&a.prompt)?;
+    let policy = match a.policy {
+        PolicyName::Greedy => Policy::Greedy {
+            threshold: a.threshold,
+        },
+        PolicyName::Sample => Policy::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        },
+        PolicyName::Forced => Policy::ForcedK,
+    };
+    let pauses = a.pauses.unwrap_or(model.config.k_max);
+    let mut dec = Decoder::new(&model, pauses, policy, a.seed)?;
+    let out = dec.generate(&prompt, a.max_new)?;
+    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
+    if a.json {
+        let tokens: Vec<serde_json::Value> = out
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.token,
+                    "text": vocab.token_text(e.token),
+                    "pauses": e.pauses,
+                    "p_dk": e.p_dk,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "prompt": a.prompt,
+            "pauses_max": pauses,
+            "mean_pauses": mean,
+            "tokens": tokens,
+        });
+        println!("{doc:#}");
+        return Ok(());
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut text = a.prompt.clone();
+    if model.config.vocab != 256 {
+        text.push(' ');
+    }
+    for e in &out {
+        let piece = vocab.token_text(e.token);
+        match (tty, e.pauses) {
+            (_, 0) => text.push_str(&piece),
+            // In a terminal: the token in yellow with its pause count as a superscript.
+            (true, n) => text.push_str(&format!("\x1b[33m{piece}{}\x1b[0m", superscript(n))),
+            (false, n) => text.push_str(&format!("{piece}{{{n}}}")),
+        }
+    }
+    println!("{text}");
+    eprintln!(
+        "{} tokens, {:.2} pauses per token (K = {pauses}){}",
+        out.len(),
+        mean,
+        if tty {
+            ""
+        } else {
+            "; {n} after a token = n pauses"
+        }
+    );
     Ok(())
 }
 
@@ -405,6 +551,7 @@ fn main() {
         Command::Train(a) => run_train(a),
         Command::Eval(a) => run_eval(a),
         Command::Experiment(a) => run_experiment_cmd(a),
+        Command::Generate(a) => run_generate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -126,3 +126,19 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
     }
     s
 }
+
+/// Every target token with its pause statistics, most pauses first (for
+/// `cyb eval --pauses-by-token`): which tokens pause, which never do, which vary.
+pub fn render_by_token(summary: &EvalSummary, data: &dyn DataSource) -> String {
+    let mut s = format!("## Pauses by target token (most first)\n\n{GROUP_HEADER}\n");
+    let mut tokens: Vec<_> = summary.by_token.iter().collect();
+    tokens.sort_by(|a, b| {
+        b.1.mean_pauses
+            .total_cmp(&a.1.mean_pauses)
+            .then(a.0.cmp(&b.0))
+    });
+    for (tok, g) in tokens {
+        let _ = writeln!(s, "{}", group_row(&data.token_name(*tok), g));
+    }
+    s
+}

@@ -1,0 +1,189 @@
+//! The `cyb` command end to end on a tiny run: train, save, eval, generate, and the
+//! clear errors a newcomer may hit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cyb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cyb"))
+        .args(args)
+        .output()
+        .expect("cyb runs")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cyb-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const TINY: &[&str] = &[
+    "--steps",
+    "6",
+    "--batch",
+    "2",
+    "--ctx",
+    "16",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--eval-batches",
+    "1",
+];
+
+#[test]
+fn train_save_eval_generate() {
+    let dir = tmpdir("ok");
+    let ckpt = dir.join("m.safetensors");
+    let out = dir.join("report");
+    let mut args = vec![
+        "train",
+        "--pauses",
+        "2",
+        "--save",
+        s(&ckpt),
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(TINY);
+    let o = cyb(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "marginal NLL",
+        "accuracy, greedy policy",
+        "mean pauses per token",
+        "Pauses taken",
+        "By difficulty class",
+        "sum/4",
+        "pause most",
+        "pause least",
+    ] {
+        assert!(report.contains(needle), "report lacks {needle}:\n{report}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .trim(),
+        report.trim()
+    );
+    assert!(std::fs::read(out.join("pauses.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&ckpt),
+        "--eval-batches",
+        "2",
+        "--pauses-by-token",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Pauses by target token"));
+
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "[L2] 3 4 =",
+        "--max-new",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let toks = doc["tokens"].as_array().unwrap();
+    assert_eq!(toks.len(), 5);
+    assert!(toks.iter().all(|t| t["pauses"].as_u64().unwrap() <= 2
+        && t["p_dk"].as_array().unwrap().len() == t["pauses"].as_u64().unwrap() as usize + 1));
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "[L1] 2 =",
+        "--max-new",
+        "3",
+        "--policy",
+        "forced",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("{2}"),
+        "plain pause markers when not a TTY"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let dir = tmpdir("bad");
+    let ckpt = dir.join("m.safetensors");
+    let mut args = vec!["train", "--pauses", "1", "--save", s(&ckpt)];
+    args.extend_from_slice(TINY);
+    assert!(cyb(&args).status.success());
+
+    let check = |args: &[&str], needle: &str| {
+        let o = cyb(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: '{needle}' not in: {e}");
+    };
+    check(
+        &["train", "--device", "cuda", "--steps", "1"],
+        "not implemented yet",
+    );
+    check(
+        &["eval", "--load", s(&dir.join("missing.safetensors"))],
+        "missing.safetensors",
+    );
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+    check(&["eval", "--load", s(&corrupt)], "corrupt.safetensors");
+    check(&["eval", "--load", s(&ckpt), "--pauses", "3"], "K = 3");
+    check(&["eval", "--load", s(&ckpt), "--ctx", "99"], "t_max");
+    check(
+        &["generate", "--load", s(&ckpt), "--prompt", "[L1] 7 ="],
+        "not a token",
+    );
+    check(
+        &["generate", "--load", s(&ckpt), "--prompt", &"1 ".repeat(20)],
+        "t_max",
+    );
+    check(
+        &[
+            "generate",
+            "--load",
+            s(&ckpt),
+            "--prompt",
+            "1",
+            "--pauses",
+            "2",
+        ],
+        "K = 2",
+    );
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    check(&["train", "--text", s(&empty), "--steps", "1"], "empty");
+    check(&["train", "--task", "nope", "--steps", "1"], "unknown task");
+    // A failed save never leaves a file behind.
+    let blocked = dir.join("no-such-dir").join("m.safetensors");
+    let mut args = vec!["train", "--save", s(&blocked)];
+    args.extend_from_slice(TINY);
+    assert!(!cyb(&args).status.success());
+    assert!(!blocked.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,147 @@
+//! The KV-cache decoder against full recomputes of the expanded sequence.
+
+use cyb::config::ModelConfig;
+use cyb::cpu::model::Model;
+use cyb::decode::{Decoder, Policy};
+use cyb::rng::Rng;
+use cyb::CybError;
+
+fn model(k_max: usize, seed: u64) -> Model<f64> {
+    let c = ModelConfig {
+        vocab: 11,
+        d_model: 12,
+        n_layer: 2,
+        n_head: 3,
+        t_max: 9,
+        k_max,
+    };
+    let mut m: Model<f64> = Model::init(c, &mut Rng::new(seed)).unwrap();
+    // Larger-than-init weights so attention is far from uniform and DK varies.
+    let mut rng = Rng::new(seed + 100);
+    for (_, _, t) in m.params.tensors_mut() {
+        t.iter_mut().for_each(|x| *x += 0.3 * rng.normal());
+    }
+    m
+}
+
+/// Logits of step `(t, k)` in a `[1, K+1, seq, V+1]` tensor.
+fn row(logits: &[f64], seq: usize, v1: usize, k: usize, t: usize) -> &[f64] {
+    &logits[(k * seq + t) * v1..][..v1]
+}
+
+#[test]
+fn cached_steps_equal_full_recompute_for_any_pause_pattern() {
+    for (k_max, pattern) in [
+        (0usize, vec![0usize; 9]),
+        (1, vec![1, 0, 1, 1, 0, 0, 1, 0, 1]),
+        (3, vec![3, 0, 2, 1, 3, 0, 0, 2, 3]),
+    ] {
+        let m = model(k_max, 7 + k_max as u64);
+        let tokens: Vec<i32> = (0..9i32).map(|i| (i * 7 + 3) % 11).collect();
+        let v1 = 12;
+        let mut dec = Decoder::new(&m, k_max, Policy::ForcedK, 0).unwrap();
+        for t in 0..9 {
+            let full = m.forward(&tokens[..=t], 1, t + 1, k_max).unwrap();
+            let got = dec.push(tokens[t] as usize).unwrap();
+            let want = row(&full, t + 1, v1, 0, t);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-10, "K={k_max} t={t} k=0: {g} vs {w}");
+            }
+            for k in 1..=pattern[t] {
+                let got = dec.pause().unwrap();
+                let want = row(&full, t + 1, v1, k, t);
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() < 1e-10, "K={k_max} t={t} k={k}: {g} vs {w}");
+                }
+            }
+            if pattern[t] == k_max {
+                assert!(matches!(dec.pause(), Err(CybError::TooManyPauses { .. })));
+            }
+        }
+        assert_eq!(dec.len(), 9);
+    }
+}
+
+#[test]
+fn policies_behave_at_their_extremes() {
+    let m = model(3, 1);
+    let prompt = [1usize, 4, 2];
+    let never = Decoder::new(&m, 3, Policy::Greedy { threshold: 1.5 }, 0)
+        .unwrap()
+        .generate(&prompt, 5)
+        .unwrap();
+    assert!(never.iter().all(|e| e.pauses == 0 && e.p_dk.len() == 1));
+    let always = Decoder::new(&m, 3, Policy::Greedy { threshold: -0.5 }, 0)
+        .unwrap()
+        .generate(&prompt, 5)
+        .unwrap();
+    assert!(always.iter().all(|e| e.pauses == 3 && e.p_dk.len() == 4));
+    // Forced K answers with the argmax of teacher-forced step K.
+    let forced = Decoder::new(&m, 3, Policy::ForcedK, 0)
+        .unwrap()
+        .generate(&prompt, 5)
+        .unwrap();
+    let mut seq: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
+    for e in &forced {
+        let t = seq.len();
+        let full = m.forward(&seq, 1, t, 3).unwrap();
+        let r = row(&full, t, 12, 3, t - 1);
+        let best = (0..11)
+            .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(e.token, best);
+        assert_eq!(e.pauses, 3);
+        seq.push(e.token as i32);
+    }
+    // Sampling is seeded and stays in the vocabulary and the top-k set.
+    let policy = Policy::Sample {
+        temperature: 0.8,
+        top_k: 3,
+        top_p: 0.9,
+    };
+    let a = Decoder::new(&m, 3, policy.clone(), 42)
+        .unwrap()
+        .generate(&prompt, 6)
+        .unwrap();
+    let b = Decoder::new(&m, 3, policy, 42)
+        .unwrap()
+        .generate(&prompt, 6)
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().all(|e| e.token < 11 && e.pauses <= 3));
+}
+
+#[test]
+fn bad_decoding_inputs_are_errors() {
+    let m = model(2, 3);
+    let mut dec = Decoder::new(&m, 2, Policy::Greedy { threshold: 0.5 }, 0).unwrap();
+    assert!(matches!(
+        dec.push(11),
+        Err(CybError::VocabRange { id: 11, .. })
+    ));
+    assert!(
+        matches!(dec.pause(), Err(CybError::Shape(_))),
+        "pause before any token"
+    );
+    assert!(
+        matches!(dec.generate(&[1; 12], 1), Err(CybError::Shape(_))),
+        "prompt longer than the context"
+    );
+    assert!(matches!(dec.generate(&[], 1), Err(CybError::Shape(_))));
+    let no_pauses = model(0, 4);
+    assert!(matches!(
+        Decoder::new(&no_pauses, 1, Policy::ForcedK, 0),
+        Err(CybError::TooManyPauses { k: 1, k_max: 0 })
+    ));
+    assert!(Decoder::new(
+        &m,
+        2,
+        Policy::Sample {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0
+        },
+        0
+    )
+    .is_err());
+}
