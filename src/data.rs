@@ -125,12 +125,26 @@ impl DataSource for Bytes {
 /// Names of the built-in tasks, for `--task`.
 pub const TASKS: &[&str] = &["modsum"];
 
-/// A built-in task by name.
+/// A built-in task by name; `modsum:M:S` sets the modulus and the longest span.
 pub fn task_by_name(name: &str) -> Result<Box<dyn DataSource>> {
-    match name {
-        "modsum" => Ok(Box::new(ModSum::default())),
-        other => Err(CybError::Data(format!(
-            "unknown task '{other}' (built-in tasks: {})",
+    let mut parts = name.split(':');
+    match parts.next() {
+        Some("modsum") => {
+            let mut task = ModSum::default();
+            let mut num = |what: &str, default: usize, min: usize| -> Result<usize> {
+                match parts.next() {
+                    None => Ok(default),
+                    Some(x) => x.parse::<usize>().ok().filter(|&v| v >= min && v <= 64).ok_or_else(|| {
+                        CybError::Data(format!("modsum {what} must be an integer in {min}..=64, got '{x}'"))
+                    }),
+                }
+            };
+            task.modulus = num("modulus", task.modulus, 2)?;
+            task.max_span = num("max span", task.max_span, 1)?;
+            Ok(Box::new(task))
+        }
+        _ => Err(CybError::Data(format!(
+            "unknown task '{name}' (built-in tasks: {}; modsum takes :MODULUS:MAX_SPAN)",
             TASKS.join(", ")
         ))),
     }
@@ -240,7 +254,15 @@ impl DataSource for ModSum {
         for _ in 0..batch {
             let (toks, cls) = self.sequence(seq + 1, rng);
             out.tokens.extend_from_slice(&toks[..seq]);
-            out.targets.extend_from_slice(&toks[1..=seq]);
+            // Random digits and markers cannot be predicted by anyone: they are
+            // ignored (-1) so the gradient is spent on targets that can be learned.
+            out.targets.extend((1..=seq).map(|i| {
+                if cls[i] == Self::CLASS_DIGIT || cls[i] == Self::CLASS_MARKER {
+                    -1
+                } else {
+                    toks[i]
+                }
+            }));
             out.classes.extend_from_slice(&cls[1..=seq]);
         }
         out
