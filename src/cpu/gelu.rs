@@ -6,6 +6,14 @@ use rayon::prelude::*;
 
 const GELU_COEF: f64 = 0.044715;
 
+/// `tanh(u) = 1 - 2/(exp(2u) + 1)`: exact in real arithmetic, saturates correctly to
+/// ±1 (exp overflows to inf or underflows to 0), and is several times faster than
+/// libm's `tanhf`, which dominated the CPU training step.
+fn tanh<T: Scalar>(u: T) -> T {
+    let two = T::of(2.0);
+    T::one() - two / ((two * u).exp() + T::one())
+}
+
 fn sqrt_2_over_pi<T: Scalar>() -> T {
     T::of((2.0 / std::f64::consts::PI).sqrt())
 }
@@ -15,7 +23,7 @@ pub fn gelu_forward<T: Scalar>(out: &mut [T], inp: &[T]) {
     let (s, c, half) = (sqrt_2_over_pi::<T>(), T::of(GELU_COEF), T::of(0.5));
     out.par_iter_mut().zip(inp.par_iter()).for_each(|(o, &x)| {
         let u = s * (x + c * x * x * x);
-        *o = half * x * (T::one() + u.tanh());
+        *o = half * x * (T::one() + tanh(u));
     });
 }
 
@@ -27,7 +35,7 @@ pub fn gelu_backward<T: Scalar>(dinp: &mut [T], inp: &[T], dout: &[T]) {
         .zip(inp.par_iter().zip(dout.par_iter()))
         .for_each(|(dx, (&x, &dy))| {
             let u = s * (x + c * x * x * x);
-            let th = u.tanh();
+            let th = tanh(u);
             let sech2 = T::one() - th * th;
             let du = s * (T::one() + three * c * x * x);
             *dx = dy * (half * (T::one() + th) + half * x * sech2 * du);
