@@ -4,7 +4,7 @@
 
 use cyb::config::ModelConfig;
 use cyb::cpu::adamw::AdamW;
-use cyb::cpu::model::{Model, Params};
+use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
 use cyb::Objective;
 use std::time::Instant;
@@ -34,14 +34,16 @@ fn main() -> cyb::Result<()> {
         .collect();
     let obj = Objective::ap_default().resolve(pauses)?;
     let mut grads = Params::zeros(&config);
+    let mut ws: Workspace<f32> = Workspace::new();
     let mut opt = AdamW::new(0.9, 0.95, 1e-8, 0.1);
     let steps = 20;
     let mut fb = 0.0;
     let mut total = 0.0;
     for i in 0..steps + 3 {
         let t0 = Instant::now();
-        let out =
-            model.forward_backward(&tokens, &targets, batch, seq, pauses, &obj, &mut grads)?;
+        let out = model.forward_backward_with(
+            &mut ws, &tokens, &targets, batch, seq, pauses, &obj, &mut grads,
+        )?;
         let t1 = Instant::now();
         opt.step(&mut model.params, &grads, 1e-3);
         let t2 = Instant::now();

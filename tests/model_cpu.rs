@@ -10,7 +10,7 @@ use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
 use cyb::cpu::embedding::StepShape;
 use cyb::cpu::loss::{cyb_loss, LossShape};
-use cyb::cpu::model::{Model, Params};
+use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
 use cyb::{CybError, Objective, Reduction};
 
@@ -483,4 +483,27 @@ fn all_ignored_batch_has_zero_loss_and_gradient() {
         .tensors()
         .iter()
         .all(|(_, _, x)| x.iter().all(|&v| v == 0.0)));
+}
+
+#[test]
+fn reused_workspace_matches_fresh_buffers_across_shapes() {
+    let config = tiny_config();
+    let model = random_model(config.clone(), 12);
+    let mut rng = Rng::new(4);
+    let mut ws = Workspace::new();
+    // Shrinking and growing B, T and K: stale buffer contents must never leak in.
+    for (b, t, k) in [(3, 5, 3), (1, 2, 0), (2, 4, 2), (3, 5, 3)] {
+        let tokens = random_tokens(&mut rng, b * t, config.vocab);
+        let targets = random_tokens(&mut rng, b * t, config.vocab);
+        let obj = Objective::va_default().resolve(k).unwrap();
+        let (mut g_ws, mut g_fresh) = (Params::zeros(&config), Params::zeros(&config));
+        let o_ws = model
+            .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut g_ws)
+            .unwrap();
+        let o_fresh = model
+            .forward_backward(&tokens, &targets, b, t, k, &obj, &mut g_fresh)
+            .unwrap();
+        assert_eq!(o_ws, o_fresh);
+        assert_eq!(g_ws, g_fresh);
+    }
 }

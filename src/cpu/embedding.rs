@@ -7,7 +7,7 @@
 use crate::cpu::scalar::Scalar;
 
 /// Sizes of the expanded activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepShape {
     /// `B`
     pub batch: usize,
