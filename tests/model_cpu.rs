@@ -507,3 +507,106 @@ fn reused_workspace_matches_fresh_buffers_across_shapes() {
         assert_eq!(g_ws, g_fresh);
     }
 }
+
+/// A plain GPT-2 forward written from SPEC section 5 with no pause machinery at all
+/// (per sequence, nested loops, libm tanh): the `K = 0` model must equal it.
+fn plain_gpt_logits(m: &Model<f64>, tokens: &[i32]) -> Vec<Vec<f64>> {
+    let (p, d, nh) = (&m.params, m.config.d_model, m.config.n_head);
+    let dh = d / nh;
+    let t_len = tokens.len();
+    let layernorm = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        let mean = x.iter().sum::<f64>() / d as f64;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+        (0..d)
+            .map(|i| (x[i] - mean) / (var + 1e-5).sqrt() * w[i] + b[i])
+            .collect()
+    };
+    // y = W x + b with W [out, in].
+    let linear = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        (0..b.len())
+            .map(|o| b[o] + (0..x.len()).map(|i| w[o * x.len() + i] * x[i]).sum::<f64>())
+            .collect()
+    };
+    let mut h: Vec<Vec<f64>> = (0..t_len)
+        .map(|t| {
+            let tok = tokens[t] as usize;
+            (0..d)
+                .map(|i| p.tok_emb[tok * d + i] + p.pos_emb[t * d + i] + p.depth_emb[i])
+                .collect()
+        })
+        .collect();
+    for bp in &p.blocks {
+        let qkv: Vec<Vec<f64>> = h
+            .iter()
+            .map(|x| {
+                linear(
+                    &layernorm(x, &bp.ln1_weight, &bp.ln1_bias),
+                    &bp.attn_qkv_weight,
+                    &bp.attn_qkv_bias,
+                )
+            })
+            .collect();
+        for t in 0..t_len {
+            let mut y = vec![0.0; d];
+            for hd in 0..nh {
+                let q = &qkv[t][hd * dh..(hd + 1) * dh];
+                let scores: Vec<f64> = (0..=t)
+                    .map(|s| {
+                        let k = &qkv[s][d + hd * dh..d + (hd + 1) * dh];
+                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (s, sc) in scores.iter().enumerate() {
+                    for i in 0..dh {
+                        y[hd * dh + i] += (sc - max).exp() / z * qkv[s][2 * d + hd * dh + i];
+                    }
+                }
+            }
+            let o = linear(&y, &bp.attn_proj_weight, &bp.attn_proj_bias);
+            h[t].iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+        for x in h.iter_mut() {
+            let f = linear(
+                &layernorm(x, &bp.ln2_weight, &bp.ln2_bias),
+                &bp.mlp_fc_weight,
+                &bp.mlp_fc_bias,
+            );
+            let g: Vec<f64> = f
+                .iter()
+                .map(|&u| {
+                    0.5 * u
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (u + 0.044715 * u.powi(3)))
+                                .tanh())
+                })
+                .collect();
+            let o = linear(&g, &bp.mlp_proj_weight, &bp.mlp_proj_bias);
+            x.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+    }
+    let v1 = m.config.vocab + 1;
+    h.iter()
+        .map(|x| {
+            let n = layernorm(x, &p.ln_f_weight, &p.ln_f_bias);
+            (0..v1)
+                .map(|v| (0..d).map(|i| n[i] * p.tok_emb[v * d + i]).sum())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn without_pauses_the_model_is_a_plain_gpt() {
+    let config = tiny_config();
+    let model = random_model(config.clone(), 21);
+    let mut rng = Rng::new(13);
+    let (b, t) = (2, 5);
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let logits = model.forward(&tokens, b, t, 0).unwrap();
+    let want: Vec<f64> = (0..b)
+        .flat_map(|bi| plain_gpt_logits(&model, &tokens[bi * t..(bi + 1) * t]).concat())
+        .collect();
+    assert_close("K = 0 logits vs plain GPT", &logits, &want, 1e-12, 1e-10);
+}
