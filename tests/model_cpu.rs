@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, f64s, i32s, testdata_dir, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, testdata_dir, vectors};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
@@ -77,16 +77,6 @@ fn reproduces_spec_model_case() {
             }
         }
     }
-}
-
-fn all_objectives() -> Vec<Objective> {
-    vec![
-        Objective::CeFinal,
-        Objective::Marginal,
-        Objective::ap_default(),
-        Objective::va_default(),
-        Objective::dp_default(),
-    ]
 }
 
 fn tiny_config() -> ModelConfig {
