@@ -188,12 +188,16 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
                 dh,
                 false,
             );
-            for k in 1..=kk {
+            for k in 0..=kk {
                 for t in 0..seq {
                     let i = k * seq + t;
-                    for k2 in 1..=k {
-                        let p = a[i * w + seq + k2 - 1];
-                        let v = &v_all[row_of(k2, t)..][..dh];
+                    for j in seq..w {
+                        let (t2, k2) = candidate_key(j, t, seq);
+                        let p = a[i * w + j]; // 0 where masked
+                        if p == T::zero() {
+                            continue;
+                        }
+                        let v = &v_all[row_of(k2, t2)..][..dh];
                         for (x, &vv) in oh[row_of(k, t)..][..dh].iter_mut().zip(v) {
                             *x += p * vv;
                         }
