@@ -600,3 +600,44 @@ fn without_pauses_the_model_is_a_plain_gpt() {
         .collect();
     assert_close("K = 0 logits vs plain GPT", &logits, &want, 1e-12, 1e-10);
 }
+
+#[test]
+fn init_follows_spec_section_5() {
+    let config = ModelConfig {
+        vocab: 50,
+        d_model: 64,
+        n_layer: 4,
+        n_head: 4,
+        t_max: 64,
+        k_max: 3,
+    };
+    let p: Params<f64> = Params::init(&config, &mut Rng::new(7));
+    let std = |x: &[f64]| (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();
+    let resid = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+    for (name, shape, x) in p.tensors() {
+        let want = if name.ends_with("attn.proj.weight") || name.ends_with("mlp.proj.weight") {
+            Some(resid)
+        } else if shape.len() == 2 {
+            Some(0.02) // Linear weights and the three embedding tables
+        } else {
+            None
+        };
+        match want {
+            Some(s) => assert!(
+                (std(x) / s - 1.0).abs() < 0.1,
+                "{name}: std {} want {s}",
+                std(x)
+            ),
+            None if name.contains("ln") && name.ends_with(".weight") => {
+                assert!(x.iter().all(|&v| v == 1.0), "{name}")
+            }
+            None => assert!(x.iter().all(|&v| v == 0.0), "{name}"),
+        }
+    }
+    // Same seed, same model; the f32 model is the f64 one rounded.
+    assert_eq!(p, Params::init(&config, &mut Rng::new(7)));
+    assert_eq!(
+        Params::<f32>::init(&config, &mut Rng::new(7)),
+        p.cast::<f32>()
+    );
+}
