@@ -9,10 +9,9 @@ use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
 use cyb::cpu::embedding::StepShape;
-use cyb::cpu::loss::{cyb_loss, LossShape};
 use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
-use cyb::{CybError, Objective, Reduction};
+use cyb::{CybError, Objective};
 
 fn spec_model() -> Model<f64> {
     checkpoint::load(testdata_dir().join("tiny_model.safetensors"))
@@ -49,6 +48,11 @@ fn reproduces_spec_model_case() {
                 &mut grads,
             )
             .unwrap();
+        // The evaluation path gives the same numbers without the backward.
+        let eval = model
+            .loss(&tokens, &targets, batch, seq, kk, &obj.resolve(kk).unwrap())
+            .unwrap();
+        assert_eq!(eval, out);
         assert_close(
             &format!("{name} loss"),
             &[out.loss],
@@ -110,36 +114,6 @@ fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
     (0..n).map(|_| rng.below(vocab) as i32).collect()
 }
 
-/// Loss only (forward + `cyb_loss`), for finite differences.
-fn loss_of(
-    model: &Model<f64>,
-    tokens: &[i32],
-    targets: &[i32],
-    b: usize,
-    t: usize,
-    k: usize,
-    obj: &Objective,
-) -> f64 {
-    let logits = model.forward(tokens, b, t, k).unwrap();
-    let shape = LossShape {
-        batch: b,
-        pauses: k,
-        seq: t,
-        vocab: model.config.vocab,
-    };
-    cyb_loss(
-        &logits,
-        targets,
-        shape,
-        &obj.resolve(k).unwrap(),
-        Reduction::Mean,
-        None,
-        None::<&mut [f64]>,
-    )
-    .unwrap()
-    .loss
-}
-
 #[test]
 fn gradients_match_finite_differences() {
     let config = tiny_config();
@@ -177,7 +151,10 @@ fn gradients_match_finite_differences() {
                 let orig = model.params.tensors()[ti].2[i];
                 let mut at = |x: f64| {
                     model.params.tensors_mut()[ti].2[i] = x;
-                    loss_of(&model, &tokens, &targets, b, t, k, &obj)
+                    model
+                        .loss(&tokens, &targets, b, t, k, &obj.resolve(k).unwrap())
+                        .unwrap()
+                        .loss
                 };
                 let fd = (at(orig + h) - at(orig - h)) / (2.0 * h);
                 at(orig);

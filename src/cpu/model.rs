@@ -216,6 +216,69 @@ impl<T: Scalar> Model<T> {
         Ok(acts.logits)
     }
 
+    /// [`Model::check_inputs`] plus the targets: `[B, T]`, each `-1` or `0..V`.
+    fn check_step_inputs(
+        &self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+    ) -> Result<()> {
+        self.check_inputs(tokens, batch, seq, pauses)?;
+        if targets.len() != batch * seq {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {batch}*{seq}",
+                targets.len()
+            )));
+        }
+        check_targets(targets, self.config.vocab)
+    }
+
+    /// Loss (`Reduction::Mean`) and statistics without gradients, for evaluation.
+    ///
+    /// ```
+    /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng, Objective};
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2 };
+    /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+    /// let obj = Objective::Marginal.resolve(2).unwrap();
+    /// let out = m.loss(&[1, 2, 3], &[2, 3, 4], 1, 3, 2, &obj).unwrap();
+    /// assert!((out.loss - 7f64.ln()).abs() < 0.1); // about uniform at init
+    /// ```
+    pub fn loss(
+        &self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+    ) -> Result<StepOutput> {
+        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
+        let mut acts = Activations::default();
+        self.forward_acts(&mut acts, tokens, batch, seq, pauses);
+        let shape = LossShape {
+            batch,
+            pauses,
+            seq,
+            vocab: self.config.vocab,
+        };
+        let fwd = cyb_loss(
+            &acts.logits,
+            targets,
+            shape,
+            objective,
+            Reduction::Mean,
+            None,
+            None,
+        )?;
+        Ok(StepOutput {
+            loss: fwd.loss,
+            stats: fwd.stats,
+            pauses: fwd.pauses,
+        })
+    }
+
     /// Loss (`Reduction::Mean`) and gradients of every parameter. `grads` is
     /// overwritten (not accumulated); it must have this model's shapes (e.g.
     /// `Params::zeros(&model.config)`).
@@ -259,14 +322,7 @@ impl<T: Scalar> Model<T> {
         objective: &ResolvedObjective,
         grads: &mut Params<T>,
     ) -> Result<StepOutput> {
-        self.check_inputs(tokens, batch, seq, pauses)?;
-        if targets.len() != batch * seq {
-            return Err(CybError::Shape(format!(
-                "targets have {} elements, expected B*T = {batch}*{seq}",
-                targets.len()
-            )));
-        }
-        check_targets(targets, self.config.vocab)?;
+        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
         grads.check(&self.config)?;
         self.forward_acts(&mut ws.acts, tokens, batch, seq, pauses);
         let shape = LossShape {
