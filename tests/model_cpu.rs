@@ -618,3 +618,31 @@ fn init_follows_spec_section_5() {
         p.cast::<f32>()
     );
 }
+
+#[test]
+fn f32_training_path_matches_the_f64_reference() {
+    // The same checkpoint in f32 (sgemm) and f64 (dgemm): f32 rounding only.
+    let v = vectors();
+    let case = &v["model_case"];
+    let m32 = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
+    let m64: Model<f64> = m32.cast();
+    let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+    let (b, kk) = (2, m32.config.k_max);
+    let t = tokens.len() / b;
+    for obj in all_objectives() {
+        let obj = obj.resolve(kk).unwrap();
+        let (mut g32, mut g64) = (Params::zeros(&m32.config), Params::zeros(&m64.config));
+        let o32 = m32
+            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g32)
+            .unwrap();
+        let o64 = m64
+            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g64)
+            .unwrap();
+        assert_close("f32 loss", &[o32.loss], &[o64.loss], 0.0, 1e-5);
+        let g32 = g32.cast::<f64>();
+        for ((name, _, a), (_, _, w)) in g32.tensors().into_iter().zip(g64.tensors()) {
+            // Gradients are ~1e-2..1e-4 here; f32 keeps ~6 digits of the largest terms.
+            assert_close(&format!("f32 grad {name}"), a, w, 2e-6, 1e-3);
+        }
+    }
+}
