@@ -281,7 +281,8 @@ impl<T: Scalar> Model<T> {
 
     /// Loss (`Reduction::Mean`) and gradients of every parameter. `grads` is
     /// overwritten (not accumulated); it must have this model's shapes (e.g.
-    /// `Params::zeros(&model.config)`).
+    /// `Params::zeros(&model.config)`). Allocates its buffers on every call: a training
+    /// loop should keep a [`Workspace`] and call [`Model::forward_backward_with`].
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::{Model, Params}, rng::Rng, Objective};
