@@ -3,20 +3,10 @@
 
 mod common;
 
-use common::{assert_close, f64s, i32s, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, vectors};
 use cyb::cpu::loss::{cyb_loss, halting_from_scalars, row_scalars, LossShape};
 use cyb::rng::Rng;
 use cyb::{Objective, Reduction, StepWeights};
-
-fn all_objectives() -> Vec<Objective> {
-    vec![
-        Objective::CeFinal,
-        Objective::Marginal,
-        Objective::ap_default(),
-        Objective::va_default(),
-        Objective::dp_default(),
-    ]
-}
 
 fn random_case(
     rng: &mut Rng,

@@ -4,15 +4,14 @@
 
 mod common;
 
-use common::{assert_close, f64s, i32s, testdata_dir, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, testdata_dir, vectors};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
 use cyb::cpu::embedding::StepShape;
-use cyb::cpu::loss::{cyb_loss, LossShape};
-use cyb::cpu::model::{Model, Params};
+use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
-use cyb::{CybError, Objective, Reduction};
+use cyb::{CybError, Objective};
 
 fn spec_model() -> Model<f64> {
     checkpoint::load(testdata_dir().join("tiny_model.safetensors"))
@@ -49,6 +48,11 @@ fn reproduces_spec_model_case() {
                 &mut grads,
             )
             .unwrap();
+        // The evaluation path gives the same numbers without the backward.
+        let eval = model
+            .loss(&tokens, &targets, batch, seq, kk, &obj.resolve(kk).unwrap())
+            .unwrap();
+        assert_eq!(eval, out);
         assert_close(
             &format!("{name} loss"),
             &[out.loss],
@@ -77,16 +81,6 @@ fn reproduces_spec_model_case() {
             }
         }
     }
-}
-
-fn all_objectives() -> Vec<Objective> {
-    vec![
-        Objective::CeFinal,
-        Objective::Marginal,
-        Objective::ap_default(),
-        Objective::va_default(),
-        Objective::dp_default(),
-    ]
 }
 
 fn tiny_config() -> ModelConfig {
@@ -118,36 +112,6 @@ fn random_model(config: ModelConfig, seed: u64) -> Model<f64> {
 
 fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
     (0..n).map(|_| rng.below(vocab) as i32).collect()
-}
-
-/// Loss only (forward + `cyb_loss`), for finite differences.
-fn loss_of(
-    model: &Model<f64>,
-    tokens: &[i32],
-    targets: &[i32],
-    b: usize,
-    t: usize,
-    k: usize,
-    obj: &Objective,
-) -> f64 {
-    let logits = model.forward(tokens, b, t, k).unwrap();
-    let shape = LossShape {
-        batch: b,
-        pauses: k,
-        seq: t,
-        vocab: model.config.vocab,
-    };
-    cyb_loss(
-        &logits,
-        targets,
-        shape,
-        &obj.resolve(k).unwrap(),
-        Reduction::Mean,
-        None,
-        None::<&mut [f64]>,
-    )
-    .unwrap()
-    .loss
 }
 
 #[test]
@@ -187,7 +151,10 @@ fn gradients_match_finite_differences() {
                 let orig = model.params.tensors()[ti].2[i];
                 let mut at = |x: f64| {
                     model.params.tensors_mut()[ti].2[i] = x;
-                    loss_of(&model, &tokens, &targets, b, t, k, &obj)
+                    model
+                        .loss(&tokens, &targets, b, t, k, &obj.resolve(k).unwrap())
+                        .unwrap()
+                        .loss
                 };
                 let fd = (at(orig + h) - at(orig - h)) / (2.0 * h);
                 at(orig);
@@ -483,4 +450,199 @@ fn all_ignored_batch_has_zero_loss_and_gradient() {
         .tensors()
         .iter()
         .all(|(_, _, x)| x.iter().all(|&v| v == 0.0)));
+}
+
+#[test]
+fn reused_workspace_matches_fresh_buffers_across_shapes() {
+    let config = tiny_config();
+    let model = random_model(config.clone(), 12);
+    let mut rng = Rng::new(4);
+    let mut ws = Workspace::new();
+    // Shrinking and growing B, T and K: stale buffer contents must never leak in.
+    for (b, t, k) in [(3, 5, 3), (1, 2, 0), (2, 4, 2), (3, 5, 3)] {
+        let tokens = random_tokens(&mut rng, b * t, config.vocab);
+        let targets = random_tokens(&mut rng, b * t, config.vocab);
+        let obj = Objective::va_default().resolve(k).unwrap();
+        let (mut g_ws, mut g_fresh) = (Params::zeros(&config), Params::zeros(&config));
+        let o_ws = model
+            .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut g_ws)
+            .unwrap();
+        let o_fresh = model
+            .forward_backward(&tokens, &targets, b, t, k, &obj, &mut g_fresh)
+            .unwrap();
+        assert_eq!(o_ws, o_fresh);
+        assert_eq!(g_ws, g_fresh);
+    }
+}
+
+/// A plain GPT-2 forward written from SPEC section 5 with no pause machinery at all
+/// (per sequence, nested loops, libm tanh): the `K = 0` model must equal it.
+fn plain_gpt_logits(m: &Model<f64>, tokens: &[i32]) -> Vec<Vec<f64>> {
+    let (p, d, nh) = (&m.params, m.config.d_model, m.config.n_head);
+    let dh = d / nh;
+    let t_len = tokens.len();
+    let layernorm = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        let mean = x.iter().sum::<f64>() / d as f64;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+        (0..d)
+            .map(|i| (x[i] - mean) / (var + 1e-5).sqrt() * w[i] + b[i])
+            .collect()
+    };
+    // y = W x + b with W [out, in].
+    let linear = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        (0..b.len())
+            .map(|o| b[o] + (0..x.len()).map(|i| w[o * x.len() + i] * x[i]).sum::<f64>())
+            .collect()
+    };
+    let mut h: Vec<Vec<f64>> = (0..t_len)
+        .map(|t| {
+            let tok = tokens[t] as usize;
+            (0..d)
+                .map(|i| p.tok_emb[tok * d + i] + p.pos_emb[t * d + i] + p.depth_emb[i])
+                .collect()
+        })
+        .collect();
+    for bp in &p.blocks {
+        let qkv: Vec<Vec<f64>> = h
+            .iter()
+            .map(|x| {
+                linear(
+                    &layernorm(x, &bp.ln1_weight, &bp.ln1_bias),
+                    &bp.attn_qkv_weight,
+                    &bp.attn_qkv_bias,
+                )
+            })
+            .collect();
+        for t in 0..t_len {
+            let mut y = vec![0.0; d];
+            for hd in 0..nh {
+                let q = &qkv[t][hd * dh..(hd + 1) * dh];
+                let scores: Vec<f64> = (0..=t)
+                    .map(|s| {
+                        let k = &qkv[s][d + hd * dh..d + (hd + 1) * dh];
+                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (s, sc) in scores.iter().enumerate() {
+                    for i in 0..dh {
+                        y[hd * dh + i] += (sc - max).exp() / z * qkv[s][2 * d + hd * dh + i];
+                    }
+                }
+            }
+            let o = linear(&y, &bp.attn_proj_weight, &bp.attn_proj_bias);
+            h[t].iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+        for x in h.iter_mut() {
+            let f = linear(
+                &layernorm(x, &bp.ln2_weight, &bp.ln2_bias),
+                &bp.mlp_fc_weight,
+                &bp.mlp_fc_bias,
+            );
+            let g: Vec<f64> = f
+                .iter()
+                .map(|&u| {
+                    0.5 * u
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (u + 0.044715 * u.powi(3)))
+                                .tanh())
+                })
+                .collect();
+            let o = linear(&g, &bp.mlp_proj_weight, &bp.mlp_proj_bias);
+            x.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+    }
+    let v1 = m.config.vocab + 1;
+    h.iter()
+        .map(|x| {
+            let n = layernorm(x, &p.ln_f_weight, &p.ln_f_bias);
+            (0..v1)
+                .map(|v| (0..d).map(|i| n[i] * p.tok_emb[v * d + i]).sum())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn without_pauses_the_model_is_a_plain_gpt() {
+    let config = tiny_config();
+    let model = random_model(config.clone(), 21);
+    let mut rng = Rng::new(13);
+    let (b, t) = (2, 5);
+    let tokens = random_tokens(&mut rng, b * t, config.vocab);
+    let logits = model.forward(&tokens, b, t, 0).unwrap();
+    let want: Vec<f64> = (0..b)
+        .flat_map(|bi| plain_gpt_logits(&model, &tokens[bi * t..(bi + 1) * t]).concat())
+        .collect();
+    assert_close("K = 0 logits vs plain GPT", &logits, &want, 1e-12, 1e-10);
+}
+
+#[test]
+fn init_follows_spec_section_5() {
+    let config = ModelConfig {
+        vocab: 50,
+        d_model: 64,
+        n_layer: 4,
+        n_head: 4,
+        t_max: 64,
+        k_max: 3,
+    };
+    let p: Params<f64> = Params::init(&config, &mut Rng::new(7));
+    let std = |x: &[f64]| (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();
+    let resid = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+    for (name, shape, x) in p.tensors() {
+        let want = if name.ends_with("attn.proj.weight") || name.ends_with("mlp.proj.weight") {
+            Some(resid)
+        } else if shape.len() == 2 {
+            Some(0.02) // Linear weights and the three embedding tables
+        } else {
+            None
+        };
+        match want {
+            Some(s) => assert!(
+                (std(x) / s - 1.0).abs() < 0.1,
+                "{name}: std {} want {s}",
+                std(x)
+            ),
+            None if name.contains("ln") && name.ends_with(".weight") => {
+                assert!(x.iter().all(|&v| v == 1.0), "{name}")
+            }
+            None => assert!(x.iter().all(|&v| v == 0.0), "{name}"),
+        }
+    }
+    // Same seed, same model; the f32 model is the f64 one rounded.
+    assert_eq!(p, Params::init(&config, &mut Rng::new(7)));
+    assert_eq!(
+        Params::<f32>::init(&config, &mut Rng::new(7)),
+        p.cast::<f32>()
+    );
+}
+
+#[test]
+fn f32_training_path_matches_the_f64_reference() {
+    // The same checkpoint in f32 (sgemm) and f64 (dgemm): f32 rounding only.
+    let v = vectors();
+    let case = &v["model_case"];
+    let m32 = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
+    let m64: Model<f64> = m32.cast();
+    let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+    let (b, kk) = (2, m32.config.k_max);
+    let t = tokens.len() / b;
+    for obj in all_objectives() {
+        let obj = obj.resolve(kk).unwrap();
+        let (mut g32, mut g64) = (Params::zeros(&m32.config), Params::zeros(&m64.config));
+        let o32 = m32
+            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g32)
+            .unwrap();
+        let o64 = m64
+            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g64)
+            .unwrap();
+        assert_close("f32 loss", &[o32.loss], &[o64.loss], 0.0, 1e-5);
+        let g32 = g32.cast::<f64>();
+        for ((name, _, a), (_, _, w)) in g32.tensors().into_iter().zip(g64.tensors()) {
+            // Gradients are ~1e-2..1e-4 here; f32 keeps ~6 digits of the largest terms.
+            assert_close(&format!("f32 grad {name}"), a, w, 2e-6, 1e-3);
+        }
+    }
 }

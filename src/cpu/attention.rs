@@ -14,7 +14,7 @@
 //! sequentially in a fixed order, so results do not depend on thread scheduling.
 
 use crate::cpu::embedding::StepShape;
-use crate::cpu::scalar::Scalar;
+use crate::cpu::scalar::{matmul, Op, Scalar};
 use rayon::prelude::*;
 
 /// SPEC section 3: may query step `(t, k)` attend to key step `(t2, k2)`?
@@ -70,57 +70,136 @@ impl AttnShape {
     }
 }
 
+/// Dot product over 8 independent lanes, summed in a fixed order at the end: the
+/// compiler can vectorise it (a single running sum is one long dependency chain),
+/// and the result is still the same on every run.
 fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(T::zero(), |acc, (&x, &y)| acc + x * y);
+    let mut lanes = [T::zero(); 8];
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().fold(tail, |acc, &l| acc + l)
+}
+
+/// The q, k and v of head `h` of batch element `b`, copied out of `qkv` into one
+/// contiguous `[3, K+1, T, d_head]` buffer (so the inner loops read unit-stride rows).
+fn gather_head<T: Scalar>(qkv: &[T], s: AttnShape, b: usize, h: usize) -> Vec<T> {
+    let (d, dh, plane) = (s.d, s.d_head(), s.plane());
+    let mut out = vec![T::zero(); 3 * plane];
+    for k in 0..=s.steps.pauses {
+        for t in 0..s.steps.seq {
+            let src = s.steps.row(b, k, t) * 3 * d + h * dh;
+            for m in 0..3 {
+                out[m * plane + (k * s.steps.seq + t) * dh..][..dh]
+                    .copy_from_slice(&qkv[src + m * d..][..dh]);
+            }
+        }
+    }
+    out
 }
 
 /// out: `[B, K+1, T, d]`, att: `[B, H, K+1, T, T+K]`; qkv: `[B, K+1, T, 3d]`.
+///
+/// Per `(b, head)`: the scores against the `T` real keys are one GEMM
+/// `Q [(K+1)T, dh] · K_0^T [dh, T]` (every plane attends to the same real prefix), the
+/// `k` private pause keys of each query are dot products; the mask then keeps what
+/// [`pause_visible`] allows, and the output is `P_real · V_0` (GEMM) plus the pause terms.
 pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: AttnShape) {
     let (d, dh, w) = (s.d, s.d_head(), s.width());
     let (kk, seq) = (s.steps.pauses, s.steps.seq);
+    let (rows, plane) = ((kk + 1) * seq, s.plane());
     let scale = T::one() / T::of(dh as f64).sqrt();
     // Head-major output [B, H, K+1, T, dh], so that each (b, h) owns one slice.
-    let mut out_h = vec![T::zero(); s.steps.batch * s.heads * s.plane()];
+    let mut out_h = vec![T::zero(); s.steps.batch * s.heads * plane];
     out_h
-        .par_chunks_mut(s.plane())
-        .zip(att.par_chunks_mut((kk + 1) * seq * w))
+        .par_chunks_mut(plane)
+        .zip(att.par_chunks_mut(rows * w))
         .enumerate()
         .for_each(|(bh, (oh, a))| {
-            let (b, h) = (bh / s.heads, bh % s.heads);
-            let q_at = |k: usize, t: usize| &qkv[s.steps.row(b, k, t) * 3 * d + h * dh..][..dh];
-            let k_at = |k: usize, t: usize| &qkv[s.steps.row(b, k, t) * 3 * d + d + h * dh..][..dh];
-            let v_at =
-                |k: usize, t: usize| &qkv[s.steps.row(b, k, t) * 3 * d + 2 * d + h * dh..][..dh];
+            let local = gather_head(qkv, s, bh / s.heads, bh % s.heads);
+            let (q_all, k_all, v_all) = (
+                &local[..plane],
+                &local[plane..2 * plane],
+                &local[2 * plane..],
+            );
+            let row_of = |k: usize, t: usize| (k * seq + t) * dh;
+            // Scores against the real keys (k' = 0): [(K+1)T, T].
+            let mut s_real = vec![T::zero(); rows * seq];
+            matmul(
+                &mut s_real,
+                q_all,
+                Op::N,
+                &k_all[..seq * dh],
+                Op::T,
+                rows,
+                dh,
+                seq,
+                false,
+            );
+            let mut p_real = vec![T::zero(); rows * seq];
             for k in 0..=kk {
                 for t in 0..seq {
-                    let q = q_at(k, t);
-                    let arow = &mut a[(k * seq + t) * w..][..w];
+                    let i = k * seq + t;
+                    let arow = &mut a[i * w..][..w];
                     // (t, 0) is always visible, so the max is finite.
                     let mut max = T::neg_infinity();
                     for (j, sc) in arow.iter_mut().enumerate() {
                         let (t2, k2) = candidate_key(j, t, seq);
-                        *sc = if pause_visible(t, k, t2, k2) {
-                            dot(q, k_at(k2, t2)) * scale
-                        } else {
+                        *sc = if !pause_visible(t, k, t2, k2) {
                             T::neg_infinity()
+                        } else if k2 == 0 {
+                            s_real[i * seq + t2] * scale
+                        } else {
+                            dot(&q_all[row_of(k, t)..][..dh], &k_all[row_of(k2, t2)..][..dh])
+                                * scale
                         };
                         max = max.max(*sc);
                     }
                     let mut sum = T::zero();
                     for sc in arow.iter_mut() {
-                        *sc = (*sc - max).exp(); // masked: exp(-inf) = 0
+                        *sc = if *sc == T::neg_infinity() {
+                            T::zero() // masked
+                        } else {
+                            (*sc - max).exp()
+                        };
                         sum += *sc;
                     }
-                    let o = &mut oh[(k * seq + t) * dh..][..dh];
-                    o.iter_mut().for_each(|x| *x = T::zero());
-                    for (j, p) in arow.iter_mut().enumerate() {
-                        *p = *p / sum;
-                        if *p == T::zero() {
+                    arow.iter_mut().for_each(|p| *p = *p / sum);
+                    p_real[i * seq..][..seq].copy_from_slice(&arow[..seq]);
+                }
+            }
+            // Real keys: O = P_real · V_0; then each query's own pause steps.
+            matmul(
+                oh,
+                &p_real,
+                Op::N,
+                &v_all[..seq * dh],
+                Op::N,
+                rows,
+                seq,
+                dh,
+                false,
+            );
+            for k in 0..=kk {
+                for t in 0..seq {
+                    let i = k * seq + t;
+                    for j in seq..w {
+                        let (t2, k2) = candidate_key(j, t, seq);
+                        let p = a[i * w + j]; // 0 where masked
+                        if p == T::zero() {
                             continue;
                         }
-                        let (t2, k2) = candidate_key(j, t, seq);
-                        for (x, &v) in o.iter_mut().zip(v_at(k2, t2)) {
-                            *x += *p * v;
+                        let v = &v_all[row_of(k2, t2)..][..dh];
+                        for (x, &vv) in oh[row_of(k, t)..][..dh].iter_mut().zip(v) {
+                            *x += p * vv;
                         }
                     }
                 }
@@ -138,7 +217,9 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
 }
 
 /// Backward of [`attention_forward`]: **overwrites** `dqkv: [B, K+1, T, 3d]` from
-/// `dout: [B, K+1, T, d]` and the saved `qkv` and `att`.
+/// `dout: [B, K+1, T, d]` and the saved `qkv` and `att`. The real-key parts are GEMMs
+/// (`dP = dO · V_0^T`, `dV_0 = P^T · dO`, `dQ = dS · K_0`, `dK_0 = dS^T · Q`), the
+/// pause-key parts are per-query loops, as in the forward.
 pub fn attention_backward<T: Scalar>(
     dqkv: &mut [T],
     dout: &[T],
@@ -148,7 +229,7 @@ pub fn attention_backward<T: Scalar>(
 ) {
     let (d, dh, w) = (s.d, s.d_head(), s.width());
     let (kk, seq) = (s.steps.pauses, s.steps.seq);
-    let plane = s.plane();
+    let (rows, plane) = ((kk + 1) * seq, s.plane());
     let scale = T::one() / T::of(dh as f64).sqrt();
     // Head-major gradients [B, H, 3, K+1, T, dh] (dq, dk, dv planes per (b, h)).
     let mut g_h = vec![T::zero(); s.steps.batch * s.heads * 3 * plane];
@@ -158,50 +239,121 @@ pub fn attention_backward<T: Scalar>(
             let (b, h) = (bh / s.heads, bh % s.heads);
             let (dq, rest) = g.split_at_mut(plane);
             let (dk, dv) = rest.split_at_mut(plane);
-            let a = &att[bh * (kk + 1) * seq * w..][..(kk + 1) * seq * w];
-            let at = |m: usize, k: usize, t: usize| {
-                &qkv[s.steps.row(b, k, t) * 3 * d + m * d + h * dh..][..dh]
-            };
-            let mut datt = vec![T::zero(); w];
+            let a = &att[bh * rows * w..][..rows * w];
+            let local = gather_head(qkv, s, b, h);
+            let (q_all, k_all, v_all) = (
+                &local[..plane],
+                &local[plane..2 * plane],
+                &local[2 * plane..],
+            );
+            let row_of = |k: usize, t: usize| (k * seq + t) * dh;
+            // dO of this head, [(K+1)T, dh].
+            let mut d_o = vec![T::zero(); plane];
             for k in 0..=kk {
                 for t in 0..seq {
-                    let dy = &dout[s.steps.row(b, k, t) * d + h * dh..][..dh];
-                    let arow = &a[(k * seq + t) * w..][..w];
-                    let q = at(0, k, t);
-                    // datt_j = dy · v_j and dv_j += att_j · dy.
+                    d_o[row_of(k, t)..][..dh]
+                        .copy_from_slice(&dout[s.steps.row(b, k, t) * d + h * dh..][..dh]);
+                }
+            }
+            let mut p_real = vec![T::zero(); rows * seq];
+            for i in 0..rows {
+                p_real[i * seq..][..seq].copy_from_slice(&a[i * w..][..seq]);
+            }
+            // dV_0 = P_real^T · dO, and dP_real = dO · V_0^T.
+            matmul(
+                &mut dv[..seq * dh],
+                &p_real,
+                Op::T,
+                &d_o,
+                Op::N,
+                seq,
+                rows,
+                dh,
+                false,
+            );
+            let mut dp_real = vec![T::zero(); rows * seq];
+            matmul(
+                &mut dp_real,
+                &d_o,
+                Op::N,
+                &v_all[..seq * dh],
+                Op::T,
+                rows,
+                dh,
+                seq,
+                false,
+            );
+            // Softmax backward per query: dS_j = att_j (dP_j - Σ att·dP) · scale. The
+            // real part of dS goes to ds_real (reusing p_real), the pause part is applied
+            // at once.
+            let ds_real = &mut p_real;
+            let mut dp = vec![T::zero(); w];
+            for k in 0..=kk {
+                for t in 0..seq {
+                    let i = k * seq + t;
+                    let arow = &a[i * w..][..w];
+                    let dy = &d_o[row_of(k, t)..][..dh];
                     let mut weighted = T::zero();
                     for j in 0..w {
                         let (t2, k2) = candidate_key(j, t, seq);
-                        if !pause_visible(t, k, t2, k2) {
-                            datt[j] = T::zero();
-                            continue;
-                        }
-                        datt[j] = dot(dy, at(2, k2, t2));
-                        weighted += arow[j] * datt[j];
-                        let dvj = &mut dv[(k2 * seq + t2) * dh..][..dh];
-                        for (x, &g) in dvj.iter_mut().zip(dy) {
-                            *x += arow[j] * g;
-                        }
+                        dp[j] = if !pause_visible(t, k, t2, k2) {
+                            T::zero()
+                        } else if k2 == 0 {
+                            dp_real[i * seq + t2]
+                        } else {
+                            // Pause key: dP and dV by hand.
+                            for (x, &gy) in dv[row_of(k2, t2)..][..dh].iter_mut().zip(dy) {
+                                *x += arow[j] * gy;
+                            }
+                            dot(dy, &v_all[row_of(k2, t2)..][..dh])
+                        };
+                        weighted += arow[j] * dp[j];
                     }
-                    // Softmax backward, then the scaled dot product q·k.
-                    let dqi = &mut dq[(k * seq + t) * dh..][..dh];
                     for j in 0..w {
                         let (t2, k2) = candidate_key(j, t, seq);
-                        if !pause_visible(t, k, t2, k2) {
-                            continue;
-                        }
-                        let dpre = arow[j] * (datt[j] - weighted) * scale;
-                        let key = at(1, k2, t2);
-                        for (x, &kv) in dqi.iter_mut().zip(key) {
-                            *x += dpre * kv;
-                        }
-                        let dkj = &mut dk[(k2 * seq + t2) * dh..][..dh];
-                        for (x, &qv) in dkj.iter_mut().zip(q) {
-                            *x += dpre * qv;
+                        let ds = if pause_visible(t, k, t2, k2) {
+                            arow[j] * (dp[j] - weighted) * scale
+                        } else {
+                            T::zero()
+                        };
+                        if j < seq {
+                            ds_real[i * seq + j] = ds;
+                        } else if ds != T::zero() {
+                            let key = &k_all[row_of(k2, t2)..][..dh];
+                            for (x, &kv) in dq[row_of(k, t)..][..dh].iter_mut().zip(key) {
+                                *x += ds * kv;
+                            }
+                            let q = &q_all[row_of(k, t)..][..dh];
+                            for (x, &qv) in dk[row_of(k2, t2)..][..dh].iter_mut().zip(q) {
+                                *x += ds * qv;
+                            }
                         }
                     }
                 }
             }
+            // Real keys: dQ += dS_real · K_0, dK_0 = dS_real^T · Q.
+            matmul(
+                dq,
+                ds_real,
+                Op::N,
+                &k_all[..seq * dh],
+                Op::N,
+                rows,
+                seq,
+                dh,
+                true,
+            );
+            matmul(
+                &mut dk[..seq * dh],
+                ds_real,
+                Op::T,
+                q_all,
+                Op::N,
+                seq,
+                rows,
+                dh,
+                false,
+            );
         });
     dqkv.par_chunks_mut(3 * d).enumerate().for_each(|(row, o)| {
         let (bk, t) = (row / seq, row % seq);

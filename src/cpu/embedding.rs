@@ -7,7 +7,7 @@
 use crate::cpu::scalar::Scalar;
 
 /// Sizes of the expanded activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepShape {
     /// `B`
     pub batch: usize,
@@ -28,12 +28,25 @@ impl StepShape {
     }
 }
 
-/// The embedding row step `(t, k)` of batch `b` reads: `x[b, t]` at `k = 0`, else PAUSE.
-fn input_token(tokens: &[i32], s: StepShape, b: usize, k: usize, t: usize, pause: usize) -> usize {
-    if k == 0 {
-        tokens[b * s.seq + t] as usize
-    } else {
-        pause
+/// Calls `f(row, token, t, k)` for every step in row order, where `token` is what
+/// step `(t, k)` reads: the real token `x[b, t]` at `k = 0`, PAUSE at `k >= 1`.
+fn for_each_step(
+    tokens: &[i32],
+    s: StepShape,
+    pause: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    for b in 0..s.batch {
+        for k in 0..=s.pauses {
+            for t in 0..s.seq {
+                let tok = if k == 0 {
+                    tokens[b * s.seq + t] as usize
+                } else {
+                    pause
+                };
+                f(s.row(b, k, t), tok, t, k);
+            }
+        }
     }
 }
 
@@ -50,22 +63,17 @@ pub fn embedding_forward<T: Scalar>(
     d: usize,
     pause: usize,
 ) {
-    for b in 0..s.batch {
-        for k in 0..=s.pauses {
-            for t in 0..s.seq {
-                let tok = input_token(tokens, s, b, k, t, pause);
-                let o = &mut out[s.row(b, k, t) * d..][..d];
-                let (e, p, dd) = (
-                    &tok_emb[tok * d..][..d],
-                    &pos_emb[t * d..][..d],
-                    &depth_emb[k * d..][..d],
-                );
-                for i in 0..d {
-                    o[i] = e[i] + p[i] + dd[i];
-                }
-            }
+    for_each_step(tokens, s, pause, |row, tok, t, k| {
+        let o = &mut out[row * d..][..d];
+        let (e, p, dd) = (
+            &tok_emb[tok * d..][..d],
+            &pos_emb[t * d..][..d],
+            &depth_emb[k * d..][..d],
+        );
+        for i in 0..d {
+            o[i] = e[i] + p[i] + dd[i];
         }
-    }
+    });
 }
 
 /// Accumulates `dout: [B, K+1, T, d]` into the three tables. Sequential in row order,
@@ -81,17 +89,12 @@ pub fn embedding_backward<T: Scalar>(
     d: usize,
     pause: usize,
 ) {
-    for b in 0..s.batch {
-        for k in 0..=s.pauses {
-            for t in 0..s.seq {
-                let tok = input_token(tokens, s, b, k, t, pause);
-                let g = &dout[s.row(b, k, t) * d..][..d];
-                for i in 0..d {
-                    dtok_emb[tok * d + i] += g[i];
-                    dpos_emb[t * d + i] += g[i];
-                    ddepth_emb[k * d + i] += g[i];
-                }
-            }
+    for_each_step(tokens, s, pause, |row, tok, t, k| {
+        let g = &dout[row * d..][..d];
+        for i in 0..d {
+            dtok_emb[tok * d + i] += g[i];
+            dpos_emb[t * d + i] += g[i];
+            ddepth_emb[k * d + i] += g[i];
         }
-    }
+    });
 }

@@ -63,7 +63,7 @@ struct BlockActs<T> {
 }
 
 /// Everything the forward keeps for the backward.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Activations<T> {
     steps: StepShape,
     /// `resid[0]` = embeddings, `resid[l+1]` = output of block `l`; each `[N, d]`.
@@ -73,6 +73,57 @@ struct Activations<T> {
     lnf_mean: Vec<T>, // [N]
     lnf_rstd: Vec<T>, // [N]
     logits: Vec<T>,   // [N, V+1]
+}
+
+/// Reusable buffers for [`Model::forward_backward_with`]: the activations the backward
+/// needs and its scratch. They grow to the largest batch seen and are reused, so a
+/// training loop does not allocate (and page-fault) megabytes every step.
+///
+/// ```
+/// use cyb::{config::ModelConfig, cpu::model::{Model, Params, Workspace}, rng::Rng, Objective};
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1 };
+/// let m: Model<f32> = Model::init(c.clone(), &mut Rng::new(0)).unwrap();
+/// let (mut ws, mut grads) = (Workspace::new(), Params::zeros(&c));
+/// let obj = Objective::CeFinal.resolve(1).unwrap();
+/// for _ in 0..2 {
+///     m.forward_backward_with(&mut ws, &[1, 2], &[2, 3], 1, 2, 1, &obj, &mut grads).unwrap();
+/// }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Workspace<T> {
+    acts: Activations<T>,
+    dlogits: Vec<T>, // [N, V+1]
+    dlnf: Vec<T>,    // [N, d]
+    dresid: Vec<T>,  // [N, d]
+    dgelu: Vec<T>,   // [N, 4d]
+    dfc: Vec<T>,     // [N, 4d]
+    dln: Vec<T>,     // [N, d]
+    datty: Vec<T>,   // [N, d]
+    dqkv: Vec<T>,    // [N, 3d]
+}
+
+impl<T: Scalar> Workspace<T> {
+    /// An empty workspace; buffers are allocated on first use.
+    pub fn new() -> Workspace<T> {
+        Workspace {
+            acts: Activations::default(),
+            dlogits: Vec::new(),
+            dlnf: Vec::new(),
+            dresid: Vec::new(),
+            dgelu: Vec::new(),
+            dfc: Vec::new(),
+            dln: Vec::new(),
+            datty: Vec::new(),
+            dqkv: Vec::new(),
+        }
+    }
+}
+
+/// Sets `v` to `len` elements, keeping its allocation. The old contents are left in
+/// place: every op writes all of its output before anything reads it.
+fn sized<T: Scalar>(v: &mut Vec<T>, len: usize) -> &mut Vec<T> {
+    v.resize(len, T::zero());
+    v
 }
 
 impl<T: Scalar> Model<T> {
@@ -160,12 +211,78 @@ impl<T: Scalar> Model<T> {
         pauses: usize,
     ) -> Result<Vec<T>> {
         self.check_inputs(tokens, batch, seq, pauses)?;
-        Ok(self.forward_acts(tokens, batch, seq, pauses).logits)
+        let mut acts = Activations::default();
+        self.forward_acts(&mut acts, tokens, batch, seq, pauses);
+        Ok(acts.logits)
+    }
+
+    /// [`Model::check_inputs`] plus the targets: `[B, T]`, each `-1` or `0..V`.
+    fn check_step_inputs(
+        &self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+    ) -> Result<()> {
+        self.check_inputs(tokens, batch, seq, pauses)?;
+        if targets.len() != batch * seq {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {batch}*{seq}",
+                targets.len()
+            )));
+        }
+        check_targets(targets, self.config.vocab)
+    }
+
+    /// Loss (`Reduction::Mean`) and statistics without gradients, for evaluation.
+    ///
+    /// ```
+    /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng, Objective};
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2 };
+    /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+    /// let obj = Objective::Marginal.resolve(2).unwrap();
+    /// let out = m.loss(&[1, 2, 3], &[2, 3, 4], 1, 3, 2, &obj).unwrap();
+    /// assert!((out.loss - 7f64.ln()).abs() < 0.1); // about uniform at init
+    /// ```
+    pub fn loss(
+        &self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+    ) -> Result<StepOutput> {
+        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
+        let mut acts = Activations::default();
+        self.forward_acts(&mut acts, tokens, batch, seq, pauses);
+        let shape = LossShape {
+            batch,
+            pauses,
+            seq,
+            vocab: self.config.vocab,
+        };
+        let fwd = cyb_loss(
+            &acts.logits,
+            targets,
+            shape,
+            objective,
+            Reduction::Mean,
+            None,
+            None,
+        )?;
+        Ok(StepOutput {
+            loss: fwd.loss,
+            stats: fwd.stats,
+            pauses: fwd.pauses,
+        })
     }
 
     /// Loss (`Reduction::Mean`) and gradients of every parameter. `grads` is
     /// overwritten (not accumulated); it must have this model's shapes (e.g.
-    /// `Params::zeros(&model.config)`).
+    /// `Params::zeros(&model.config)`). Allocates its buffers on every call: a training
+    /// loop should keep a [`Workspace`] and call [`Model::forward_backward_with`].
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::{Model, Params}, rng::Rng, Objective};
@@ -187,33 +304,45 @@ impl<T: Scalar> Model<T> {
         objective: &ResolvedObjective,
         grads: &mut Params<T>,
     ) -> Result<StepOutput> {
-        self.check_inputs(tokens, batch, seq, pauses)?;
-        if targets.len() != batch * seq {
-            return Err(CybError::Shape(format!(
-                "targets have {} elements, expected B*T = {batch}*{seq}",
-                targets.len()
-            )));
-        }
-        check_targets(targets, self.config.vocab)?;
+        let mut ws = Workspace::new();
+        self.forward_backward_with(
+            &mut ws, tokens, targets, batch, seq, pauses, objective, grads,
+        )
+    }
+
+    /// [`Model::forward_backward`] with caller-held buffers, reused across steps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_with(
+        &self,
+        ws: &mut Workspace<T>,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+        grads: &mut Params<T>,
+    ) -> Result<StepOutput> {
+        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
         grads.check(&self.config)?;
-        let acts = self.forward_acts(tokens, batch, seq, pauses);
+        self.forward_acts(&mut ws.acts, tokens, batch, seq, pauses);
         let shape = LossShape {
             batch,
             pauses,
             seq,
             vocab: self.config.vocab,
         };
-        let mut dlogits = vec![T::zero(); acts.logits.len()];
+        sized(&mut ws.dlogits, ws.acts.logits.len());
         let fwd = cyb_loss(
-            &acts.logits,
+            &ws.acts.logits,
             targets,
             shape,
             objective,
             Reduction::Mean,
             None,
-            Some(&mut dlogits),
+            Some(&mut ws.dlogits),
         )?;
-        self.backward(&acts, tokens, &dlogits, grads);
+        self.backward(ws, tokens, grads);
         Ok(StepOutput {
             loss: fwd.loss,
             stats: fwd.stats,
@@ -229,23 +358,26 @@ impl<T: Scalar> Model<T> {
         }
     }
 
-    /// The forward on checked inputs, keeping every activation.
+    /// The forward on checked inputs, keeping every activation in `acts`.
     fn forward_acts(
         &self,
+        acts: &mut Activations<T>,
         tokens: &[i32],
         batch: usize,
         seq: usize,
         pauses: usize,
-    ) -> Activations<T> {
+    ) {
         let (p, c) = (&self.params, &self.config);
         let steps = StepShape { batch, pauses, seq };
         let (n, d, v1) = (steps.rows(), c.d_model, c.vocab + 1);
-        let zeros = |len: usize| vec![T::zero(); len];
         let ashape = self.attn_shape(steps);
+        acts.steps = steps;
+        acts.resid.resize_with(c.n_layer + 1, Vec::new);
+        acts.blocks.resize_with(c.n_layer, BlockActs::default);
 
-        let mut h = zeros(n * d);
+        let h0 = sized(&mut acts.resid[0], n * d);
         embedding_forward(
-            &mut h,
+            h0,
             tokens,
             &p.tok_emb,
             &p.pos_emb,
@@ -254,36 +386,23 @@ impl<T: Scalar> Model<T> {
             d,
             c.vocab,
         );
-        let mut resid = vec![h];
-        let mut blocks = Vec::with_capacity(c.n_layer);
-        for bp in &p.blocks {
-            let x = &resid[resid.len() - 1];
-            let mut a = BlockActs {
-                ln1: zeros(n * d),
-                ln1_mean: zeros(n),
-                ln1_rstd: zeros(n),
-                qkv: zeros(n * 3 * d),
-                att: zeros(ashape.att_len()),
-                atty: zeros(n * d),
-                mid: zeros(n * d),
-                ln2: zeros(n * d),
-                ln2_mean: zeros(n),
-                ln2_rstd: zeros(n),
-                fc: zeros(n * 4 * d),
-                gelu: zeros(n * 4 * d),
-            };
+        for (l, bp) in p.blocks.iter().enumerate() {
+            let (done, rest) = acts.resid.split_at_mut(l + 1);
+            let (x, out) = (&done[l], &mut rest[0]);
+            let a = &mut acts.blocks[l];
             // Attention half: mid = x + W_o · Attn(LN1(x) W_qkv + b_qkv) + b_o.
             layernorm_forward(
-                &mut a.ln1,
-                &mut a.ln1_mean,
-                &mut a.ln1_rstd,
+                sized(&mut a.ln1, n * d),
+                sized(&mut a.ln1_mean, n),
+                sized(&mut a.ln1_rstd, n),
                 x,
                 &bp.ln1_weight,
                 &bp.ln1_bias,
                 d,
             );
+            let qkv = sized(&mut a.qkv, n * 3 * d);
             linear_forward(
-                &mut a.qkv,
+                qkv,
                 &a.ln1,
                 &bp.attn_qkv_weight,
                 &bp.attn_qkv_bias,
@@ -291,9 +410,14 @@ impl<T: Scalar> Model<T> {
                 d,
                 3 * d,
             );
-            attention_forward(&mut a.atty, &mut a.att, &a.qkv, ashape);
+            let (atty, att) = (
+                sized(&mut a.atty, n * d),
+                sized(&mut a.att, ashape.att_len()),
+            );
+            attention_forward(atty, att, &a.qkv, ashape);
+            let mid = sized(&mut a.mid, n * d);
             linear_forward(
-                &mut a.mid,
+                mid,
                 &a.atty,
                 &bp.attn_proj_weight,
                 &bp.attn_proj_bias,
@@ -301,30 +425,23 @@ impl<T: Scalar> Model<T> {
                 d,
                 d,
             );
-            add_in_place(&mut a.mid, x);
+            add_in_place(mid, x);
             // MLP half: out = mid + W_2 · gelu(LN2(mid) W_1 + b_1) + b_2.
             layernorm_forward(
-                &mut a.ln2,
-                &mut a.ln2_mean,
-                &mut a.ln2_rstd,
+                sized(&mut a.ln2, n * d),
+                sized(&mut a.ln2_mean, n),
+                sized(&mut a.ln2_rstd, n),
                 &a.mid,
                 &bp.ln2_weight,
                 &bp.ln2_bias,
                 d,
             );
+            let fc = sized(&mut a.fc, n * 4 * d);
+            linear_forward(fc, &a.ln2, &bp.mlp_fc_weight, &bp.mlp_fc_bias, n, d, 4 * d);
+            gelu_forward(sized(&mut a.gelu, n * 4 * d), &a.fc);
+            let out = sized(out, n * d);
             linear_forward(
-                &mut a.fc,
-                &a.ln2,
-                &bp.mlp_fc_weight,
-                &bp.mlp_fc_bias,
-                n,
-                d,
-                4 * d,
-            );
-            gelu_forward(&mut a.gelu, &a.fc);
-            let mut out = zeros(n * d);
-            linear_forward(
-                &mut out,
+                out,
                 &a.gelu,
                 &bp.mlp_proj_weight,
                 &bp.mlp_proj_bias,
@@ -332,65 +449,37 @@ impl<T: Scalar> Model<T> {
                 4 * d,
                 d,
             );
-            add_in_place(&mut out, &a.mid);
-            resid.push(out);
-            blocks.push(a);
+            add_in_place(out, &a.mid);
         }
-        let (mut lnf, mut lnf_mean, mut lnf_rstd) = (zeros(n * d), zeros(n), zeros(n));
-        let last = &resid[resid.len() - 1];
         layernorm_forward(
-            &mut lnf,
-            &mut lnf_mean,
-            &mut lnf_rstd,
-            last,
+            sized(&mut acts.lnf, n * d),
+            sized(&mut acts.lnf_mean, n),
+            sized(&mut acts.lnf_rstd, n),
+            &acts.resid[c.n_layer],
             &p.ln_f_weight,
             &p.ln_f_bias,
             d,
         );
         // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.
-        let mut logits = zeros(n * v1);
-        matmul(&mut logits, &lnf, Op::N, &p.tok_emb, Op::T, n, d, v1, false);
-        Activations {
-            steps,
-            resid,
-            blocks,
-            lnf,
-            lnf_mean,
-            lnf_rstd,
-            logits,
-        }
+        let logits = sized(&mut acts.logits, n * v1);
+        matmul(logits, &acts.lnf, Op::N, &p.tok_emb, Op::T, n, d, v1, false);
     }
 
-    /// The backward from `dlogits: [N, V+1]`, overwriting `grads`.
-    fn backward(
-        &self,
-        acts: &Activations<T>,
-        tokens: &[i32],
-        dlogits: &[T],
-        grads: &mut Params<T>,
-    ) {
+    /// The backward from `ws.dlogits: [N, V+1]` through `ws.acts`, overwriting `grads`.
+    fn backward(&self, ws: &mut Workspace<T>, tokens: &[i32], grads: &mut Params<T>) {
         let (p, c) = (&self.params, &self.config);
+        let acts = &ws.acts;
         let steps = acts.steps;
         let (n, d, v1) = (steps.rows(), c.d_model, c.vocab + 1);
         let ashape = self.attn_shape(steps);
         grads.fill_zero();
 
         // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
-        let mut dlnf = vec![T::zero(); n * d];
-        matmul(
-            &mut dlnf,
-            dlogits,
-            Op::N,
-            &p.tok_emb,
-            Op::N,
-            n,
-            v1,
-            d,
-            false,
-        );
+        let dlnf = sized(&mut ws.dlnf, n * d);
+        matmul(dlnf, &ws.dlogits, Op::N, &p.tok_emb, Op::N, n, v1, d, false);
         matmul(
             &mut grads.tok_emb,
-            dlogits,
+            &ws.dlogits,
             Op::T,
             &acts.lnf,
             Op::N,
@@ -400,44 +489,44 @@ impl<T: Scalar> Model<T> {
             true,
         );
         // `dresid` carries ∂L/∂h down the residual stream; each half adds its branch.
-        let mut dresid = vec![T::zero(); n * d];
+        let dresid = sized(&mut ws.dresid, n * d);
+        dresid.iter_mut().for_each(|x| *x = T::zero());
         layernorm_backward(
-            &mut dresid,
+            dresid,
             &mut grads.ln_f_weight,
             &mut grads.ln_f_bias,
-            &dlnf,
+            &ws.dlnf,
             &acts.resid[c.n_layer],
             &p.ln_f_weight,
             &acts.lnf_mean,
             &acts.lnf_rstd,
             d,
         );
-        // Scratch reused by every layer.
-        let mut dgelu = vec![T::zero(); n * 4 * d];
-        let mut dfc = vec![T::zero(); n * 4 * d];
-        let mut dln = vec![T::zero(); n * d];
-        let mut datty = vec![T::zero(); n * d];
-        let mut dqkv = vec![T::zero(); n * 3 * d];
+        let dgelu = sized(&mut ws.dgelu, n * 4 * d);
+        let dfc = sized(&mut ws.dfc, n * 4 * d);
+        let dln = sized(&mut ws.dln, n * d);
+        let datty = sized(&mut ws.datty, n * d);
+        let dqkv = sized(&mut ws.dqkv, n * 3 * d);
         for l in (0..c.n_layer).rev() {
             let (bp, a, g) = (&p.blocks[l], &acts.blocks[l], &mut grads.blocks[l]);
             // MLP half (dresid is ∂L/∂out; it becomes ∂L/∂mid).
             linear_backward(
-                &mut dgelu,
+                dgelu,
                 &mut g.mlp_proj_weight,
                 &mut g.mlp_proj_bias,
-                &dresid,
+                dresid,
                 &a.gelu,
                 &bp.mlp_proj_weight,
                 n,
                 4 * d,
                 d,
             );
-            gelu_backward(&mut dfc, &a.fc, &dgelu);
+            gelu_backward(dfc, &a.fc, dgelu);
             linear_backward(
-                &mut dln,
+                dln,
                 &mut g.mlp_fc_weight,
                 &mut g.mlp_fc_bias,
-                &dfc,
+                dfc,
                 &a.ln2,
                 &bp.mlp_fc_weight,
                 n,
@@ -445,10 +534,10 @@ impl<T: Scalar> Model<T> {
                 4 * d,
             );
             layernorm_backward(
-                &mut dresid,
+                dresid,
                 &mut g.ln2_weight,
                 &mut g.ln2_bias,
-                &dln,
+                dln,
                 &a.mid,
                 &bp.ln2_weight,
                 &a.ln2_mean,
@@ -457,22 +546,22 @@ impl<T: Scalar> Model<T> {
             );
             // Attention half (dresid becomes ∂L/∂x, the block input).
             linear_backward(
-                &mut datty,
+                datty,
                 &mut g.attn_proj_weight,
                 &mut g.attn_proj_bias,
-                &dresid,
+                dresid,
                 &a.atty,
                 &bp.attn_proj_weight,
                 n,
                 d,
                 d,
             );
-            attention_backward(&mut dqkv, &datty, &a.qkv, &a.att, ashape);
+            attention_backward(dqkv, datty, &a.qkv, &a.att, ashape);
             linear_backward(
-                &mut dln,
+                dln,
                 &mut g.attn_qkv_weight,
                 &mut g.attn_qkv_bias,
-                &dqkv,
+                dqkv,
                 &a.ln1,
                 &bp.attn_qkv_weight,
                 n,
@@ -480,10 +569,10 @@ impl<T: Scalar> Model<T> {
                 3 * d,
             );
             layernorm_backward(
-                &mut dresid,
+                dresid,
                 &mut g.ln1_weight,
                 &mut g.ln1_bias,
-                &dln,
+                dln,
                 &acts.resid[l],
                 &bp.ln1_weight,
                 &a.ln1_mean,
@@ -495,7 +584,7 @@ impl<T: Scalar> Model<T> {
             &mut grads.tok_emb,
             &mut grads.pos_emb,
             &mut grads.depth_emb,
-            &dresid,
+            dresid,
             tokens,
             steps,
             d,

@@ -12,6 +12,17 @@ pub fn testdata_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
 }
 
+/// The five objectives of SPEC section 4 with their default parameters.
+pub fn all_objectives() -> Vec<cyb::Objective> {
+    vec![
+        cyb::Objective::CeFinal,
+        cyb::Objective::Marginal,
+        cyb::Objective::ap_default(),
+        cyb::Objective::va_default(),
+        cyb::Objective::dp_default(),
+    ]
+}
+
 pub fn vectors() -> serde_json::Value {
     let path = testdata_dir().join("vectors.json");
     let text = std::fs::read_to_string(&path)
