@@ -134,9 +134,15 @@ pub fn task_by_name(name: &str) -> Result<Box<dyn DataSource>> {
             let mut num = |what: &str, default: usize, min: usize| -> Result<usize> {
                 match parts.next() {
                     None => Ok(default),
-                    Some(x) => x.parse::<usize>().ok().filter(|&v| v >= min && v <= 64).ok_or_else(|| {
-                        CybError::Data(format!("modsum {what} must be an integer in {min}..=64, got '{x}'"))
-                    }),
+                    Some(x) => x
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&v| v >= min && v <= 64)
+                        .ok_or_else(|| {
+                            CybError::Data(format!(
+                                "modsum {what} must be an integer in {min}..=64, got '{x}'"
+                            ))
+                        }),
                 }
             };
             task.modulus = num("modulus", task.modulus, 2)?;

@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::cpu::adamw::{clip_grad_norm, lr_schedule, AdamW};
 use crate::cpu::loss::LossShape;
-use crate::cpu::model::{Model, Params};
+use crate::cpu::model::{Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
@@ -136,6 +136,7 @@ pub fn train(
     };
     let mut data_rng = rng.fork();
     let mut grads = Params::<f32>::zeros(&cfg.model);
+    let mut workspace = Workspace::new();
     let mut opt = AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay);
 
     let bar = if show_progress {
@@ -157,7 +158,8 @@ pub fn train(
     let mut eval_time = 0.0;
     for step in 0..cfg.steps {
         let batch = data.sample(Split::Train, cfg.batch, cfg.seq, &mut data_rng);
-        let out = model.forward_backward(
+        let out = model.forward_backward_with(
+            &mut workspace,
             &batch.tokens,
             &batch.targets,
             cfg.batch,

@@ -20,7 +20,12 @@ fn modsum_answers_are_sums_of_their_spans() {
         let toks = &b.tokens[s * 97..(s + 1) * 97];
         let tgts = &b.targets[s * 97..(s + 1) * 97];
         let cls = &b.classes[s * 97..(s + 1) * 97];
-        assert_eq!(&toks[1..], &tgts[..96], "targets are the next tokens");
+        for t in 0..96 {
+            assert!(
+                tgts[t] == -1 || tgts[t] == toks[t + 1],
+                "targets are the next tokens or ignored"
+            );
+        }
         for t in 0..97 {
             let name = &names[cls[t] as usize];
             if let Some(k) = name.strip_prefix("sum/") {
@@ -36,10 +41,17 @@ fn modsum_answers_are_sums_of_their_spans() {
                 }
             } else if name == "equals" {
                 assert_eq!(tgts[t], m);
-            } else if name == "digit" {
-                assert!(tgts[t] < m);
             } else {
-                assert!(tgts[t] > m, "marker");
+                // Random digits and markers are unpredictable, hence ignored.
+                assert!(name == "digit" || name == "marker", "{name}");
+                assert_eq!(tgts[t], -1);
+                if t + 1 < 97 {
+                    assert!(if name == "digit" {
+                        toks[t + 1] < m
+                    } else {
+                        toks[t + 1] > m
+                    });
+                }
             }
         }
     }
