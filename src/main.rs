@@ -126,7 +126,7 @@ struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Training objective (SPEC section 4).
-    #[arg(long, value_enum, default_value = "ap")]
+    #[arg(long, value_enum, default_value = "va")]
     objective: ObjectiveName,
     /// CYB-AP discount per pause step.
     #[arg(long, default_value_t = 0.9)]
@@ -171,11 +171,12 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     heads: usize,
     /// Context length T.
-    #[arg(long, default_value_t = 48)]
-    ctx: usize,
-    #[arg(long, default_value_t = 1000)]
-    steps: usize,
     #[arg(long, default_value_t = 16)]
+    ctx: usize,
+    /// Optimizer steps (default: 4000 for `train`, 2000 per run for `experiment`).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Peak learning rate (warmup, then cosine to a tenth of it).
     #[arg(long, default_value_t = 3e-3)]
@@ -283,7 +284,8 @@ fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
 
 impl RunArgs {
     /// The training configuration these flags describe, for a model of `vocab` tokens.
-    fn train_config(&self, vocab: usize, objective: Objective) -> TrainConfig {
+    fn train_config(&self, vocab: usize, objective: Objective, default_steps: usize) -> TrainConfig {
+        let steps = self.steps.unwrap_or(default_steps);
         TrainConfig {
             model: ModelConfig {
                 vocab,
@@ -295,12 +297,12 @@ impl RunArgs {
             },
             objective,
             pauses: self.pauses,
-            steps: self.steps,
+            steps,
             batch: self.batch,
             seq: self.ctx,
             lr: self.lr,
             min_lr_ratio: 0.1,
-            warmup: (self.steps / 20).max(1),
+            warmup: (steps / 20).max(1),
             weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
             seed: self.seed,
@@ -317,7 +319,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let data = a.data.source(a.run.ctx)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective(&a));
+    let mut cfg = a.run.train_config(data.vocab(), objective(&a), 4000);
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
@@ -389,7 +391,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
     let data = a.data.source(a.run.ctx)?;
-    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal);
+    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000);
     if base.eval_every == 0 {
         // Learning curves need points to interpolate: ten per run by default.
         base.eval_every = (base.steps / 10).max(1);
