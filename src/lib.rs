@@ -7,6 +7,8 @@
 
 pub mod cpu;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod objective;
 pub mod rng;
 
