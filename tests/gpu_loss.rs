@@ -16,12 +16,14 @@ use cyb::{Objective, Reduction};
 use libtest_mimic::{Arguments, Trial};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 enum Dtype {
     F32,
     Bf16,
 }
 
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // only the names are used then
 struct Case {
     name: String,
     shape: LossShape,
