@@ -450,11 +450,7 @@ impl CybLoss {
         let stream = self.gpu.stream();
         let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, false));
         b.arg(logits).arg(dlogits);
-        match upstream {
-            Upstream::Device(u) => b.arg(u),
-            Upstream::Scalar(_) => b.arg(&null),
-        };
-        push_tail(&mut b, fwd, &up_scalar, &red, &d);
+        push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
         // SAFETY: logits and dlogits both have rows*(V+1) elements (checked against
         // fwd.shape); fwd's buffers were sized for that shape (targets B*T, scalars
         // 3*rows, grad_* 3*rows, summary SUMMARY_LEN); upstream has 1 or B*T values as
@@ -480,11 +476,7 @@ impl CybLoss {
         let stream = self.gpu.stream();
         let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, true));
         b.arg(logits);
-        match upstream {
-            Upstream::Device(u) => b.arg(u),
-            Upstream::Scalar(_) => b.arg(&null),
-        };
-        push_tail(&mut b, fwd, &up_scalar, &red, &d);
+        push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
         // SAFETY: as in `backward`, with one buffer of rows*(V+1) elements that the
         // kernel reads and then writes element by element in the same thread.
         unsafe { b.launch(row_config(d.rows)) }
@@ -539,9 +531,14 @@ fn backward_scalars(fwd: &GpuLossForward, upstream: Upstream<'_>) -> (u64, f64, 
     (0u64, up_scalar, reduction_code(fwd.reduction))
 }
 
-fn push_tail<'a>(
+/// The arguments of `cyb_dlogits*` after the logits (see `CYB_DLOGITS_ARGS` in
+/// kernels/cyb_loss.cu): targets, scalars, grad_loss, grad_pen, summary, upstream
+/// (device pointer or null), up_scalar, reduction, rows, k1, seq, vocab.
+fn push_dlogits_args<'a>(
     b: &mut cudarc::driver::LaunchArgs<'a>,
     fwd: &'a GpuLossForward,
+    upstream: Upstream<'a>,
+    null: &'a u64,
     up_scalar: &'a f64,
     red: &'a i32,
     d: &'a Dims,
@@ -550,8 +547,12 @@ fn push_tail<'a>(
         .arg(&fwd.scalars)
         .arg(&fwd.grad_loss)
         .arg(&fwd.grad_pen)
-        .arg(&fwd.summary)
-        .arg(up_scalar)
+        .arg(&fwd.summary);
+    match upstream {
+        Upstream::Device(u) => b.arg(u),
+        Upstream::Scalar(_) => b.arg(null),
+    };
+    b.arg(up_scalar)
         .arg(red)
         .arg(&d.rows)
         .arg(&d.k1)
@@ -703,5 +704,59 @@ impl GpuLossForward {
             .map_err(cuda_err("copying loss outputs to the host"))?;
         v.truncate(len);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Parameter types of every kernel in the order the launches above push them:
+    /// `p` a pointer (a `CudaSlice` or the null `u64`), `i` an `i32`, `d` an `f64`.
+    /// Checked against the PTX that build.rs produced, so a kernel signature that
+    /// drifts from its launch fails here, without a GPU.
+    const SIGNATURES: &[(&str, &str)] = &[
+        ("cyb_row_scalars_f32", "ppiiiip"),
+        ("cyb_row_scalars_bf16", "ppiiiip"),
+        ("cyb_position_objectives", "ppppiiiiippppp"),
+        ("cyb_loss_finalize", "piiipp"),
+        ("cyb_dlogits_f32", "ppppppppdiiiii"),
+        ("cyb_dlogits_bf16", "ppppppppdiiiii"),
+        ("cyb_dlogits_inplace_f32", "pppppppdiiiii"),
+        ("cyb_dlogits_inplace_bf16", "pppppppdiiiii"),
+    ];
+
+    fn ptx_params(ptx: &str, name: &str) -> String {
+        let start = ptx
+            .find(&format!(".entry {name}("))
+            .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
+        let body = &ptx[start..];
+        let end = body.find(')').expect("closing parenthesis");
+        body[..end]
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                if l.starts_with(".param .u64") {
+                    Some('p')
+                } else if l.starts_with(".param .u32") || l.starts_with(".param .s32") {
+                    Some('i')
+                } else if l.starts_with(".param .f64") {
+                    Some('d')
+                } else if l.starts_with(".param") {
+                    Some('?')
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernel_signatures_match_launches() {
+        for (name, want) in SIGNATURES {
+            assert_eq!(
+                ptx_params(super::super::ptx::CYB_LOSS, name),
+                *want,
+                "parameters of {name}"
+            );
+        }
     }
 }
