@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# The project's test command (README): formatting, lints, and every test.
+# The project's test command (README): formatting, lints, and every test, without and
+# with feature `cuda` (the kernels must compile everywhere; GPU tests report as
+# ignored on machines without a CUDA device).
+#
+# clippy: `needless_range_loop` is allowed because the CPU reference indexes its loops
+# like the SPEC formulas on purpose (STYLE.md: loops you can check by eye).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Feature `cuda` needs nvcc (build.rs): use $NVCC / CUDA_HOME / PATH if set up,
+# otherwise the pinned repo-local wheels (installed on first use, then a no-op).
+if [[ -z "${NVCC:-}" && -z "${CUDA_HOME:-}" && -z "${CUDA_PATH:-}" ]] && ! command -v nvcc >/dev/null; then
+  bash scripts/install_nvcc.sh
+fi
+
 cargo fmt --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --all-features -- -D warnings -A clippy::needless_range_loop
 cargo test --release
+cargo test --release --features cuda

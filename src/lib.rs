@@ -12,6 +12,8 @@ pub mod data;
 pub mod decode;
 pub mod error;
 pub mod experiment;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod metrics;
 pub mod objective;
 pub mod plot;

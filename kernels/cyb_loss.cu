@@ -1,0 +1,526 @@
+// CYB loss, forward and backward to the logits (SPEC section 4); CUDA twin of
+// src/cpu/loss.rs, stage by stage, checked against it by tests/gpu_loss.rs.
+//
+// Shapes (depth-major, SPEC section 3):
+//   logits  [B, K+1, T, V+1]  f32 or bf16; row = (b*(K+1) + k)*T + t, position = b*T + t
+//   targets [B, T]            i32, -1 = ignore, else 0..V-1
+//   weights [B, T]            f32, optional, finite and >= 0
+//
+// Stages (one launch each, all on one stream, no host round trip in between):
+//   1. cyb_row_scalars_{f32,bf16}: one block per row, one read of every logit:
+//        r = logsumexp(z[0..V)) (online max/sum, f32), e = z[V], u = z[y]
+//      -> scalars [3, rows] f32 (r, then e, then u).
+//   2. cyb_position_objectives: one thread per position, f64, K <= CYB_K_MAX:
+//      halting distribution, objective value and gradient, E[pauses] and its gradient
+//      (mirrors halting_from_scalars, objective_forward_backward, expected_pauses_grad,
+//      halting_backward), writing per-position w*L and E[pauses] (f32), per-row
+//      unscaled gradients of w*L and of w*E[pauses] ([rows, 3] f64 each), and per-block
+//      partial sums (deterministic fixed tree, no float atomics).
+//   3. cyb_loss_finalize: one block reduces the partials in a fixed order and computes
+//      on device the loss, the gradient scale (1/sum w for Mean) and the dp penalty
+//      coefficient -> summary [CYB_SUMMARY_LEN] f64.
+//   4. cyb_dlogits[_inplace]_{f32,bf16}: one streaming pass per row:
+//        dz[v] = g_r*exp(z[v] - r) + g_u*[v == y]  (v < V),  dz[V] = g_e,
+//      zeros for ignored rows. The in-place variant reads every element before it
+//      writes it (same thread, same index), so dz may alias z.
+//
+// Never materialised: the (B, K+1, T, V+1) probability tensor (the backward recomputes
+// exp(z - r) from r), the halting distribution beyond one thread's registers/local
+// memory, any [rows, V+1] temporary.
+//
+// Invalid inputs never cause out-of-bounds accesses: a target outside -1..V-1 is
+// treated as ignored and reported (first bad position) in the summary, as is a
+// weight that is negative or not finite (treated as 0). The host turns those into
+// errors when it reads the summary.
+
+#include "common.cuh"
+
+// Keep in sync with src/gpu/loss.rs.
+#define CYB_K_MAX 16
+#define CYB_ROW_THREADS 256
+#define CYB_POS_THREADS 256
+#define CYB_FIN_THREADS 256
+
+// params [CYB_PARAMS_LEN] f64: omega[K_MAX+1], prior[K_MAX+1], gamma, beta, lambda, budget.
+#define CYB_P_OMEGA 0
+#define CYB_P_PRIOR (CYB_K_MAX + 1)
+#define CYB_P_GAMMA (2 * (CYB_K_MAX + 1))
+#define CYB_P_BETA (CYB_P_GAMMA + 1)
+#define CYB_P_LAMBDA (CYB_P_GAMMA + 2)
+#define CYB_P_BUDGET (CYB_P_GAMMA + 3)
+
+// ObjectiveKind (repr u32 in src/objective.rs).
+#define CYB_CE_FINAL 0
+#define CYB_MARGINAL 1
+#define CYB_AP 2
+#define CYB_VA 3
+#define CYB_DP 4
+
+// Reduction (see src/gpu/loss.rs).
+#define CYB_MEAN 0
+#define CYB_SUM 1
+#define CYB_NONE 2
+
+// Per-block partials [nblocks, CYB_NPART] f64.
+#define CYB_PART_W 0       // sum of w over valid positions
+#define CYB_PART_WL 1      // sum of w*L
+#define CYB_PART_WE 2      // sum of w*E[pauses]
+#define CYB_PART_VALID 3   // number of valid positions
+#define CYB_PART_BAD_Y 4   // smallest position with an invalid target (+inf: none)
+#define CYB_PART_BAD_W 5   // smallest position with an invalid weight (+inf: none)
+#define CYB_NPART 6
+
+// summary [CYB_SUMMARY_LEN] f64.
+#define CYB_S_LOSS 0
+#define CYB_S_WEIGHT_SUM 1
+#define CYB_S_MEAN_PAUSES 2
+#define CYB_S_PENALTY 3
+#define CYB_S_VALID 4
+#define CYB_S_SCALE 5      // d loss / d (w_i L_i): 1/sum w (Mean), 1 (Sum, None), 0 if empty
+#define CYB_S_PEN_COEF 6   // lambda / sum w when the dp penalty is active, else 0
+#define CYB_S_WL_SUM 7
+#define CYB_S_BAD_Y 8      // first position with an invalid target, -1: none
+#define CYB_S_BAD_W 9      // first position with an invalid weight, -1: none
+#define CYB_SUMMARY_LEN 16
+
+__device__ __forceinline__ int position_of_row(int row, int k1, int seq) {
+    return (row / (k1 * seq)) * seq + row % seq;
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 1: row scalars.
+// ---------------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void row_scalars(const T *__restrict__ logits, const int *__restrict__ targets,
+                                            int rows, int k1, int seq, int vocab,
+                                            float *__restrict__ scalars) {
+    constexpr int N = Vec16<T>::N;
+    const size_t width = (size_t)vocab + 1;
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        const int y = targets[position_of_row(row, k1, seq)];
+        if (y < 0 || y >= vocab) { // ignored (or invalid, reported by stage 2): never read
+            if (threadIdx.x == 0) {
+                scalars[row] = 0.0f;
+                scalars[rows + row] = 0.0f;
+                scalars[2 * rows + row] = 0.0f;
+            }
+            continue;
+        }
+        const T *z = logits + (size_t)row * width;
+        OnlineLse acc = lse_empty();
+        const int head = head_elems(z, vocab);
+        const int nvec = (vocab - head) / N;
+        for (int i = threadIdx.x; i < head; i += blockDim.x) lse_add(acc, to_float(z[i]));
+        const uint4 *zv = reinterpret_cast<const uint4 *>(z + head);
+        for (int j = threadIdx.x; j < nvec; j += blockDim.x) {
+            float x[N];
+            unpack16(__ldg(zv + j), x);
+            lse_add_chunk<N>(acc, x);
+        }
+        for (int i = head + nvec * N + threadIdx.x; i < vocab; i += blockDim.x) lse_add(acc, to_float(z[i]));
+        acc = block_lse(acc);
+        if (threadIdx.x == 0) {
+            scalars[row] = acc.m + logf(acc.s);
+            scalars[rows + row] = to_float(z[vocab]);
+            scalars[2 * rows + row] = to_float(z[y]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_row_scalars_f32(const float *__restrict__ logits, const int *__restrict__ targets, int rows,
+                        int k1, int seq, int vocab, float *__restrict__ scalars) {
+    row_scalars<float>(logits, targets, rows, k1, seq, vocab, scalars);
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_row_scalars_bf16(const __nv_bfloat16 *__restrict__ logits, const int *__restrict__ targets,
+                         int rows, int k1, int seq, int vocab, float *__restrict__ scalars) {
+    row_scalars<__nv_bfloat16>(logits, targets, rows, k1, seq, vocab, scalars);
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 2: per-position halting and objective (f64), one thread per position.
+// ---------------------------------------------------------------------------------
+
+#define KM1 (CYB_K_MAX + 1)
+
+// Halting of one position (halting_from_scalars in src/cpu/loss.rs).
+struct Halting {
+    double a[KM1];         // a_k = u_k - r_k
+    double log_h[KM1];     // log h_k = C_k + s_k
+    double cum_c[KM1 + 1]; // C_k = sum_{j<k} c_j
+    double p_dk[KM1];      // exp(c_k)
+    double p_ans[KM1];     // exp(r_k - lse_k)
+};
+
+__device__ void halting_from_scalars(const double *r, const double *e, const double *u, int K,
+                                     Halting &hal) {
+    hal.cum_c[0] = 0.0;
+    for (int k = 0; k <= K; ++k) {
+        const double lse = log_add_exp(r[k], e[k]);
+        const double c = e[k] - lse;
+        const double log_s = k < K ? r[k] - lse : 0.0;
+        hal.a[k] = u[k] - r[k];
+        hal.p_dk[k] = exp(c);
+        hal.p_ans[k] = exp(r[k] - lse);
+        hal.log_h[k] = hal.cum_c[k] + log_s;
+        hal.cum_c[k + 1] = hal.cum_c[k] + c;
+    }
+}
+
+// Gradient with respect to a, log h and C (HaltingGrad).
+struct HaltingGrad {
+    double a[KM1];
+    double log_h[KM1];
+    double cum_c[KM1];
+};
+
+__device__ void halting_grad_zero(HaltingGrad &g, int K) {
+    for (int k = 0; k <= K; ++k) {
+        g.a[k] = 0.0;
+        g.log_h[k] = 0.0;
+        g.cum_c[k] = 0.0;
+    }
+}
+
+// objective_forward_backward: value of one objective at one position, gradient in g.
+__device__ double objective_forward_backward(int kind, const double *__restrict__ params,
+                                             const Halting &hal, int K, HaltingGrad &g) {
+    halting_grad_zero(g, K);
+    double loss = 0.0;
+    switch (kind) {
+    case CYB_CE_FINAL:
+        g.a[K] = -1.0;
+        loss = -hal.a[K];
+        break;
+    case CYB_MARGINAL:
+    case CYB_DP: {
+        double lse = -INFINITY;
+        for (int k = 0; k <= K; ++k) lse = log_add_exp(lse, hal.log_h[k] + hal.a[k]);
+        for (int k = 0; k <= K; ++k) {
+            const double q = exp(hal.log_h[k] + hal.a[k] - lse);
+            g.a[k] = -q;
+            g.log_h[k] = -q;
+        }
+        loss = -lse;
+        break;
+    }
+    case CYB_AP: {
+        const double lg = log(params[CYB_P_GAMMA]);
+        // x_k: answered at k (counts for every m > k); y_m: forced answer at m.
+        double x[KM1], y[KM1], log_r[KM1];
+        for (int k = 0; k <= K; ++k) {
+            x[k] = (double)k * lg + hal.log_h[k] + hal.a[k];
+            y[k] = (double)k * lg + hal.cum_c[k] + hal.a[k];
+        }
+        double prefix = -INFINITY;
+        for (int m = 0; m <= K; ++m) {
+            log_r[m] = log_add_exp(prefix, y[m]);
+            prefix = log_add_exp(prefix, x[m]);
+            const double w = params[CYB_P_OMEGA + m];
+            if (w > 0.0) loss -= w * log_r[m];
+        }
+        // Every exp(x_k - log R_m), m > k, is <= 1: no overflow for any logits.
+        for (int m = 0; m <= K; ++m) {
+            const double w = params[CYB_P_OMEGA + m];
+            if (w == 0.0) continue;
+            const double gy = -w * exp(y[m] - log_r[m]);
+            g.cum_c[m] += gy;
+            g.a[m] += gy;
+            for (int k = 0; k < m; ++k) {
+                const double gx = -w * exp(x[k] - log_r[m]);
+                g.log_h[k] += gx;
+                g.a[k] += gx;
+            }
+        }
+        break;
+    }
+    case CYB_VA: {
+        const double beta = params[CYB_P_BETA];
+        for (int k = 0; k <= K; ++k) {
+            const double h = exp(hal.log_h[k]);
+            const double log_ratio = hal.log_h[k] - log(params[CYB_P_PRIOR + k]);
+            loss += h * (-hal.a[k] + beta * log_ratio);
+            g.a[k] = -h;
+            g.log_h[k] = h * (-hal.a[k] + beta * (log_ratio + 1.0));
+        }
+        break;
+    }
+    default:
+        loss = NAN;
+    }
+    return loss;
+}
+
+// expected_pauses_grad: E[pauses] = sum_k k h_k, and its gradient with respect to log h.
+__device__ double expected_pauses_grad(const Halting &hal, int K, HaltingGrad &g) {
+    halting_grad_zero(g, K);
+    double e = 0.0;
+    for (int k = 0; k <= K; ++k) {
+        const double kh = (double)k * exp(hal.log_h[k]);
+        e += kh;
+        g.log_h[k] = kh;
+    }
+    return e;
+}
+
+// halting_backward: chain (da, dlog h, dC) to (g_r, g_e, g_u) of every row of the
+// position, times the position weight w, into out[row*3 + {0,1,2}].
+__device__ void halting_backward(const Halting &hal, const HaltingGrad &g, int K, double w,
+                                 int first_row, int row_stride, double *__restrict__ out) {
+    double suffix = 0.0; // sum_{k>j} (dlog h_k + dC_k)
+    for (int j = K; j >= 0; --j) {
+        const double g_c = suffix;
+        const double g_s = j < K ? g.log_h[j] : 0.0;
+        const double pa = hal.p_ans[j], pd = hal.p_dk[j];
+        double *o = out + 3 * (size_t)(first_row + j * row_stride);
+        o[0] = w * (-g.a[j] - pa * g_c + pd * g_s);
+        o[1] = w * (pa * g_c - pd * g_s);
+        o[2] = w * g.a[j];
+        suffix += g.log_h[j] + g.cum_c[j];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
+    cyb_position_objectives(const float *__restrict__ scalars, const int *__restrict__ targets,
+                            const float *__restrict__ weights, // null: all 1
+                            const double *__restrict__ params, int kind, int batch, int K, int seq,
+                            int vocab, float *__restrict__ per_position, float *__restrict__ pauses,
+                            double *__restrict__ grad_loss, double *__restrict__ grad_pen,
+                            double *__restrict__ partials) {
+    __shared__ double red[CYB_POS_THREADS];
+    const int n = batch * seq;
+    const int rows = n * (K + 1);
+    const int pos = blockIdx.x * blockDim.x + threadIdx.x;
+    double part[CYB_NPART] = {0.0, 0.0, 0.0, 0.0, INFINITY, INFINITY};
+    if (pos < n && K <= CYB_K_MAX) {
+        const int b = pos / seq, t = pos % seq;
+        const int first_row = b * (K + 1) * seq + t; // row of step (b, 0, t); step k adds k*T
+        const int y = targets[pos];
+        const float wf = weights ? weights[pos] : 1.0f;
+        const bool bad_y = y < -1 || y >= vocab;
+        const bool bad_w = !(isfinite(wf) && wf >= 0.0f);
+        if (bad_y) part[CYB_PART_BAD_Y] = (double)pos;
+        if (bad_w) part[CYB_PART_BAD_W] = (double)pos;
+        if (y < 0 || bad_y) {
+            per_position[pos] = 0.0f;
+            pauses[pos] = 0.0f;
+            for (int k = 0; k <= K; ++k) {
+                const size_t row = (size_t)(first_row + k * seq);
+                for (int c = 0; c < 3; ++c) {
+                    grad_loss[3 * row + c] = 0.0;
+                    grad_pen[3 * row + c] = 0.0;
+                }
+            }
+        } else {
+            const double w = bad_w ? 0.0 : (double)wf;
+            double r[KM1], e[KM1], u[KM1];
+            for (int k = 0; k <= K; ++k) {
+                const int row = first_row + k * seq;
+                r[k] = scalars[row];
+                e[k] = scalars[rows + row];
+                u[k] = scalars[2 * rows + row];
+            }
+            Halting hal;
+            halting_from_scalars(r, e, u, K, hal);
+            HaltingGrad g;
+            const double l = objective_forward_backward(kind, params, hal, K, g);
+            halting_backward(hal, g, K, w, first_row, seq, grad_loss);
+            const double ep = expected_pauses_grad(hal, K, g);
+            if (kind == CYB_DP) {
+                halting_backward(hal, g, K, w, first_row, seq, grad_pen);
+            } else {
+                for (int k = 0; k <= K; ++k) {
+                    const size_t row = (size_t)(first_row + k * seq);
+                    for (int c = 0; c < 3; ++c) grad_pen[3 * row + c] = 0.0;
+                }
+            }
+            per_position[pos] = (float)(w * l);
+            pauses[pos] = (float)ep;
+            part[CYB_PART_W] = w;
+            part[CYB_PART_WL] = w * l;
+            part[CYB_PART_WE] = w * ep;
+            part[CYB_PART_VALID] = 1.0;
+        }
+    }
+    for (int j = 0; j < CYB_NPART; ++j) {
+        red[threadIdx.x] = part[j];
+        __syncthreads();
+        if (j < CYB_PART_BAD_Y) {
+            block_tree_sum(red);
+        } else {
+            block_tree_min(red);
+        }
+        if (threadIdx.x == 0) partials[(size_t)blockIdx.x * CYB_NPART + j] = red[0];
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 3: one block: fixed-order reduction of the partials, loss, scale, dp coefficient.
+// ---------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(CYB_FIN_THREADS)
+    cyb_loss_finalize(const double *__restrict__ partials, int nblocks, int kind, int reduction,
+                      const double *__restrict__ params, double *__restrict__ summary) {
+    __shared__ double red[CYB_FIN_THREADS];
+    __shared__ double tot[CYB_NPART];
+    for (int j = 0; j < CYB_NPART; ++j) {
+        const bool is_min = j >= CYB_PART_BAD_Y;
+        double v = is_min ? INFINITY : 0.0;
+        for (int i = threadIdx.x; i < nblocks; i += blockDim.x) {
+            const double p = partials[(size_t)i * CYB_NPART + j];
+            v = is_min ? fmin(v, p) : v + p;
+        }
+        red[threadIdx.x] = v;
+        __syncthreads();
+        if (is_min) {
+            block_tree_min(red);
+        } else {
+            block_tree_sum(red);
+        }
+        if (threadIdx.x == 0) tot[j] = red[0];
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    const double wsum = tot[CYB_PART_W];
+    const double total = tot[CYB_PART_WL];
+    const double mean_pauses = wsum > 0.0 ? tot[CYB_PART_WE] / wsum : 0.0;
+    double penalty = 0.0, coef = 0.0;
+    if (kind == CYB_DP && wsum > 0.0) {
+        const double excess = mean_pauses - params[CYB_P_BUDGET];
+        if (excess > 0.0) {
+            penalty = params[CYB_P_LAMBDA] * excess;
+            coef = params[CYB_P_LAMBDA] / wsum;
+        }
+    }
+    double loss, scale;
+    if (reduction == CYB_MEAN) {
+        loss = wsum > 0.0 ? total / wsum + penalty : 0.0;
+        scale = wsum > 0.0 ? 1.0 / wsum : 0.0;
+    } else if (reduction == CYB_SUM) {
+        loss = total + penalty;
+        scale = 1.0;
+    } else {
+        loss = penalty;
+        scale = 1.0;
+    }
+    summary[CYB_S_LOSS] = loss;
+    summary[CYB_S_WEIGHT_SUM] = wsum;
+    summary[CYB_S_MEAN_PAUSES] = mean_pauses;
+    summary[CYB_S_PENALTY] = penalty;
+    summary[CYB_S_VALID] = tot[CYB_PART_VALID];
+    summary[CYB_S_SCALE] = scale;
+    summary[CYB_S_PEN_COEF] = coef;
+    summary[CYB_S_WL_SUM] = total;
+    summary[CYB_S_BAD_Y] = isinf(tot[CYB_PART_BAD_Y]) ? -1.0 : tot[CYB_PART_BAD_Y];
+    summary[CYB_S_BAD_W] = isinf(tot[CYB_PART_BAD_W]) ? -1.0 : tot[CYB_PART_BAD_W];
+    for (int i = 10; i < CYB_SUMMARY_LEN; ++i) summary[i] = 0.0;
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 4: dlogits, one streaming pass per row.
+// ---------------------------------------------------------------------------------
+
+// `z` and `dz` may be the same pointer: every element is read, then written, by the
+// same thread, and no other thread touches it. Hence no __restrict__ on them.
+template <typename T>
+__device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const int *__restrict__ targets,
+                                             const float *__restrict__ scalars,
+                                             const double *__restrict__ grad_loss,
+                                             const double *__restrict__ grad_pen,
+                                             const double *__restrict__ summary,
+                                             const float *__restrict__ upstream, // null: up_scalar
+                                             double up_scalar, int reduction, int rows, int k1,
+                                             int seq, int vocab) {
+    constexpr int N = Vec16<T>::N;
+    const size_t width = (size_t)vocab + 1;
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        const int pos = position_of_row(row, k1, seq);
+        const int y = targets[pos];
+        const T *z = z_all + (size_t)row * width;
+        T *dz = dz_all + (size_t)row * width;
+        if (y < 0 || y >= vocab) { // ignored row: zeros, the logits are not read
+            const int head = head_elems(dz, (int)width);
+            const int nvec = ((int)width - head) / N;
+            const T zero = from_float<T>(0.0f);
+            for (int i = threadIdx.x; i < head; i += blockDim.x) dz[i] = zero;
+            uint4 *dv = reinterpret_cast<uint4 *>(dz + head);
+            for (int j = threadIdx.x; j < nvec; j += blockDim.x) dv[j] = make_uint4(0u, 0u, 0u, 0u);
+            for (int i = head + nvec * N + threadIdx.x; i < (int)width; i += blockDim.x) dz[i] = zero;
+            continue;
+        }
+        // Row gradient for this upstream (LossForward::row_grads in src/cpu/loss.rs).
+        const bool per_position = reduction == CYB_NONE;
+        const double up = upstream ? (double)upstream[per_position ? pos : 0] : up_scalar;
+        const double lscale = up * summary[CYB_S_SCALE];
+        const double pscale = (per_position ? 1.0 : up) * summary[CYB_S_PEN_COEF];
+        const double *gl = grad_loss + 3 * (size_t)row;
+        const double *gp = grad_pen + 3 * (size_t)row;
+        const float g_r = (float)(lscale * gl[0] + pscale * gp[0]);
+        const float g_e = (float)(lscale * gl[1] + pscale * gp[1]);
+        const float g_u = (float)(lscale * gl[2] + pscale * gp[2]);
+        const float r = scalars[row];
+        // The real vocabulary [0, V) as scalar head, 16-byte body, scalar tail. Vectors
+        // need z and dz equally misaligned (always so for whole cudarc allocations);
+        // otherwise the whole row takes the scalar path.
+        const bool same_align =
+            ((reinterpret_cast<uintptr_t>(z) ^ reinterpret_cast<uintptr_t>(dz)) & 15u) == 0;
+        const int h = same_align ? head_elems(dz, vocab) : vocab;
+        const int nvec = (vocab - h) / N;
+        for (int i = threadIdx.x; i < h; i += blockDim.x) {
+            float d = g_r * expf(to_float(z[i]) - r);
+            if (i == y) d += g_u;
+            dz[i] = from_float<T>(d);
+        }
+        const uint4 *zv = reinterpret_cast<const uint4 *>(z + h);
+        uint4 *dv = reinterpret_cast<uint4 *>(dz + h);
+        for (int j = threadIdx.x; j < nvec; j += blockDim.x) {
+            float x[N];
+            unpack16(zv[j], x);
+            const int base = h + j * N;
+#pragma unroll
+            for (int q = 0; q < N; ++q) {
+                x[q] = g_r * expf(x[q] - r);
+                if (base + q == y) x[q] += g_u;
+            }
+            dv[j] = pack16<T>(x);
+        }
+        for (int i = h + nvec * N + threadIdx.x; i < vocab; i += blockDim.x) {
+            float d = g_r * expf(to_float(z[i]) - r);
+            if (i == y) d += g_u;
+            dz[i] = from_float<T>(d);
+        }
+        if (threadIdx.x == 0) dz[vocab] = from_float<T>(g_e);
+    }
+}
+
+#define CYB_DLOGITS_ARGS                                                                           \
+    const int *__restrict__ targets, const float *__restrict__ scalars,                            \
+        const double *__restrict__ grad_loss, const double *__restrict__ grad_pen,                 \
+        const double *__restrict__ summary, const float *__restrict__ upstream, double up_scalar,   \
+        int reduction, int rows, int k1, int seq, int vocab
+#define CYB_DLOGITS_PASS                                                                           \
+    targets, scalars, grad_loss, grad_pen, summary, upstream, up_scalar, reduction, rows, k1, seq, vocab
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_dlogits_f32(const float *logits, float *dlogits, CYB_DLOGITS_ARGS) {
+    dlogits_rows<float>(logits, dlogits, CYB_DLOGITS_PASS);
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_dlogits_bf16(const __nv_bfloat16 *logits, __nv_bfloat16 *dlogits, CYB_DLOGITS_ARGS) {
+    dlogits_rows<__nv_bfloat16>(logits, dlogits, CYB_DLOGITS_PASS);
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_dlogits_inplace_f32(float *logits, CYB_DLOGITS_ARGS) {
+    dlogits_rows<float>(logits, logits, CYB_DLOGITS_PASS);
+}
+
+extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
+    cyb_dlogits_inplace_bf16(__nv_bfloat16 *logits, CYB_DLOGITS_ARGS) {
+    dlogits_rows<__nv_bfloat16>(logits, logits, CYB_DLOGITS_PASS);
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine needs to run the crate's tests and benches without a
+# Rust toolchain, into the git-ignored device_bundle/:
+#
+#   device_bundle/tests/<name>    every test executable of `cargo test --features cuda`
+#                                 (all of them, so GPU tests added later are included)
+#   device_bundle/benches/<name>  every bench executable
+#   device_bundle/testdata/       ../shared/testdata (or $CYB_TESTDATA)
+#   device_bundle/run_all.sh      runs them all, prints a summary table, exits 1 on failure
+#
+# Executables are release builds (kernels compiled to PTX and embedded, cudarc loads
+# libcuda at run time) with debug info stripped; the bundle must stay under 64 MiB.
+# Usage: bash scripts/device_bundle.sh   then, on the GPU machine: bash device_bundle/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -z "${NVCC:-}" && -z "${CUDA_HOME:-}" && -z "${CUDA_PATH:-}" ]] && ! command -v nvcc >/dev/null; then
+  bash scripts/install_nvcc.sh
+fi
+
+OUT=device_bundle
+TESTDATA="${CYB_TESTDATA:-../shared/testdata}"
+rm -rf "$OUT"
+mkdir -p "$OUT/tests" "$OUT/benches"
+
+# Executable paths from cargo's JSON messages (artifacts with "test": true).
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
+'
+}
+
+copy() { # kind dir
+  while read -r kind name exe; do
+    local dest="$2/$name"
+    [[ "$kind" == "lib" ]] && dest="$2/lib_unit_tests"
+    cp "$exe" "$dest"
+    strip --strip-debug "$dest" 2>/dev/null || true
+    echo "  $dest"
+  done
+}
+
+echo "building test executables (release, --features cuda)"
+cargo test --release --features cuda --no-run --message-format=json-render-diagnostics \
+  | executables | copy test "$OUT/tests"
+echo "building bench executables (--features cuda)"
+cargo bench --features cuda --no-run --message-format=json-render-diagnostics \
+  | executables | copy bench "$OUT/benches"
+
+cp -r "$TESTDATA" "$OUT/testdata"
+
+cat >"$OUT/run_all.sh" <<'RUNNER'
+#!/usr/bin/env bash
+# Runs every test and bench executable of this bundle; prints a summary table.
+# Needs the NVIDIA driver (libcuda), nothing else. GPU tests show as "ignored" when no
+# device can be opened, so look at the ignored column.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+export CYB_TESTDATA="${CYB_TESTDATA:-$HERE/testdata}"
+LOGS="$HERE/logs"
+mkdir -p "$LOGS"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+rows=()
+status=0
+for exe in "$HERE"/tests/*; do
+  name="test/$(basename "$exe")"
+  start=$(date +%s.%N)
+  "$exe" --test-threads="${TEST_THREADS:-4}" >"$LOGS/$(basename "$exe").log" 2>&1
+  rc=$?
+  secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  # Sum the counts of every "test result:" line (a harness may print several).
+  read -r passed failed ignored < <(grep -E '^test result:' "$LOGS/$(basename "$exe").log" |
+    sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1 \2 \3/' |
+    awk '{ p += $1; f += $2; i += $3 } END { print p + 0, f + 0, i + 0 }')
+  [[ $rc -ne 0 ]] && status=1
+  rows+=("$(printf '%-34s %6s %7s %7s %8s %7s' "$name" "$rc" "$passed" "$failed" "$ignored" "$secs")")
+  [[ $rc -ne 0 ]] && { echo "== $name failed, last lines:"; tail -40 "$LOGS/$(basename "$exe").log"; }
+done
+for exe in "$HERE"/benches/*; do
+  name="bench/$(basename "$exe")"
+  start=$(date +%s.%N)
+  "$exe" --bench >"$LOGS/bench_$(basename "$exe").log" 2>&1
+  rc=$?
+  secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  [[ $rc -ne 0 ]] && status=1
+  rows+=("$(printf '%-34s %6s %7s %7s %8s %7s' "$name" "$rc" "-" "-" "-" "$secs")")
+  echo "== $name"
+  grep -E '^(gpu |GPU )|time:' "$LOGS/bench_$(basename "$exe").log" || tail -20 "$LOGS/bench_$(basename "$exe").log"
+done
+echo
+printf '%-34s %6s %7s %7s %8s %7s\n' "executable" "exit" "passed" "failed" "ignored" "seconds"
+printf '%s\n' "${rows[@]}"
+echo "logs: $LOGS"
+exit $status
+RUNNER
+chmod +x "$OUT/run_all.sh"
+
+size=$(du -sb "$OUT" | cut -f1)
+echo "device_bundle: $((size / 1024 / 1024)) MiB"
+if ((size >= 64 * 1024 * 1024)); then
+  echo "device_bundle is over 64 MiB; strip harder or leave something out" >&2
+  exit 1
+fi
+echo "on the GPU machine: bash device_bundle/run_all.sh"

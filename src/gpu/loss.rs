@@ -1,0 +1,762 @@
+//! The CYB loss on the GPU (SPEC section 4): `kernels/cyb_loss.cu`, the twin of
+//! [`crate::cpu::loss`] stage by stage, with the same semantics for reductions,
+//! position weights, ignored targets (`-1`) and the `dp` batch term.
+//!
+//! [`CybLoss::forward`] queues four kernels (row scalars, per-position objectives,
+//! a deterministic reduction, and a tiny kernel that computes the loss, the gradient
+//! scale and the `dp` coefficient on the device) and returns at once;
+//! [`CybLoss::backward`] queues the streaming `dlogits` pass. Nothing is copied to
+//! the host in between: the loss is read back only when asked for
+//! ([`GpuLossForward::loss`]).
+//!
+//! **Validation.** Shapes, `K <= K_MAX` and parameters are checked on the host before
+//! anything is launched. Targets and weights live on the device, so they are checked
+//! there: an out-of-range target (not `-1` and not in `0..V`) or a negative or
+//! non-finite weight never causes an out-of-bounds access (the position is treated as
+//! ignored, resp. weight 0) and is reported as an error ([`CybError::VocabRange`],
+//! [`CybError::Param`]) by the first method that reads results back
+//! ([`GpuLossForward::loss`], [`GpuLossForward::stats`], [`GpuLossForward::check`]).
+//! Targets coming from the host can be checked before the upload with
+//! [`CybLoss::upload_targets`].
+//!
+//! Reductions are fixed-shape trees (no float atomics), so the same inputs give
+//! bit-for-bit the same loss and gradients on every run.
+
+use super::{cuda_err, GpuContext};
+use crate::cpu::loss::{check_targets, LossShape, LossStats, RowScalar};
+use crate::error::{CybError, Result};
+use crate::objective::{ObjectiveKind, Reduction, ResolvedObjective};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use half::bf16;
+use std::sync::{Arc, OnceLock};
+
+/// Largest number of pause steps `K` the kernels support (`CYB_K_MAX` in the kernel).
+pub const K_MAX: usize = 16;
+
+// Keep in sync with kernels/cyb_loss.cu.
+const ROW_THREADS: u32 = 256;
+const POS_THREADS: u32 = 256;
+const FIN_THREADS: u32 = 256;
+const P_GAMMA: usize = 2 * (K_MAX + 1);
+const PARAMS_LEN: usize = P_GAMMA + 4;
+const NPART: usize = 6;
+const S_LOSS: usize = 0;
+const S_WEIGHT_SUM: usize = 1;
+const S_MEAN_PAUSES: usize = 2;
+const S_PENALTY: usize = 3;
+const S_VALID: usize = 4;
+const S_BAD_Y: usize = 8;
+const S_BAD_W: usize = 9;
+const SUMMARY_LEN: usize = 16;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// Element types the loss kernels take for logits and write for `dlogits`: `f32` and
+/// `half::bf16`. Internally the row math is f32 and the per-position math f64.
+pub trait LogitElem: DeviceRepr + ValidAsZeroBits + Copy + sealed::Sealed {
+    /// Kernel name suffix.
+    #[doc(hidden)]
+    const SUFFIX: &'static str;
+}
+impl LogitElem for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl LogitElem for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+/// The gradient flowing into the loss, for [`CybLoss::backward`].
+#[derive(Clone, Copy, Debug)]
+pub enum Upstream<'a> {
+    /// One host value: the gradient of the reduced loss (`Mean`/`Sum`, usually 1), or
+    /// for `Reduction::None` the same value at every position.
+    Scalar(f64),
+    /// A device buffer: 1 value for `Mean`/`Sum`, `B*T` values for `Reduction::None`.
+    Device(&'a CudaSlice<f32>),
+}
+
+struct Kernels {
+    row_f32: CudaFunction,
+    row_bf16: CudaFunction,
+    positions: CudaFunction,
+    finalize: CudaFunction,
+    dlogits_f32: CudaFunction,
+    dlogits_bf16: CudaFunction,
+    dlogits_inplace_f32: CudaFunction,
+    dlogits_inplace_bf16: CudaFunction,
+}
+
+impl Kernels {
+    fn row(&self, suffix: &str) -> &CudaFunction {
+        if suffix == "bf16" {
+            &self.row_bf16
+        } else {
+            &self.row_f32
+        }
+    }
+    fn dlogits(&self, suffix: &str, in_place: bool) -> &CudaFunction {
+        match (suffix == "bf16", in_place) {
+            (false, false) => &self.dlogits_f32,
+            (true, false) => &self.dlogits_bf16,
+            (false, true) => &self.dlogits_inplace_f32,
+            (true, true) => &self.dlogits_inplace_bf16,
+        }
+    }
+}
+
+/// One CYB objective, resolved for one `K`, ready to run on a [`GpuContext`].
+///
+/// ```no_run
+/// use cyb::cpu::loss::LossShape;
+/// use cyb::gpu::{CybLoss, GpuContext, Upstream};
+/// use cyb::{Objective, Reduction};
+///
+/// let gpu = GpuContext::new(0)?;
+/// let shape = LossShape { batch: 2, pauses: 3, seq: 16, vocab: 100 };
+/// let loss = CybLoss::new(&gpu, &Objective::ap_default().resolve(shape.pauses)?)?;
+///
+/// let host_logits: Vec<f32> = (0..shape.rows() * (shape.vocab + 1))
+///     .map(|i| (i as f32 * 0.37).sin())
+///     .collect();
+/// let host_targets: Vec<i32> = (0..shape.positions()).map(|i| (i % 100) as i32).collect();
+/// let logits = gpu.htod(&host_logits)?;
+/// let targets = loss.upload_targets(&host_targets, shape)?; // checked on the host
+/// let mut dlogits = gpu.zeros::<f32>(logits.len())?;
+///
+/// let fwd = loss.forward(&logits, &targets, shape, Reduction::Mean, None)?;
+/// loss.backward(&fwd, Upstream::Scalar(1.0), &logits, &mut dlogits)?; // no sync needed
+/// println!("loss {} mean pauses {}", fwd.loss()?, fwd.stats()?.mean_pauses);
+/// # Ok::<(), cyb::CybError>(())
+/// ```
+pub struct CybLoss {
+    gpu: Arc<GpuContext>,
+    obj: ResolvedObjective,
+    params: CudaSlice<f64>,
+    kernels: Kernels,
+}
+
+impl std::fmt::Debug for CybLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CybLoss").field("obj", &self.obj).finish()
+    }
+}
+
+fn as_i32(what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        CybError::Shape(format!(
+            "{what} = {n} is too large for the kernels' 32-bit indices"
+        ))
+    })
+}
+
+/// Kernel dimensions of a shape, checked to fit the kernels' `int` indices.
+struct Dims {
+    rows: i32,
+    k1: i32,
+    pauses: i32,
+    batch: i32,
+    seq: i32,
+    vocab: i32,
+}
+
+impl Dims {
+    fn new(shape: LossShape) -> Result<Dims> {
+        if shape.vocab == 0 {
+            return Err(CybError::Shape("vocabulary size V must be >= 1".into()));
+        }
+        if shape.pauses > K_MAX {
+            return Err(CybError::TooManyPauses {
+                k: shape.pauses,
+                k_max: K_MAX,
+            });
+        }
+        let rows = shape
+            .batch
+            .checked_mul(shape.pauses + 1)
+            .and_then(|x| x.checked_mul(shape.seq))
+            .ok_or_else(|| CybError::Shape(format!("{shape:?} overflows")))?;
+        as_i32("positions B*T", shape.positions())?;
+        Ok(Dims {
+            rows: as_i32("rows B*(K+1)*T", rows)?,
+            k1: as_i32("K+1", shape.pauses + 1)?,
+            pauses: as_i32("K", shape.pauses)?,
+            batch: as_i32("B", shape.batch)?,
+            seq: as_i32("T", shape.seq)?,
+            vocab: as_i32("V+1", shape.vocab + 1)? - 1,
+        })
+    }
+}
+
+fn reduction_code(r: Reduction) -> i32 {
+    match r {
+        Reduction::Mean => 0,
+        Reduction::Sum => 1,
+        Reduction::None => 2,
+    }
+}
+
+fn row_config(rows: i32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CybLoss {
+    /// Uploads the objective's parameters and loads its kernels. Fails with
+    /// [`CybError::TooManyPauses`] when `obj.k > K_MAX`.
+    pub fn new(gpu: &Arc<GpuContext>, obj: &ResolvedObjective) -> Result<Self> {
+        if obj.k > K_MAX {
+            return Err(CybError::TooManyPauses {
+                k: obj.k,
+                k_max: K_MAX,
+            });
+        }
+        if obj.omega.len() != obj.k + 1 || obj.prior.len() != obj.k + 1 {
+            return Err(CybError::Param(format!(
+                "resolved objective for K = {} has {} interruption weights and {} prior values",
+                obj.k,
+                obj.omega.len(),
+                obj.prior.len()
+            )));
+        }
+        let mut params = vec![0.0f64; PARAMS_LEN];
+        params[..=obj.k].copy_from_slice(&obj.omega);
+        params[K_MAX + 1..K_MAX + 2 + obj.k].copy_from_slice(&obj.prior);
+        params[P_GAMMA] = obj.gamma;
+        params[P_GAMMA + 1] = obj.beta;
+        params[P_GAMMA + 2] = obj.lambda;
+        params[P_GAMMA + 3] = obj.budget;
+        let params = gpu.htod(&params)?;
+        let f = |name: &str| gpu.loss_function(name);
+        let kernels = Kernels {
+            row_f32: f("cyb_row_scalars_f32")?,
+            row_bf16: f("cyb_row_scalars_bf16")?,
+            positions: f("cyb_position_objectives")?,
+            finalize: f("cyb_loss_finalize")?,
+            dlogits_f32: f("cyb_dlogits_f32")?,
+            dlogits_bf16: f("cyb_dlogits_bf16")?,
+            dlogits_inplace_f32: f("cyb_dlogits_inplace_f32")?,
+            dlogits_inplace_bf16: f("cyb_dlogits_inplace_bf16")?,
+        };
+        Ok(CybLoss {
+            gpu: gpu.clone(),
+            obj: obj.clone(),
+            params,
+            kernels,
+        })
+    }
+
+    /// The objective this loss computes.
+    pub fn objective(&self) -> &ResolvedObjective {
+        &self.obj
+    }
+
+    /// The context the kernels run on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.gpu
+    }
+
+    /// Checks host targets (`-1` or `0..V`, `B*T` of them) and uploads them.
+    pub fn upload_targets(&self, targets: &[i32], shape: LossShape) -> Result<CudaSlice<i32>> {
+        if targets.len() != shape.positions() {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {}",
+                targets.len(),
+                shape.positions()
+            )));
+        }
+        check_targets(targets, shape.vocab)?;
+        self.gpu.htod(targets)
+    }
+
+    /// Forward of the loss over `logits [B, K+1, T, V+1]` (depth-major) with targets
+    /// `[B, T]` and optional per-position weights `[B, T]`. Queues the kernels and
+    /// returns without waiting; see the module docs for how bad targets/weights are
+    /// reported.
+    pub fn forward<T: LogitElem>(
+        &self,
+        logits: &CudaSlice<T>,
+        targets: &CudaSlice<i32>,
+        shape: LossShape,
+        reduction: Reduction,
+        weights: Option<&CudaSlice<f32>>,
+    ) -> Result<GpuLossForward> {
+        let d = Dims::new(shape)?;
+        let kind = self.obj.kind as u32 as i32;
+        let null: u64 = 0;
+        if self.obj.k != shape.pauses {
+            return Err(CybError::Shape(format!(
+                "objective resolved for K = {} but the logits have K = {}",
+                self.obj.k, shape.pauses
+            )));
+        }
+        let want = shape.rows() * (shape.vocab + 1);
+        if logits.len() != want {
+            return Err(CybError::Shape(format!(
+                "logits have {} elements, expected B*(K+1)*T*(V+1) = {}*{}*{}*{} = {want}",
+                logits.len(),
+                shape.batch,
+                shape.pauses + 1,
+                shape.seq,
+                shape.vocab + 1
+            )));
+        }
+        if targets.len() != shape.positions() {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {}",
+                targets.len(),
+                shape.positions()
+            )));
+        }
+        if let Some(w) = weights {
+            if w.len() != shape.positions() {
+                return Err(CybError::Shape(format!(
+                    "weights have {} elements, expected B*T = {}",
+                    w.len(),
+                    shape.positions()
+                )));
+            }
+        }
+        let gpu = &self.gpu;
+        let stream = gpu.stream();
+        let rows = shape.rows();
+        let n = shape.positions();
+        let pos_blocks = n.div_ceil(POS_THREADS as usize);
+        // Zero-length allocations are not allowed: empty shapes get one spare element.
+        let mut scalars = gpu.zeros::<f32>((3 * rows).max(1))?;
+        let mut grad_loss = gpu.zeros::<f64>((3 * rows).max(1))?;
+        let mut grad_pen = gpu.zeros::<f64>((3 * rows).max(1))?;
+        let mut per_position = gpu.zeros::<f32>(n.max(1))?;
+        let mut pauses = gpu.zeros::<f32>(n.max(1))?;
+        let mut partials = gpu.zeros::<f64>((pos_blocks * NPART).max(1))?;
+        let mut summary = gpu.zeros::<f64>(SUMMARY_LEN)?;
+        let targets_copy = if n > 0 {
+            stream
+                .clone_dtod(targets)
+                .map_err(cuda_err("copying the targets"))?
+        } else {
+            gpu.zeros::<i32>(1)?
+        };
+
+        if rows > 0 {
+            let mut b = stream.launch_builder(self.kernels.row(T::SUFFIX));
+            b.arg(logits)
+                .arg(targets)
+                .arg(&d.rows)
+                .arg(&d.k1)
+                .arg(&d.seq)
+                .arg(&d.vocab)
+                .arg(&mut scalars);
+            // SAFETY: logits has rows*(V+1) elements and targets B*T (checked above);
+            // scalars has 3*rows; the kernel reads logits only at rows whose target is
+            // in 0..V, and indexes within [row*(V+1), row*(V+1)+V].
+            unsafe { b.launch(row_config(d.rows)) }
+                .map_err(cuda_err("launching cyb_row_scalars"))?;
+
+            let mut b = stream.launch_builder(&self.kernels.positions);
+            b.arg(&scalars).arg(targets);
+            match weights {
+                Some(w) => b.arg(w),
+                None => b.arg(&null),
+            };
+            b.arg(&self.params)
+                .arg(&kind)
+                .arg(&d.batch)
+                .arg(&d.pauses)
+                .arg(&d.seq)
+                .arg(&d.vocab)
+                .arg(&mut per_position)
+                .arg(&mut pauses)
+                .arg(&mut grad_loss)
+                .arg(&mut grad_pen)
+                .arg(&mut partials);
+            let cfg = LaunchConfig {
+                grid_dim: (pos_blocks as u32, 1, 1),
+                block_dim: (POS_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: one thread per position < B*T (guarded in the kernel); scalars
+            // 3*rows, targets/weights/per_position/pauses B*T, grad_* 3*rows, partials
+            // ceil(B*T/256)*NPART = gridDim*NPART, params PARAMS_LEN with K <= K_MAX
+            // (checked above); a null weights pointer means all ones.
+            unsafe { b.launch(cfg) }.map_err(cuda_err("launching cyb_position_objectives"))?;
+        }
+
+        let nblocks = as_i32("position blocks", pos_blocks)?;
+        let red = reduction_code(reduction);
+        let mut b = stream.launch_builder(&self.kernels.finalize);
+        b.arg(&partials)
+            .arg(&nblocks)
+            .arg(&kind)
+            .arg(&red)
+            .arg(&self.params)
+            .arg(&mut summary);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (FIN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: partials holds nblocks*NPART values (written by the launch above, or
+        // unread when nblocks = 0); summary has SUMMARY_LEN; one block.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launching cyb_loss_finalize"))?;
+
+        Ok(GpuLossForward {
+            shape,
+            reduction,
+            kind: self.obj.kind,
+            stream: stream.clone(),
+            targets: targets_copy,
+            scalars,
+            grad_loss,
+            grad_pen,
+            per_position,
+            pauses,
+            summary,
+            host_summary: OnceLock::new(),
+        })
+    }
+
+    /// `dlogits` for the given upstream gradient, into a separate buffer of the same
+    /// shape as `logits` (which must be the logits `fwd` was computed from). Ignored
+    /// positions get zero rows. Queued, no host sync.
+    pub fn backward<T: LogitElem>(
+        &self,
+        fwd: &GpuLossForward,
+        upstream: Upstream<'_>,
+        logits: &CudaSlice<T>,
+        dlogits: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.check_backward(fwd, upstream, logits.len())?;
+        if dlogits.len() != logits.len() {
+            return Err(CybError::Shape(format!(
+                "dlogits have {} elements but the logits {}",
+                dlogits.len(),
+                logits.len()
+            )));
+        }
+        let d = Dims::new(fwd.shape)?;
+        if d.rows == 0 {
+            return Ok(());
+        }
+        let (null, up_scalar, red) = backward_scalars(fwd, upstream);
+        let stream = self.gpu.stream();
+        let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, false));
+        b.arg(logits).arg(dlogits);
+        push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
+        // SAFETY: logits and dlogits both have rows*(V+1) elements (checked against
+        // fwd.shape); fwd's buffers were sized for that shape (targets B*T, scalars
+        // 3*rows, grad_* 3*rows, summary SUMMARY_LEN); upstream has 1 or B*T values as
+        // the reduction needs (checked), or is null with the scalar used instead.
+        unsafe { b.launch(row_config(d.rows)) }.map_err(cuda_err("launching cyb_dlogits"))?;
+        Ok(())
+    }
+
+    /// Like [`CybLoss::backward`], but overwrites the logits with their gradient
+    /// (each element is read before it is written), saving a buffer.
+    pub fn backward_in_place<T: LogitElem>(
+        &self,
+        fwd: &GpuLossForward,
+        upstream: Upstream<'_>,
+        logits: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.check_backward(fwd, upstream, logits.len())?;
+        let d = Dims::new(fwd.shape)?;
+        if d.rows == 0 {
+            return Ok(());
+        }
+        let (null, up_scalar, red) = backward_scalars(fwd, upstream);
+        let stream = self.gpu.stream();
+        let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, true));
+        b.arg(logits);
+        push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
+        // SAFETY: as in `backward`, with one buffer of rows*(V+1) elements that the
+        // kernel reads and then writes element by element in the same thread.
+        unsafe { b.launch(row_config(d.rows)) }
+            .map_err(cuda_err("launching cyb_dlogits_inplace"))?;
+        Ok(())
+    }
+
+    fn check_backward(
+        &self,
+        fwd: &GpuLossForward,
+        upstream: Upstream<'_>,
+        logits_len: usize,
+    ) -> Result<()> {
+        if fwd.kind != self.obj.kind {
+            return Err(CybError::Param(format!(
+                "forward was computed with objective {:?}, this loss is {:?}",
+                fwd.kind, self.obj.kind
+            )));
+        }
+        let want = fwd.shape.rows() * (fwd.shape.vocab + 1);
+        if logits_len != want {
+            return Err(CybError::Shape(format!(
+                "logits have {logits_len} elements, the forward was for {want}"
+            )));
+        }
+        if let Upstream::Device(u) = upstream {
+            let per_position = fwd.reduction == Reduction::None;
+            let want = if per_position {
+                fwd.shape.positions()
+            } else {
+                1
+            };
+            if u.len() != want {
+                return Err(CybError::Shape(format!(
+                    "upstream gradient has {} values, expected {want} for reduction {:?}",
+                    u.len(),
+                    fwd.reduction
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kernel arguments of the backward besides the buffers: a null pointer (used when
+/// the upstream is a host scalar), that scalar, and the reduction code.
+fn backward_scalars(fwd: &GpuLossForward, upstream: Upstream<'_>) -> (u64, f64, i32) {
+    let up_scalar = match upstream {
+        Upstream::Scalar(x) => x,
+        Upstream::Device(_) => 0.0,
+    };
+    (0u64, up_scalar, reduction_code(fwd.reduction))
+}
+
+/// The arguments of `cyb_dlogits*` after the logits (see `CYB_DLOGITS_ARGS` in
+/// kernels/cyb_loss.cu): targets, scalars, grad_loss, grad_pen, summary, upstream
+/// (device pointer or null), up_scalar, reduction, rows, k1, seq, vocab.
+fn push_dlogits_args<'a>(
+    b: &mut cudarc::driver::LaunchArgs<'a>,
+    fwd: &'a GpuLossForward,
+    upstream: Upstream<'a>,
+    null: &'a u64,
+    up_scalar: &'a f64,
+    red: &'a i32,
+    d: &'a Dims,
+) {
+    b.arg(&fwd.targets)
+        .arg(&fwd.scalars)
+        .arg(&fwd.grad_loss)
+        .arg(&fwd.grad_pen)
+        .arg(&fwd.summary);
+    match upstream {
+        Upstream::Device(u) => b.arg(u),
+        Upstream::Scalar(_) => b.arg(null),
+    };
+    b.arg(up_scalar)
+        .arg(red)
+        .arg(&d.rows)
+        .arg(&d.k1)
+        .arg(&d.seq)
+        .arg(&d.vocab);
+}
+
+/// What [`CybLoss::forward`] leaves on the device: per-position values, the summary
+/// (loss, weight sum, mean pauses, dp penalty, gradient scale), and what the backward
+/// needs. Reading anything to the host waits for the stream.
+pub struct GpuLossForward {
+    shape: LossShape,
+    reduction: Reduction,
+    kind: ObjectiveKind,
+    stream: Arc<CudaStream>,
+    targets: CudaSlice<i32>,
+    scalars: CudaSlice<f32>,
+    grad_loss: CudaSlice<f64>,
+    grad_pen: CudaSlice<f64>,
+    per_position: CudaSlice<f32>,
+    pauses: CudaSlice<f32>,
+    summary: CudaSlice<f64>,
+    host_summary: OnceLock<Vec<f64>>,
+}
+
+impl std::fmt::Debug for GpuLossForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuLossForward")
+            .field("shape", &self.shape)
+            .field("reduction", &self.reduction)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl GpuLossForward {
+    /// The shape the forward ran on.
+    pub fn shape(&self) -> LossShape {
+        self.shape
+    }
+
+    /// The reduction the forward ran with.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    fn summary(&self) -> Result<&[f64]> {
+        if let Some(s) = self.host_summary.get() {
+            return Ok(s);
+        }
+        let s = self
+            .stream
+            .clone_dtoh(&self.summary)
+            .map_err(cuda_err("reading the loss summary"))?;
+        Ok(self.host_summary.get_or_init(|| s))
+    }
+
+    /// Errors for invalid targets or weights found by the kernels (waits for the stream).
+    pub fn check(&self) -> Result<()> {
+        let s = self.summary()?;
+        if s[S_BAD_Y] >= 0.0 {
+            let index = s[S_BAD_Y] as usize;
+            let id = self
+                .stream
+                .clone_dtoh(&self.targets.slice(index..index + 1))
+                .map_err(cuda_err("reading a bad target"))?[0];
+            return Err(CybError::VocabRange {
+                id: id as i64,
+                index,
+                vocab: self.shape.vocab,
+            });
+        }
+        if s[S_BAD_W] >= 0.0 {
+            return Err(CybError::Param(format!(
+                "position weight {} is negative or not finite; weights must be finite and >= 0",
+                s[S_BAD_W] as usize
+            )));
+        }
+        Ok(())
+    }
+
+    /// The reduced loss (`Mean`/`Sum`), or the `dp` penalty alone for `None`, exactly as
+    /// [`crate::cpu::loss::LossForward::loss`]. Waits for the stream.
+    pub fn loss(&self) -> Result<f64> {
+        self.check()?;
+        Ok(self.summary()?[S_LOSS])
+    }
+
+    /// Valid positions, weight sum, weighted mean `E[pauses]`, `dp` penalty.
+    pub fn stats(&self) -> Result<LossStats> {
+        self.check()?;
+        let s = self.summary()?;
+        Ok(LossStats {
+            valid_positions: s[S_VALID] as usize,
+            weight_sum: s[S_WEIGHT_SUM],
+            mean_pauses: s[S_MEAN_PAUSES],
+            penalty: s[S_PENALTY],
+        })
+    }
+
+    /// Per-position `w_i L_i` (0 at ignored positions), `[B, T]`, on the device.
+    pub fn per_position(&self) -> &CudaSlice<f32> {
+        &self.per_position
+    }
+
+    /// Per-position `E[pauses]` (0 at ignored positions), `[B, T]`, on the device.
+    pub fn pauses(&self) -> &CudaSlice<f32> {
+        &self.pauses
+    }
+
+    /// The summary on the device, `f64`: `[loss, weight_sum, mean_pauses, penalty,
+    /// valid_positions, grad_scale, penalty_coef, sum w*L, first bad target (-1 none),
+    /// first bad weight (-1 none), 0...]`. Lets a trainer use the loss without a sync.
+    pub fn summary_device(&self) -> &CudaSlice<f64> {
+        &self.summary
+    }
+
+    /// [`GpuLossForward::per_position`] copied to the host.
+    pub fn per_position_to_host(&self) -> Result<Vec<f32>> {
+        self.to_host(&self.per_position, self.shape.positions())
+    }
+
+    /// [`GpuLossForward::pauses`] copied to the host.
+    pub fn pauses_to_host(&self) -> Result<Vec<f32>> {
+        self.to_host(&self.pauses, self.shape.positions())
+    }
+
+    /// The row scalars `r, e, u` (stage 1; zeros at ignored rows), in row order.
+    pub fn row_scalars_to_host(&self) -> Result<Vec<RowScalar>> {
+        let rows = self.shape.rows();
+        let s = self.to_host(&self.scalars, 3 * rows)?;
+        Ok((0..rows)
+            .map(|i| RowScalar {
+                r: s[i] as f64,
+                e: s[rows + i] as f64,
+                u: s[2 * rows + i] as f64,
+            })
+            .collect())
+    }
+
+    fn to_host<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &CudaSlice<T>,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let mut v = self
+            .stream
+            .clone_dtoh(buf)
+            .map_err(cuda_err("copying loss outputs to the host"))?;
+        v.truncate(len);
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Parameter types of every kernel in the order the launches above push them:
+    /// `p` a pointer (a `CudaSlice` or the null `u64`), `i` an `i32`, `d` an `f64`.
+    /// Checked against the PTX that build.rs produced, so a kernel signature that
+    /// drifts from its launch fails here, without a GPU.
+    const SIGNATURES: &[(&str, &str)] = &[
+        ("cyb_row_scalars_f32", "ppiiiip"),
+        ("cyb_row_scalars_bf16", "ppiiiip"),
+        ("cyb_position_objectives", "ppppiiiiippppp"),
+        ("cyb_loss_finalize", "piiipp"),
+        ("cyb_dlogits_f32", "ppppppppdiiiii"),
+        ("cyb_dlogits_bf16", "ppppppppdiiiii"),
+        ("cyb_dlogits_inplace_f32", "pppppppdiiiii"),
+        ("cyb_dlogits_inplace_bf16", "pppppppdiiiii"),
+    ];
+
+    fn ptx_params(ptx: &str, name: &str) -> String {
+        let start = ptx
+            .find(&format!(".entry {name}("))
+            .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
+        let body = &ptx[start..];
+        let end = body.find(')').expect("closing parenthesis");
+        body[..end]
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                if l.starts_with(".param .u64") {
+                    Some('p')
+                } else if l.starts_with(".param .u32") || l.starts_with(".param .s32") {
+                    Some('i')
+                } else if l.starts_with(".param .f64") {
+                    Some('d')
+                } else if l.starts_with(".param") {
+                    Some('?')
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernel_signatures_match_launches() {
+        for (name, want) in SIGNATURES {
+            assert_eq!(
+                ptx_params(super::super::ptx::CYB_LOSS, name),
+                *want,
+                "parameters of {name}"
+            );
+        }
+    }
+}
