@@ -53,27 +53,40 @@ impl LossShape {
 
     /// Check logits and targets lengths and that every target is `-1` or in `0..V`.
     pub fn check(&self, logits_len: usize, targets: &[i32]) -> Result<()> {
+        self.check_lengths(logits_len, targets.len(), None)?;
+        check_targets(targets, self.vocab)
+    }
+
+    /// Check the lengths of logits `[B, K+1, T, V+1]`, targets `[B, T]` and, if given,
+    /// per-position weights `[B, T]` (shared by the CPU reference and the GPU API).
+    pub fn check_lengths(
+        &self,
+        logits: usize,
+        targets: usize,
+        weights: Option<usize>,
+    ) -> Result<()> {
         if self.vocab == 0 {
             return Err(CybError::Shape("vocabulary size V must be >= 1".into()));
         }
         let want = self.rows() * (self.vocab + 1);
-        if logits_len != want {
+        if logits != want {
             return Err(CybError::Shape(format!(
-                "logits have {logits_len} elements, expected B*(K+1)*T*(V+1) = {}*{}*{}*{} = {want}",
+                "logits have {logits} elements, expected B*(K+1)*T*(V+1) = {}*{}*{}*{} = {want}",
                 self.batch,
                 self.pauses + 1,
                 self.seq,
                 self.vocab + 1
             )));
         }
-        if targets.len() != self.positions() {
-            return Err(CybError::Shape(format!(
-                "targets have {} elements, expected B*T = {}",
-                targets.len(),
-                self.positions()
-            )));
+        for (what, len) in [("targets", Some(targets)), ("weights", weights)] {
+            if let Some(len) = len.filter(|&l| l != self.positions()) {
+                return Err(CybError::Shape(format!(
+                    "{what} have {len} elements, expected B*T = {}",
+                    self.positions()
+                )));
+            }
         }
-        check_targets(targets, self.vocab)
+        Ok(())
     }
 }
 
@@ -435,21 +448,15 @@ pub fn position_objectives(
             obj.k, shape.pauses
         )));
     }
-    if scalars.len() != shape.rows() || targets.len() != shape.positions() {
+    if scalars.len() != shape.rows() {
         return Err(CybError::Shape(format!(
-            "{} row scalars / {} targets for shape {shape:?}",
-            scalars.len(),
-            targets.len()
+            "{} row scalars for shape {shape:?}",
+            scalars.len()
         )));
     }
+    let logits_len = shape.rows() * (shape.vocab + 1);
+    shape.check_lengths(logits_len, targets.len(), weights.map(|w| w.len()))?;
     if let Some(w) = weights {
-        if w.len() != shape.positions() {
-            return Err(CybError::Shape(format!(
-                "weights have {} elements, expected B*T = {}",
-                w.len(),
-                shape.positions()
-            )));
-        }
         if let Some((i, x)) = w
             .iter()
             .enumerate()

@@ -298,33 +298,7 @@ impl CybLoss {
                 self.obj.k, shape.pauses
             )));
         }
-        let want = shape.rows() * (shape.vocab + 1);
-        if logits.len() != want {
-            return Err(CybError::Shape(format!(
-                "logits have {} elements, expected B*(K+1)*T*(V+1) = {}*{}*{}*{} = {want}",
-                logits.len(),
-                shape.batch,
-                shape.pauses + 1,
-                shape.seq,
-                shape.vocab + 1
-            )));
-        }
-        if targets.len() != shape.positions() {
-            return Err(CybError::Shape(format!(
-                "targets have {} elements, expected B*T = {}",
-                targets.len(),
-                shape.positions()
-            )));
-        }
-        if let Some(w) = weights {
-            if w.len() != shape.positions() {
-                return Err(CybError::Shape(format!(
-                    "weights have {} elements, expected B*T = {}",
-                    w.len(),
-                    shape.positions()
-                )));
-            }
-        }
+        shape.check_lengths(logits.len(), targets.len(), weights.map(|w| w.len()))?;
         let gpu = &self.gpu;
         let stream = gpu.stream();
         let rows = shape.rows();
