@@ -40,6 +40,19 @@ pub struct Batch {
     pub classes: Vec<u16>,
 }
 
+impl Batch {
+    /// An empty batch with room for `batch` sequences of `seq` tokens.
+    pub fn with_capacity(batch: usize, seq: usize) -> Self {
+        Batch {
+            batch,
+            seq,
+            tokens: Vec::with_capacity(batch * seq),
+            targets: Vec::with_capacity(batch * seq),
+            classes: Vec::with_capacity(batch * seq),
+        }
+    }
+}
+
 /// Which split of a source to draw from (validation never overlaps training).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
@@ -250,13 +263,7 @@ impl DataSource for ModSum {
         // The data is an endless generated stream: train and validation differ only
         // by the generator the caller passes (see `train::validation_rng`).
         let _ = split;
-        let mut out = Batch {
-            batch,
-            seq,
-            tokens: Vec::with_capacity(batch * seq),
-            targets: Vec::with_capacity(batch * seq),
-            classes: Vec::with_capacity(batch * seq),
-        };
+        let mut out = Batch::with_capacity(batch, seq);
         for _ in 0..batch {
             let (toks, cls) = self.sequence(seq + 1, rng);
             out.tokens.extend_from_slice(&toks[..seq]);
@@ -358,13 +365,7 @@ impl DataSource for ByteText {
             Split::Train => (0, self.split_at),
             Split::Validation => (self.split_at, self.bytes.len()),
         };
-        let mut out = Batch {
-            batch,
-            seq,
-            tokens: Vec::with_capacity(batch * seq),
-            targets: Vec::with_capacity(batch * seq),
-            classes: Vec::with_capacity(batch * seq),
-        };
+        let mut out = Batch::with_capacity(batch, seq);
         for _ in 0..batch {
             let start = lo + rng.below(hi - lo - seq);
             let w = &self.bytes[start..=start + seq];
