@@ -121,6 +121,8 @@ pub struct ExperimentResult {
     pub config: ExperimentConfig,
     pub runs: Vec<RunResult>,
     pub class_names: Vec<String>,
+    /// Printable names of the token ids `0..V`.
+    pub token_names: Vec<String>,
     pub data_description: String,
 }
 
@@ -199,6 +201,7 @@ pub fn run_experiment(
         config: cfg.clone(),
         runs,
         class_names: data.class_names(),
+        token_names: (0..data.vocab()).map(|t| data.token_name(t)).collect(),
         data_description: data.describe(),
     })
 }
@@ -320,7 +323,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     let _ = writeln!(s, "Ratio = real tokens the baseline needs to reach the CYB model's final quality (interpolated on its validation curve) / real tokens the CYB model trained on. The claim is about 1/3 against no-pause and 1/2 against pause-ce; a ratio above 1 means the baseline needed *more* data than CYB, i.e. CYB is more data-efficient by that factor. \"not reached\" = the baseline never got there within this run.\n");
     let _ = writeln!(
         s,
-        "| CYB variant | baseline | per seed | mean | verdict |\n|---|---|---|---:|---|"
+        "| CYB variant | baseline | per seed | mean ± std | verdict |\n|---|---|---|---:|---|"
     );
     for (ci, cv) in cfg
         .variants
@@ -344,7 +347,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
                 .collect();
             let reached: Vec<f64> = rs.iter().filter_map(|(_, r)| *r).collect();
             let (mean, verdict) = if reached.len() == rs.len() && !reached.is_empty() {
-                let (m, _) = mean_std(&reached);
+                let (m, sd) = mean_std(&reached);
                 let claim = if bv.pauses == 0 { 3.0 } else { 2.0 };
                 let verdict = if m >= claim {
                     format!("supports the claim (>= {claim}x)")
@@ -353,7 +356,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
                 } else {
                     "CYB is NOT more data-efficient here".to_string()
                 };
-                (format!("{m:.3}"), verdict)
+                (format!("{m:.3} ± {sd:.3}"), verdict)
             } else if reached.is_empty() {
                 ("—".into(), "baseline never reached CYB's quality: CYB better by more than the run measures".into())
             } else {
@@ -430,6 +433,45 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             }
         });
         let _ = writeln!(s, "{row} {corr} | {helped} |");
+    }
+    let _ = writeln!(s, "\nTarget tokens that pause most and least (seed {}, tokens seen at least 5 times; mean pauses ± std):\n", cfg.seeds[0]);
+    for (vi, v) in cfg
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.pauses > 0)
+    {
+        let Some(run) = res.run(vi, cfg.seeds[0]) else {
+            continue;
+        };
+        let mut toks: Vec<_> = run
+            .summary
+            .by_token
+            .iter()
+            .filter(|(_, g)| g.count >= 5)
+            .collect();
+        toks.sort_by(|a, b| {
+            b.1.mean_pauses
+                .total_cmp(&a.1.mean_pauses)
+                .then(a.0.cmp(&b.0))
+        });
+        let fmt = |(t, g): &&(usize, crate::metrics::GroupStats)| {
+            let name = res
+                .token_names
+                .get(*t)
+                .cloned()
+                .unwrap_or_else(|| t.to_string());
+            format!("{name} {:.2}±{:.2}", g.mean_pauses, g.pause_variance.sqrt())
+        };
+        let most: Vec<String> = toks.iter().take(5).map(fmt).collect();
+        let least: Vec<String> = toks.iter().rev().take(5).map(fmt).collect();
+        let _ = writeln!(
+            s,
+            "- {}: most {}; least {}",
+            v.name,
+            most.join(", "),
+            least.join(", ")
+        );
     }
     let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class). Numbers: `curves.csv`, `ratios.csv`.");
     s
