@@ -30,6 +30,15 @@ impl Variant {
     pub fn is_baseline(&self) -> bool {
         matches!(self.objective, Objective::CeFinal)
     }
+    /// Accuracy by the same rule: the forced answer at step K for baselines, the greedy
+    /// policy for CYB variants.
+    fn accuracy(&self, g: &crate::metrics::GroupStats) -> f64 {
+        if self.is_baseline() {
+            g.accuracy_at_final
+        } else {
+            g.accuracy
+        }
+    }
     fn quality(&self, p: &EvalPoint) -> f64 {
         if self.is_baseline() {
             p.nll_final
@@ -216,14 +225,14 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 /// The CSV of every evaluation point of every run.
 pub fn curves_csv(res: &ExperimentResult) -> String {
     let mut s = String::from(
-        "variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,mean_pauses\n",
+        "variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,accuracy_final,mean_pauses\n",
     );
     for r in &res.runs {
         let v = &res.config.variants[r.variant];
         for p in &r.curve {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{}",
                 v.name,
                 r.seed,
                 p.step,
@@ -232,6 +241,7 @@ pub fn curves_csv(res: &ExperimentResult) -> String {
                 p.nll,
                 p.nll_final,
                 p.accuracy,
+                p.accuracy_final,
                 p.mean_pauses
             );
         }
@@ -282,7 +292,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     let _ = writeln!(s, "- seeds: {:?}", cfg.seeds);
     let _ = writeln!(
         s,
-        "- quality = validation NLL in nats/token: marginal NLL for CYB variants, final-step NLL for baselines ({} validation batches)\n",
+        "- quality = validation NLL in nats/token: marginal NLL for CYB variants, final-step NLL for baselines ({} validation batches); accuracy likewise: greedy policy for CYB variants, the forced answer at step K for baselines\n",
         b.eval_batches
     );
 
@@ -294,7 +304,10 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             .iter()
             .filter_map(|r| r.curve.last().map(|p| v.quality(p)))
             .collect();
-        let acc: Vec<f64> = runs.iter().map(|r| r.summary.overall.accuracy).collect();
+        let acc: Vec<f64> = runs
+            .iter()
+            .map(|r| v.accuracy(&r.summary.overall))
+            .collect();
         let acc0: Vec<f64> = runs
             .iter()
             .map(|r| r.summary.overall.accuracy_at_0)

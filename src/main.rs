@@ -11,7 +11,7 @@ use cyb::experiment::{
 };
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
-use cyb::train::{evaluate, train, EvalConfig, TrainConfig};
+use cyb::train::{curve_csv, evaluate, train, EvalConfig, TrainConfig};
 use cyb::{CybError, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -379,13 +379,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     let report = render(&desc, &summary, data.as_ref());
     println!("{report}");
     if let Some(dir) = &a.out {
-        let mut csv = String::from("step,tokens_seen,nll,nll_final,accuracy,mean_pauses\n");
-        for p in &out.curve {
-            csv.push_str(&format!(
-                "{},{},{},{},{},{}\n",
-                p.step, p.tokens_seen, p.nll, p.nll_final, p.accuracy, p.mean_pauses
-            ));
-        }
+        let csv = curve_csv(&out.curve);
         write_outputs(dir, &[("report.md", &report), ("curve.csv", &csv)])?;
         plot::plot_pauses(&dir.join("pauses.png"), &summary)?;
         eprintln!("wrote {}", dir.display());

@@ -22,6 +22,8 @@ pub struct PositionOutcome {
     pub correct: bool,
     /// The argmax at step 0 (answering without any pause) is right.
     pub correct_at_0: bool,
+    /// The argmax at step K (the forced answer, how `ce_final` models are used) is right.
+    pub correct_at_final: bool,
     /// `E[pauses]` under the model's own halting distribution.
     pub expected_pauses: f64,
     /// Marginal NLL `-log sum_k h_k p(y | answer at k)` (SPEC `marginal`).
@@ -82,6 +84,7 @@ pub fn greedy_outcomes<T: Float>(
                 pauses: answered,
                 correct: argmax[answered] == y,
                 correct_at_0: argmax[0] == y,
+                correct_at_final: argmax[kk] == y,
                 expected_pauses: hal.expected_pauses(),
                 nll,
                 nll_final: -hal.a[kk],
@@ -97,6 +100,8 @@ pub struct GroupStats {
     pub count: usize,
     pub accuracy: f64,
     pub accuracy_at_0: f64,
+    /// Accuracy of the forced answer at step K.
+    pub accuracy_at_final: f64,
     pub mean_pauses: f64,
     /// Variance of the greedy pause count within the group.
     pub pause_variance: f64,
@@ -113,6 +118,7 @@ impl GroupStats {
             s.count += 1;
             s.accuracy += o.correct as u8 as f64;
             s.accuracy_at_0 += o.correct_at_0 as u8 as f64;
+            s.accuracy_at_final += o.correct_at_final as u8 as f64;
             s.mean_pauses += o.pauses as f64;
             sq += (o.pauses * o.pauses) as f64;
             s.mean_expected_pauses += o.expected_pauses;
@@ -122,6 +128,7 @@ impl GroupStats {
             let n = s.count as f64;
             s.accuracy /= n;
             s.accuracy_at_0 /= n;
+            s.accuracy_at_final /= n;
             s.mean_pauses /= n;
             s.pause_variance = (sq / n - s.mean_pauses * s.mean_pauses).max(0.0);
             s.mean_expected_pauses /= n;

@@ -71,8 +71,23 @@ pub struct EvalPoint {
     /// Marginal NLL (the model's own halting) and forced-final NLL.
     pub nll: f64,
     pub nll_final: f64,
+    /// Greedy-policy accuracy, and the accuracy of the forced answer at step K.
     pub accuracy: f64,
+    pub accuracy_final: f64,
     pub mean_pauses: f64,
+}
+
+/// A learning curve as CSV (one row per evaluation point).
+pub fn curve_csv(curve: &[EvalPoint]) -> String {
+    let mut csv =
+        String::from("step,tokens_seen,nll,nll_final,accuracy,accuracy_final,mean_pauses\n");
+    for p in curve {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            p.step, p.tokens_seen, p.nll, p.nll_final, p.accuracy, p.accuracy_final, p.mean_pauses
+        ));
+    }
+    csv
 }
 
 /// What a run produced.
@@ -202,6 +217,7 @@ pub fn train(
                 nll: summary.overall.nll,
                 nll_final: summary.nll_final,
                 accuracy: summary.overall.accuracy,
+                accuracy_final: summary.overall.accuracy_at_final,
                 mean_pauses: summary.overall.mean_pauses,
             });
         }
