@@ -471,6 +471,48 @@ mod gpu_tests {
         Ok((fwd, dz.into_iter().map(back).collect()))
     }
 
+    /// [`run_gpu`] for the element type `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_gpu_dtype(
+        gpu: &Arc<GpuContext>,
+        loss: &CybLoss,
+        inp: &Inputs,
+        shape: LossShape,
+        reduction: Reduction,
+        upstream: &[f64],
+        scalar_upstream: bool,
+        in_place: bool,
+        dtype: Dtype,
+    ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
+        let (u, s, p) = (upstream, scalar_upstream, in_place);
+        match dtype {
+            Dtype::F32 => run_gpu(
+                gpu,
+                loss,
+                inp,
+                shape,
+                reduction,
+                u,
+                s,
+                p,
+                |x| x as f32,
+                |x| x as f64,
+            ),
+            Dtype::Bf16 => run_gpu(
+                gpu,
+                loss,
+                inp,
+                shape,
+                reduction,
+                u,
+                s,
+                p,
+                bf16::from_f64,
+                bf16::to_f64,
+            ),
+        }
+    }
+
     fn upstream_for(rng: &mut Rng, shape: LossShape, reduction: Reduction) -> Vec<f64> {
         if reduction == Reduction::None {
             // f32-representable, so host and device see the same values.
@@ -492,32 +534,17 @@ mod gpu_tests {
         let loss = CybLoss::new(gpu, &obj).map_err(err)?;
         // Mean/Sum pass the upstream as a host scalar, None as a device buffer.
         let scalar_up = case.reduction != Reduction::None;
-        let (fwd, dz) = match case.dtype {
-            Dtype::F32 => run_gpu(
-                gpu,
-                &loss,
-                &inp,
-                shape,
-                case.reduction,
-                &upstream,
-                scalar_up,
-                case.in_place,
-                |x| x as f32,
-                |x| x as f64,
-            )?,
-            Dtype::Bf16 => run_gpu(
-                gpu,
-                &loss,
-                &inp,
-                shape,
-                case.reduction,
-                &upstream,
-                scalar_up,
-                case.in_place,
-                bf16::from_f64,
-                bf16::to_f64,
-            )?,
-        };
+        let (fwd, dz) = run_gpu_dtype(
+            gpu,
+            &loss,
+            &inp,
+            shape,
+            case.reduction,
+            &upstream,
+            scalar_up,
+            case.in_place,
+            case.dtype,
+        )?;
         compare_forward(&case.name, &fwd, &cpu, &cpu_scalars, &inp, shape)?;
         compare_dlogits(&format!("{}: dlogits", case.name), &dz, &cpu_dz, case.dtype);
         Ok(())
@@ -551,7 +578,7 @@ mod gpu_tests {
                         let o = obj.resolve(s.pauses).map_err(err)?;
                         let loss = CybLoss::new(gpu, &o).map_err(err)?;
                         let up = upstream_for(&mut rng, s, reduction);
-                        let (fwd, dz) = run_gpu(
+                        let (fwd, dz) = run_gpu_dtype(
                             gpu,
                             &loss,
                             &inp,
@@ -560,8 +587,7 @@ mod gpu_tests {
                             &up,
                             false,
                             false,
-                            |x| x as f32,
-                            |x| x as f64,
+                            Dtype::F32,
                         )?;
                         let l = fwd.loss().map_err(err)?;
                         if l != 0.0 || dz.iter().any(|&d| d != 0.0) {
@@ -690,7 +716,7 @@ mod gpu_tests {
                 let loss = CybLoss::new(gpu, &o).map_err(err)?;
                 let inp = random_inputs(&mut rng, s, Dtype::Bf16, 7, true);
                 let run = || {
-                    run_gpu(
+                    run_gpu_dtype(
                         gpu,
                         &loss,
                         &inp,
@@ -699,8 +725,7 @@ mod gpu_tests {
                         &[1.0],
                         true,
                         false,
-                        bf16::from_f64,
-                        bf16::to_f64,
+                        Dtype::Bf16,
                     )
                 };
                 let (f1, d1) = run()?;
@@ -726,7 +751,7 @@ mod gpu_tests {
                 let inp = random_inputs(&mut rng, s, Dtype::F32, 3, true);
                 let up = vec![0.5; s.positions()];
                 let (cpu, _, cpu_dz) = reference(&inp, s, &o, Reduction::None, &up);
-                let (fwd, dz) = run_gpu(
+                let (fwd, dz) = run_gpu_dtype(
                     gpu,
                     &loss,
                     &inp,
@@ -735,8 +760,7 @@ mod gpu_tests {
                     &up,
                     true,
                     false,
-                    |x| x as f32,
-                    |x| x as f64,
+                    Dtype::F32,
                 )?;
                 assert_close(
                     "dp penalty (loss under None)",
