@@ -192,12 +192,14 @@ mod gpu_tests {
     }
 
     pub fn trials() -> Vec<Trial> {
-        let gpu = match GpuContext::new(0) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("gpu_loss: no usable CUDA device ({e}); every GPU test is ignored");
-                None
-            }
+        // No device (no driver library, or none visible): ignored. A device that is
+        // there but cannot be used (e.g. a driver too old for the PTX): every test
+        // fails with the reason, so it cannot pass silently as "ignored".
+        let gpu: Option<Result<Arc<GpuContext>, String>> = if cyb::gpu::device_count() == 0 {
+            eprintln!("gpu_loss: no CUDA device; every GPU test is ignored");
+            None
+        } else {
+            Some(GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}")))
         };
         let seed = base_seed();
         let ignored = gpu.is_none();
@@ -208,7 +210,7 @@ mod gpu_tests {
             let name = case.name.clone();
             trials.push(
                 Trial::test(name, move || {
-                    let gpu = gpu.expect("ignored without a device");
+                    let gpu = gpu.expect("ignored without a device")?;
                     with_seed(seed, || run_case(&gpu, &case, seed))
                 })
                 .with_ignored_flag(ignored),
@@ -219,7 +221,7 @@ mod gpu_tests {
             let seed = seed.wrapping_add((1000 + i) as u64 * 0x9E37_79B9);
             trials.push(
                 Trial::test(name, move || {
-                    let gpu = gpu.expect("ignored without a device");
+                    let gpu = gpu.expect("ignored without a device")?;
                     with_seed(seed, || special(&gpu, name, seed))
                 })
                 .with_ignored_flag(ignored),
@@ -427,48 +429,91 @@ mod gpu_tests {
         assert_close(what, got, want, atol * scale, rtol);
     }
 
-    /// Runs forward + backward on the GPU for one element type and returns
-    /// (forward, dlogits as f64).
-    #[allow(clippy::too_many_arguments)]
-    fn run_gpu<T: LogitElem>(
-        gpu: &Arc<GpuContext>,
-        loss: &CybLoss,
-        inp: &Inputs,
+    /// One forward + backward on the GPU: the inputs and how to call.
+    struct GpuRun<'a> {
+        inp: &'a Inputs,
         shape: LossShape,
         reduction: Reduction,
-        upstream: &[f64],
+        upstream: &'a [f64],
+        /// Pass `upstream[0]` as a host scalar instead of a device buffer.
         scalar_upstream: bool,
         in_place: bool,
-        conv: fn(f64) -> T,
-        back: fn(T) -> f64,
+        dtype: Dtype,
+    }
+
+    /// Host conversions of the element types, for uploading and comparing.
+    trait HostElem: LogitElem {
+        fn from_f64(x: f64) -> Self;
+        fn to_f64(self) -> f64;
+    }
+    impl HostElem for f32 {
+        fn from_f64(x: f64) -> Self {
+            x as f32
+        }
+        fn to_f64(self) -> f64 {
+            self as f64
+        }
+    }
+    impl HostElem for bf16 {
+        fn from_f64(x: f64) -> Self {
+            bf16::from_f64(x)
+        }
+        fn to_f64(self) -> f64 {
+            bf16::to_f64(self)
+        }
+    }
+
+    /// Runs forward + backward on the GPU and returns (forward, dlogits as f64).
+    fn run_gpu(
+        gpu: &Arc<GpuContext>,
+        loss: &CybLoss,
+        run: &GpuRun,
     ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
-        let mut logits = upload(gpu, &inp.logits, conv)?;
+        match run.dtype {
+            Dtype::F32 => run_typed::<f32>(gpu, loss, run),
+            Dtype::Bf16 => run_typed::<bf16>(gpu, loss, run),
+        }
+    }
+
+    fn run_typed<T: HostElem>(
+        gpu: &Arc<GpuContext>,
+        loss: &CybLoss,
+        run: &GpuRun,
+    ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
+        let inp = run.inp;
+        let mut logits = upload(gpu, &inp.logits, T::from_f64)?;
         let targets = gpu.htod(&inp.targets).map_err(err)?;
         let weights = match &inp.weights {
             Some(w) => Some(gpu.htod(w).map_err(err)?),
             None => None,
         };
         let up_dev: CudaSlice<f32> = gpu
-            .htod(&upstream.iter().map(|&u| u as f32).collect::<Vec<_>>())
+            .htod(&run.upstream.iter().map(|&u| u as f32).collect::<Vec<_>>())
             .map_err(err)?;
-        let up = if scalar_upstream {
-            Upstream::Scalar(upstream[0])
+        let up = if run.scalar_upstream {
+            Upstream::Scalar(run.upstream[0])
         } else {
             Upstream::Device(&up_dev)
         };
         let fwd = loss
-            .forward(&logits, &targets, shape, reduction, weights.as_ref())
+            .forward(
+                &logits,
+                &targets,
+                run.shape,
+                run.reduction,
+                weights.as_ref(),
+            )
             .map_err(err)?;
-        let dz = if in_place {
+        let dz = if run.in_place {
             loss.backward_in_place(&fwd, up, &mut logits).map_err(err)?;
             gpu.dtoh(&logits).map_err(err)?
         } else {
             // Poisoned output: every element the kernel forgets stays NaN.
-            let mut dz = upload(gpu, &vec![f64::NAN; inp.logits.len()], conv)?;
+            let mut dz = upload(gpu, &vec![f64::NAN; inp.logits.len()], T::from_f64)?;
             loss.backward(&fwd, up, &logits, &mut dz).map_err(err)?;
             gpu.dtoh(&dz).map_err(err)?
         };
-        Ok((fwd, dz.into_iter().map(back).collect()))
+        Ok((fwd, dz.into_iter().map(T::to_f64).collect()))
     }
 
     fn upstream_for(rng: &mut Rng, shape: LossShape, reduction: Reduction) -> Vec<f64> {
@@ -492,32 +537,19 @@ mod gpu_tests {
         let loss = CybLoss::new(gpu, &obj).map_err(err)?;
         // Mean/Sum pass the upstream as a host scalar, None as a device buffer.
         let scalar_up = case.reduction != Reduction::None;
-        let (fwd, dz) = match case.dtype {
-            Dtype::F32 => run_gpu(
-                gpu,
-                &loss,
-                &inp,
+        let (fwd, dz) = run_gpu(
+            gpu,
+            &loss,
+            &GpuRun {
+                inp: &inp,
                 shape,
-                case.reduction,
-                &upstream,
-                scalar_up,
-                case.in_place,
-                |x| x as f32,
-                |x| x as f64,
-            )?,
-            Dtype::Bf16 => run_gpu(
-                gpu,
-                &loss,
-                &inp,
-                shape,
-                case.reduction,
-                &upstream,
-                scalar_up,
-                case.in_place,
-                bf16::from_f64,
-                bf16::to_f64,
-            )?,
-        };
+                reduction: case.reduction,
+                upstream: &upstream,
+                scalar_upstream: scalar_up,
+                in_place: case.in_place,
+                dtype: case.dtype,
+            },
+        )?;
         compare_forward(&case.name, &fwd, &cpu, &cpu_scalars, &inp, shape)?;
         compare_dlogits(&format!("{}: dlogits", case.name), &dz, &cpu_dz, case.dtype);
         Ok(())
@@ -554,14 +586,15 @@ mod gpu_tests {
                         let (fwd, dz) = run_gpu(
                             gpu,
                             &loss,
-                            &inp,
-                            s,
-                            reduction,
-                            &up,
-                            false,
-                            false,
-                            |x| x as f32,
-                            |x| x as f64,
+                            &GpuRun {
+                                inp: &inp,
+                                shape: s,
+                                reduction,
+                                upstream: &up,
+                                scalar_upstream: false,
+                                in_place: false,
+                                dtype: Dtype::F32,
+                            },
                         )?;
                         let l = fwd.loss().map_err(err)?;
                         if l != 0.0 || dz.iter().any(|&d| d != 0.0) {
@@ -693,14 +726,15 @@ mod gpu_tests {
                     run_gpu(
                         gpu,
                         &loss,
-                        &inp,
-                        s,
-                        Reduction::Mean,
-                        &[1.0],
-                        true,
-                        false,
-                        bf16::from_f64,
-                        bf16::to_f64,
+                        &GpuRun {
+                            inp: &inp,
+                            shape: s,
+                            reduction: Reduction::Mean,
+                            upstream: &[1.0],
+                            scalar_upstream: true,
+                            in_place: false,
+                            dtype: Dtype::Bf16,
+                        },
                     )
                 };
                 let (f1, d1) = run()?;
@@ -729,14 +763,15 @@ mod gpu_tests {
                 let (fwd, dz) = run_gpu(
                     gpu,
                     &loss,
-                    &inp,
-                    s,
-                    Reduction::None,
-                    &up,
-                    true,
-                    false,
-                    |x| x as f32,
-                    |x| x as f64,
+                    &GpuRun {
+                        inp: &inp,
+                        shape: s,
+                        reduction: Reduction::None,
+                        upstream: &up,
+                        scalar_upstream: true,
+                        in_place: false,
+                        dtype: Dtype::F32,
+                    },
                 )?;
                 assert_close(
                     "dp penalty (loss under None)",
