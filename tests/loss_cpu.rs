@@ -392,6 +392,49 @@ fn extreme_logits_give_finite_loss_and_gradient() {
 }
 
 #[test]
+fn masked_logits_are_skipped_not_nan() {
+    // -inf on some real logits (masking) must act like removing them from the softmax.
+    let z = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 2.0, 0.5];
+    let s = cyb::cpu::loss::row_scalar(&z, 3);
+    let want = (1f64.exp() + 2f64.exp()).ln();
+    assert!((s.r - want).abs() < 1e-12, "{} vs {want}", s.r);
+    assert_eq!((s.e, s.u), (0.5, 2.0));
+    let shape = LossShape {
+        batch: 1,
+        pauses: 1,
+        seq: 1,
+        vocab: 4,
+    };
+    let logits = [
+        f32::NEG_INFINITY,
+        1.0,
+        0.0,
+        2.0,
+        -1.0,
+        0.3,
+        f32::NEG_INFINITY,
+        1.5,
+        0.0,
+        0.2,
+    ];
+    let r = Objective::ap_default().resolve(1).unwrap();
+    let mut d = vec![f32::NAN; 10];
+    let out = cyb_loss(
+        &logits,
+        &[1],
+        shape,
+        &r,
+        Reduction::Mean,
+        None,
+        Some(&mut d),
+    )
+    .unwrap();
+    assert!(out.loss.is_finite());
+    assert_eq!((d[0], d[6]), (0.0, 0.0), "masked logits get zero gradient");
+    assert!(d.iter().all(|x| x.is_finite()));
+}
+
+#[test]
 fn all_ignored_batch_is_zero_loss_zero_gradient() {
     let mut rng = Rng::new(2);
     let shape = LossShape {

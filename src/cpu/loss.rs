@@ -132,6 +132,10 @@ pub fn row_scalar<T: Float>(z: &[T], y: i32) -> RowScalar {
     let mut s = 0.0f64;
     for x in &z[..v] {
         let x = x.to_f64().unwrap_or(f64::NAN);
+        // A masked logit (-inf) adds nothing; skipping it also avoids exp(-inf - -inf).
+        if x == f64::NEG_INFINITY {
+            continue;
+        }
         if x > m {
             s = s * (m - x).exp() + 1.0;
             m = x;
