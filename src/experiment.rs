@@ -151,6 +151,17 @@ impl ExperimentResult {
             .find(|r| r.variant == variant && r.seed == seed)
     }
 
+    /// The run of the first seed of every variant that has pauses (what the pause
+    /// behaviour sections describe).
+    pub fn pausing_runs(&self) -> impl Iterator<Item = (&Variant, &RunResult)> + '_ {
+        self.config
+            .variants
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.pauses > 0)
+            .filter_map(|(vi, v)| Some((v, self.run(vi, self.config.seeds[0])?)))
+    }
+
     /// Per seed, the ratio of CYB variant `cyb` against baseline variant `base`.
     pub fn ratios(&self, cyb: usize, base: usize) -> Vec<(u64, Option<f64>)> {
         self.config
@@ -404,15 +415,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     header.push_str(" corr(pauses, baseline loss) | acc answered / acc@0 (paused positions) |");
     rule.push_str("---:|---|");
     let _ = writeln!(s, "{header}\n{rule}");
-    for (vi, v) in cfg
-        .variants
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.pauses > 0)
-    {
-        let Some(run) = res.run(vi, cfg.seeds[0]) else {
-            continue;
-        };
+    for (v, run) in res.pausing_runs() {
         let mut row = format!("| {} |", v.name);
         for (_, g) in &run.summary.by_class {
             if g.count > 0 {
@@ -448,15 +451,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
         let _ = writeln!(s, "{row} {corr} | {helped} |");
     }
     let _ = writeln!(s, "\nTarget tokens that pause most and least (seed {}, tokens seen at least 5 times; mean pauses ± std):\n", cfg.seeds[0]);
-    for (vi, v) in cfg
-        .variants
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.pauses > 0)
-    {
-        let Some(run) = res.run(vi, cfg.seeds[0]) else {
-            continue;
-        };
+    for (v, run) in res.pausing_runs() {
         let mut toks: Vec<_> = run
             .summary
             .by_token
@@ -528,20 +523,15 @@ pub fn plot_experiment(dir: &std::path::Path, res: &ExperimentResult) -> Result<
         &series,
     )?;
     let groups: Vec<(String, Vec<f64>)> = res
-        .config
-        .variants
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.pauses > 0)
-        .filter_map(|(vi, v)| {
-            let run = res.run(vi, res.config.seeds[0])?;
+        .pausing_runs()
+        .map(|(v, run)| {
             let vals = run
                 .summary
                 .by_class
                 .iter()
                 .map(|(_, g)| if g.count > 0 { g.mean_pauses } else { f64::NAN })
                 .collect();
-            Some((v.name.clone(), vals))
+            (v.name.clone(), vals)
         })
         .collect();
     if groups.is_empty() {
