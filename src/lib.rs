@@ -25,3 +25,8 @@ pub use config::ModelConfig;
 pub use cpu::model::Model;
 pub use error::{CybError, Result};
 pub use objective::{Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights};
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

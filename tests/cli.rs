@@ -129,6 +129,59 @@ fn train_save_eval_generate() {
 }
 
 #[test]
+fn byte_level_text_trains_and_generates() {
+    let dir = tmpdir("text");
+    let text = dir.join("corpus.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat. the dog sat on the log. ".repeat(30),
+    )
+    .unwrap();
+    let ckpt = dir.join("t.safetensors");
+    let mut args = vec![
+        "train",
+        "--text",
+        s(&text),
+        "--pauses",
+        "1",
+        "--save",
+        s(&ckpt),
+    ];
+    args.extend_from_slice(TINY);
+    let o = cyb(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("V = 256") && report.contains("letter"),
+        "{report}"
+    );
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "the c",
+        "--max-new",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["tokens"].as_array().unwrap().len(), 4);
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&ckpt),
+        "--text",
+        s(&text),
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_inputs_fail_clearly() {
     let dir = tmpdir("bad");
     let ckpt = dir.join("m.safetensors");
