@@ -202,7 +202,7 @@ struct ExperimentArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Seeds: every variant is trained once per seed.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2, 3])]
     seeds: Vec<u64>,
     /// Folder for report.md, curves.csv, ratios.csv and the plots.
     #[arg(long, default_value = "experiment")]
