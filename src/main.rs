@@ -284,7 +284,12 @@ fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
 
 impl RunArgs {
     /// The training configuration these flags describe, for a model of `vocab` tokens.
-    fn train_config(&self, vocab: usize, objective: Objective, default_steps: usize) -> TrainConfig {
+    fn train_config(
+        &self,
+        vocab: usize,
+        objective: Objective,
+        default_steps: usize,
+    ) -> TrainConfig {
         let steps = self.steps.unwrap_or(default_steps);
         TrainConfig {
             model: ModelConfig {
