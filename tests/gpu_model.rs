@@ -43,6 +43,7 @@ fn names() -> Vec<String> {
         "embedding_backward_matches_cpu",
         "adamw_step_matches_cpu",
         "adamw_without_clipping_matches_cpu",
+        "bf16_kernels_match_cpu",
         "checkpoint_gpu_to_cpu_round_trip",
         "checkpoint_cpu_to_gpu_round_trip",
         "forward_matches_cpu",
@@ -193,6 +194,7 @@ mod gpu_tests {
             "embedding_backward_matches_cpu" => embedding_bwd(gpu, &mut rng),
             "adamw_step_matches_cpu" => adamw(gpu, &mut rng, true),
             "adamw_without_clipping_matches_cpu" => adamw(gpu, &mut rng, false),
+            "bf16_kernels_match_cpu" => bf16_kernels(gpu, &mut rng),
             "checkpoint_gpu_to_cpu_round_trip" => ckpt_gpu_to_cpu(gpu, &mut rng),
             "checkpoint_cpu_to_gpu_round_trip" => ckpt_cpu_to_gpu(gpu, &mut rng),
             "forward_matches_cpu" => forward(gpu, &mut rng),
@@ -791,6 +793,151 @@ mod gpu_tests {
                 &f64s(&flat(&p)),
                 1e-7,
                 1e-5,
+            )?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- bf16 storage
+
+    // bf16 outputs carry 8 significant bits (unit roundoff 2^-8 = 3.9e-3): allow twice
+    // that, i.e. at most 2x a naive bf16 rounding of the exact f64 result (STYLE.md).
+    const BF16_ATOL: f64 = 1e-3;
+    const BF16_RTOL: f64 = 7.9e-3;
+
+    fn bf(x: &[f32]) -> Vec<half::bf16> {
+        x.iter().map(|&v| half::bf16::from_f32(v)).collect()
+    }
+
+    /// The values the kernel sees: inputs rounded to bf16 first.
+    fn bf_f64(x: &[f32]) -> Vec<f64> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f64())
+            .collect()
+    }
+
+    fn bf_host(
+        gpu: &GpuContext,
+        x: &cyb::gpu::cudarc::driver::CudaSlice<half::bf16>,
+        n: usize,
+    ) -> Vec<f64> {
+        let v = gpu.dtoh(x).expect("copy to host");
+        v[..n].iter().map(|b| b.to_f64()).collect()
+    }
+
+    fn bf_nan(
+        gpu: &GpuContext,
+        n: usize,
+    ) -> Result<cyb::gpu::cudarc::driver::CudaSlice<half::bf16>, Failed> {
+        gpu.htod(&vec![half::bf16::NAN; n.max(1)]).map_err(err)
+    }
+
+    /// LayerNorm forward, GELU forward and backward, bias + residual and the embedding
+    /// forward with bf16 activations (f32 parameters, f32 math).
+    fn bf16_kernels(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        let ln = LayerNormKernels::new(gpu).map_err(err)?;
+        let ge = GeluKernels::new(gpu).map_err(err)?;
+        let res = ResidualKernels::new(gpu).map_err(err)?;
+        let emb = EmbeddingKernels::new(gpu).map_err(err)?;
+        for &(n, c) in SHAPES {
+            let tag = format!("n{n} c{c}");
+            let x = randn(rng, n * c, 1.5);
+            let (w, b) = (randn(rng, c, 1.0), randn(rng, c, 1.0));
+            let xd = gpu.htod(&bf(&x)).map_err(err)?;
+            let (wd, bd) = (gpu.htod(&w).map_err(err)?, gpu.htod(&b).map_err(err)?);
+            let (mut out, mut mean, mut rstd) = (bf_nan(gpu, n * c)?, nan(gpu, n)?, nan(gpu, n)?);
+            ln.forward(&mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c)
+                .map_err(err)?;
+            let (mut ro, mut rm, mut rs) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            layernorm_forward(
+                &mut ro,
+                &mut rm,
+                &mut rs,
+                &bf_f64(&x),
+                &f64s(&w),
+                &f64s(&b),
+                c,
+            );
+            close(
+                &format!("bf16 layernorm {tag}"),
+                &bf_host(gpu, &out, n * c),
+                &ro,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+
+            let mut pre = gpu.htod(&bf(&x)).map_err(err)?;
+            let mut g = bf_nan(gpu, n * c)?;
+            ge.bias_gelu_forward(&mut pre, None, &mut g, n, c)
+                .map_err(err)?;
+            let mut want = vec![0.0; n * c];
+            gelu_forward(&mut want, &bf_f64(&x));
+            close(
+                &format!("bf16 gelu {tag}"),
+                &bf_host(gpu, &g, n * c),
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+            let dy = randn(rng, n * c, 1.0);
+            let dyd = gpu.htod(&bf(&dy)).map_err(err)?;
+            let mut dx = bf_nan(gpu, n * c)?;
+            ge.backward(&mut dx, &xd, &dyd, n * c).map_err(err)?;
+            gelu_backward(&mut want, &bf_f64(&x), &bf_f64(&dy));
+            close(
+                &format!("bf16 dgelu {tag}"),
+                &bf_host(gpu, &dx, n * c),
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+
+            let r = randn(rng, n * c, 1.0);
+            let rd = gpu.htod(&bf(&r)).map_err(err)?;
+            let mut y = gpu.htod(&bf(&x)).map_err(err)?;
+            res.bias_residual(&mut y, &bd, &rd, n, c).map_err(err)?;
+            let (xb, rb) = (bf_f64(&x), bf_f64(&r));
+            // The kernel's exact arithmetic: f32 sums, each stored value rounded to bf16.
+            let want: Vec<f64> = (0..n * c)
+                .map(|i| {
+                    let lin = half::bf16::from_f32(xb[i] as f32 + b[i % c]).to_f32();
+                    half::bf16::from_f32(lin + rb[i] as f32).to_f64()
+                })
+                .collect();
+            close(
+                &format!("bf16 bias_residual {tag}"),
+                &bf_host(gpu, &y, n * c),
+                &want,
+                0.0,
+                0.0,
+            )?;
+        }
+        for shape in EMB_SHAPES {
+            let e = emb_case(rng, shape);
+            let (te, pe, de) = split_tables(&f64s(&e.tables), e.dims);
+            let n = e.steps.rows() * e.dims.d;
+            let mut want = vec![0.0; n];
+            embedding_forward(
+                &mut want,
+                &e.tokens,
+                &te,
+                &pe,
+                &de,
+                e.steps,
+                e.dims.d,
+                e.dims.vocab,
+            );
+            let mut out = bf_nan(gpu, n)?;
+            let tok = gpu.htod(&e.tokens).map_err(err)?;
+            let tab = gpu.htod(&e.tables).map_err(err)?;
+            emb.forward(&mut out, &tok, &tab, e.dims, e.steps)
+                .map_err(err)?;
+            close(
+                &format!("bf16 embedding {shape:?}"),
+                &bf_host(gpu, &out, n),
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
             )?;
         }
         Ok(())
