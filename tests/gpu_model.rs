@@ -115,18 +115,6 @@ mod gpu_tests {
     // Whole step, f32 against f32 CPU: the brief's bound, norm-wise per tensor.
     const STEP_REL: f64 = 1e-4;
 
-    fn base_seed() -> u64 {
-        std::env::var("CYB_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-    }
-
     pub fn trials() -> Vec<Trial> {
         let gpu = match GpuContext::new(0) {
             Ok(g) => Some(g),
@@ -135,7 +123,7 @@ mod gpu_tests {
                 None
             }
         };
-        let seed = base_seed();
+        let seed = common::base_seed();
         let ignored = gpu.is_none();
         names()
             .into_iter()
@@ -146,28 +134,11 @@ mod gpu_tests {
                 let n = name.clone();
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device");
-                    with_seed(seed, || run(&gpu, &n, seed))
+                    common::with_seed(seed, || run(&gpu, &n, seed))
                 })
                 .with_ignored_flag(ignored)
             })
             .collect()
-    }
-
-    fn with_seed(seed: u64, f: impl FnOnce() -> R) -> R {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                Err(format!("{} (CYB_TEST_SEED={seed})", e.message().unwrap_or("")).into())
-            }
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(format!("{msg} (CYB_TEST_SEED={seed})").into())
-            }
-        }
     }
 
     fn err(e: CybError) -> Failed {

@@ -95,9 +95,41 @@ pub(crate) fn f32_offset(i: usize) -> u64 {
     (i * std::mem::size_of::<f32>()) as u64
 }
 
+/// Parameter types of kernel `name` in `ptx`, one letter each: `p` a 64-bit value (a
+/// pointer or a `long long`), `i` a 32-bit integer, `f` a `float`, `d` a `double`.
+/// Lets unit tests check, without a GPU, that a launch pushes what the kernel takes.
+#[cfg(test)]
+pub(crate) fn ptx_params(ptx: &str, name: &str) -> String {
+    let start = ptx
+        .find(&format!(".entry {name}("))
+        .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
+    let body = &ptx[start..];
+    let end = body.find(')').expect("closing parenthesis");
+    body[..end]
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.starts_with(".param .u64") || l.starts_with(".param .s64") {
+                Some('p')
+            } else if l.starts_with(".param .u32") || l.starts_with(".param .s32") {
+                Some('i')
+            } else if l.starts_with(".param .f32") {
+                Some('f')
+            } else if l.starts_with(".param .f64") {
+                Some('d')
+            } else if l.starts_with(".param") {
+                Some('?')
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::ptx;
+    use super::ptx_params;
 
     /// Parameter types of every model kernel in the order the wrappers push them:
     /// `p` a 64-bit value (a pointer or a `long long`), `i` an `int`, `f` a `float`,
@@ -153,33 +185,6 @@ mod tests {
             "adamw" => ptx::ADAMW,
             other => panic!("no PTX for {other}"),
         }
-    }
-
-    fn ptx_params(ptx: &str, name: &str) -> String {
-        let start = ptx
-            .find(&format!(".entry {name}("))
-            .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
-        let body = &ptx[start..];
-        let end = body.find(')').expect("closing parenthesis");
-        body[..end]
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                if l.starts_with(".param .u64") || l.starts_with(".param .s64") {
-                    Some('p')
-                } else if l.starts_with(".param .u32") || l.starts_with(".param .s32") {
-                    Some('i')
-                } else if l.starts_with(".param .f32") {
-                    Some('f')
-                } else if l.starts_with(".param .f64") {
-                    Some('d')
-                } else if l.starts_with(".param") {
-                    Some('?')
-                } else {
-                    None
-                }
-            })
-            .collect()
     }
 
     #[test]

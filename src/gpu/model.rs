@@ -29,7 +29,7 @@ use super::{cuda_err, GpuContext};
 use crate::config::ModelConfig;
 use crate::cpu::embedding::StepShape;
 use crate::cpu::loss::{check_targets, LossShape, LossStats};
-use crate::cpu::model::{Model, Params, StepOutput};
+use crate::cpu::model::{check_batch, Model, Params, StepOutput};
 use crate::error::{CybError, Result};
 use crate::objective::{Reduction, ResolvedObjective};
 use cudarc::driver::{CudaSlice, DevicePtr};
@@ -341,47 +341,6 @@ impl GpuModel {
         &self.opt
     }
 
-    /// Checks the inputs as the CPU model does: `B, T > 0`, lengths, `T <= t_max`,
-    /// `K <= k_max`, tokens in `0..V`.
-    fn check_inputs(&self, tokens: &[i32], batch: usize, seq: usize, pauses: usize) -> Result<()> {
-        let c = &self.config;
-        if batch == 0 || seq == 0 {
-            return Err(CybError::Shape(format!(
-                "batch ({batch}) and sequence length ({seq}) must be > 0"
-            )));
-        }
-        if tokens.len() != batch * seq {
-            return Err(CybError::Shape(format!(
-                "tokens have {} elements, expected B*T = {batch}*{seq}",
-                tokens.len()
-            )));
-        }
-        if seq > c.t_max {
-            return Err(CybError::Shape(format!(
-                "sequence length T = {seq} exceeds the model's t_max = {}",
-                c.t_max
-            )));
-        }
-        if pauses > c.k_max {
-            return Err(CybError::TooManyPauses {
-                k: pauses,
-                k_max: c.k_max,
-            });
-        }
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &x)| x < 0 || x as usize >= c.vocab)
-        {
-            return Err(CybError::VocabRange {
-                id: id as i64,
-                index,
-                vocab: c.vocab,
-            });
-        }
-        Ok(())
-    }
-
     /// Allocates the activations for `steps` unless they already fit, and uploads the
     /// tokens.
     fn prepare(&mut self, tokens: &[i32], steps: StepShape) -> Result<()> {
@@ -402,7 +361,7 @@ impl GpuModel {
         seq: usize,
         pauses: usize,
     ) -> Result<&CudaSlice<f32>> {
-        self.check_inputs(tokens, batch, seq, pauses)?;
+        check_batch(&self.config, tokens, batch, seq, pauses)?;
         let steps = StepShape { batch, pauses, seq };
         self.prepare(tokens, steps)?;
         let acts = self.acts.as_mut().expect("prepared");
@@ -435,7 +394,7 @@ impl GpuModel {
         pauses: usize,
         objective: &ResolvedObjective,
     ) -> Result<GpuStep> {
-        self.check_inputs(tokens, batch, seq, pauses)?;
+        check_batch(&self.config, tokens, batch, seq, pauses)?;
         if targets.len() != batch * seq {
             return Err(CybError::Shape(format!(
                 "targets have {} elements, expected B*T = {batch}*{seq}",
