@@ -287,8 +287,10 @@ mod cuda {
         data_rng: Rng,
         show_progress: bool,
     ) -> Result<TrainOutcome> {
-        let gpu =
-            GpuContext::new(0).map_err(|e| CybError::Unavailable(format!("--device cuda: {e}")))?;
+        let gpu = GpuContext::new(0).map_err(|e| match e {
+            CybError::Unavailable(m) => CybError::Unavailable(format!("--device cuda: {m}")),
+            other => other,
+        })?;
         let mut model = GpuModel::from_cpu(&gpu, &model)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
         run_loop(
