@@ -61,36 +61,7 @@ pub struct TokenIndex {
 impl TokenIndex {
     /// Builds the index of `tokens: [B, T]` (each in `0..vocab`) and uploads it.
     pub fn new(gpu: &GpuContext, tokens: &[i32], vocab: usize) -> Result<Self> {
-        let mut count = vec![0usize; vocab];
-        for (i, &t) in tokens.iter().enumerate() {
-            if t < 0 || t as usize >= vocab {
-                return Err(CybError::VocabRange {
-                    id: t as i64,
-                    index: i,
-                    vocab,
-                });
-            }
-            count[t as usize] += 1;
-        }
-        as_i32("positions B*T", tokens.len())?;
-        let mut uniq = Vec::new();
-        let mut starts = vec![0i32];
-        let mut first = vec![0usize; vocab];
-        for (v, &c) in count.iter().enumerate() {
-            if c > 0 {
-                first[v] = *starts.last().unwrap_or(&0) as usize;
-                uniq.push(v as i32);
-                starts.push(starts.last().copied().unwrap_or(0) + c as i32);
-            }
-        }
-        // Counting sort: positions ascending within each token.
-        let mut order = vec![0i32; tokens.len()];
-        let mut next = first;
-        for (i, &t) in tokens.iter().enumerate() {
-            let slot = &mut next[t as usize];
-            order[*slot] = i as i32;
-            *slot += 1;
-        }
+        let (uniq, starts, order) = token_csr(tokens, vocab)?;
         let distinct = uniq.len();
         let pad = |mut v: Vec<i32>| {
             if v.is_empty() {
@@ -106,6 +77,47 @@ impl TokenIndex {
             positions: tokens.len(),
         })
     }
+}
+
+/// The host side of [`TokenIndex`]: `(uniq, starts, order)` where `uniq` lists the
+/// distinct tokens ascending, and the positions reading `uniq[u]` are
+/// `order[starts[u]..starts[u+1]]`, ascending (a counting sort, O(B*T + V)).
+///
+/// ```
+/// let (u, s, o) = cyb::gpu::embedding::token_csr(&[2, 0, 2, 2], 3).unwrap();
+/// assert_eq!((u, s, o), (vec![0, 2], vec![0, 1, 4], vec![1, 0, 2, 3]));
+/// ```
+pub fn token_csr(tokens: &[i32], vocab: usize) -> Result<(Vec<i32>, Vec<i32>, Vec<i32>)> {
+    as_i32("positions B*T", tokens.len())?;
+    let mut count = vec![0usize; vocab];
+    for (i, &t) in tokens.iter().enumerate() {
+        if t < 0 || t as usize >= vocab {
+            return Err(CybError::VocabRange {
+                id: t as i64,
+                index: i,
+                vocab,
+            });
+        }
+        count[t as usize] += 1;
+    }
+    let mut uniq = Vec::new();
+    let mut starts = vec![0i32];
+    let mut next = vec![0usize; vocab];
+    for (v, &c) in count.iter().enumerate() {
+        if c > 0 {
+            let start = *starts.last().unwrap_or(&0);
+            next[v] = start as usize;
+            uniq.push(v as i32);
+            starts.push(start + c as i32);
+        }
+    }
+    let mut order = vec![0i32; tokens.len()];
+    for (i, &t) in tokens.iter().enumerate() {
+        let slot = &mut next[t as usize];
+        order[*slot] = i as i32;
+        *slot += 1;
+    }
+    Ok((uniq, starts, order))
 }
 
 /// The embedding kernels, loaded.
@@ -315,5 +327,37 @@ impl EmbeddingKernels {
             unsafe { l.launch(cfg) }.map_err(cuda_err("launching embedding_tok_backward"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_csr;
+    use crate::rng::Rng;
+
+    /// The CSR lists every position exactly once, under its own token, ascending.
+    #[test]
+    fn token_csr_partitions_positions_in_order() {
+        let mut rng = Rng::new(5);
+        for (n, vocab) in [(1, 1), (7, 3), (500, 40), (64, 1000)] {
+            let tokens: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+            let (uniq, starts, order) = token_csr(&tokens, vocab).unwrap();
+            assert_eq!(starts.len(), uniq.len() + 1);
+            assert_eq!(*starts.last().unwrap() as usize, n);
+            assert!(uniq.windows(2).all(|w| w[0] < w[1]));
+            let mut seen = vec![false; n];
+            for (u, &tok) in uniq.iter().enumerate() {
+                let run = &order[starts[u] as usize..starts[u + 1] as usize];
+                assert!(!run.is_empty());
+                assert!(run.windows(2).all(|w| w[0] < w[1]));
+                for &p in run {
+                    assert_eq!(tokens[p as usize], tok);
+                    seen[p as usize] = true;
+                }
+            }
+            assert!(seen.iter().all(|&s| s));
+        }
+        assert!(token_csr(&[0, 3], 3).is_err());
+        assert!(token_csr(&[-1], 3).is_err());
     }
 }

@@ -678,3 +678,67 @@ fn backward(
         st,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block-tensor constants, the adjacent LayerNorm pairs and the table range
+    /// name the tensors they mean (host only, no GPU).
+    #[test]
+    fn layout_names_the_right_tensors() {
+        let c = ModelConfig {
+            vocab: 5,
+            d_model: 8,
+            n_layer: 3,
+            n_head: 2,
+            t_max: 4,
+            k_max: 2,
+        };
+        let lay = Layout {
+            segs: segments(&c),
+            layers: c.n_layer,
+        };
+        let name_at = |r: Range<usize>| {
+            let s = lay
+                .segs
+                .iter()
+                .find(|s| s.offset == r.start)
+                .expect("segment");
+            assert_eq!(s.offset + s.len, r.end, "{} spans one tensor", s.name);
+            s.name.clone()
+        };
+        let parts = [
+            (LN1_W, "ln1.weight"),
+            (LN1_B, "ln1.bias"),
+            (QKV_W, "attn.qkv.weight"),
+            (QKV_B, "attn.qkv.bias"),
+            (PROJ_W, "attn.proj.weight"),
+            (PROJ_B, "attn.proj.bias"),
+            (LN2_W, "ln2.weight"),
+            (LN2_B, "ln2.bias"),
+            (FC_W, "mlp.fc.weight"),
+            (FC_B, "mlp.fc.bias"),
+            (MLP_PROJ_W, "mlp.proj.weight"),
+            (MLP_PROJ_B, "mlp.proj.bias"),
+        ];
+        for l in 0..c.n_layer {
+            for (j, name) in parts {
+                assert_eq!(name_at(lay.block(l, j)), format!("blocks.{l}.{name}"));
+            }
+            for w in [LN1_W, LN2_W] {
+                let r = lay.block_ln(l, w);
+                assert_eq!(r.len(), 2 * c.d_model);
+                assert_eq!(r.start, lay.block(l, w).start);
+            }
+        }
+        assert_eq!(name_at(lay.tok_emb()), "tok_emb");
+        assert_eq!(name_at(lay.ln_f_weight()), "ln_f.weight");
+        assert_eq!(name_at(lay.ln_f_bias()), "ln_f.bias");
+        assert_eq!(lay.ln_f().len(), 2 * c.d_model);
+        assert_eq!(lay.tables().start, 0);
+        assert_eq!(lay.tables().len(), table_dims(&c).len());
+        let total: usize = lay.segs.iter().map(|s| s.len).sum();
+        assert_eq!(lay.ln_f().end, total);
+    }
+}
