@@ -7,8 +7,9 @@
 //!   objective `ap`), random tokens (never zeros), timed with CUDA events inside
 //!   `iter_custom`; prints ms/step, real tokens/s (B*T per step; each real token
 //!   carries K+1 = 4 steps) and the ratio to PyTorch's 84,000 tok/s (torch.compile +
-//!   FlexAttention, bf16 autocast). This model runs in f32 (SGEMM), so expect to be
-//!   slower than that until bf16 / TF32 GEMMs land. No cache flush is needed: every
+//!   FlexAttention, bf16 autocast). Printed for f32 SGEMM and for TF32 tensor-core
+//!   GEMMs (criterion times the TF32 one); activations stay f32 until bf16 storage
+//!   lands, so expect to trail PyTorch's bf16 numbers. No cache flush is needed: every
 //!   step streams gigabytes of activations, far beyond the 50 MB L2.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -96,7 +97,7 @@ mod gpu {
         }
         let stream = gpu.stream().clone();
         let ctx = gpu.context().clone();
-        let mut time_ms = |iters: u64| -> f64 {
+        let time_ms = |model: &mut GpuModel, iters: u64| -> f64 {
             let start = ctx
                 .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .unwrap();
@@ -105,26 +106,32 @@ mod gpu {
                 .unwrap();
             start.record(&stream).unwrap();
             for _ in 0..iters {
-                step(&mut model).expect("step");
+                step(model).expect("step");
             }
             end.record(&stream).unwrap();
             start.elapsed_ms(&end).unwrap() as f64
         };
-        time_ms(2);
-        let mut runs: Vec<f64> = (0..5).map(|_| time_ms(1)).collect();
-        runs.sort_by(f64::total_cmp);
-        let ms = runs[2];
-        let tok_s = (b * t) as f64 / (ms * 1e-3);
-        println!(
-            "gpu train step GPT-2-small V=32000 d=768 L=12 H=12 T=1024 K=3 B=8 ap f32: \
-             {ms:.1} ms/step, {tok_s:.0} real tokens/s, {:.2}x PyTorch's {TORCH_TOK_S} tok/s",
-            tok_s / TORCH_TOK_S
-        );
+        // Summary lines: full f32 SGEMM, then TF32 tensor cores (f32 storage and
+        // accumulation, inputs of the products rounded to 10 mantissa bits).
+        for tf32 in [false, true] {
+            model.set_tf32(tf32).expect("math mode");
+            time_ms(&mut model, 2);
+            let mut runs: Vec<f64> = (0..5).map(|_| time_ms(&mut model, 1)).collect();
+            runs.sort_by(f64::total_cmp);
+            let ms = runs[2];
+            let tok_s = (b * t) as f64 / (ms * 1e-3);
+            println!(
+                "gpu train step GPT-2-small V=32000 d=768 L=12 H=12 T=1024 K=3 B=8 ap {}: \
+                 {ms:.1} ms/step, {tok_s:.0} real tokens/s, {:.2}x PyTorch's {TORCH_TOK_S} tok/s",
+                if tf32 { "f32+tf32" } else { "f32" },
+                tok_s / TORCH_TOK_S
+            );
+        }
         let mut group = c.benchmark_group("gpu_train_step_gpt2_small_k3_ap");
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(10));
-        group.bench_function("f32", |bench| {
-            bench.iter_custom(|iters| Duration::from_secs_f64(time_ms(iters) * 1e-3))
+        group.bench_function("f32_tf32", |bench| {
+            bench.iter_custom(|iters| Duration::from_secs_f64(time_ms(&mut model, iters) * 1e-3))
         });
         group.finish();
     }

@@ -60,6 +60,22 @@ impl Linear {
         Ok(Linear { blas })
     }
 
+    /// Lets f32 GEMMs use the TF32 tensor cores (inputs rounded to a 10-bit mantissa,
+    /// f32 accumulation): several times faster, with relative errors near 3e-4 instead
+    /// of ~1e-6. Off by default: the CPU comparisons assume full f32.
+    pub fn set_tf32(&self, on: bool) -> Result<()> {
+        use cudarc::cublas::sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
+        let mode = if on {
+            CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle lives as long as `self.blas`; the call only sets a mode.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(blas_err("setting the math mode"))
+    }
+
     /// out: `[N, OC]` = inp `[N, C]` · weight `[OC, C]`^T (overwritten; no bias).
     pub fn forward<T: GemmElem>(
         &self,

@@ -447,6 +447,12 @@ impl GpuModel {
         self.opt.grad_norm()
     }
 
+    /// Runs the GEMMs on the TF32 tensor cores (see [`Linear::set_tf32`]); off by
+    /// default.
+    pub fn set_tf32(&self, on: bool) -> Result<()> {
+        self.k.linear.set_tf32(on)
+    }
+
     /// Waits until all queued work is done.
     pub fn synchronize(&self) -> Result<()> {
         self.k.gpu.synchronize()
