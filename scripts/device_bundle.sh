@@ -67,6 +67,17 @@ export CYB_TESTDATA="${CYB_TESTDATA:-$HERE/testdata}"
 LOGS="$HERE/logs"
 mkdir -p "$LOGS"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# cuBLAS (the GPU model's GEMMs): the system's, else a pip wheel's (nvidia-cublas, as
+# PyTorch installs it), found once and put on the library path.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  lib=$(find /opt /usr/local /usr/lib -name 'libcublas.so.1*' 2>/dev/null | head -1)
+  if [[ -n "$lib" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuBLAS: $lib"
+  else
+    echo "cuBLAS: not found; the GPU model tests will fail to create a handle"
+  fi
+fi
 rows=()
 status=0
 for exe in "$HERE"/tests/*; do

@@ -56,7 +56,22 @@ impl GemmElem for half::bf16 {
 impl Linear {
     /// A cuBLAS handle whose work is queued on `gpu`'s stream.
     pub fn new(gpu: &Arc<GpuContext>) -> Result<Self> {
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_err("creating a handle"))?;
+        // SAFETY: only dlopen()s the library to see whether it exists.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CybError::Unavailable(
+                "cuBLAS (libcublas.so.13) is not on the library path; the GPU model needs it \
+                 for its GEMMs (add the directory holding it, e.g. the nvidia-cublas wheel's \
+                 lib/, to LD_LIBRARY_PATH)"
+                    .into(),
+            ));
+        }
+        // cudarc panics when a symbol is missing (a library older than the bindings).
+        let stream = gpu.stream().clone();
+        let blas = std::panic::catch_unwind(move || CudaBlas::new(stream))
+            .map_err(|_| {
+                CybError::Unavailable("cuBLAS could not be loaded (missing symbols)".into())
+            })?
+            .map_err(blas_err("creating a handle"))?;
         Ok(Linear { blas })
     }
 
