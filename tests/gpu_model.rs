@@ -714,10 +714,12 @@ mod gpu_tests {
 
     // ---------------------------------------------------------------- AdamW
 
+    /// d_head = 64: the head size the pause-attention kernels are sure to support
+    /// (ANCHORS.md shapes use 64 and 128).
     fn small_config() -> ModelConfig {
         ModelConfig {
             vocab: 37,
-            d_model: 64,
+            d_model: 128,
             n_layer: 2,
             n_head: 2,
             t_max: 16,
