@@ -1027,7 +1027,7 @@ mod gpu_tests {
     }
 
     /// 50 steps of AdamW with clipping on both backends from the same model and
-    /// batches: the loss curves agree (drift from f32 rounding grows slowly).
+    /// batches: the loss curves agree.
     fn curves(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
         let m = random_model(rng);
         let c = m.config.clone();
@@ -1041,7 +1041,20 @@ mod gpu_tests {
         let mut ws = Workspace::new();
         let (mut lc, mut lg) = (Vec::new(), Vec::new());
         for _ in 0..50 {
+            // A learnable task (the target is a fixed function of the token), so that
+            // the loss really falls and the curves are compared where they move.
             let (tokens, targets, b, t) = batch(rng, &c);
+            let targets: Vec<i32> = tokens
+                .iter()
+                .zip(&targets)
+                .map(|(&x, &y)| {
+                    if y < 0 {
+                        -1
+                    } else {
+                        (3 * x + 1) % c.vocab as i32
+                    }
+                })
+                .collect();
             let out = cpu
                 .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut grads)
                 .map_err(err)?;
@@ -1054,10 +1067,14 @@ mod gpu_tests {
             g.step(3e-3, 1.0).map_err(err)?;
             lg.push(step.loss().map_err(err)?);
         }
-        if lc.last() >= lc.first() {
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        if mean(&lc[45..]) >= mean(&lc[..5]) {
             return Err(format!("the CPU loss did not decrease: {lc:?}").into());
         }
-        close("loss curve", &lg, &lc, 1e-4, 2e-3)
+        // f32 rounding differences (different GEMM and reduction orders) are amplified by
+        // Adam's normalisation as the loss falls from ~3.6 to ~0.05 (seen on the CPU for
+        // this task); a wrong gradient anywhere moves the curve far more than 1%.
+        close("loss curve", &lg, &lc, 2e-3, 1e-2)
     }
 
     // ---------------------------------------------------------------- checkpoints
