@@ -11,6 +11,7 @@
 # Executables are release builds (kernels compiled to PTX and embedded, cudarc loads
 # libcuda at run time) with debug info stripped; the bundle must stay under 64 MiB.
 # Usage: bash scripts/device_bundle.sh   then, on the GPU machine: bash device_bundle/run_all.sh
+# (ONLY='gpu_model|train_step' bash device_bundle/run_all.sh runs just those executables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +82,8 @@ fi
 rows=()
 status=0
 for exe in "$HERE"/tests/*; do
+  # ONLY=regex runs just the executables whose name matches (e.g. ONLY='gpu_model|train_step').
+  [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
   name="test/$(basename "$exe")"
   start=$(date +%s.%N)
   "$exe" --test-threads="${TEST_THREADS:-4}" >"$LOGS/$(basename "$exe").log" 2>&1
@@ -95,6 +98,7 @@ for exe in "$HERE"/tests/*; do
   [[ $rc -ne 0 ]] && { echo "== $name failed, last lines:"; tail -40 "$LOGS/$(basename "$exe").log"; }
 done
 for exe in "$HERE"/benches/*; do
+  [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
   name="bench/$(basename "$exe")"
   start=$(date +%s.%N)
   "$exe" --bench >"$LOGS/bench_$(basename "$exe").log" 2>&1
