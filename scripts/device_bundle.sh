@@ -11,6 +11,7 @@
 # Executables are release builds (kernels compiled to PTX and embedded, cudarc loads
 # libcuda at run time) with debug info stripped; the bundle must stay under 64 MiB.
 # Usage: bash scripts/device_bundle.sh   then, on the GPU machine: bash device_bundle/run_all.sh
+# (ONLY='gpu_model|train_step' bash device_bundle/run_all.sh runs just those executables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,9 +69,22 @@ export CYB_TESTDATA="${CYB_TESTDATA:-$HERE/testdata}"
 LOGS="$HERE/logs"
 mkdir -p "$LOGS"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# cuBLAS (the GPU model's GEMMs): the system's, else a pip wheel's (nvidia-cublas, as
+# PyTorch installs it), found once and put on the library path.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  lib=$(find /opt /usr/local /usr/lib -name 'libcublas.so.1*' 2>/dev/null | head -1)
+  if [[ -n "$lib" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuBLAS: $lib"
+  else
+    echo "cuBLAS: not found; the GPU model tests will fail to create a handle"
+  fi
+fi
 rows=()
 status=0
 for exe in "$HERE"/tests/*; do
+  # ONLY=regex runs just the executables whose name matches (e.g. ONLY='gpu_model|train_step').
+  [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
   name="test/$(basename "$exe")"
   start=$(date +%s.%N)
   "$exe" --test-threads="${TEST_THREADS:-4}" >"$LOGS/$(basename "$exe").log" 2>&1
@@ -85,6 +99,7 @@ for exe in "$HERE"/tests/*; do
   [[ $rc -ne 0 ]] && { echo "== $name failed, last lines:"; tail -40 "$LOGS/$(basename "$exe").log"; }
 done
 for exe in "$HERE"/benches/*; do
+  [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
   name="bench/$(basename "$exe")"
   start=$(date +%s.%N)
   "$exe" --bench >"$LOGS/bench_$(basename "$exe").log" 2>&1

@@ -11,7 +11,7 @@ use cyb::experiment::{
 };
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
-use cyb::train::{curve_csv, evaluate, train, EvalConfig, TrainConfig};
+use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
 use cyb::{CybError, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -263,8 +263,8 @@ fn require_cpu(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         Device::Cuda => Err(CybError::Unavailable(
-            "--device cuda: the GPU model is not implemented yet (issue #4); the CUDA loss \
-             kernels exist behind the `cuda` feature, the transformer runs on the CPU. Use --device cpu."
+            "--device cuda: only `cyb train` runs on the GPU (feature `cuda`); evaluation and \
+             generation run on the CPU. Use --device cpu."
                 .into(),
         )),
     }
@@ -318,7 +318,10 @@ impl RunArgs {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    require_cpu(a.device)?;
+    let device = match a.device {
+        Device::Cpu => TrainDevice::Cpu,
+        Device::Cuda => TrainDevice::Cuda,
+    };
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
@@ -342,7 +345,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         cfg.batch,
         cfg.seq
     );
-    let out = train(&cfg, data.as_ref(), init, true)?;
+    let out = train_on(&cfg, data.as_ref(), init, true, device)?;
     if let Some(path) = &a.save {
         checkpoint::save(path, &out.model)?;
         eprintln!("saved {}", path.display());
@@ -368,12 +371,18 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 cfg.lr,
                 cfg.seed
             ),
-            format!(
-                "speed: {:.0} real tokens/s on {} CPU threads, {:.1} s in all",
-                out.tokens_per_sec,
-                rayon::current_num_threads(),
-                out.seconds
-            ),
+            match device {
+                TrainDevice::Cpu => format!(
+                    "speed: {:.0} real tokens/s on {} CPU threads, {:.1} s in all",
+                    out.tokens_per_sec,
+                    rayon::current_num_threads(),
+                    out.seconds
+                ),
+                TrainDevice::Cuda => format!(
+                    "speed: {:.0} real tokens/s on CUDA device 0, {:.1} s in all",
+                    out.tokens_per_sec, out.seconds
+                ),
+            },
         ],
     };
     let report = render(&desc, &summary, data.as_ref());

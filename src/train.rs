@@ -8,7 +8,7 @@ use crate::cpu::model::{Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
-use crate::objective::Objective;
+use crate::objective::{Objective, ResolvedObjective};
 use crate::rng::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
@@ -105,12 +105,34 @@ pub fn validation_rng(seed: u64) -> Rng {
     Rng::new(seed ^ 0x0005_EED0_F0A1_1DA7)
 }
 
-/// Train a model (fresh from `cfg.seed`, or continuing `init`) on `data`.
+/// Where the training steps run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrainDevice {
+    /// The CPU reference model (always available).
+    #[default]
+    Cpu,
+    /// CUDA device 0 through [`crate::gpu::model::GpuModel`] (feature `cuda`).
+    Cuda,
+}
+
+/// Train a model (fresh from `cfg.seed`, or continuing `init`) on `data`, on the CPU.
 pub fn train(
     cfg: &TrainConfig,
     data: &dyn DataSource,
     init: Option<Model<f32>>,
     show_progress: bool,
+) -> Result<TrainOutcome> {
+    train_on(cfg, data, init, show_progress, TrainDevice::Cpu)
+}
+
+/// [`train`] on a chosen device. The GPU run draws the same batches and learning rates,
+/// and evaluates by copying the model back to the CPU ([`evaluate`]).
+pub fn train_on(
+    cfg: &TrainConfig,
+    data: &dyn DataSource,
+    init: Option<Model<f32>>,
+    show_progress: bool,
+    device: TrainDevice,
 ) -> Result<TrainOutcome> {
     cfg.model.validate()?;
     if data.vocab() != cfg.model.vocab {
@@ -134,7 +156,7 @@ pub fn train(
     }
     let objective = cfg.objective.resolve(cfg.pauses)?;
     let mut rng = Rng::new(cfg.seed);
-    let mut model = match init {
+    let model = match init {
         Some(m) => {
             if m.config != cfg.model {
                 return Err(CybError::Param(format!(
@@ -149,11 +171,184 @@ pub fn train(
             params: Params::init(&cfg.model, &mut rng.fork()),
         },
     };
-    let mut data_rng = rng.fork();
-    let mut grads = Params::<f32>::zeros(&cfg.model);
-    let mut workspace = Workspace::new();
-    let mut opt = AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay);
+    let data_rng = rng.fork();
+    match device {
+        TrainDevice::Cpu => {
+            let stepper = CpuStepper {
+                grads: Params::<f32>::zeros(&cfg.model),
+                workspace: Workspace::new(),
+                opt: AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay),
+                model,
+            };
+            run_loop(cfg, data, &objective, stepper, data_rng, show_progress)
+        }
+        TrainDevice::Cuda => cuda::train(cfg, data, &objective, model, data_rng, show_progress),
+    }
+}
 
+/// One backend of the training loop: a step on a batch, and the model for evaluation.
+trait Stepper {
+    /// Forward, backward, clipping and AdamW with learning rate `lr`: returns the loss,
+    /// the mean `E[pauses]` and the gradient norm before clipping.
+    fn step(
+        &mut self,
+        batch: &crate::data::Batch,
+        cfg: &TrainConfig,
+        objective: &ResolvedObjective,
+        lr: f32,
+    ) -> Result<(f64, f64, f32)>;
+    /// Calls `f` with the current model (on the CPU).
+    fn eval(
+        &mut self,
+        f: &mut dyn FnMut(&Model<f32>) -> Result<EvalSummary>,
+    ) -> Result<EvalSummary>;
+    /// The trained model.
+    fn into_model(self) -> Result<Model<f32>>;
+}
+
+struct CpuStepper {
+    model: Model<f32>,
+    grads: Params<f32>,
+    workspace: Workspace<f32>,
+    opt: AdamW,
+}
+
+impl Stepper for CpuStepper {
+    fn step(
+        &mut self,
+        batch: &crate::data::Batch,
+        cfg: &TrainConfig,
+        objective: &ResolvedObjective,
+        lr: f32,
+    ) -> Result<(f64, f64, f32)> {
+        let out = self.model.forward_backward_with(
+            &mut self.workspace,
+            &batch.tokens,
+            &batch.targets,
+            cfg.batch,
+            cfg.seq,
+            cfg.pauses,
+            objective,
+            &mut self.grads,
+        )?;
+        if !out.loss.is_finite() {
+            return Ok((out.loss, out.stats.mean_pauses, f32::NAN));
+        }
+        let grad_norm = clip_grad_norm(&mut self.grads, cfg.grad_clip);
+        self.opt.step(&mut self.model.params, &self.grads, lr);
+        Ok((out.loss, out.stats.mean_pauses, grad_norm))
+    }
+
+    fn eval(
+        &mut self,
+        f: &mut dyn FnMut(&Model<f32>) -> Result<EvalSummary>,
+    ) -> Result<EvalSummary> {
+        f(&self.model)
+    }
+
+    fn into_model(self) -> Result<Model<f32>> {
+        Ok(self.model)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+    use crate::gpu::{model::GpuModel, GpuContext};
+
+    struct GpuStepper {
+        model: GpuModel,
+    }
+
+    impl Stepper for GpuStepper {
+        fn step(
+            &mut self,
+            batch: &crate::data::Batch,
+            cfg: &TrainConfig,
+            objective: &ResolvedObjective,
+            lr: f32,
+        ) -> Result<(f64, f64, f32)> {
+            let out = self.model.forward_backward(
+                &batch.tokens,
+                &batch.targets,
+                cfg.batch,
+                cfg.seq,
+                cfg.pauses,
+                objective,
+            )?;
+            // The update is queued behind the backward; reading the loss waits for both.
+            self.model.step(lr, cfg.grad_clip)?;
+            let stats = out.stats()?;
+            Ok((out.loss()?, stats.mean_pauses, self.model.grad_norm()?))
+        }
+
+        fn eval(
+            &mut self,
+            f: &mut dyn FnMut(&Model<f32>) -> Result<EvalSummary>,
+        ) -> Result<EvalSummary> {
+            f(&self.model.to_cpu()?)
+        }
+
+        fn into_model(self) -> Result<Model<f32>> {
+            self.model.to_cpu()
+        }
+    }
+
+    pub(super) fn train(
+        cfg: &TrainConfig,
+        data: &dyn DataSource,
+        objective: &ResolvedObjective,
+        model: Model<f32>,
+        data_rng: Rng,
+        show_progress: bool,
+    ) -> Result<TrainOutcome> {
+        let gpu = GpuContext::new(0).map_err(|e| match e {
+            CybError::Unavailable(m) => CybError::Unavailable(format!("--device cuda: {m}")),
+            other => other,
+        })?;
+        let mut model = GpuModel::from_cpu(&gpu, &model)?;
+        model.optimizer_mut().weight_decay = cfg.weight_decay;
+        run_loop(
+            cfg,
+            data,
+            objective,
+            GpuStepper { model },
+            data_rng,
+            show_progress,
+        )
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::*;
+
+    pub(super) fn train(
+        _cfg: &TrainConfig,
+        _data: &dyn DataSource,
+        _objective: &ResolvedObjective,
+        _model: Model<f32>,
+        _data_rng: Rng,
+        _show_progress: bool,
+    ) -> Result<TrainOutcome> {
+        Err(CybError::Unavailable(
+            "--device cuda: this build has no GPU support; rebuild with \
+             `cargo build --release --features cuda`, or use --device cpu"
+                .into(),
+        ))
+    }
+}
+
+/// The training loop shared by both devices: batches, learning-rate schedule,
+/// progress bar, evaluation points.
+fn run_loop<S: Stepper>(
+    cfg: &TrainConfig,
+    data: &dyn DataSource,
+    objective: &ResolvedObjective,
+    mut stepper: S,
+    mut data_rng: Rng,
+    show_progress: bool,
+) -> Result<TrainOutcome> {
     let bar = if show_progress {
         let bar = ProgressBar::new(cfg.steps as u64);
         bar.set_style(
@@ -173,23 +368,6 @@ pub fn train(
     let mut eval_time = 0.0;
     for step in 0..cfg.steps {
         let batch = data.sample(Split::Train, cfg.batch, cfg.seq, &mut data_rng);
-        let out = model.forward_backward_with(
-            &mut workspace,
-            &batch.tokens,
-            &batch.targets,
-            cfg.batch,
-            cfg.seq,
-            cfg.pauses,
-            &objective,
-            &mut grads,
-        )?;
-        if !out.loss.is_finite() {
-            return Err(CybError::Param(format!(
-                "loss became {} at step {step}; try a lower --lr",
-                out.loss
-            )));
-        }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.grad_clip);
         let lr = lr_schedule(
             step,
             cfg.steps,
@@ -197,11 +375,16 @@ pub fn train(
             cfg.lr,
             cfg.lr * cfg.min_lr_ratio,
         );
-        opt.step(&mut model.params, &grads, lr);
+        let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
+        if !loss.is_finite() {
+            return Err(CybError::Param(format!(
+                "loss became {loss} at step {step}; try a lower --lr"
+            )));
+        }
         history.push(StepLog {
             step,
-            loss: out.loss,
-            mean_pauses: out.stats.mean_pauses,
+            loss,
+            mean_pauses,
             grad_norm,
             lr,
             tokens_seen: (step + 1) * tokens_per_step,
@@ -209,7 +392,8 @@ pub fn train(
         let last = step + 1 == cfg.steps;
         if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
             let t0 = Instant::now();
-            let summary = evaluate(&model, data, &cfg.eval_config())?;
+            let eval_cfg = cfg.eval_config();
+            let summary = stepper.eval(&mut |m| evaluate(m, data, &eval_cfg))?;
             eval_time += t0.elapsed().as_secs_f64();
             curve.push(EvalPoint {
                 step: step + 1,
@@ -224,8 +408,8 @@ pub fn train(
         let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
         bar.set_message(format!(
             "loss {:.4}  pauses {:.2}  {:.0} tok/s",
-            out.loss,
-            out.stats.mean_pauses,
+            loss,
+            mean_pauses,
             (step + 1) as f64 * tokens_per_step as f64 / secs
         ));
         bar.inc(1);
@@ -234,7 +418,7 @@ pub fn train(
     let seconds = start.elapsed().as_secs_f64();
     let train_secs = (seconds - eval_time).max(1e-9);
     Ok(TrainOutcome {
-        model,
+        model: stepper.into_model()?,
         history,
         curve,
         tokens_per_sec: (cfg.steps * tokens_per_step) as f64 / train_secs,

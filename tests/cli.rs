@@ -195,10 +195,20 @@ fn bad_inputs_fail_clearly() {
         let e = stderr(&o);
         assert!(e.contains(needle), "{args:?}: '{needle}' not in: {e}");
     };
+    // Without feature `cuda` the GPU path is refused; with it but no device, the error
+    // names the missing device (with a device, tests/gpu_model.rs covers training).
+    #[cfg(not(feature = "cuda"))]
     check(
         &["train", "--device", "cuda", "--steps", "1"],
-        "not implemented yet",
+        "--features cuda",
     );
+    #[cfg(feature = "cuda")]
+    if !cyb::gpu::device_available() {
+        check(
+            &["train", "--device", "cuda", "--steps", "1"],
+            "no CUDA device",
+        );
+    }
     check(
         &["eval", "--load", s(&dir.join("missing.safetensors"))],
         "missing.safetensors",

@@ -179,29 +179,9 @@ mod gpu_tests {
     const BF16_DZ_ATOL: f64 = 1e-3;
     const BF16_DZ_RTOL: f64 = 7.9e-3;
 
-    fn base_seed() -> u64 {
-        std::env::var("CYB_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-    }
-
     pub fn trials() -> Vec<Trial> {
-        // No device (no driver library, or none visible): ignored. A device that is
-        // there but cannot be used (e.g. a driver too old for the PTX): every test
-        // fails with the reason, so it cannot pass silently as "ignored".
-        let gpu: Option<Result<Arc<GpuContext>, String>> = if cyb::gpu::device_count() == 0 {
-            eprintln!("gpu_loss: no CUDA device; every GPU test is ignored");
-            None
-        } else {
-            Some(GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}")))
-        };
-        let seed = base_seed();
+        let gpu = common::test_gpu("gpu_loss");
+        let seed = common::base_seed();
         let ignored = gpu.is_none();
         let mut trials = Vec::new();
         for (i, case) in cases().into_iter().enumerate() {
@@ -211,7 +191,7 @@ mod gpu_tests {
             trials.push(
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    with_seed(seed, || run_case(&gpu, &case, seed))
+                    common::with_seed(seed, || run_case(&gpu, &case, seed))
                 })
                 .with_ignored_flag(ignored),
             );
@@ -222,30 +202,12 @@ mod gpu_tests {
             trials.push(
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    with_seed(seed, || special(&gpu, name, seed))
+                    common::with_seed(seed, || special(&gpu, name, seed))
                 })
                 .with_ignored_flag(ignored),
             );
         }
         trials
-    }
-
-    /// Runs a test body, adding the seed to any failure or panic message.
-    fn with_seed(seed: u64, f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                Err(format!("{} (CYB_TEST_SEED={seed})", e.message().unwrap_or("")).into())
-            }
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(format!("{msg} (CYB_TEST_SEED={seed})").into())
-            }
-        }
     }
 
     fn err(e: CybError) -> Failed {

@@ -160,45 +160,9 @@ impl<T: Scalar> Model<T> {
     /// Checks the config, the parameters and the inputs (tokens `0..V`, lengths,
     /// `T <= t_max`, `K <= k_max`).
     fn check_inputs(&self, tokens: &[i32], batch: usize, seq: usize, pauses: usize) -> Result<()> {
-        let c = &self.config;
-        c.validate()?;
-        self.params.check(c)?;
-        if batch == 0 || seq == 0 {
-            return Err(CybError::Shape(format!(
-                "batch ({batch}) and sequence length ({seq}) must be > 0"
-            )));
-        }
-        if tokens.len() != batch * seq {
-            return Err(CybError::Shape(format!(
-                "tokens have {} elements, expected B*T = {batch}*{seq}",
-                tokens.len()
-            )));
-        }
-        if seq > c.t_max {
-            return Err(CybError::Shape(format!(
-                "sequence length T = {seq} exceeds the model's t_max = {}",
-                c.t_max
-            )));
-        }
-        if pauses > c.k_max {
-            return Err(CybError::TooManyPauses {
-                k: pauses,
-                k_max: c.k_max,
-            });
-        }
-        // PAUSE (= V) is inserted by the model itself, never given as input.
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &x)| x < 0 || x as usize >= c.vocab)
-        {
-            return Err(CybError::VocabRange {
-                id: id as i64,
-                index,
-                vocab: c.vocab,
-            });
-        }
-        Ok(())
+        self.config.validate()?;
+        self.params.check(&self.config)?;
+        check_batch(&self.config, tokens, batch, seq, pauses)
     }
 
     /// Logits `[B, K+1, T, V+1]` (depth-major, SPEC section 3) for tokens `[B, T]`
@@ -591,6 +555,53 @@ impl<T: Scalar> Model<T> {
             c.vocab,
         );
     }
+}
+
+/// Checks a batch of inputs against a model's sizes: `B, T > 0`, `B*T` tokens,
+/// `T <= t_max`, `K <= k_max`, every token in `0..V` (PAUSE = V is inserted by the model
+/// itself, never given as input). Shared by every backend.
+pub fn check_batch(
+    c: &ModelConfig,
+    tokens: &[i32],
+    batch: usize,
+    seq: usize,
+    pauses: usize,
+) -> Result<()> {
+    if batch == 0 || seq == 0 {
+        return Err(CybError::Shape(format!(
+            "batch ({batch}) and sequence length ({seq}) must be > 0"
+        )));
+    }
+    if tokens.len() != batch * seq {
+        return Err(CybError::Shape(format!(
+            "tokens have {} elements, expected B*T = {batch}*{seq}",
+            tokens.len()
+        )));
+    }
+    if seq > c.t_max {
+        return Err(CybError::Shape(format!(
+            "sequence length T = {seq} exceeds the model's t_max = {}",
+            c.t_max
+        )));
+    }
+    if pauses > c.k_max {
+        return Err(CybError::TooManyPauses {
+            k: pauses,
+            k_max: c.k_max,
+        });
+    }
+    if let Some((index, &id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &x)| x < 0 || x as usize >= c.vocab)
+    {
+        return Err(CybError::VocabRange {
+            id: id as i64,
+            index,
+            vocab: c.vocab,
+        });
+    }
+    Ok(())
 }
 
 fn add_in_place<T: Scalar>(acc: &mut [T], x: &[T]) {

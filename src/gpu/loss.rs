@@ -698,33 +698,9 @@ mod tests {
         ("cyb_dlogits_inplace_bf16", "pppppppdiiiii"),
     ];
 
-    fn ptx_params(ptx: &str, name: &str) -> String {
-        let start = ptx
-            .find(&format!(".entry {name}("))
-            .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
-        let body = &ptx[start..];
-        let end = body.find(')').expect("closing parenthesis");
-        body[..end]
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                if l.starts_with(".param .u64") {
-                    Some('p')
-                } else if l.starts_with(".param .u32") || l.starts_with(".param .s32") {
-                    Some('i')
-                } else if l.starts_with(".param .f64") {
-                    Some('d')
-                } else if l.starts_with(".param") {
-                    Some('?')
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
     #[test]
     fn kernel_signatures_match_launches() {
+        use super::super::kernels::ptx_params;
         for (name, want) in SIGNATURES {
             assert_eq!(
                 ptx_params(super::super::ptx::CYB_LOSS, name),

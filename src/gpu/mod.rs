@@ -5,13 +5,25 @@
 //! - [`GpuContext`]: a device, a stream and the loaded kernel modules.
 //! - [`loss`]: the CYB loss, forward and backward to the logits (SPEC section 4),
 //!   the twin of [`crate::cpu::loss`].
+//! - [`model`]: the whole model on the device ([`model::GpuModel`]), built from the
+//!   kernel wrappers [`embedding`], [`layernorm`], [`gelu`], [`residual`], [`linear`]
+//!   (cuBLAS) and [`adamw`], twins of the CPU ops of the same names.
 //!
 //! All buffers are plain `cudarc` [`CudaSlice`]s, so a trainer that owns its own
 //! buffers (and its own stream, see [`GpuContext::with_stream`]) can call the kernels
 //! directly. Every function returns [`Result`]; driver errors (including out of
 //! memory) become [`CybError::Cuda`] with what was being done.
 
+pub mod adamw;
+mod attention_stub;
+pub mod embedding;
+pub mod gelu;
+pub(crate) mod kernels;
+pub mod layernorm;
+pub mod linear;
 pub mod loss;
+pub mod model;
+pub mod residual;
 
 use crate::error::{CybError, Result};
 use cudarc::driver::{

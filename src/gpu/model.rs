@@ -1,0 +1,750 @@
+//! The CYB model on the GPU (SPEC section 5), forward, backward and AdamW, the twin of
+//! [`crate::cpu::model`] op by op, in the depth-major layout `[B, K+1, T, d]` of SPEC
+//! section 3.
+//!
+//! Everything lives on the device: the parameters, their gradients and the AdamW
+//! moments as flat f32 buffers in the fixed tensor order (SPEC section 7), and the
+//! activations the backward needs (allocated for the first batch shape, reused while
+//! it stays the same). A training step queues its work on the context's stream and
+//! never waits for the host: the loss, the statistics and the gradient norm are read
+//! back only when asked for ([`GpuStep::loss`], [`GpuModel::grad_norm`]).
+//!
+//! Precision: f32 storage and f32 arithmetic (cuBLAS SGEMM without TF32, f32
+//! elementwise kernels; the loss rows in f32 and per-position math in f64, as in
+//! `kernels/cyb_loss.cu`). Determinism: no float atomics anywhere; every reduction
+//! has a fixed shape, so a step gives the same bits on every run.
+
+// At the merge of the pause-attention kernels, replace the stub by the real module:
+// `use super::attention::{AttnDims, PauseAttention};`
+use super::attention_stub::{AttnDims, PauseAttention};
+
+use super::adamw::{check_flat, segments, GpuAdamW, Segment};
+use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
+use super::gelu::GeluKernels;
+use super::layernorm::LayerNormKernels;
+use super::linear::Linear;
+use super::loss::{CybLoss, GpuLossForward, Upstream};
+use super::residual::ResidualKernels;
+use super::{cuda_err, GpuContext};
+use crate::config::ModelConfig;
+use crate::cpu::embedding::StepShape;
+use crate::cpu::loss::{check_targets, LossShape, LossStats};
+use crate::cpu::model::{check_batch, Model, Params, StepOutput};
+use crate::error::{CybError, Result};
+use crate::objective::{Reduction, ResolvedObjective};
+use cudarc::driver::{CudaSlice, DevicePtr};
+use std::ops::Range;
+use std::sync::Arc;
+
+// Tensors of one block, in the fixed order of src/cpu/params.rs.
+const LN1_W: usize = 0;
+const LN1_B: usize = 1;
+const QKV_W: usize = 2;
+const QKV_B: usize = 3;
+const PROJ_W: usize = 4;
+const PROJ_B: usize = 5;
+const LN2_W: usize = 6;
+const LN2_B: usize = 7;
+const FC_W: usize = 8;
+const FC_B: usize = 9;
+const MLP_PROJ_W: usize = 10;
+const MLP_PROJ_B: usize = 11;
+const PER_BLOCK: usize = 12;
+
+/// Where each tensor lies in the flat buffers.
+struct Layout {
+    segs: Vec<Segment>,
+    layers: usize,
+}
+
+impl Layout {
+    fn range(&self, i: usize) -> Range<usize> {
+        let s = &self.segs[i];
+        s.offset..s.offset + s.len
+    }
+    fn block(&self, l: usize, j: usize) -> Range<usize> {
+        self.range(3 + PER_BLOCK * l + j)
+    }
+    /// A LayerNorm's weight and bias, adjacent.
+    fn block_ln(&self, l: usize, w: usize) -> Range<usize> {
+        self.block(l, w).start..self.block(l, w + 1).end
+    }
+    fn tok_emb(&self) -> Range<usize> {
+        self.range(0)
+    }
+    /// `[tok_emb | pos_emb | depth_emb]`.
+    fn tables(&self) -> Range<usize> {
+        self.range(0).start..self.range(2).end
+    }
+    fn ln_f_weight(&self) -> Range<usize> {
+        self.range(3 + PER_BLOCK * self.layers)
+    }
+    fn ln_f_bias(&self) -> Range<usize> {
+        self.range(3 + PER_BLOCK * self.layers + 1)
+    }
+    fn ln_f(&self) -> Range<usize> {
+        self.ln_f_weight().start..self.ln_f_bias().end
+    }
+}
+
+/// The loaded kernels and the cuBLAS handle.
+struct Kernels {
+    gpu: Arc<GpuContext>,
+    linear: Linear,
+    ln: LayerNormKernels,
+    gelu: GeluKernels,
+    resid: ResidualKernels,
+    emb: EmbeddingKernels,
+    attn: PauseAttention,
+}
+
+/// What the forward of one block keeps for the backward (`N = B*(K+1)*T` rows).
+struct BlockActs {
+    ln1: CudaSlice<f32>,      // [N, d]
+    ln1_mean: CudaSlice<f32>, // [N]
+    ln1_rstd: CudaSlice<f32>, // [N]
+    qkv: CudaSlice<f32>,      // [N, 3d]
+    atty: CudaSlice<f32>,     // [N, d] attention output before W_o
+    lse: CudaSlice<f32>,      // [B, H, K+1, T]
+    mid: CudaSlice<f32>,      // [N, d] residual after the attention half
+    ln2: CudaSlice<f32>,      // [N, d]
+    ln2_mean: CudaSlice<f32>, // [N]
+    ln2_rstd: CudaSlice<f32>, // [N]
+    fc: CudaSlice<f32>,       // [N, 4d] before gelu (bias included)
+    gelu: CudaSlice<f32>,     // [N, 4d]
+}
+
+/// Activations and backward scratch for one batch shape.
+struct Acts {
+    steps: StepShape,
+    tokens: CudaSlice<i32>,  // [B, T]
+    targets: CudaSlice<i32>, // [B, T]
+    /// `resid[0]` = embeddings, `resid[l+1]` = output of block `l`; each `[N, d]`.
+    resid: Vec<CudaSlice<f32>>,
+    blocks: Vec<BlockActs>,
+    lnf: CudaSlice<f32>,      // [N, d]
+    lnf_mean: CudaSlice<f32>, // [N]
+    lnf_rstd: CudaSlice<f32>, // [N]
+    /// `[N, V+1]`; after a backward it holds `dlogits` (computed in place).
+    logits: CudaSlice<f32>,
+    dresid: CudaSlice<f32>, // [N, d]
+    dln: CudaSlice<f32>,    // [N, d]
+    datty: CudaSlice<f32>,  // [N, d]
+    dqkv: CudaSlice<f32>,   // [N, 3d]
+    dgelu: CudaSlice<f32>,  // [N, 4d]
+    dfc: CudaSlice<f32>,    // [N, 4d]
+}
+
+impl Acts {
+    fn new(gpu: &GpuContext, c: &ModelConfig, steps: StepShape) -> Result<Acts> {
+        let (n, d) = (steps.rows(), c.d_model);
+        let z = |len: usize| gpu.zeros::<f32>(len.max(1));
+        let lse_len = steps.batch * c.n_head * (steps.pauses + 1) * steps.seq;
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for _ in 0..c.n_layer {
+            blocks.push(BlockActs {
+                ln1: z(n * d)?,
+                ln1_mean: z(n)?,
+                ln1_rstd: z(n)?,
+                qkv: z(n * 3 * d)?,
+                atty: z(n * d)?,
+                lse: z(lse_len)?,
+                mid: z(n * d)?,
+                ln2: z(n * d)?,
+                ln2_mean: z(n)?,
+                ln2_rstd: z(n)?,
+                fc: z(n * 4 * d)?,
+                gelu: z(n * 4 * d)?,
+            });
+        }
+        Ok(Acts {
+            steps,
+            tokens: gpu.zeros(steps.batch * steps.seq)?,
+            targets: gpu.zeros(steps.batch * steps.seq)?,
+            resid: (0..=c.n_layer).map(|_| z(n * d)).collect::<Result<_>>()?,
+            blocks,
+            lnf: z(n * d)?,
+            lnf_mean: z(n)?,
+            lnf_rstd: z(n)?,
+            logits: z(n * (c.vocab + 1))?,
+            dresid: z(n * d)?,
+            dln: z(n * d)?,
+            datty: z(n * d)?,
+            dqkv: z(n * 3 * d)?,
+            dgelu: z(n * 4 * d)?,
+            dfc: z(n * 4 * d)?,
+        })
+    }
+}
+
+/// What [`GpuModel::forward_backward`] leaves on the device: the loss forward (loss,
+/// statistics, per-position `E[pauses]`). Reading anything waits for the stream.
+pub struct GpuStep {
+    fwd: GpuLossForward,
+}
+
+impl GpuStep {
+    /// The mean loss (plus the `dp` batch term), as [`StepOutput::loss`].
+    pub fn loss(&self) -> Result<f64> {
+        self.fwd.loss()
+    }
+
+    /// Valid positions, mean `E[pauses]`, `dp` penalty.
+    pub fn stats(&self) -> Result<LossStats> {
+        self.fwd.stats()
+    }
+
+    /// The loss forward itself (device buffers, summary).
+    pub fn loss_forward(&self) -> &GpuLossForward {
+        &self.fwd
+    }
+
+    /// Everything the CPU's [`StepOutput`] holds, read back to the host.
+    pub fn to_step_output(&self) -> Result<StepOutput> {
+        Ok(StepOutput {
+            loss: self.fwd.loss()?,
+            stats: self.fwd.stats()?,
+            pauses: self
+                .fwd
+                .pauses_to_host()?
+                .into_iter()
+                .map(|x| x as f64)
+                .collect(),
+        })
+    }
+}
+
+/// A CYB model on the GPU: parameters, gradients, AdamW state and activations.
+///
+/// ```no_run
+/// use cyb::{config::ModelConfig, cpu::model::Model, gpu::{GpuContext, model::GpuModel}};
+/// use cyb::{rng::Rng, Objective};
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1 };
+/// let cpu: Model<f32> = Model::init(c, &mut Rng::new(0))?;
+/// let gpu = GpuContext::new(0)?;
+/// let mut m = GpuModel::from_cpu(&gpu, &cpu)?;
+/// let obj = Objective::ap_default().resolve(1)?;
+/// let step = m.forward_backward(&[1, 2], &[2, 3], 1, 2, 1, &obj)?;
+/// m.step(1e-3, 1.0)?;
+/// println!("loss {} grad norm {}", step.loss()?, m.grad_norm()?);
+/// let back: Model<f32> = m.to_cpu()?;
+/// # Ok::<(), cyb::CybError>(())
+/// ```
+pub struct GpuModel {
+    config: ModelConfig,
+    k: Kernels,
+    layout: Layout,
+    params: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    opt: GpuAdamW,
+    acts: Option<Acts>,
+    loss: Option<CybLoss>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl GpuModel {
+    /// Uploads a CPU model. The optimiser starts fresh (AdamW β = (0.9, 0.95),
+    /// ε = 1e-8, no weight decay; change them through [`GpuModel::optimizer_mut`]).
+    pub fn from_cpu(gpu: &Arc<GpuContext>, model: &Model<f32>) -> Result<Self> {
+        let config = model.config.clone();
+        config.validate()?;
+        model.params.check(&config)?;
+        let segs = segments(&config);
+        let mut flat = Vec::with_capacity(segs.iter().map(|s| s.len).sum());
+        for (_, _, x) in model.params.tensors() {
+            flat.extend_from_slice(x);
+        }
+        check_flat("parameters", flat.len(), &config)?;
+        let total = flat.len();
+        let k = Kernels {
+            gpu: gpu.clone(),
+            linear: Linear::new(gpu)?,
+            ln: LayerNormKernels::new(gpu)?,
+            gelu: GeluKernels::new(gpu)?,
+            resid: ResidualKernels::new(gpu)?,
+            emb: EmbeddingKernels::new(gpu)?,
+            attn: PauseAttention::new(gpu)?,
+        };
+        Ok(GpuModel {
+            layout: Layout {
+                segs,
+                layers: config.n_layer,
+            },
+            params: gpu.htod(&flat)?,
+            grads: gpu.zeros(total)?,
+            opt: GpuAdamW::new(gpu, &config, 0.9, 0.95, 1e-8, 0.0)?,
+            config,
+            k,
+            acts: None,
+            loss: None,
+        })
+    }
+
+    /// The parameters copied back into a CPU model (waits for the stream).
+    pub fn to_cpu(&self) -> Result<Model<f32>> {
+        let params = self.flat_to_params(&self.params)?;
+        Model::new(self.config.clone(), params)
+    }
+
+    /// The gradients of the last [`GpuModel::forward_backward`], on the host.
+    pub fn grads_to_cpu(&self) -> Result<Params<f32>> {
+        self.flat_to_params(&self.grads)
+    }
+
+    fn flat_to_params(&self, buf: &CudaSlice<f32>) -> Result<Params<f32>> {
+        let flat = self.k.gpu.dtoh(buf)?;
+        let tensors = self
+            .layout
+            .segs
+            .iter()
+            .map(|s| flat[s.offset..s.offset + s.len].to_vec())
+            .collect();
+        let p = Params::from_ordered(self.config.n_layer, tensors);
+        p.check(&self.config)?;
+        Ok(p)
+    }
+
+    /// The model's sizes.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The context the model runs on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.k.gpu
+    }
+
+    /// The flat parameter buffer (fixed tensor order, see [`super::adamw::segments`]).
+    pub fn params_device(&self) -> &CudaSlice<f32> {
+        &self.params
+    }
+
+    /// The flat gradient buffer, same layout.
+    pub fn grads_device(&self) -> &CudaSlice<f32> {
+        &self.grads
+    }
+
+    /// The AdamW state and hyper-parameters.
+    pub fn optimizer_mut(&mut self) -> &mut GpuAdamW {
+        &mut self.opt
+    }
+
+    /// The AdamW state and hyper-parameters.
+    pub fn optimizer(&self) -> &GpuAdamW {
+        &self.opt
+    }
+
+    /// Allocates the activations for `steps` unless they already fit, and uploads the
+    /// tokens.
+    fn prepare(&mut self, tokens: &[i32], steps: StepShape) -> Result<()> {
+        if self.acts.as_ref().map(|a| a.steps) != Some(steps) {
+            self.acts = None; // free the old buffers first
+            self.acts = Some(Acts::new(&self.k.gpu, &self.config, steps)?);
+        }
+        let acts = self.acts.as_mut().expect("allocated above");
+        self.k.gpu.copy_into(tokens, &mut acts.tokens)
+    }
+
+    /// Logits `[B, K+1, T, V+1]` (depth-major) for tokens `[B, T]`, on the device (valid
+    /// until the next call on this model).
+    pub fn forward(
+        &mut self,
+        tokens: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+    ) -> Result<&CudaSlice<f32>> {
+        check_batch(&self.config, tokens, batch, seq, pauses)?;
+        let steps = StepShape { batch, pauses, seq };
+        self.prepare(tokens, steps)?;
+        let acts = self.acts.as_mut().expect("prepared");
+        forward_acts(&self.k, &self.layout, &self.config, &self.params, acts)?;
+        Ok(&acts.logits)
+    }
+
+    /// [`GpuModel::forward`] copied to the host.
+    pub fn forward_to_host(
+        &mut self,
+        tokens: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+    ) -> Result<Vec<f32>> {
+        let gpu = self.k.gpu.clone();
+        let logits = self.forward(tokens, batch, seq, pauses)?;
+        gpu.dtoh(logits)
+    }
+
+    /// Loss (`Reduction::Mean`) and the gradients of every parameter (overwritten, on
+    /// the device: [`GpuModel::grads_to_cpu`]). Queued: nothing is read back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+    ) -> Result<GpuStep> {
+        check_batch(&self.config, tokens, batch, seq, pauses)?;
+        if targets.len() != batch * seq {
+            return Err(CybError::Shape(format!(
+                "targets have {} elements, expected B*T = {batch}*{seq}",
+                targets.len()
+            )));
+        }
+        check_targets(targets, self.config.vocab)?;
+        if self.loss.as_ref().map(|l| l.objective()) != Some(objective) {
+            self.loss = Some(CybLoss::new(&self.k.gpu, objective)?);
+        }
+        let steps = StepShape { batch, pauses, seq };
+        self.prepare(tokens, steps)?;
+        let index = TokenIndex::new(&self.k.gpu, tokens, self.config.vocab)?;
+        let GpuModel {
+            config,
+            k,
+            layout,
+            params,
+            grads,
+            acts,
+            loss,
+            ..
+        } = self;
+        let acts = acts.as_mut().expect("prepared");
+        let loss = loss.as_ref().expect("created above");
+        k.gpu.copy_into(targets, &mut acts.targets)?;
+        forward_acts(k, layout, config, params, acts)?;
+        let shape = LossShape {
+            batch,
+            pauses,
+            seq,
+            vocab: config.vocab,
+        };
+        let fwd = loss.forward(&acts.logits, &acts.targets, shape, Reduction::Mean, None)?;
+        loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut acts.logits)?;
+        backward(k, layout, config, params, grads, acts, &index)?;
+        Ok(GpuStep { fwd })
+    }
+
+    /// One AdamW step with learning rate `lr`, the gradients clipped to global norm
+    /// `grad_clip` first (as `clip_grad_norm` then `AdamW::step` on the CPU). Queued.
+    pub fn step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
+        self.opt
+            .step(&mut self.params, &self.grads, lr, Some(grad_clip))
+    }
+
+    /// The global gradient norm (before clipping) of the last [`GpuModel::step`]; waits
+    /// for the stream.
+    pub fn grad_norm(&self) -> Result<f32> {
+        self.opt.grad_norm()
+    }
+
+    /// Runs the GEMMs on the TF32 tensor cores (see [`Linear::set_tf32`]); off by
+    /// default.
+    pub fn set_tf32(&self, on: bool) -> Result<()> {
+        self.k.linear.set_tf32(on)
+    }
+
+    /// Waits until all queued work is done.
+    pub fn synchronize(&self) -> Result<()> {
+        self.k.gpu.synchronize()
+    }
+}
+
+fn attn_dims(c: &ModelConfig, s: StepShape) -> AttnDims {
+    AttnDims {
+        batch: s.batch,
+        pauses: s.pauses,
+        seq: s.seq,
+        heads: c.n_head,
+        d_head: c.d_model / c.n_head,
+    }
+}
+
+fn table_dims(c: &ModelConfig) -> TableDims {
+    TableDims {
+        vocab: c.vocab,
+        t_max: c.t_max,
+        k_max: c.k_max,
+        d: c.d_model,
+    }
+}
+
+/// The forward on checked inputs (tokens already uploaded), keeping every activation.
+fn forward_acts(
+    k: &Kernels,
+    lay: &Layout,
+    c: &ModelConfig,
+    p: &CudaSlice<f32>,
+    a: &mut Acts,
+) -> Result<()> {
+    let st = a.steps;
+    let (n, d, v1) = (st.rows(), c.d_model, c.vocab + 1);
+    let dims = attn_dims(c, st);
+    k.emb.forward(
+        &mut a.resid[0],
+        &a.tokens,
+        &p.slice(lay.tables()),
+        table_dims(c),
+        st,
+    )?;
+    for l in 0..c.n_layer {
+        let (done, rest) = a.resid.split_at_mut(l + 1);
+        let (x, out) = (&done[l], &mut rest[0]);
+        let b = &mut a.blocks[l];
+        let w = |j: usize| p.slice(lay.block(l, j));
+        // Attention half: mid = x + W_o · Attn(LN1(x) W_qkv + b_qkv) + b_o.
+        k.ln.forward(
+            &mut b.ln1,
+            &mut b.ln1_mean,
+            &mut b.ln1_rstd,
+            x,
+            &w(LN1_W),
+            &w(LN1_B),
+            n,
+            d,
+        )?;
+        k.linear
+            .forward(&mut b.qkv, &b.ln1, &w(QKV_W), n, d, 3 * d)?;
+        k.resid.bias_add(&mut b.qkv, &w(QKV_B), n, 3 * d)?;
+        k.attn.forward(&b.qkv, &mut b.atty, &mut b.lse, dims)?;
+        k.linear.forward(&mut b.mid, &b.atty, &w(PROJ_W), n, d, d)?;
+        k.resid.bias_residual(&mut b.mid, &w(PROJ_B), x, n, d)?;
+        // MLP half: out = mid + W_2 · gelu(LN2(mid) W_1 + b_1) + b_2.
+        k.ln.forward(
+            &mut b.ln2,
+            &mut b.ln2_mean,
+            &mut b.ln2_rstd,
+            &b.mid,
+            &w(LN2_W),
+            &w(LN2_B),
+            n,
+            d,
+        )?;
+        k.linear.forward(&mut b.fc, &b.ln2, &w(FC_W), n, d, 4 * d)?;
+        let fc_bias = w(FC_B);
+        k.gelu.bias_gelu_forward(
+            &mut b.fc,
+            Some(&fc_bias as &dyn DevicePtr<f32>),
+            &mut b.gelu,
+            n,
+            4 * d,
+        )?;
+        k.linear
+            .forward(&mut *out, &b.gelu, &w(MLP_PROJ_W), n, 4 * d, d)?;
+        k.resid
+            .bias_residual(&mut *out, &w(MLP_PROJ_B), &b.mid, n, d)?;
+    }
+    k.ln.forward(
+        &mut a.lnf,
+        &mut a.lnf_mean,
+        &mut a.lnf_rstd,
+        &a.resid[c.n_layer],
+        &p.slice(lay.ln_f_weight()),
+        &p.slice(lay.ln_f_bias()),
+        n,
+        d,
+    )?;
+    // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.
+    k.linear
+        .forward(&mut a.logits, &a.lnf, &p.slice(lay.tok_emb()), n, d, v1)
+}
+
+/// The backward from `a.logits` (holding dlogits) through the activations, overwriting
+/// the gradients.
+fn backward(
+    k: &Kernels,
+    lay: &Layout,
+    c: &ModelConfig,
+    p: &CudaSlice<f32>,
+    g: &mut CudaSlice<f32>,
+    a: &mut Acts,
+    index: &TokenIndex,
+) -> Result<()> {
+    let st = a.steps;
+    let (n, d, v1) = (st.rows(), c.d_model, c.vocab + 1);
+    let dims = attn_dims(c, st);
+    let stream = k.gpu.stream();
+    stream
+        .memset_zeros(g)
+        .map_err(cuda_err("zeroing the gradients"))?;
+    stream
+        .memset_zeros(&mut a.dresid)
+        .map_err(cuda_err("zeroing the residual gradient"))?;
+
+    // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
+    let e = p.slice(lay.tok_emb());
+    k.linear
+        .backward_input(&mut a.dln, &a.logits, &e, n, d, v1)?;
+    k.linear
+        .backward_weight(&mut g.slice_mut(lay.tok_emb()), &a.logits, &a.lnf, n, d, v1)?;
+    k.ln.backward(
+        &mut a.dresid,
+        &mut g.slice_mut(lay.ln_f()),
+        &a.dln,
+        &a.resid[c.n_layer],
+        &p.slice(lay.ln_f_weight()),
+        &a.lnf_mean,
+        &a.lnf_rstd,
+        n,
+        d,
+    )?;
+    for l in (0..c.n_layer).rev() {
+        let b = &a.blocks[l];
+        let w = |j: usize| p.slice(lay.block(l, j));
+        // MLP half (dresid is ∂L/∂out; it becomes ∂L/∂mid).
+        k.linear
+            .backward_input(&mut a.dgelu, &a.dresid, &w(MLP_PROJ_W), n, 4 * d, d)?;
+        k.linear.backward_weight(
+            &mut g.slice_mut(lay.block(l, MLP_PROJ_W)),
+            &a.dresid,
+            &b.gelu,
+            n,
+            4 * d,
+            d,
+        )?;
+        k.resid
+            .colsum(&mut g.slice_mut(lay.block(l, MLP_PROJ_B)), &a.dresid, n, d)?;
+        k.gelu.backward(&mut a.dfc, &b.fc, &a.dgelu, n * 4 * d)?;
+        k.linear
+            .backward_input(&mut a.dln, &a.dfc, &w(FC_W), n, d, 4 * d)?;
+        k.linear.backward_weight(
+            &mut g.slice_mut(lay.block(l, FC_W)),
+            &a.dfc,
+            &b.ln2,
+            n,
+            d,
+            4 * d,
+        )?;
+        k.resid
+            .colsum(&mut g.slice_mut(lay.block(l, FC_B)), &a.dfc, n, 4 * d)?;
+        k.ln.backward(
+            &mut a.dresid,
+            &mut g.slice_mut(lay.block_ln(l, LN2_W)),
+            &a.dln,
+            &b.mid,
+            &w(LN2_W),
+            &b.ln2_mean,
+            &b.ln2_rstd,
+            n,
+            d,
+        )?;
+        // Attention half (dresid becomes ∂L/∂x, the block input).
+        k.linear
+            .backward_input(&mut a.datty, &a.dresid, &w(PROJ_W), n, d, d)?;
+        k.linear.backward_weight(
+            &mut g.slice_mut(lay.block(l, PROJ_W)),
+            &a.dresid,
+            &b.atty,
+            n,
+            d,
+            d,
+        )?;
+        k.resid
+            .colsum(&mut g.slice_mut(lay.block(l, PROJ_B)), &a.dresid, n, d)?;
+        k.attn
+            .backward(&b.qkv, &b.atty, &a.datty, &b.lse, &mut a.dqkv, dims)?;
+        k.linear
+            .backward_input(&mut a.dln, &a.dqkv, &w(QKV_W), n, d, 3 * d)?;
+        k.linear.backward_weight(
+            &mut g.slice_mut(lay.block(l, QKV_W)),
+            &a.dqkv,
+            &b.ln1,
+            n,
+            d,
+            3 * d,
+        )?;
+        k.resid
+            .colsum(&mut g.slice_mut(lay.block(l, QKV_B)), &a.dqkv, n, 3 * d)?;
+        k.ln.backward(
+            &mut a.dresid,
+            &mut g.slice_mut(lay.block_ln(l, LN1_W)),
+            &a.dln,
+            &a.resid[l],
+            &w(LN1_W),
+            &b.ln1_mean,
+            &b.ln1_rstd,
+            n,
+            d,
+        )?;
+    }
+    k.emb.backward(
+        &mut g.slice_mut(lay.tables()),
+        &a.dresid,
+        index,
+        table_dims(c),
+        st,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block-tensor constants, the adjacent LayerNorm pairs and the table range
+    /// name the tensors they mean (host only, no GPU).
+    #[test]
+    fn layout_names_the_right_tensors() {
+        let c = ModelConfig {
+            vocab: 5,
+            d_model: 8,
+            n_layer: 3,
+            n_head: 2,
+            t_max: 4,
+            k_max: 2,
+        };
+        let lay = Layout {
+            segs: segments(&c),
+            layers: c.n_layer,
+        };
+        let name_at = |r: Range<usize>| {
+            let s = lay
+                .segs
+                .iter()
+                .find(|s| s.offset == r.start)
+                .expect("segment");
+            assert_eq!(s.offset + s.len, r.end, "{} spans one tensor", s.name);
+            s.name.clone()
+        };
+        let parts = [
+            (LN1_W, "ln1.weight"),
+            (LN1_B, "ln1.bias"),
+            (QKV_W, "attn.qkv.weight"),
+            (QKV_B, "attn.qkv.bias"),
+            (PROJ_W, "attn.proj.weight"),
+            (PROJ_B, "attn.proj.bias"),
+            (LN2_W, "ln2.weight"),
+            (LN2_B, "ln2.bias"),
+            (FC_W, "mlp.fc.weight"),
+            (FC_B, "mlp.fc.bias"),
+            (MLP_PROJ_W, "mlp.proj.weight"),
+            (MLP_PROJ_B, "mlp.proj.bias"),
+        ];
+        for l in 0..c.n_layer {
+            for (j, name) in parts {
+                assert_eq!(name_at(lay.block(l, j)), format!("blocks.{l}.{name}"));
+            }
+            for w in [LN1_W, LN2_W] {
+                let r = lay.block_ln(l, w);
+                assert_eq!(r.len(), 2 * c.d_model);
+                assert_eq!(r.start, lay.block(l, w).start);
+            }
+        }
+        assert_eq!(name_at(lay.tok_emb()), "tok_emb");
+        assert_eq!(name_at(lay.ln_f_weight()), "ln_f.weight");
+        assert_eq!(name_at(lay.ln_f_bias()), "ln_f.bias");
+        assert_eq!(lay.ln_f().len(), 2 * c.d_model);
+        assert_eq!(lay.tables().start, 0);
+        assert_eq!(lay.tables().len(), table_dims(&c).len());
+        let total: usize = lay.segs.iter().map(|s| s.len).sum();
+        assert_eq!(lay.ln_f().end, total);
+    }
+}
