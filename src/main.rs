@@ -126,10 +126,13 @@ struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Training objective (SPEC section 4).
-    #[arg(long, value_enum, default_value = "va")]
+    #[arg(long, value_enum, default_value = "ap")]
     objective: ObjectiveName,
-    /// CYB-AP discount per pause step.
-    #[arg(long, default_value_t = 0.9)]
+    /// CYB-AP discount per pause step. The SPEC's default is 0.9; this command
+    /// defaults to 1.0 (no discount) because on the default task and budget 0.9 makes
+    /// the model collapse to never pausing, while 1.0 learns to pause more on longer
+    /// sums (see README).
+    #[arg(long, default_value_t = 1.0)]
     gamma: f64,
     /// CYB-VA weight of KL(h || prior).
     #[arg(long, default_value_t = 0.1)]
