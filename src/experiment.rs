@@ -50,6 +50,17 @@ impl Variant {
 
 /// The five default arms: no pauses; pauses + CE; CYB-AP, CYB-VA, CYB-DP (defaults).
 pub fn default_variants(pauses: usize) -> Vec<Variant> {
+    variants(
+        pauses,
+        Objective::ap_default(),
+        Objective::va_default(),
+        Objective::dp_default(),
+    )
+}
+
+/// The five arms with the given CYB objectives: no pauses (`K = 0`, `ce_final`),
+/// pauses + `ce_final`, then `ap`, `va` and `dp` with `K = pauses`.
+pub fn variants(pauses: usize, ap: Objective, va: Objective, dp: Objective) -> Vec<Variant> {
     let v = |name: &str, objective, pauses| Variant {
         name: name.into(),
         objective,
@@ -58,9 +69,9 @@ pub fn default_variants(pauses: usize) -> Vec<Variant> {
     vec![
         v("no-pause", Objective::CeFinal, 0),
         v("pause-ce", Objective::CeFinal, pauses),
-        v("cyb-ap", Objective::ap_default(), pauses),
-        v("cyb-va", Objective::va_default(), pauses),
-        v("cyb-dp", Objective::dp_default(), pauses),
+        v("cyb-ap", ap, pauses),
+        v("cyb-va", va, pauses),
+        v("cyb-dp", dp, pauses),
     ]
 }
 

@@ -6,7 +6,7 @@ use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::data::{task_by_name, ByteText, DataSource};
 use cyb::experiment::{
-    curves_csv, default_variants, plot_experiment, ratios_csv, render_report, run_experiment,
+    curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
     ExperimentConfig,
 };
 use cyb::plot;
@@ -121,19 +121,15 @@ impl DataArgs {
     }
 }
 
-#[derive(Args)]
-struct TrainArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    /// Training objective (SPEC section 4).
-    #[arg(long, value_enum, default_value = "ap")]
-    objective: ObjectiveName,
-    /// CYB-AP discount per pause step. The SPEC's default is 0.9; this command
-    /// defaults to 1.0 (no discount) because on the default task and budget 0.9 makes
-    /// the model collapse to never pausing, while 1.0 learns to pause more on longer
-    /// sums (see README).
-    #[arg(long, default_value_t = 1.0)]
-    gamma: f64,
+/// Parameters of the CYB objectives (SPEC section 4).
+#[derive(Args, Clone)]
+struct ObjectiveParams {
+    /// CYB-AP discount per pause step. SPEC's default is 0.9, which `experiment` uses;
+    /// `train` defaults to 1.0 (no discount) because on the default task and budget 0.9
+    /// makes the model collapse to never pausing, while 1.0 learns to pause more on
+    /// longer sums (see README).
+    #[arg(long)]
+    gamma: Option<f64>,
     /// CYB-VA weight of KL(h || prior).
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
@@ -146,6 +142,38 @@ struct TrainArgs {
     /// CYB-DP budget of mean pauses per token.
     #[arg(long, default_value_t = 0.0)]
     budget: f64,
+}
+
+impl ObjectiveParams {
+    fn ap(&self, default_gamma: f64) -> Objective {
+        Objective::Ap {
+            gamma: self.gamma.unwrap_or(default_gamma),
+            omega: StepWeights::Uniform,
+        }
+    }
+    fn va(&self) -> Objective {
+        Objective::Va {
+            beta: self.beta,
+            prior: StepWeights::Geometric(self.prior_ratio),
+        }
+    }
+    fn dp(&self) -> Objective {
+        Objective::Dp {
+            lambda: self.lambda,
+            budget: self.budget,
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Training objective (SPEC section 4).
+    #[arg(long, value_enum, default_value = "ap")]
+    objective: ObjectiveName,
+    #[command(flatten)]
+    params: ObjectiveParams,
     #[command(flatten)]
     run: RunArgs,
     /// Save the trained model (safetensors, SPEC section 7).
@@ -202,6 +230,9 @@ struct RunArgs {
 struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Parameters of the three CYB variants (SPEC defaults unless given).
+    #[command(flatten)]
+    params: ObjectiveParams,
     #[command(flatten)]
     run: RunArgs,
     /// Seeds: every variant is trained once per seed.
@@ -247,18 +278,9 @@ fn objective(a: &TrainArgs) -> Objective {
     match a.objective {
         ObjectiveName::CeFinal => Objective::CeFinal,
         ObjectiveName::Marginal => Objective::Marginal,
-        ObjectiveName::Ap => Objective::Ap {
-            gamma: a.gamma,
-            omega: StepWeights::Uniform,
-        },
-        ObjectiveName::Va => Objective::Va {
-            beta: a.beta,
-            prior: StepWeights::Geometric(a.prior_ratio),
-        },
-        ObjectiveName::Dp => Objective::Dp {
-            lambda: a.lambda,
-            budget: a.budget,
-        },
+        ObjectiveName::Ap => a.params.ap(1.0),
+        ObjectiveName::Va => a.params.va(),
+        ObjectiveName::Dp => a.params.dp(),
     }
 }
 
@@ -408,7 +430,7 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         base.eval_every = (base.steps / 10).max(1);
     }
     let cfg = ExperimentConfig {
-        variants: default_variants(a.run.pauses),
+        variants: variants(a.run.pauses, a.params.ap(0.9), a.params.va(), a.params.dp()),
         seeds: a.seeds.clone(),
         base,
     };
