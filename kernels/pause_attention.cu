@@ -1,0 +1,460 @@
+// Pause-step attention (SPEC section 3, private pauses), forward and backward, in the
+// FlashAttention-2 manner: tiles of keys stream through shared memory, the softmax is
+// computed online, and neither the score matrix nor the probabilities are ever stored
+// in global memory (the CPU reference saves `att`; these kernels save only `lse`).
+//
+// Shapes (depth-major, SPEC section 3; step (t, k) of batch b is row (b*(K+1)+k)*T+t):
+//   qkv  [B, K+1, T, 3d]   q, then k, then v; heads contiguous (d = H * Dh)
+//   out  [B, K+1, T, d]
+//   lse  [B, H, K+1, T]    f32, natural-log logsumexp of the scaled scores of each query
+//                          over the keys it sees (written by the forward, read back by
+//                          the backward to recompute the probabilities)
+//   delta[B, H, K+1, T]    f32, D = rowsum(dO * O) (pause_attn_delta_*)
+//   dqkv [B, K+1, T, 3d]   overwritten: every element is written exactly once
+// Elements are f32 or bf16 (T); every sum, exp and accumulator is f32. Scale 1/sqrt(Dh).
+//
+// Visibility comes from kernels/pause_mask.cuh (the one statement of the rule). A query
+// (t, k) sees the real keys (t2 <= t, 0) and its own pause keys (t, 1..k):
+//   - real keys are walked in shared-memory tiles along the causal prefix only; tiles
+//     past the last query of a block are never visited, tiles wholly below the first
+//     query skip the per-element mask (real_tile_class);
+//   - the <= K pause keys of a query are a small extra step after the tiles: read
+//     straight from global memory, one online-softmax update each. So the cost is about
+//     (K+1) causal attentions over T, never one over (K+1)T.
+//
+// Thread layout (every kernel): a row (a query in fwd/dQ, a key in dK/dV) is owned by
+// TPR = Dh/16 consecutive lanes of one warp, each holding 16 of the Dh columns in
+// registers (column c(s, n) = 4s + 4*TPR*(n/4) + n%4, so the TPR lanes of a row read
+// one contiguous run of shared memory). Dot products are 16 FMAs per lane plus a
+// butterfly over the TPR lanes, whose result is bitwise identical on every lane.
+// 256 threads, ROWS = 256/TPR rows per block (64 for Dh 64, 32 for Dh 128).
+//
+// Backward, deterministic (no atomics): one kernel per output.
+//   - pause_attn_dq: per query row, walk the same keys as the forward; dQ in registers.
+//   - pause_attn_dkdv: per key row. A real key (t2, 0) loops over the query tiles of
+//     every depth k = 0..K that can see it (t >= t2); a pause key (t2, k2 >= 1) over its
+//     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a fixed
+//     order, and are written once.
+// Tensor cores are not used yet: all products are f32 FMAs on CUDA cores.
+#include "common.cuh"
+#include "pause_mask.cuh"
+
+#define ATTN_THREADS 256
+
+template <int DH> struct AttnCfg {
+    static constexpr int C = 16;                  // columns of a row per lane
+    static constexpr int TPR = DH / C;            // lanes per row (4 or 8)
+    static constexpr int ROWS = ATTN_THREADS / TPR; // rows per block
+    static constexpr int BK = 4096 / DH;          // rows per shared tile: 2 f32 tiles = 32 KB
+    static constexpr int CH = 16;                 // keys per online-softmax update
+    static_assert(DH % 16 == 0 && 32 % TPR == 0, "unsupported head dim");
+    static_assert(BK % CH == 0, "tile must be a multiple of the chunk");
+};
+
+// Column of the n-th (0..15) register element of lane s.
+template <int TPR> __device__ __forceinline__ int own_col(int s, int n) {
+    return 4 * s + 4 * TPR * (n / 4) + (n % 4);
+}
+
+// Sum over the TPR lanes of a row (consecutive lanes, aligned); all 32 lanes must call.
+template <int TPR> __device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// Partial dot of 16 register values with the lane's columns of a shared f32 row.
+template <int TPR> __device__ __forceinline__ float dot_shared(const float (&x)[16],
+                                                               const float *row, int s) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int n4 = 0; n4 < 4; ++n4) {
+        const float4 v = *reinterpret_cast<const float4 *>(row + 4 * s + 4 * TPR * n4);
+        acc = fmaf(x[4 * n4 + 0], v.x, acc);
+        acc = fmaf(x[4 * n4 + 1], v.y, acc);
+        acc = fmaf(x[4 * n4 + 2], v.z, acc);
+        acc = fmaf(x[4 * n4 + 3], v.w, acc);
+    }
+    return acc;
+}
+
+// The lane's 16 columns of a global row, as f32.
+template <typename T, int TPR> __device__ __forceinline__ void load_cols(float (&x)[16],
+                                                                          const T *row, int s) {
+#pragma unroll
+    for (int n = 0; n < 16; ++n) x[n] = to_float(row[own_col<TPR>(s, n)]);
+}
+
+template <int TPR> __device__ __forceinline__ float dot_regs(const float (&a)[16],
+                                                            const float (&b)[16]) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 16; ++n) acc = fmaf(a[n], b[n], acc);
+    return acc;
+}
+
+struct AttnIdx {
+    int B, K1, T, H;
+    __device__ __forceinline__ long long row(int b, int k, int t) const {
+        return ((long long)b * K1 + k) * T + t;
+    }
+    // Index into [B, H, K+1, T] (lse, delta).
+    __device__ __forceinline__ long long stat(int b, int h, int k, int t) const {
+        return (((long long)b * H + h) * K1 + k) * T + t;
+    }
+};
+
+// Loads rows 0..rows-1 (`stride` elements apart, Dh columns each) of `src` into the
+// shared f32 tile `dst` [rows][Dh]; rows >= n_valid are zeros. All threads must call.
+template <typename T, int DH>
+__device__ __forceinline__ void load_rows(float *dst, const T *src, long long stride, int rows,
+                                          int n_valid) {
+    for (int e = threadIdx.x; e < rows * DH; e += ATTN_THREADS) {
+        const int j = e / DH, c = e % DH;
+        dst[e] = j < n_valid ? to_float(src[(long long)j * stride + c]) : 0.0f;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Forward. grid (ceil(T/ROWS), K+1, B*H); block: ROWS queries (t, k) of one depth k.
+// ---------------------------------------------------------------------------------
+template <typename T, int DH>
+__device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
+                             float *__restrict__ lse, AttnIdx ix) {
+    using Cfg = AttnCfg<DH>;
+    constexpr int TPR = Cfg::TPR, BK = Cfg::BK, CH = Cfg::CH;
+    __shared__ __align__(16) float ks[BK * DH];
+    __shared__ __align__(16) float vs[BK * DH];
+    const int s = threadIdx.x % TPR;
+    const int k = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int q0 = blockIdx.x * Cfg::ROWS;
+    const int t = q0 + threadIdx.x / TPR;
+    const bool valid = t < ix.T;
+    const int tq = valid ? t : ix.T - 1; // rows past T compute on a real row, never write
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+
+    float q[16], acc[16];
+    load_cols<T, TPR>(q, qkv + ix.row(b, k, tq) * stride + h * DH, s);
+#pragma unroll
+    for (int n = 0; n < 16; ++n) acc[n] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    // Real keys (t2, 0), t2 <= last query of the block: the causal prefix only.
+    const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
+    const T *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int j0 = 0; j0 <= q_last; j0 += BK) {
+        const int nk = min(BK, ix.T - j0);
+        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        if (cls == TILE_MASKED) break; // (cannot happen: the loop stops at q_last)
+        __syncthreads(); // the previous tile is no longer read
+        load_rows<T, DH>(ks, kbase + (long long)j0 * stride + d, stride, BK, nk);
+        load_rows<T, DH>(vs, kbase + (long long)j0 * stride + 2 * d, stride, BK, nk);
+        __syncthreads();
+        for (int c0 = 0; c0 < nk; c0 += CH) {
+            float sc[CH];
+            float cmax = -INFINITY;
+#pragma unroll
+            for (int jj = 0; jj < CH; ++jj) {
+                const int j = c0 + jj;
+                const float dot = group_sum<TPR>(dot_shared<TPR>(q, ks + j * DH, s)) * scale;
+                const bool vis =
+                    j < nk && (cls == TILE_FULL || pause_visible(t, k, j0 + j, 0));
+                sc[jj] = vis ? dot : -INFINITY;
+                cmax = fmaxf(cmax, sc[jj]);
+            }
+            const float m_new = fmaxf(m, cmax);
+            if (m_new != -INFINITY) {
+                const float alpha = expf(m - m_new); // 0 while m = -inf
+                l *= alpha;
+#pragma unroll
+                for (int n = 0; n < 16; ++n) acc[n] *= alpha;
+#pragma unroll
+                for (int jj = 0; jj < CH; ++jj) {
+                    const float p = expf(sc[jj] - m_new); // 0 for masked keys
+                    l += p;
+                    const float *vr = vs + (c0 + jj) * DH;
+#pragma unroll
+                    for (int n4 = 0; n4 < 4; ++n4) {
+                        const float4 v = *reinterpret_cast<const float4 *>(vr + 4 * s + 4 * TPR * n4);
+                        acc[4 * n4 + 0] = fmaf(p, v.x, acc[4 * n4 + 0]);
+                        acc[4 * n4 + 1] = fmaf(p, v.y, acc[4 * n4 + 1]);
+                        acc[4 * n4 + 2] = fmaf(p, v.z, acc[4 * n4 + 2]);
+                        acc[4 * n4 + 3] = fmaf(p, v.w, acc[4 * n4 + 3]);
+                    }
+                }
+                m = m_new;
+            }
+        }
+    }
+
+    // Own pause keys (t, 1..k): at most K, one online update each (k is block-uniform).
+    for (int kp = 1; kp <= k; ++kp) {
+        const T *kr = qkv + ix.row(b, kp, tq) * stride + d + h * DH;
+        float kx[16];
+        load_cols<T, TPR>(kx, kr, s);
+        const float dot = group_sum<TPR>(dot_regs<TPR>(q, kx)) * scale;
+        if (pause_visible(t, k, tq, kp)) {
+            const float m_new = fmaxf(m, dot);
+            const float alpha = expf(m - m_new);
+            const float p = expf(dot - m_new);
+            l = l * alpha + p;
+            float vx[16];
+            load_cols<T, TPR>(vx, kr + d, s);
+#pragma unroll
+            for (int n = 0; n < 16; ++n) acc[n] = fmaf(p, vx[n], acc[n] * alpha);
+            m = m_new;
+        }
+    }
+
+    if (valid) {
+        const float inv = 1.0f / l; // l >= 1: the max term contributes exp(0)
+        T *orow = out + ix.row(b, k, t) * d + h * DH;
+#pragma unroll
+        for (int n = 0; n < 16; ++n) orow[own_col<TPR>(s, n)] = from_float<T>(acc[n] * inv);
+        if (s == 0) lse[ix.stat(b, h, k, t)] = m + logf(l);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// delta = rowsum(dO * O) per (b, h, k, t). One warp per (row, head), fixed-order sum.
+// ---------------------------------------------------------------------------------
+template <typename T>
+__device__ void attn_delta(const T *__restrict__ out, const T *__restrict__ dout,
+                           float *__restrict__ delta, AttnIdx ix, int dh) {
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / CYB_WARP;
+    const int lane = threadIdx.x % CYB_WARP;
+    const long long nrows = (long long)ix.B * ix.K1 * ix.T;
+    if (warp >= nrows * ix.H) return; // whole warps exit together
+    const long long row = warp / ix.H;
+    const int h = (int)(warp % ix.H);
+    const long long base = row * ix.H * dh + (long long)h * dh;
+    float acc = 0.0f;
+    for (int c = lane; c < dh; c += CYB_WARP) acc = fmaf(to_float(dout[base + c]), to_float(out[base + c]), acc);
+#pragma unroll
+    for (int o = CYB_WARP / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) {
+        const int t = (int)(row % ix.T);
+        const int k = (int)((row / ix.T) % ix.K1);
+        const int b = (int)(row / ((long long)ix.T * ix.K1));
+        delta[ix.stat(b, h, k, t)] = acc;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// dQ. grid (ceil(T/ROWS), K+1, B*H); same key walk as the forward.
+//   p = exp(s - lse), dS = p (dP - delta), dQ = scale * sum dS k
+// ---------------------------------------------------------------------------------
+template <typename T, int DH>
+__device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
+                        const float *__restrict__ lse, const float *__restrict__ delta,
+                        T *__restrict__ dqkv, AttnIdx ix) {
+    using Cfg = AttnCfg<DH>;
+    constexpr int TPR = Cfg::TPR, BK = Cfg::BK;
+    __shared__ __align__(16) float ks[BK * DH];
+    __shared__ __align__(16) float vs[BK * DH];
+    const int s = threadIdx.x % TPR;
+    const int k = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int q0 = blockIdx.x * Cfg::ROWS;
+    const int t = q0 + threadIdx.x / TPR;
+    const bool valid = t < ix.T;
+    const int tq = valid ? t : ix.T - 1;
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+
+    float q[16], g[16], dq[16];
+    load_cols<T, TPR>(q, qkv + ix.row(b, k, tq) * stride + h * DH, s);
+    load_cols<T, TPR>(g, dout + ix.row(b, k, tq) * d + h * DH, s);
+#pragma unroll
+    for (int n = 0; n < 16; ++n) dq[n] = 0.0f;
+    const float L = lse[ix.stat(b, h, k, tq)];
+    const float Dl = delta[ix.stat(b, h, k, tq)];
+
+    const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
+    const T *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int j0 = 0; j0 <= q_last; j0 += BK) {
+        const int nk = min(BK, ix.T - j0);
+        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        if (cls == TILE_MASKED) break;
+        __syncthreads();
+        load_rows<T, DH>(ks, kbase + (long long)j0 * stride + d, stride, BK, nk);
+        load_rows<T, DH>(vs, kbase + (long long)j0 * stride + 2 * d, stride, BK, nk);
+        __syncthreads();
+        for (int j = 0; j < nk; ++j) {
+            const float sdot = group_sum<TPR>(dot_shared<TPR>(q, ks + j * DH, s)) * scale;
+            const float pdot = group_sum<TPR>(dot_shared<TPR>(g, vs + j * DH, s));
+            const bool vis = cls == TILE_FULL || pause_visible(t, k, j0 + j, 0);
+            const float p = vis ? expf(sdot - L) : 0.0f;
+            const float ds = p * (pdot - Dl);
+            const float *kr = ks + j * DH;
+#pragma unroll
+            for (int n4 = 0; n4 < 4; ++n4) {
+                const float4 v = *reinterpret_cast<const float4 *>(kr + 4 * s + 4 * TPR * n4);
+                dq[4 * n4 + 0] = fmaf(ds, v.x, dq[4 * n4 + 0]);
+                dq[4 * n4 + 1] = fmaf(ds, v.y, dq[4 * n4 + 1]);
+                dq[4 * n4 + 2] = fmaf(ds, v.z, dq[4 * n4 + 2]);
+                dq[4 * n4 + 3] = fmaf(ds, v.w, dq[4 * n4 + 3]);
+            }
+        }
+    }
+    for (int kp = 1; kp <= k; ++kp) {
+        const T *kr = qkv + ix.row(b, kp, tq) * stride + d + h * DH;
+        float kx[16], vx[16];
+        load_cols<T, TPR>(kx, kr, s);
+        load_cols<T, TPR>(vx, kr + d, s);
+        const float sdot = group_sum<TPR>(dot_regs<TPR>(q, kx)) * scale;
+        const float pdot = group_sum<TPR>(dot_regs<TPR>(g, vx));
+        const float p = pause_visible(t, k, tq, kp) ? expf(sdot - L) : 0.0f;
+        const float ds = p * (pdot - Dl);
+#pragma unroll
+        for (int n = 0; n < 16; ++n) dq[n] = fmaf(ds, kx[n], dq[n]);
+    }
+    if (valid) {
+        T *row = dqkv + ix.row(b, k, t) * stride + h * DH;
+#pragma unroll
+        for (int n = 0; n < 16; ++n) row[own_col<TPR>(s, n)] = from_float<T>(dq[n] * scale);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// dK, dV. grid (ceil(T/ROWS), K+1, B*H); block: ROWS keys (t2, k2) of one depth k2.
+//   dV = sum_q p dO,  dK = scale * sum_q dS q   over the queries that see the key.
+// ---------------------------------------------------------------------------------
+template <typename T, int DH>
+__device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
+                          const float *__restrict__ lse, const float *__restrict__ delta,
+                          T *__restrict__ dqkv, AttnIdx ix) {
+    using Cfg = AttnCfg<DH>;
+    constexpr int TPR = Cfg::TPR, BQ = Cfg::BK;
+    __shared__ __align__(16) float qs[BQ * DH];
+    __shared__ __align__(16) float gs[BQ * DH];
+    __shared__ float ls[BQ];
+    __shared__ float dls[BQ];
+    const int s = threadIdx.x % TPR;
+    const int k2 = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int key0 = blockIdx.x * Cfg::ROWS;
+    const int t2 = key0 + threadIdx.x / TPR;
+    const bool valid = t2 < ix.T;
+    const int tk = valid ? t2 : ix.T - 1;
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+
+    float kx[16], vx[16], dk[16], dv[16];
+    const T *krow = qkv + ix.row(b, k2, tk) * stride + d + h * DH;
+    load_cols<T, TPR>(kx, krow, s);
+    load_cols<T, TPR>(vx, krow + d, s);
+#pragma unroll
+    for (int n = 0; n < 16; ++n) dk[n] = dv[n] = 0.0f;
+
+    if (k2 == 0) {
+        // Real key: every depth k, every query t >= t2 (tiles from the one holding key0).
+        const int key_last = min(key0 + Cfg::ROWS, ix.T) - 1;
+        for (int k = 0; k < ix.K1; ++k) {
+            for (int i0 = (key0 / BQ) * BQ; i0 < ix.T; i0 += BQ) {
+                const int nq = min(BQ, ix.T - i0);
+                const TileClass cls = real_tile_class(i0, i0 + nq - 1, key0, key_last);
+                if (cls == TILE_MASKED) continue; // (cannot happen: tiles start at key0's)
+                __syncthreads();
+                load_rows<T, DH>(qs, qkv + ix.row(b, k, i0) * stride + h * DH, stride, BQ, nq);
+                load_rows<T, DH>(gs, dout + ix.row(b, k, i0) * d + h * DH, d, BQ, nq);
+                for (int i = threadIdx.x; i < BQ; i += ATTN_THREADS) {
+                    ls[i] = i < nq ? lse[ix.stat(b, h, k, i0 + i)] : 0.0f;
+                    dls[i] = i < nq ? delta[ix.stat(b, h, k, i0 + i)] : 0.0f;
+                }
+                __syncthreads();
+                for (int i = 0; i < nq; ++i) {
+                    const float *qr = qs + i * DH;
+                    const float *gr = gs + i * DH;
+                    const float sdot = group_sum<TPR>(dot_shared<TPR>(kx, qr, s)) * scale;
+                    const float pdot = group_sum<TPR>(dot_shared<TPR>(vx, gr, s));
+                    const bool vis = cls == TILE_FULL || pause_visible(i0 + i, k, t2, 0);
+                    const float p = vis ? expf(sdot - ls[i]) : 0.0f;
+                    const float ds = p * (pdot - dls[i]);
+#pragma unroll
+                    for (int n4 = 0; n4 < 4; ++n4) {
+                        const float4 qv = *reinterpret_cast<const float4 *>(qr + 4 * s + 4 * TPR * n4);
+                        const float4 gv = *reinterpret_cast<const float4 *>(gr + 4 * s + 4 * TPR * n4);
+                        dv[4 * n4 + 0] = fmaf(p, gv.x, dv[4 * n4 + 0]);
+                        dv[4 * n4 + 1] = fmaf(p, gv.y, dv[4 * n4 + 1]);
+                        dv[4 * n4 + 2] = fmaf(p, gv.z, dv[4 * n4 + 2]);
+                        dv[4 * n4 + 3] = fmaf(p, gv.w, dv[4 * n4 + 3]);
+                        dk[4 * n4 + 0] = fmaf(ds, qv.x, dk[4 * n4 + 0]);
+                        dk[4 * n4 + 1] = fmaf(ds, qv.y, dk[4 * n4 + 1]);
+                        dk[4 * n4 + 2] = fmaf(ds, qv.z, dk[4 * n4 + 2]);
+                        dk[4 * n4 + 3] = fmaf(ds, qv.w, dk[4 * n4 + 3]);
+                    }
+                }
+            }
+        }
+    } else {
+        // Pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
+        for (int k = k2; k < ix.K1; ++k) {
+            float q[16], g[16];
+            load_cols<T, TPR>(q, qkv + ix.row(b, k, tk) * stride + h * DH, s);
+            load_cols<T, TPR>(g, dout + ix.row(b, k, tk) * d + h * DH, s);
+            const float sdot = group_sum<TPR>(dot_regs<TPR>(kx, q)) * scale;
+            const float pdot = group_sum<TPR>(dot_regs<TPR>(vx, g));
+            const float p = pause_visible(tk, k, tk, k2) ? expf(sdot - lse[ix.stat(b, h, k, tk)]) : 0.0f;
+            const float ds = p * (pdot - delta[ix.stat(b, h, k, tk)]);
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+                dv[n] = fmaf(p, g[n], dv[n]);
+                dk[n] = fmaf(ds, q[n], dk[n]);
+            }
+        }
+    }
+    if (valid) {
+        T *row = dqkv + ix.row(b, k2, t2) * stride + d + h * DH;
+#pragma unroll
+        for (int n = 0; n < 16; ++n) {
+            row[own_col<TPR>(s, n)] = from_float<T>(dk[n] * scale);
+            row[d + own_col<TPR>(s, n)] = from_float<T>(dv[n]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Entry points: pause_attn_{fwd,dq,dkdv}_{f32,bf16}_d{64,128}, pause_attn_delta_{f32,bf16}.
+// Arguments after the buffers: B, K+1, T, H.
+// ---------------------------------------------------------------------------------
+#define CYB_ATTN_ENTRIES(T, NAME, DH)                                                        \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
+        pause_attn_fwd_##NAME##_d##DH(const T *qkv, T *out, float *lse, int B, int K1, int Tn, \
+                                      int H) {                                               \
+        attn_forward<T, DH>(qkv, out, lse, AttnIdx{B, K1, Tn, H});                           \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
+        pause_attn_dq_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,           \
+                                     const float *delta, T *dqkv, int B, int K1, int Tn,     \
+                                     int H) {                                                \
+        attn_dq<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});                  \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
+        pause_attn_dkdv_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,         \
+                                       const float *delta, T *dqkv, int B, int K1, int Tn,   \
+                                       int H) {                                              \
+        attn_dkdv<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});                \
+    }
+
+CYB_ATTN_ENTRIES(float, f32, 64)
+CYB_ATTN_ENTRIES(float, f32, 128)
+CYB_ATTN_ENTRIES(__nv_bfloat16, bf16, 64)
+CYB_ATTN_ENTRIES(__nv_bfloat16, bf16, 128)
+
+// delta: 256 threads, one warp per (row, head); dh = head dim (any).
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+    pause_attn_delta_f32(const float *out, const float *dout, float *delta, int B, int K1, int Tn,
+                         int H, int dh) {
+    attn_delta<float>(out, dout, delta, AttnIdx{B, K1, Tn, H}, dh);
+}
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+    pause_attn_delta_bf16(const __nv_bfloat16 *out, const __nv_bfloat16 *dout, float *delta,
+                          int B, int K1, int Tn, int H, int dh) {
+    attn_delta<__nv_bfloat16>(out, dout, delta, AttnIdx{B, K1, Tn, H}, dh);
+}
