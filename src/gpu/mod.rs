@@ -3,6 +3,8 @@
 //! loaded at run time, so nothing CUDA is needed to build or to run the CPU paths).
 //!
 //! - [`GpuContext`]: a device, a stream and the loaded kernel modules.
+//! - [`attention`]: pause-step attention, forward and backward (SPEC section 3), the
+//!   twin of [`crate::cpu::attention`].
 //! - [`loss`]: the CYB loss, forward and backward to the logits (SPEC section 4),
 //!   the twin of [`crate::cpu::loss`].
 //!
@@ -11,6 +13,7 @@
 //! directly. Every function returns [`Result`]; driver errors (including out of
 //! memory) become [`CybError::Cuda`] with what was being done.
 
+pub mod attention;
 pub mod loss;
 
 use crate::error::{CybError, Result};
