@@ -315,6 +315,7 @@ mod gpu_tests {
     }
 
     /// Forward then backward on the device, every output poisoned with NaN first.
+    #[allow(clippy::too_many_arguments)]
     fn run_gpu<T: LogitElem>(
         gpu: &Arc<GpuContext>,
         attn: &PauseAttention,
