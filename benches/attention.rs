@@ -10,6 +10,14 @@
 //!   fraction of the card's 766 TFLOP/s bf16 matmul ceiling. Inputs are random, never
 //!   zeros; no cache flush: the working set (qkv, out, grads) is about the size of the
 //!   50 MB L2 at the first shape and 5x it at the second, as it is in training.
+//!
+//! Floors (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound, the bytes take
+//! ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP -> 0.24 ms;
+//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. The first version of the kernels runs
+//! every product as f32 FMAs on CUDA cores (~67 TFLOP/s peak on an H200) and its
+//! backward does 7·Dh FMAs per pair where 5·Dh are useful: prediction before any GPU
+//! run, 10-15 useful TFLOP/s, i.e. roughly 12-18 ms and 65-95 ms, 6-15x slower than
+//! FlexAttention. Tensor cores (mma.sync m16n8k16 bf16) are the next step.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
