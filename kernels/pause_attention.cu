@@ -115,6 +115,29 @@ __device__ __forceinline__ void load_rows(float *dst, const T *src, long long st
     }
 }
 
+// Where a thread sits: lane `s` of the row at position `t`, depth `k` (= blockIdx.y),
+// batch `b`, head `h`; `r0` is the block's first position. `tc` is `t` clamped to T-1:
+// rows past T read a real row (so every lane joins the shuffles) and never write.
+template <int DH> struct RowCtx {
+    int s, k, b, h, r0, t, tc, d;
+    bool valid;
+    long long stride; // of a qkv row, 3d
+    float scale;
+    __device__ __forceinline__ explicit RowCtx(const AttnIdx &ix) {
+        s = threadIdx.x % AttnCfg<DH>::TPR;
+        k = blockIdx.y;
+        b = blockIdx.z / ix.H;
+        h = blockIdx.z % ix.H;
+        r0 = blockIdx.x * AttnCfg<DH>::ROWS;
+        t = r0 + threadIdx.x / AttnCfg<DH>::TPR;
+        valid = t < ix.T;
+        tc = valid ? t : ix.T - 1;
+        d = ix.H * DH;
+        stride = 3LL * d;
+        scale = 1.0f / sqrtf((float)DH);
+    }
+};
+
 // ---------------------------------------------------------------------------------
 // Forward. grid (ceil(T/ROWS), K+1, B*H); block: ROWS queries (t, k) of one depth k.
 // ---------------------------------------------------------------------------------
@@ -125,16 +148,11 @@ __device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
     constexpr int TPR = Cfg::TPR, BK = Cfg::BK, CH = Cfg::CH;
     __shared__ __align__(16) float ks[BK * DH];
     __shared__ __align__(16) float vs[BK * DH];
-    const int s = threadIdx.x % TPR;
-    const int k = blockIdx.y;
-    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
-    const int q0 = blockIdx.x * Cfg::ROWS;
-    const int t = q0 + threadIdx.x / TPR;
-    const bool valid = t < ix.T;
-    const int tq = valid ? t : ix.T - 1; // rows past T compute on a real row, never write
-    const int d = ix.H * DH;
-    const long long stride = 3LL * d;
-    const float scale = 1.0f / sqrtf((float)DH);
+    const RowCtx<DH> c(ix);
+    const int s = c.s, k = c.k, b = c.b, h = c.h, q0 = c.r0, t = c.t, tq = c.tc, d = c.d;
+    const bool valid = c.valid;
+    const long long stride = c.stride;
+    const float scale = c.scale;
 
     float q[16], acc[16];
     load_cols<T, TPR>(q, qkv + ix.row(b, k, tq) * stride + h * DH, s);
@@ -255,16 +273,11 @@ __device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
     constexpr int TPR = Cfg::TPR, BK = Cfg::BK;
     __shared__ __align__(16) float ks[BK * DH];
     __shared__ __align__(16) float vs[BK * DH];
-    const int s = threadIdx.x % TPR;
-    const int k = blockIdx.y;
-    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
-    const int q0 = blockIdx.x * Cfg::ROWS;
-    const int t = q0 + threadIdx.x / TPR;
-    const bool valid = t < ix.T;
-    const int tq = valid ? t : ix.T - 1;
-    const int d = ix.H * DH;
-    const long long stride = 3LL * d;
-    const float scale = 1.0f / sqrtf((float)DH);
+    const RowCtx<DH> c(ix);
+    const int s = c.s, k = c.k, b = c.b, h = c.h, q0 = c.r0, t = c.t, tq = c.tc, d = c.d;
+    const bool valid = c.valid;
+    const long long stride = c.stride;
+    const float scale = c.scale;
 
     float q[16], g[16], dq[16];
     load_cols<T, TPR>(q, qkv + ix.row(b, k, tq) * stride + h * DH, s);
@@ -334,16 +347,11 @@ __device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
     __shared__ __align__(16) float gs[BQ * DH];
     __shared__ float ls[BQ];
     __shared__ float dls[BQ];
-    const int s = threadIdx.x % TPR;
-    const int k2 = blockIdx.y;
-    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
-    const int key0 = blockIdx.x * Cfg::ROWS;
-    const int t2 = key0 + threadIdx.x / TPR;
-    const bool valid = t2 < ix.T;
-    const int tk = valid ? t2 : ix.T - 1;
-    const int d = ix.H * DH;
-    const long long stride = 3LL * d;
-    const float scale = 1.0f / sqrtf((float)DH);
+    const RowCtx<DH> c(ix); // the row is a key (t2, k2)
+    const int s = c.s, k2 = c.k, b = c.b, h = c.h, key0 = c.r0, t2 = c.t, tk = c.tc, d = c.d;
+    const bool valid = c.valid;
+    const long long stride = c.stride;
+    const float scale = c.scale;
 
     float kx[16], vx[16], dk[16], dv[16];
     const T *krow = qkv + ix.row(b, k2, tk) * stride + d + h * DH;

@@ -109,7 +109,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
-    use super::common::assert_close;
+    use super::common::{assert_close, base_seed, with_seed};
     use super::*;
     use cyb::cpu::attention::{
         attention_backward, attention_forward, candidate_key, pause_visible, AttnShape,
@@ -145,18 +145,6 @@ mod gpu_tests {
     // relative to |dO||O| in D that every dS of the row carries. 2e-2 of the largest
     // gradient covers that with margin and still catches a wrong term (~1e-1 or more).
     const BF16_GRAD: (f64, f64) = (2e-2, 2e-2);
-
-    fn base_seed() -> u64 {
-        std::env::var("CYB_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-    }
 
     pub fn trials() -> Vec<Trial> {
         let gpu = match GpuContext::new(0) {
@@ -194,24 +182,6 @@ mod gpu_tests {
             );
         }
         trials
-    }
-
-    /// Runs a test body, adding the seed to any failure or panic message.
-    fn with_seed(seed: u64, f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                Err(format!("{} (CYB_TEST_SEED={seed})", e.message().unwrap_or("")).into())
-            }
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(format!("{msg} (CYB_TEST_SEED={seed})").into())
-            }
-        }
     }
 
     fn err(e: CybError) -> Failed {

@@ -69,3 +69,35 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
         &bad[..bad.len().min(6)]
     );
 }
+
+/// The base seed of a randomized test run: `$CYB_TEST_SEED`, else the clock.
+pub fn base_seed() -> u64 {
+    std::env::var("CYB_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// Runs a libtest-mimic test body, adding the seed to any failure or panic message.
+pub fn with_seed(
+    seed: u64,
+    f: impl FnOnce() -> Result<(), libtest_mimic::Failed>,
+) -> Result<(), libtest_mimic::Failed> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{} (CYB_TEST_SEED={seed})", e.message().unwrap_or("")).into()),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("{msg} (CYB_TEST_SEED={seed})").into())
+        }
+    }
+}
