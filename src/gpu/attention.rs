@@ -98,7 +98,7 @@ impl AttnDims {
             return bad("K+1 must be at most 65535 (grid y)".into());
         }
         if i32::try_from(self.seq).is_err()
-            || i32::try_from(self.rows()).is_err()
+            || i32::try_from(self.lse_len()).is_err()
             || i32::try_from(self.d()).is_err()
         {
             return bad("T, B*(K+1)*T and d must fit in 32 bits".into());
@@ -357,5 +357,46 @@ impl PauseAttention {
             unsafe { l.launch(dims.tiles_config()) }.map_err(cuda_err(what))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Kernel parameters in launch order (`p` pointer, `i` 32-bit int), checked against
+    /// the PTX from build.rs so that a signature drifting from its launch fails without
+    /// a GPU.
+    fn params(name: &str) -> String {
+        let ptx = super::super::ptx::PAUSE_ATTENTION;
+        let start = ptx
+            .find(&format!(".entry {name}("))
+            .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));
+        let list = &ptx[start..][..ptx[start..].find(')').expect("parameter list")];
+        list.split(',')
+            .map(|p| {
+                match p
+                    .split_whitespace()
+                    .find(|w| w.starts_with(".u") || w.starts_with(".s"))
+                {
+                    Some(".u64") => 'p',
+                    Some(".u32") | Some(".s32") => 'i',
+                    other => panic!("{name}: unexpected parameter type {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernel_signatures_match_launches() {
+        for ty in ["f32", "bf16"] {
+            for dh in super::SUPPORTED_D_HEAD {
+                // forward(qkv, out, lse, B, K+1, T, H)
+                assert_eq!(params(&format!("pause_attn_fwd_{ty}_d{dh}")), "pppiiii");
+                // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H)
+                assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiii");
+                assert_eq!(params(&format!("pause_attn_dkdv_{ty}_d{dh}")), "pppppiiii");
+            }
+            // delta(out, dout, delta, B, K+1, T, H, dh)
+            assert_eq!(params(&format!("pause_attn_delta_{ty}")), "pppiiiii");
+        }
     }
 }
