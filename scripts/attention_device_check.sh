@@ -17,16 +17,21 @@ DIR=target/attn_check
 if [[ "${1:-}" == "build" ]]; then
   set -e
   mkdir -p "$DIR"
-  exe() { # cargo args... -> path of the one executable built
-    cargo "$@" --release --features cuda --no-run --message-format=json-render-diagnostics |
+  exe() { # kind name -> path of the executable of that test/bench target
+    local release=()
+    [[ "$1" == "test" ]] && release=(--release) # benches build with the bench profile
+    cargo "$1" --"$1" "$2" "${release[@]}" --features cuda --no-run \
+      --message-format=json-render-diagnostics |
       python3 -c 'import json,sys
 for l in sys.stdin:
     try: m = json.loads(l)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and m["target"]["name"] == sys.argv[1] and m["profile"]["test"]):
+        print(m["executable"])' "$2"
   }
-  cp "$(exe test --test gpu_attention)" "$DIR/gpu_attention"
-  cp "$(exe bench --bench attention)" "$DIR/attention_bench"
+  cp "$(exe test gpu_attention)" "$DIR/gpu_attention"
+  cp "$(exe bench attention)" "$DIR/attention_bench"
   strip --strip-debug "$DIR/gpu_attention" "$DIR/attention_bench"
   du -sh "$DIR"
   exit 0
@@ -41,10 +46,11 @@ status=0
 grep -E "^test |^test result" "$LOGS/tests.log" | grep -vE "\.\.\. ok$" | tail -30
 grep -qE "; [1-9][0-9]* ignored" "$LOGS/tests.log" &&
   { echo "GPU tests were ignored: no device opened"; status=1; }
-if command -v compute-sanitizer >/dev/null; then
+CS="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
+if [[ -n "$CS" ]]; then
   for tool in memcheck racecheck; do
     for case in "pause_attention_matches_cpu::bf16_b2k3t47h3d64" "pause_attention_matches_cpu::f32_b2k3t65h1d128"; do
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$DIR/gpu_attention" --exact "$case" \
+      "$CS" --tool "$tool" --error-exitcode 9 "$DIR/gpu_attention" --exact "$case" \
         >"$LOGS/sanitizer_${tool}_${case##*::}.log" 2>&1
       rc=$?
       echo "compute-sanitizer $tool $case: rc $rc ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/sanitizer_${tool}_${case##*::}.log" | tail -1))"
