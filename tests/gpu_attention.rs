@@ -60,6 +60,8 @@ fn cases() -> Vec<Case> {
         (1, 7, 123, 1, 128), // T not a multiple of 32, deep pauses
         (2, 3, 65, 1, 128),  // one row past a tile boundary
         (1, 3, 130, 2, 64),  // three tiles, the last with 2 rows
+        (2, 1, 64, 2, 64),   // exactly one tile (64 rows at d_head 64)
+        (1, 3, 96, 2, 128),  // exactly three tiles (32 rows at d_head 128)
     ];
     let mut out = Vec::new();
     for (batch, pauses, seq, heads, d_head) in shapes {

@@ -166,7 +166,10 @@ int main() {
     fails += run_case<float, 64>({1, 3, 130, 1, 64}, 3, 1e-5, 1e-4);
     fails += run_case<float, 128>({1, 7, 1, 2, 128}, 4, 1e-5, 1e-4);
     fails += run_case<float, 128>({1, 7, 70, 1, 128}, 5, 1e-5, 1e-4);
+    fails += run_case<float, 64>({1, 1, 64, 1, 64}, 8, 1e-5, 1e-4);   // exactly one tile
+    fails += run_case<float, 128>({2, 2, 64, 1, 128}, 9, 1e-5, 1e-4); // exactly two tiles
     fails += run_case<__nv_bfloat16, 64>({2, 3, 47, 1, 64}, 6, 8e-3, 2e-2);
+    fails += run_case<__nv_bfloat16, 128>({2, 7, 20, 2, 128}, 10, 8e-3, 2e-2);
     fails += run_case<__nv_bfloat16, 128>({1, 2, 33, 1, 128}, 7, 8e-3, 2e-2);
     std::printf(fails ? "host_emu: %d FAILURES\n" : "host_emu: all ok\n", fails);
     return fails ? 1 : 0;
