@@ -14,10 +14,12 @@
 //! Floors (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound, the bytes take
 //! ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP -> 0.24 ms;
 //! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. The first version of the kernels runs
-//! every product as f32 FMAs on CUDA cores (~67 TFLOP/s peak on an H200) and its
-//! backward does 7·Dh FMAs per pair where 5·Dh are useful: prediction before any GPU
-//! run, 10-15 useful TFLOP/s, i.e. roughly 12-18 ms and 65-95 ms, 6-15x slower than
-//! FlexAttention. Tensor cores (mma.sync m16n8k16 bf16) are the next step.
+//! the backward's products as f32 FMAs on CUDA cores (~67 TFLOP/s peak on an H200),
+//! with 7·Dh FMAs per pair where 5·Dh are useful; only the bf16 forward is on tensor
+//! cores. Prediction before any GPU run: 10-15 useful TFLOP/s, roughly 10-15 ms and
+//! 55-80 ms, 5-13x slower than FlexAttention; the backward on tensor cores is the next
+//! step. A second line per shape times the forward alone on tensor cores and on CUDA
+//! cores.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
@@ -91,6 +93,9 @@ mod gpu {
             }
         };
         let attn = PauseAttention::new(&gpu).expect("load attention kernels");
+        let cores_attn = PauseAttention::new(&gpu)
+            .expect("load attention kernels")
+            .with_tensor_cores(false);
         let shapes = [
             ("b8h12t1024k3d64", 8, 12, 1024, 64, 2.04),
             ("b4h16t2048k3d128", 4, 16, 2048, 128, 6.17),
@@ -150,6 +155,35 @@ mod gpu {
             group.bench_function(name, |b| {
                 b.iter_custom(|iters| Duration::from_secs_f64(time_ms(iters) * 1e-3))
             });
+            // The forward alone, tensor cores against CUDA cores (median of 10).
+            let mut fwd_ms = |a: &PauseAttention| -> f64 {
+                let mut runs: Vec<f64> = (0..13)
+                    .map(|_| {
+                        let start = ctx
+                            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                            .unwrap();
+                        let end = ctx
+                            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                            .unwrap();
+                        start.record(&stream).unwrap();
+                        a.forward(&qkv, &mut out, &mut lse, d).expect("forward");
+                        end.record(&stream).unwrap();
+                        start.elapsed_ms(&end).unwrap() as f64
+                    })
+                    .skip(3)
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                runs[5]
+            };
+            let tc = fwd_ms(&attn);
+            let cores = fwd_ms(&cores_attn);
+            let fwd_flops = useful_flops(d) / 3.5;
+            println!(
+                "gpu pause_attention fwd {name} bf16: tensor cores {tc:.3} ms ({:.1} TFLOP/s), \
+                 CUDA cores {cores:.3} ms ({:.1} TFLOP/s)",
+                fwd_flops / (tc * 1e-3) / 1e12,
+                fwd_flops / (cores * 1e-3) / 1e12
+            );
         }
         group.finish();
     }

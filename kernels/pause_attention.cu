@@ -35,7 +35,9 @@
 //     every depth k = 0..K that can see it (t >= t2); a pause key (t2, k2 >= 1) over its
 //     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a fixed
 //     order, and are written once.
-// Tensor cores are not used yet: all products are f32 FMAs on CUDA cores.
+// Tensor cores: the bf16 forward has a second version on mma.sync m16n8k16
+// (attn_forward_tc, the default for bf16); the backward and every f32 kernel run their
+// products as f32 FMAs on CUDA cores.
 #include "common.cuh"
 #include "pause_mask.cuh"
 
@@ -425,6 +427,226 @@ __device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
             row[d + own_col<TPR>(s, n)] = from_float<T>(dv[n]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Forward on tensor cores (bf16 only): mma.sync m16n8k16, bf16 x bf16 -> f32.
+// grid (ceil(T/64), K+1, B*H), 128 threads: warp w owns the 16 queries
+// q0 + 16w .. q0 + 16w + 15 of depth k. Same key walk, mask and pause step as
+// attn_forward; S and O live in mma accumulator fragments, P is rounded to bf16 for the
+// P·V product (as in FlashAttention-2), the row sums l are accumulated in f32.
+// Fragment layout (PTX ISA, m16n8k16 .bf16): g = lane/4, c = lane%4;
+//   A (16x16, row): reg0 (g, 2c..2c+1), reg1 (g+8, 2c..), reg2 (g, 2c+8..), reg3 (g+8, 2c+8..)
+//   B (16x8, col):  reg0 (k = 2c..2c+1, n = g), reg1 (k = 2c+8.., n = g)
+//   C (16x8):       c0,c1 (g, 2c..2c+1), c2,c3 (g+8, 2c..2c+1)
+// ---------------------------------------------------------------------------------
+#define TC_THREADS 128
+#define TC_BQ 64
+#define TC_BK 64
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const uint32_t a = __bfloat16_as_ushort(__float2bfloat16_rn(lo));
+    const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
+    return a | (b << 16);
+}
+
+__device__ __forceinline__ uint32_t pair_bf16(const __nv_bfloat16 *p) { // p[0] low, p[1] high
+    return (uint32_t)__bfloat16_as_ushort(p[0]) | ((uint32_t)__bfloat16_as_ushort(p[1]) << 16);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[2]) {
+#ifdef CYB_HOST_EMU
+    emu_mma_bf16_16816(c, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <int DH>
+__device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
+                                __nv_bfloat16 *__restrict__ out, float *__restrict__ lse,
+                                AttnIdx ix) {
+    constexpr int LD = DH + 8; // padded shared row (bf16): conflict-free B loads of K
+    constexpr int KS = DH / 16, NO = DH / 8, NS = TC_BK / 8;
+    __shared__ __align__(16) __nv_bfloat16 ks[TC_BK * LD];
+    __shared__ __align__(16) __nv_bfloat16 vs[TC_BK * LD];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int k = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int q0 = blockIdx.x * TC_BQ;
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+    // This lane's two rows: t[0] = q0 + 16w + g, t[1] = t[0] + 8 (clamped for reads).
+    int t[2], tc[2];
+    for (int r = 0; r < 2; ++r) {
+        t[r] = q0 + 16 * warp + g + 8 * r;
+        tc[r] = t[r] < ix.T ? t[r] : ix.T - 1;
+    }
+    const __nv_bfloat16 *qrow[2] = {qkv + ix.row(b, k, tc[0]) * stride + h * DH,
+                                    qkv + ix.row(b, k, tc[1]) * stride + h * DH};
+    uint32_t qa[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        qa[kk][0] = pair_bf16(qrow[0] + 16 * kk + 2 * c);
+        qa[kk][1] = pair_bf16(qrow[1] + 16 * kk + 2 * c);
+        qa[kk][2] = pair_bf16(qrow[0] + 16 * kk + 8 + 2 * c);
+        qa[kk][3] = pair_bf16(qrow[1] + 16 * kk + 8 + 2 * c);
+    }
+    float o[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; // l: this lane's columns only
+
+    const int q_last = min(q0 + TC_BQ, ix.T) - 1;
+    const __nv_bfloat16 *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
+        const int nk = min(TC_BK, ix.T - j0);
+        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        __syncthreads();
+        for (int e = threadIdx.x; e < TC_BK * DH; e += TC_THREADS) {
+            const int j = e / DH, col = e % DH;
+            const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+            const __nv_bfloat16 *p = kbase + (long long)(j0 + j) * stride + col;
+            ks[j * LD + col] = j < nk ? p[d] : zero;
+            vs[j * LD + col] = j < nk ? p[2 * d] : zero;
+        }
+        __syncthreads();
+        float sc[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                const __nv_bfloat16 *kr = ks + (8 * n + g) * LD + 16 * kk + 2 * c;
+                const uint32_t bb[2] = {pair_bf16(kr), pair_bf16(kr + 8)};
+                mma_bf16_16816(sc[n], qa[kk], bb);
+            }
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = i / 2, key = 8 * n + 2 * c + (i % 2);
+                const bool vis =
+                    key < nk && (cls == TILE_FULL || pause_visible(t[r], k, j0 + key, 0));
+                sc[n][i] = vis ? sc[n][i] * scale : -INFINITY;
+                mx[r] = fmaxf(mx[r], sc[n][i]);
+            }
+        float alpha[2], mnew[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            mnew[r] = fmaxf(m[r], mx[r]);
+            // A row with nothing visible yet (only rows past T) keeps m = -inf.
+            alpha[r] = mnew[r] == -INFINITY ? 1.0f : expf(m[r] - mnew[r]);
+            l[r] *= alpha[r];
+            m[r] = mnew[r];
+        }
+#pragma unroll
+        for (int n = 0; n < NO; ++n) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = i / 2;
+                const float p = m[r] == -INFINITY ? 0.0f : expf(sc[n][i] - m[r]);
+                sc[n][i] = p;
+                l[r] += p;
+            }
+        // O += P V, 16 keys (two S tiles) per k-step.
+#pragma unroll
+        for (int j = 0; j < TC_BK / 16; ++j) {
+            const uint32_t pa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
+                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
+                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
+                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                const __nv_bfloat16 *vr = vs + (16 * j + 2 * c) * LD + 8 * n + g;
+                const uint32_t bb[2] = {
+                    (uint32_t)__bfloat16_as_ushort(vr[0]) |
+                        ((uint32_t)__bfloat16_as_ushort(vr[LD]) << 16),
+                    (uint32_t)__bfloat16_as_ushort(vr[8 * LD]) |
+                        ((uint32_t)__bfloat16_as_ushort(vr[9 * LD]) << 16)};
+                mma_bf16_16816(o[n], pa, bb);
+            }
+        }
+    }
+
+    // Own pause keys (t, 1..k): the 4 lanes of a row hold its q columns between them.
+    for (int kp = 1; kp <= k; ++kp) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
+            float part = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int col = 16 * kk + 8 * half + 2 * c + e;
+                        part = fmaf(__bfloat162float(qrow[r][col]), __bfloat162float(kr[col]), part);
+                    }
+            part += __shfl_xor_sync(0xffffffffu, part, 1);
+            part += __shfl_xor_sync(0xffffffffu, part, 2);
+            const float sdot = part * scale;
+            if (pause_visible(t[r], k, tc[r], kp)) {
+                const float mn = fmaxf(m[r], sdot);
+                const float al = expf(m[r] - mn);
+                const float p = expf(sdot - mn);
+                l[r] = l[r] * al + (c == 0 ? p : 0.0f); // counted once per row
+                m[r] = mn;
+#pragma unroll
+                for (int n = 0; n < NO; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const float v = __bfloat162float(kr[d + 8 * n + 2 * c + e]);
+                        o[n][2 * r + e] = fmaf(p, v, o[n][2 * r + e] * al);
+                    }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (t[r] < ix.T) {
+            const float inv = 1.0f / l[r];
+            __nv_bfloat16 *orow = out + ix.row(b, k, t[r]) * d + h * DH;
+#pragma unroll
+            for (int n = 0; n < NO; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    orow[8 * n + 2 * c + e] = __float2bfloat16_rn(o[n][2 * r + e] * inv);
+            if (c == 0) lse[ix.stat(b, h, k, t[r])] = m[r] + logf(l[r]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_fwd_tc_bf16_d64(const __nv_bfloat16 *qkv, __nv_bfloat16 *out, float *lse, int B,
+                               int K1, int Tn, int H) {
+    attn_forward_tc<64>(qkv, out, lse, AttnIdx{B, K1, Tn, H});
+}
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_fwd_tc_bf16_d128(const __nv_bfloat16 *qkv, __nv_bfloat16 *out, float *lse, int B,
+                                int K1, int Tn, int H) {
+    attn_forward_tc<128>(qkv, out, lse, AttnIdx{B, K1, Tn, H});
 }
 
 // ---------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ dim3u blockDim, gridDim;
 std::barrier<> *emu_block_barrier;
 std::barrier<> *emu_warp_barrier[32];
 float emu_shfl[1024];
+uint32_t emu_mma_a[32][32][4];
+uint32_t emu_mma_b[32][32][2];
 
 // Runs `body` for every thread of every block, one block at a time.
 static void launch(dim3u grid, unsigned threads, const std::function<void()> &body) {
@@ -158,8 +160,36 @@ static int run_case(Shape s, unsigned seed, double tol_out, double tol_grad) {
     return fails;
 }
 
+// The tensor-core forward (bf16) against the same reference (out and lse only).
+template <int DH> static int run_tc_case(Shape s, unsigned seed) {
+    const int K1 = s.K + 1, d = s.H * s.Dh;
+    const size_t rows = (size_t)s.B * K1 * s.T;
+    std::mt19937 gen(seed);
+    std::normal_distribution<double> nd;
+    std::vector<__nv_bfloat16> qkv(rows * 3 * d), out(rows * d, __float2bfloat16_rn(NAN));
+    for (auto &x : qkv) x = __float2bfloat16_rn((float)nd(gen));
+    std::vector<float> lse(rows * s.H, NAN);
+    AttnIdx ix{s.B, K1, s.T, s.H};
+    const dim3u grid{(unsigned)((s.T + TC_BQ - 1) / TC_BQ), (unsigned)K1, (unsigned)(s.B * s.H)};
+    launch(grid, TC_THREADS, [&] { attn_forward_tc<DH>(qkv.data(), out.data(), lse.data(), ix); });
+    auto f64 = [](const auto &v) { std::vector<double> r; for (auto x : v) r.push_back(to_float(x)); return r; };
+    std::vector<double> ro, rl, rg, dout(rows * d, 0.0);
+    reference(s, f64(qkv), dout, ro, rl, rg);
+    int fails = 0;
+    const double eo = max_err("out", f64(out), ro, 8e-3, fails);
+    const double el = max_err("lse", f64(lse), rl, 1e-5, fails);
+    std::printf("%s tc-bf16 B%d K%d T%d H%d Dh%d: rel err out %.2e lse %.2e\n", fails ? "FAIL" : "ok  ", s.B,
+                s.K, s.T, s.H, s.Dh, eo, el);
+    return fails;
+}
+
 int main() {
     int fails = 0;
+    fails += run_tc_case<64>({1, 0, 1, 1, 64}, 21);
+    fails += run_tc_case<64>({2, 3, 47, 2, 64}, 22);
+    fails += run_tc_case<64>({1, 3, 130, 1, 64}, 23);
+    fails += run_tc_case<128>({1, 7, 70, 1, 128}, 24);
+    fails += run_tc_case<128>({1, 2, 64, 2, 128}, 25);
     // Tolerances relative to max |ref|: f32 ~1e-6 expected; bf16 rounds the outputs.
     fails += run_case<float, 64>({1, 0, 1, 1, 64}, 1, 1e-5, 1e-4);
     fails += run_case<float, 64>({2, 3, 47, 2, 64}, 2, 1e-5, 1e-4);

@@ -20,8 +20,10 @@ use std::sync::Arc;
 /// Head dims the kernels are compiled for.
 pub const SUPPORTED_D_HEAD: [usize; 2] = [64, 128];
 
-// Keep in sync with kernels/pause_attention.cu (ATTN_THREADS, AttnCfg::ROWS).
+// Keep in sync with kernels/pause_attention.cu (ATTN_THREADS, AttnCfg::ROWS, TC_*).
 const THREADS: u32 = 256;
+const TC_THREADS: u32 = 128;
+const TC_ROWS: usize = 64;
 
 /// Sizes of one attention call: `B`, `K`, `T`, `H`, `d_head` (model width `H * d_head`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +147,19 @@ impl AttnDims {
         THREADS as usize / (self.d_head / 16)
     }
 
+    /// The tensor-core forward: 64 queries (4 warps of 16) per block.
+    fn tc_config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (
+                self.seq.div_ceil(TC_ROWS) as u32,
+                (self.pauses + 1) as u32,
+                (self.batch * self.heads) as u32,
+            ),
+            block_dim: (TC_THREADS, 1, 1),
+            shared_mem_bytes: 0, // static shared memory only (< 48 KB)
+        }
+    }
+
     fn tiles_config(&self) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
@@ -193,6 +208,9 @@ pub struct PauseAttention {
     gpu: Arc<GpuContext>,
     /// Indexed by `[bf16 as usize][d_head == 128 as usize]`.
     sets: [[Set; 2]; 2],
+    /// bf16 forward on tensor cores, `[d_head == 128 as usize]`.
+    fwd_tc: [CudaFunction; 2],
+    tensor_cores: bool,
     delta_f32: CudaFunction,
     delta_bf16: CudaFunction,
 }
@@ -228,6 +246,11 @@ impl PauseAttention {
                 [set("f32", 64)?, set("f32", 128)?],
                 [set("bf16", 64)?, set("bf16", 128)?],
             ],
+            fwd_tc: [
+                f("pause_attn_fwd_tc_bf16_d64".into())?,
+                f("pause_attn_fwd_tc_bf16_d128".into())?,
+            ],
+            tensor_cores: true,
             delta_f32: f("pause_attn_delta_f32".into())?,
             delta_bf16: f("pause_attn_delta_bf16".into())?,
         })
@@ -236,6 +259,14 @@ impl PauseAttention {
     /// The context the kernels run on.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.gpu
+    }
+
+    /// Whether the bf16 forward runs on tensor cores (`mma.sync`, the default) or on
+    /// the CUDA-core kernel that f32 uses. Both compute the same function; the switch
+    /// exists so the two can be compared and timed against each other.
+    pub fn with_tensor_cores(mut self, on: bool) -> Self {
+        self.tensor_cores = on;
+        self
     }
 
     fn set<T: LogitElem>(&self, dims: AttnDims) -> &Set {
@@ -253,7 +284,16 @@ impl PauseAttention {
     ) -> Result<()> {
         dims.check_forward(qkv.len(), out.len(), lse.len())?;
         let [b, k1, t, h] = dims.args();
-        let mut l = self.gpu.stream().launch_builder(&self.set::<T>(dims).fwd);
+        let tc = self.tensor_cores && T::SUFFIX == "bf16";
+        let (f, cfg) = if tc {
+            (
+                &self.fwd_tc[(dims.d_head == 128) as usize],
+                dims.tc_config(),
+            )
+        } else {
+            (&self.set::<T>(dims).fwd, dims.tiles_config())
+        };
+        let mut l = self.gpu.stream().launch_builder(f);
         l.arg(qkv)
             .arg(out)
             .arg(lse)
@@ -263,8 +303,9 @@ impl PauseAttention {
             .arg(&h);
         // SAFETY: dims validated (d_head is one the kernel was compiled for, sizes fit
         // the grid and 64-bit offsets); qkv, out and lse have exactly the lengths the
-        // kernel indexes (checked above); rows past T are clamped for reads, never written.
-        unsafe { l.launch(dims.tiles_config()) }.map_err(cuda_err("launching pause_attn_fwd"))?;
+        // kernel indexes (checked above); the tensor-core kernel is only chosen for bf16
+        // elements; rows past T are clamped for reads, never written.
+        unsafe { l.launch(cfg) }.map_err(cuda_err("launching pause_attn_fwd"))?;
         Ok(())
     }
 
@@ -391,6 +432,9 @@ mod tests {
             for dh in super::SUPPORTED_D_HEAD {
                 // forward(qkv, out, lse, B, K+1, T, H)
                 assert_eq!(params(&format!("pause_attn_fwd_{ty}_d{dh}")), "pppiiii");
+                if ty == "bf16" {
+                    assert_eq!(params(&format!("pause_attn_fwd_tc_{ty}_d{dh}")), "pppiiii");
+                }
                 // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H)
                 assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiii");
                 assert_eq!(params(&format!("pause_attn_dkdv_{ty}_d{dh}")), "pppppiiii");

@@ -58,3 +58,38 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
 inline double __shfl_xor_sync(unsigned, double v, int o) {
     return __shfl_xor_sync(0u, (float)v, o); // (not used by the attention kernels)
 }
+
+// mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 of one warp, from the PTX ISA fragment
+// layout (g = lane/4, c = lane%4): A reg0 (g, 2c..), reg1 (g+8, 2c..), reg2 (g, 2c+8..),
+// reg3 (g+8, 2c+8..); B reg0 (k = 2c.., n = g), reg1 (k = 2c+8.., n = g);
+// C c0,c1 (g, 2c..), c2,c3 (g+8, 2c..). Low half of a register = lower index.
+#define CYB_HOST_EMU 1
+extern uint32_t emu_mma_a[32][32][4];
+extern uint32_t emu_mma_b[32][32][2];
+inline void emu_mma_bf16_16816(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < 4; ++i) emu_mma_a[w][lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) emu_mma_b[w][lane][i] = b[i];
+    __syncwarp();
+    auto half = [](uint32_t r, int e) { return __uint_as_float((e ? (r >> 16) : (r & 0xffffu)) << 16); };
+    float A[16][16], B[16][8];
+    for (int L = 0; L < 32; ++L) {
+        const int g = L / 4, c = L % 4;
+        for (int e = 0; e < 2; ++e) {
+            A[g][2 * c + e] = half(emu_mma_a[w][L][0], e);
+            A[g + 8][2 * c + e] = half(emu_mma_a[w][L][1], e);
+            A[g][2 * c + 8 + e] = half(emu_mma_a[w][L][2], e);
+            A[g + 8][2 * c + 8 + e] = half(emu_mma_a[w][L][3], e);
+            B[2 * c + e][g] = half(emu_mma_b[w][L][0], e);
+            B[2 * c + 8 + e][g] = half(emu_mma_b[w][L][1], e);
+        }
+    }
+    __syncwarp();
+    const int g = lane / 4, c = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * c + i % 2;
+        float s = 0.0f;
+        for (int kk = 0; kk < 16; ++kk) s += A[row][kk] * B[kk][col];
+        acc[i] += s;
+    }
+}
