@@ -13,13 +13,12 @@
 //!
 //! Floors (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound, the bytes take
 //! ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP -> 0.24 ms;
-//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. The first version of the kernels runs
-//! the backward's products as f32 FMAs on CUDA cores (~67 TFLOP/s peak on an H200),
-//! with 7·Dh FMAs per pair where 5·Dh are useful; only the bf16 forward is on tensor
-//! cores. Prediction before any GPU run: 10-15 useful TFLOP/s, roughly 10-15 ms and
-//! 55-80 ms, 5-13x slower than FlexAttention; the backward on tensor cores is the next
-//! step. A second line per shape times the forward alone on tensor cores and on CUDA
-//! cores.
+//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. In this version the bf16 forward and
+//! dQ run on tensor cores (mma.sync) and dK/dV on CUDA cores as f32 FMAs (~67 TFLOP/s
+//! peak on an H200), 4·Dh FMAs per visible pair. Prediction before any GPU run: dK/dV
+//! dominates, at 10-17 TFLOP/s of FMA work roughly 6-10 ms and 30-55 ms, i.e. 3-9x
+//! slower than FlexAttention; dK/dV on tensor cores is the next step. A second line per
+//! shape times the forward alone on tensor cores and on CUDA cores.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};

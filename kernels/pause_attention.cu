@@ -35,9 +35,9 @@
 //     every depth k = 0..K that can see it (t >= t2); a pause key (t2, k2 >= 1) over its
 //     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a fixed
 //     order, and are written once.
-// Tensor cores: the bf16 forward has a second version on mma.sync m16n8k16
-// (attn_forward_tc, the default for bf16); the backward and every f32 kernel run their
-// products as f32 FMAs on CUDA cores.
+// Tensor cores: for bf16 the forward and dQ have a second version on mma.sync
+// m16n8k16 (attn_forward_tc, attn_dq_tc: the default for bf16); dK/dV and every f32
+// kernel run their products as f32 FMAs on CUDA cores.
 #include "common.cuh"
 #include "pause_mask.cuh"
 
@@ -636,6 +636,172 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
             if (c == 0) lse[ix.stat(b, h, k, t[r])] = m[r] + logf(l[r]);
         }
     }
+}
+
+// dQ on tensor cores (bf16 only), the twin of attn_dq with the layout of
+// attn_forward_tc: S = Q K^T and dP = dO V^T on mma, P = exp(S - lse),
+// dS = P (dP - delta) rounded to bf16 for dQ += dS K (as in FlashAttention-2).
+template <int DH>
+__device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
+                           const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                           const float *__restrict__ delta, __nv_bfloat16 *__restrict__ dqkv,
+                           AttnIdx ix) {
+    constexpr int LD = DH + 8;
+    constexpr int KS = DH / 16, NO = DH / 8, NS = TC_BK / 8;
+    __shared__ __align__(16) __nv_bfloat16 ks[TC_BK * LD];
+    __shared__ __align__(16) __nv_bfloat16 vs[TC_BK * LD];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int k = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int q0 = blockIdx.x * TC_BQ;
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+    int t[2], tc[2];
+    float L[2], Dl[2];
+    for (int r = 0; r < 2; ++r) {
+        t[r] = q0 + 16 * warp + g + 8 * r;
+        tc[r] = t[r] < ix.T ? t[r] : ix.T - 1;
+        L[r] = lse[ix.stat(b, h, k, tc[r])];
+        Dl[r] = delta[ix.stat(b, h, k, tc[r])];
+    }
+    const __nv_bfloat16 *qrow[2] = {qkv + ix.row(b, k, tc[0]) * stride + h * DH,
+                                    qkv + ix.row(b, k, tc[1]) * stride + h * DH};
+    const __nv_bfloat16 *grow[2] = {dout + ix.row(b, k, tc[0]) * d + h * DH,
+                                    dout + ix.row(b, k, tc[1]) * d + h * DH};
+    uint32_t qa[KS][4], ga[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        qa[kk][0] = pair_bf16(qrow[0] + 16 * kk + 2 * c);
+        qa[kk][1] = pair_bf16(qrow[1] + 16 * kk + 2 * c);
+        qa[kk][2] = pair_bf16(qrow[0] + 16 * kk + 8 + 2 * c);
+        qa[kk][3] = pair_bf16(qrow[1] + 16 * kk + 8 + 2 * c);
+        ga[kk][0] = pair_bf16(grow[0] + 16 * kk + 2 * c);
+        ga[kk][1] = pair_bf16(grow[1] + 16 * kk + 2 * c);
+        ga[kk][2] = pair_bf16(grow[0] + 16 * kk + 8 + 2 * c);
+        ga[kk][3] = pair_bf16(grow[1] + 16 * kk + 8 + 2 * c);
+    }
+    float dq[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+    const int q_last = min(q0 + TC_BQ, ix.T) - 1;
+    const __nv_bfloat16 *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
+        const int nk = min(TC_BK, ix.T - j0);
+        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        __syncthreads();
+        for (int e = threadIdx.x; e < TC_BK * DH; e += TC_THREADS) {
+            const int j = e / DH, col = e % DH;
+            const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+            const __nv_bfloat16 *p = kbase + (long long)(j0 + j) * stride + col;
+            ks[j * LD + col] = j < nk ? p[d] : zero;
+            vs[j * LD + col] = j < nk ? p[2 * d] : zero;
+        }
+        __syncthreads();
+        float sc[NS][4], dp[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                const __nv_bfloat16 *kr = ks + (8 * n + g) * LD + 16 * kk + 2 * c;
+                const __nv_bfloat16 *vr = vs + (8 * n + g) * LD + 16 * kk + 2 * c;
+                const uint32_t bk[2] = {pair_bf16(kr), pair_bf16(kr + 8)};
+                const uint32_t bv[2] = {pair_bf16(vr), pair_bf16(vr + 8)};
+                mma_bf16_16816(sc[n], qa[kk], bk);
+                mma_bf16_16816(dp[n], ga[kk], bv);
+            }
+        // dS into sc.
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = i / 2, key = 8 * n + 2 * c + (i % 2);
+                const bool vis =
+                    key < nk && (cls == TILE_FULL || pause_visible(t[r], k, j0 + key, 0));
+                const float p = vis ? expf(sc[n][i] * scale - L[r]) : 0.0f;
+                sc[n][i] = p * (dp[n][i] - Dl[r]);
+            }
+        // dQ += dS K, 16 keys per k-step (B: k = key, n = head column).
+#pragma unroll
+        for (int j = 0; j < TC_BK / 16; ++j) {
+            const uint32_t sa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
+                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
+                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
+                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                const __nv_bfloat16 *kr = ks + (16 * j + 2 * c) * LD + 8 * n + g;
+                const uint32_t bb[2] = {
+                    (uint32_t)__bfloat16_as_ushort(kr[0]) |
+                        ((uint32_t)__bfloat16_as_ushort(kr[LD]) << 16),
+                    (uint32_t)__bfloat16_as_ushort(kr[8 * LD]) |
+                        ((uint32_t)__bfloat16_as_ushort(kr[9 * LD]) << 16)};
+                mma_bf16_16816(dq[n], sa, bb);
+            }
+        }
+    }
+
+    // Own pause keys (t, 1..k), one at a time.
+    for (int kp = 1; kp <= k; ++kp) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
+            float ps = 0.0f, pd = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int col = 16 * kk + 8 * half + 2 * c + e;
+                        ps = fmaf(__bfloat162float(qrow[r][col]), __bfloat162float(kr[col]), ps);
+                        pd = fmaf(__bfloat162float(grow[r][col]), __bfloat162float(kr[d + col]), pd);
+                    }
+            ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+            ps += __shfl_xor_sync(0xffffffffu, ps, 2);
+            pd += __shfl_xor_sync(0xffffffffu, pd, 1);
+            pd += __shfl_xor_sync(0xffffffffu, pd, 2);
+            const float p = pause_visible(t[r], k, tc[r], kp) ? expf(ps * scale - L[r]) : 0.0f;
+            const float ds = p * (pd - Dl[r]);
+#pragma unroll
+            for (int n = 0; n < NO; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    dq[n][2 * r + e] =
+                        fmaf(ds, __bfloat162float(kr[8 * n + 2 * c + e]), dq[n][2 * r + e]);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (t[r] < ix.T) {
+            __nv_bfloat16 *row = dqkv + ix.row(b, k, t[r]) * stride + h * DH;
+#pragma unroll
+            for (int n = 0; n < NO; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    row[8 * n + 2 * c + e] = __float2bfloat16_rn(dq[n][2 * r + e] * scale);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_dq_tc_bf16_d64(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
+                              const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
+                              int K1, int Tn, int H) {
+    attn_dq_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+}
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_dq_tc_bf16_d128(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
+                               const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
+                               int K1, int Tn, int H) {
+    attn_dq_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS)

@@ -364,33 +364,35 @@ mod gpu_tests {
 
     fn compare(gpu: &Arc<GpuContext>, case: Case, seed: u64) -> Result<(), Failed> {
         let d = dims(case);
-        let attn = PauseAttention::new(gpu).map_err(err)?;
         let mut rng = Rng::new(seed);
         let (qkv, dout) = inputs(&mut rng, d, case.dtype);
         let want = reference(&qkv, &dout, d);
-        let (o, l, g) = match case.dtype {
+        let tols = match case.dtype {
             Dtype::F32 => (F32_OUT, F32_LSE, F32_GRAD),
             Dtype::Bf16 => (BF16_OUT, BF16_LSE, BF16_GRAD),
         };
-        if case.dtype == Dtype::Bf16 {
-            // The CUDA-core bf16 forward (the default is the tensor-core one).
-            let cores = PauseAttention::new(gpu)
+        // bf16 runs twice: on the CUDA-core kernels, then with the forward and dQ on
+        // tensor cores (the default). f32 always runs on CUDA cores.
+        let cores_first = (case.dtype == Dtype::Bf16).then_some(false);
+        for tensor_cores in cores_first.into_iter().chain([true]) {
+            let attn = PauseAttention::new(gpu)
                 .map_err(err)?
-                .with_tensor_cores(false);
-            let got = run_dtype(gpu, &cores, &qkv, &dout, d, case.dtype, false)?;
-            assert_close(
-                "out (CUDA cores)",
-                &got.out,
-                &want.out,
-                o.0 * max_abs(&want.out),
-                o.1,
-            );
-            assert_close("lse (CUDA cores)", &got.lse, &want.lse, l.0, l.1);
+                .with_tensor_cores(tensor_cores);
+            let got = run_dtype(gpu, &attn, &qkv, &dout, d, case.dtype, false)?;
+            let tag = if tensor_cores { "" } else { " (CUDA cores)" };
+            check(&got, &want, d, tols, tag);
         }
-        let got = run_dtype(gpu, &attn, &qkv, &dout, d, case.dtype, false)?;
-        assert_close("out", &got.out, &want.out, o.0 * max_abs(&want.out), o.1);
-        assert_close("lse", &got.lse, &want.lse, l.0, l.1);
-        // dq, dk, dv have different scales: compare each third with its own atol.
+        Ok(())
+    }
+
+    type Tol = (f64, f64);
+
+    /// out, lse, and each third of dqkv (dq, dk, dv have different scales, each gets
+    /// an atol relative to its own largest reference value).
+    fn check(got: &Got, want: &Reference, d: AttnDims, (o, l, g): (Tol, Tol, Tol), tag: &str) {
+        let out_atol = o.0 * max_abs(&want.out);
+        assert_close(&format!("out{tag}"), &got.out, &want.out, out_atol, o.1);
+        assert_close(&format!("lse{tag}"), &got.lse, &want.lse, l.0, l.1);
         let third = |x: &[f64], m: usize| -> Vec<f64> {
             x.chunks(d.d())
                 .skip(m)
@@ -401,9 +403,8 @@ mod gpu_tests {
         };
         for (m, what) in ["dq", "dk", "dv"].iter().enumerate() {
             let (gm, wm) = (third(&got.dqkv, m), third(&want.dqkv, m));
-            assert_close(what, &gm, &wm, g.0 * max_abs(&wm), g.1);
+            assert_close(&format!("{what}{tag}"), &gm, &wm, g.0 * max_abs(&wm), g.1);
         }
-        Ok(())
     }
 
     fn special(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> Result<(), Failed> {

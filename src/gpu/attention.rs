@@ -208,8 +208,9 @@ pub struct PauseAttention {
     gpu: Arc<GpuContext>,
     /// Indexed by `[bf16 as usize][d_head == 128 as usize]`.
     sets: [[Set; 2]; 2],
-    /// bf16 forward on tensor cores, `[d_head == 128 as usize]`.
+    /// bf16 forward and dQ on tensor cores, `[d_head == 128 as usize]`.
     fwd_tc: [CudaFunction; 2],
+    dq_tc: [CudaFunction; 2],
     tensor_cores: bool,
     delta_f32: CudaFunction,
     delta_bf16: CudaFunction,
@@ -250,6 +251,10 @@ impl PauseAttention {
                 f("pause_attn_fwd_tc_bf16_d64".into())?,
                 f("pause_attn_fwd_tc_bf16_d128".into())?,
             ],
+            dq_tc: [
+                f("pause_attn_dq_tc_bf16_d64".into())?,
+                f("pause_attn_dq_tc_bf16_d128".into())?,
+            ],
             tensor_cores: true,
             delta_f32: f("pause_attn_delta_f32".into())?,
             delta_bf16: f("pause_attn_delta_bf16".into())?,
@@ -261,9 +266,10 @@ impl PauseAttention {
         &self.gpu
     }
 
-    /// Whether the bf16 forward runs on tensor cores (`mma.sync`, the default) or on
-    /// the CUDA-core kernel that f32 uses. Both compute the same function; the switch
-    /// exists so the two can be compared and timed against each other.
+    /// Whether the bf16 forward and dQ run on tensor cores (`mma.sync`, the default) or
+    /// on the CUDA-core kernels that f32 uses (dK/dV always runs on CUDA cores). Both
+    /// compute the same function; the switch exists so the two can be compared and
+    /// timed against each other.
     pub fn with_tensor_cores(mut self, on: bool) -> Self {
         self.tensor_cores = on;
         self
@@ -377,9 +383,15 @@ impl PauseAttention {
         unsafe { l.launch(cfg) }.map_err(cuda_err("launching pause_attn_delta"))?;
 
         let set = self.set::<T>(dims);
-        for (f, what) in [
-            (&set.dq, "launching pause_attn_dq"),
-            (&set.dkdv, "launching pause_attn_dkdv"),
+        let tc = self.tensor_cores && T::SUFFIX == "bf16";
+        let dq = if tc {
+            (&self.dq_tc[(dims.d_head == 128) as usize], dims.tc_config())
+        } else {
+            (&set.dq, dims.tiles_config())
+        };
+        for (f, cfg, what) in [
+            (dq.0, dq.1, "launching pause_attn_dq"),
+            (&set.dkdv, dims.tiles_config(), "launching pause_attn_dkdv"),
         ] {
             let mut l = stream.launch_builder(f);
             l.arg(qkv)
@@ -394,8 +406,9 @@ impl PauseAttention {
             // SAFETY: dims validated; qkv and dqkv have B*(K+1)*T*3d elements, dout
             // B*(K+1)*T*d, lse and delta B*H*(K+1)*T (checked above). The dQ kernel
             // writes only the q third of dqkv, the dK/dV kernel only the k and v thirds,
-            // so the two launches never write the same element.
-            unsafe { l.launch(dims.tiles_config()) }.map_err(cuda_err(what))?;
+            // so the two launches never write the same element. The tensor-core dQ is
+            // only chosen for bf16 elements.
+            unsafe { l.launch(cfg) }.map_err(cuda_err(what))?;
         }
         Ok(())
     }
@@ -434,6 +447,7 @@ mod tests {
                 assert_eq!(params(&format!("pause_attn_fwd_{ty}_d{dh}")), "pppiiii");
                 if ty == "bf16" {
                     assert_eq!(params(&format!("pause_attn_fwd_tc_{ty}_d{dh}")), "pppiiii");
+                    assert_eq!(params(&format!("pause_attn_dq_tc_{ty}_d{dh}")), "pppppiiii");
                 }
                 // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H)
                 assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiii");
