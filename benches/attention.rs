@@ -13,12 +13,12 @@
 //!
 //! Floors (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound, the bytes take
 //! ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP -> 0.24 ms;
-//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. In this version the bf16 forward and
-//! dQ run on tensor cores (mma.sync) and dK/dV on CUDA cores as f32 FMAs (~67 TFLOP/s
-//! peak on an H200), 4·Dh FMAs per visible pair. Prediction before any GPU run: dK/dV
-//! dominates, at 10-17 TFLOP/s of FMA work roughly 6-10 ms and 30-55 ms, i.e. 3-9x
-//! slower than FlexAttention; dK/dV on tensor cores is the next step. A second line per
-//! shape times the forward alone on tensor cores and on CUDA cores.
+//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. In this version every bf16 kernel
+//! runs on tensor cores with mma.sync m16n8k16 (no wgmma, no ldmatrix, no cp.async
+//! pipelining, scalar shared loads for the transposed operands). Prediction before
+//! any GPU run: 50-150 useful TFLOP/s, roughly 1.2-3.6 ms and 6.5-19 ms, i.e. between
+//! 0.6x and 1.7x FlexAttention. A second line per shape times the forward alone on
+//! tensor cores and on CUDA cores (the f32 path, f32 FMAs, ~67 TFLOP/s peak).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};

@@ -35,9 +35,10 @@
 //     every depth k = 0..K that can see it (t >= t2); a pause key (t2, k2 >= 1) over its
 //     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a fixed
 //     order, and are written once.
-// Tensor cores: for bf16 the forward and dQ have a second version on mma.sync
-// m16n8k16 (attn_forward_tc, attn_dq_tc: the default for bf16); dK/dV and every f32
-// kernel run their products as f32 FMAs on CUDA cores.
+// Tensor cores: for bf16 every kernel has a second version on mma.sync m16n8k16
+// (attn_forward_tc, attn_dq_tc, attn_dkdv_tc: the default for bf16; 4 warps of 16 rows,
+// 64 rows per block), with the same key walk, mask rule, pause step and fixed
+// summation order. The f32 kernels run their products as f32 FMAs on CUDA cores.
 #include "common.cuh"
 #include "pause_mask.cuh"
 
@@ -802,6 +803,199 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
                                const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
                                int K1, int Tn, int H) {
     attn_dq_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+}
+
+// dK, dV on tensor cores (bf16 only), the twin of attn_dkdv: warp w owns the 16 keys
+// key0 + 16w .. + 15 of depth k2 (= blockIdx.y). Real keys (k2 = 0) walk the query
+// tiles of every depth that can see them: S^T = K Q^T and dP^T = V dO^T on mma,
+// P^T = exp(S^T - lse), dS^T = P^T (dP^T - delta), then dV += P^T dO and
+// dK += dS^T Q with P^T, dS^T rounded to bf16. Pause keys (k2 >= 1) take the scalar
+// path: their <= K queries (t2, k2..K), one at a time.
+template <int DH>
+__device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
+                             const __nv_bfloat16 *__restrict__ dout,
+                             const float *__restrict__ lse, const float *__restrict__ delta,
+                             __nv_bfloat16 *__restrict__ dqkv, AttnIdx ix) {
+    constexpr int LD = DH + 8;
+    constexpr int BQ = 4096 / DH; // queries per tile: 64 at Dh 64, 32 at Dh 128 (registers)
+    constexpr int KS = DH / 16, NO = DH / 8, NS = BQ / 8;
+    __shared__ __align__(16) __nv_bfloat16 qs[BQ * LD];
+    __shared__ __align__(16) __nv_bfloat16 gs[BQ * LD];
+    __shared__ float ls[BQ], dls[BQ];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int k2 = blockIdx.y;
+    const int b = blockIdx.z / ix.H, h = blockIdx.z % ix.H;
+    const int key0 = blockIdx.x * TC_BQ;
+    const int d = ix.H * DH;
+    const long long stride = 3LL * d;
+    const float scale = 1.0f / sqrtf((float)DH);
+    int t2[2], tk[2];
+    for (int r = 0; r < 2; ++r) {
+        t2[r] = key0 + 16 * warp + g + 8 * r;
+        tk[r] = t2[r] < ix.T ? t2[r] : ix.T - 1;
+    }
+    const __nv_bfloat16 *krow[2] = {qkv + ix.row(b, k2, tk[0]) * stride + d + h * DH,
+                                    qkv + ix.row(b, k2, tk[1]) * stride + d + h * DH};
+    float dk[NO][4], dv[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dk[n][i] = dv[n][i] = 0.0f;
+
+    if (k2 == 0) {
+        uint32_t ka[KS][4], va[KS][4];
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            ka[kk][0] = pair_bf16(krow[0] + 16 * kk + 2 * c);
+            ka[kk][1] = pair_bf16(krow[1] + 16 * kk + 2 * c);
+            ka[kk][2] = pair_bf16(krow[0] + 16 * kk + 8 + 2 * c);
+            ka[kk][3] = pair_bf16(krow[1] + 16 * kk + 8 + 2 * c);
+            va[kk][0] = pair_bf16(krow[0] + d + 16 * kk + 2 * c);
+            va[kk][1] = pair_bf16(krow[1] + d + 16 * kk + 2 * c);
+            va[kk][2] = pair_bf16(krow[0] + d + 16 * kk + 8 + 2 * c);
+            va[kk][3] = pair_bf16(krow[1] + d + 16 * kk + 8 + 2 * c);
+        }
+        const int key_last = min(key0 + TC_BQ, ix.T) - 1;
+        for (int k = 0; k < ix.K1; ++k) {
+            for (int i0 = (key0 / BQ) * BQ; i0 < ix.T; i0 += BQ) {
+                const int nq = min(BQ, ix.T - i0);
+                const TileClass cls = real_tile_class(i0, i0 + nq - 1, key0, key_last);
+                __syncthreads();
+                for (int e = threadIdx.x; e < BQ * DH; e += TC_THREADS) {
+                    const int i = e / DH, col = e % DH;
+                    const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+                    qs[i * LD + col] =
+                        i < nq ? qkv[ix.row(b, k, i0 + i) * stride + h * DH + col] : zero;
+                    gs[i * LD + col] = i < nq ? dout[ix.row(b, k, i0 + i) * d + h * DH + col] : zero;
+                }
+                for (int i = threadIdx.x; i < BQ; i += TC_THREADS) {
+                    ls[i] = i < nq ? lse[ix.stat(b, h, k, i0 + i)] : 0.0f;
+                    dls[i] = i < nq ? delta[ix.stat(b, h, k, i0 + i)] : 0.0f;
+                }
+                __syncthreads();
+                float st[NS][4], dpt[NS][4];
+#pragma unroll
+                for (int n = 0; n < NS; ++n)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                    for (int n = 0; n < NS; ++n) {
+                        const __nv_bfloat16 *qr = qs + (8 * n + g) * LD + 16 * kk + 2 * c;
+                        const __nv_bfloat16 *gr = gs + (8 * n + g) * LD + 16 * kk + 2 * c;
+                        const uint32_t bq[2] = {pair_bf16(qr), pair_bf16(qr + 8)};
+                        const uint32_t bg[2] = {pair_bf16(gr), pair_bf16(gr + 8)};
+                        mma_bf16_16816(st[n], ka[kk], bq);
+                        mma_bf16_16816(dpt[n], va[kk], bg);
+                    }
+                // P^T into st, dS^T into dpt.
+#pragma unroll
+                for (int n = 0; n < NS; ++n)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const int r = i / 2, qi = 8 * n + 2 * c + (i % 2);
+                        const bool vis =
+                            qi < nq && (cls == TILE_FULL || pause_visible(i0 + qi, k, t2[r], 0));
+                        const float p = vis ? expf(st[n][i] * scale - ls[qi]) : 0.0f;
+                        st[n][i] = p;
+                        dpt[n][i] = p * (dpt[n][i] - dls[qi]);
+                    }
+                // dV += P^T dO, dK += dS^T Q: 16 queries per k-step (B: k = query, n = col).
+#pragma unroll
+                for (int j = 0; j < BQ / 16; ++j) {
+                    const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]),
+                                            pack_bf16(st[2 * j][2], st[2 * j][3]),
+                                            pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]),
+                                            pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
+                    const uint32_t sa[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]),
+                                            pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
+                                            pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
+                                            pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
+#pragma unroll
+                    for (int n = 0; n < NO; ++n) {
+                        const int o = (16 * j + 2 * c) * LD + 8 * n + g;
+                        const uint32_t bg[2] = {
+                            (uint32_t)__bfloat16_as_ushort(gs[o]) |
+                                ((uint32_t)__bfloat16_as_ushort(gs[o + LD]) << 16),
+                            (uint32_t)__bfloat16_as_ushort(gs[o + 8 * LD]) |
+                                ((uint32_t)__bfloat16_as_ushort(gs[o + 9 * LD]) << 16)};
+                        const uint32_t bq[2] = {
+                            (uint32_t)__bfloat16_as_ushort(qs[o]) |
+                                ((uint32_t)__bfloat16_as_ushort(qs[o + LD]) << 16),
+                            (uint32_t)__bfloat16_as_ushort(qs[o + 8 * LD]) |
+                                ((uint32_t)__bfloat16_as_ushort(qs[o + 9 * LD]) << 16)};
+                        mma_bf16_16816(dv[n], pa, bg);
+                        mma_bf16_16816(dk[n], sa, bq);
+                    }
+                }
+            }
+        }
+    } else {
+        // Pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
+        for (int k = k2; k < ix.K1; ++k) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const __nv_bfloat16 *qr = qkv + ix.row(b, k, tk[r]) * stride + h * DH;
+                const __nv_bfloat16 *gr = dout + ix.row(b, k, tk[r]) * d + h * DH;
+                float ps = 0.0f, pd = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                    for (int half = 0; half < 2; ++half)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int col = 16 * kk + 8 * half + 2 * c + e;
+                            ps = fmaf(__bfloat162float(krow[r][col]), __bfloat162float(qr[col]), ps);
+                            pd = fmaf(__bfloat162float(krow[r][d + col]), __bfloat162float(gr[col]), pd);
+                        }
+                ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+                ps += __shfl_xor_sync(0xffffffffu, ps, 2);
+                pd += __shfl_xor_sync(0xffffffffu, pd, 1);
+                pd += __shfl_xor_sync(0xffffffffu, pd, 2);
+                const float p = pause_visible(tk[r], k, tk[r], k2)
+                                    ? expf(ps * scale - lse[ix.stat(b, h, k, tk[r])])
+                                    : 0.0f;
+                const float ds = p * (pd - delta[ix.stat(b, h, k, tk[r])]);
+#pragma unroll
+                for (int n = 0; n < NO; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int col = 8 * n + 2 * c + e;
+                        dv[n][2 * r + e] = fmaf(p, __bfloat162float(gr[col]), dv[n][2 * r + e]);
+                        dk[n][2 * r + e] = fmaf(ds, __bfloat162float(qr[col]), dk[n][2 * r + e]);
+                    }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (t2[r] < ix.T) {
+            __nv_bfloat16 *row = dqkv + ix.row(b, k2, t2[r]) * stride + d + h * DH;
+#pragma unroll
+            for (int n = 0; n < NO; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    row[8 * n + 2 * c + e] = __float2bfloat16_rn(dk[n][2 * r + e] * scale);
+                    row[d + 8 * n + 2 * c + e] = __float2bfloat16_rn(dv[n][2 * r + e]);
+                }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_dkdv_tc_bf16_d64(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
+                                const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
+                                int K1, int Tn, int H) {
+    attn_dkdv_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+}
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    pause_attn_dkdv_tc_bf16_d128(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
+                                 const float *lse, const float *delta, __nv_bfloat16 *dqkv,
+                                 int B, int K1, int Tn, int H) {
+    attn_dkdv_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS)

@@ -371,8 +371,8 @@ mod gpu_tests {
             Dtype::F32 => (F32_OUT, F32_LSE, F32_GRAD),
             Dtype::Bf16 => (BF16_OUT, BF16_LSE, BF16_GRAD),
         };
-        // bf16 runs twice: on the CUDA-core kernels, then with the forward and dQ on
-        // tensor cores (the default). f32 always runs on CUDA cores.
+        // bf16 runs twice: on the CUDA-core kernels, then on tensor cores (the
+        // default). f32 always runs on CUDA cores.
         let cores_first = (case.dtype == Dtype::Bf16).then_some(false);
         for tensor_cores in cores_first.into_iter().chain([true]) {
             let attn = PauseAttention::new(gpu)

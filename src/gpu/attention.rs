@@ -208,9 +208,10 @@ pub struct PauseAttention {
     gpu: Arc<GpuContext>,
     /// Indexed by `[bf16 as usize][d_head == 128 as usize]`.
     sets: [[Set; 2]; 2],
-    /// bf16 forward and dQ on tensor cores, `[d_head == 128 as usize]`.
+    /// bf16 forward, dQ and dK/dV on tensor cores, `[d_head == 128 as usize]`.
     fwd_tc: [CudaFunction; 2],
     dq_tc: [CudaFunction; 2],
+    dkdv_tc: [CudaFunction; 2],
     tensor_cores: bool,
     delta_f32: CudaFunction,
     delta_bf16: CudaFunction,
@@ -255,6 +256,10 @@ impl PauseAttention {
                 f("pause_attn_dq_tc_bf16_d64".into())?,
                 f("pause_attn_dq_tc_bf16_d128".into())?,
             ],
+            dkdv_tc: [
+                f("pause_attn_dkdv_tc_bf16_d64".into())?,
+                f("pause_attn_dkdv_tc_bf16_d128".into())?,
+            ],
             tensor_cores: true,
             delta_f32: f("pause_attn_delta_f32".into())?,
             delta_bf16: f("pause_attn_delta_bf16".into())?,
@@ -266,10 +271,9 @@ impl PauseAttention {
         &self.gpu
     }
 
-    /// Whether the bf16 forward and dQ run on tensor cores (`mma.sync`, the default) or
-    /// on the CUDA-core kernels that f32 uses (dK/dV always runs on CUDA cores). Both
-    /// compute the same function; the switch exists so the two can be compared and
-    /// timed against each other.
+    /// Whether the bf16 kernels run on tensor cores (`mma.sync`, the default) or on the
+    /// CUDA-core kernels that f32 uses. Both compute the same function; the switch
+    /// exists so the two can be compared and timed against each other.
     pub fn with_tensor_cores(mut self, on: bool) -> Self {
         self.tensor_cores = on;
         self
@@ -384,14 +388,15 @@ impl PauseAttention {
 
         let set = self.set::<T>(dims);
         let tc = self.tensor_cores && T::SUFFIX == "bf16";
-        let dq = if tc {
-            (&self.dq_tc[(dims.d_head == 128) as usize], dims.tc_config())
+        let i = (dims.d_head == 128) as usize;
+        let (dq, dkdv, cfg) = if tc {
+            (&self.dq_tc[i], &self.dkdv_tc[i], dims.tc_config())
         } else {
-            (&set.dq, dims.tiles_config())
+            (&set.dq, &set.dkdv, dims.tiles_config())
         };
-        for (f, cfg, what) in [
-            (dq.0, dq.1, "launching pause_attn_dq"),
-            (&set.dkdv, dims.tiles_config(), "launching pause_attn_dkdv"),
+        for (f, what) in [
+            (dq, "launching pause_attn_dq"),
+            (dkdv, "launching pause_attn_dkdv"),
         ] {
             let mut l = stream.launch_builder(f);
             l.arg(qkv)
@@ -406,8 +411,8 @@ impl PauseAttention {
             // SAFETY: dims validated; qkv and dqkv have B*(K+1)*T*3d elements, dout
             // B*(K+1)*T*d, lse and delta B*H*(K+1)*T (checked above). The dQ kernel
             // writes only the q third of dqkv, the dK/dV kernel only the k and v thirds,
-            // so the two launches never write the same element. The tensor-core dQ is
-            // only chosen for bf16 elements.
+            // so the two launches never write the same element. The tensor-core kernels
+            // are only chosen for bf16 elements.
             unsafe { l.launch(cfg) }.map_err(cuda_err(what))?;
         }
         Ok(())
@@ -448,6 +453,10 @@ mod tests {
                 if ty == "bf16" {
                     assert_eq!(params(&format!("pause_attn_fwd_tc_{ty}_d{dh}")), "pppiiii");
                     assert_eq!(params(&format!("pause_attn_dq_tc_{ty}_d{dh}")), "pppppiiii");
+                    assert_eq!(
+                        params(&format!("pause_attn_dkdv_tc_{ty}_d{dh}")),
+                        "pppppiiii"
+                    );
                 }
                 // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H)
                 assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiii");
