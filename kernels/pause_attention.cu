@@ -467,6 +467,91 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a
 #endif
 }
 
+// A fragments of the 16 rows (row0: this lane's row g, row1: row g+8) over all Dh
+// columns, straight from global memory (bf16 pairs are contiguous).
+template <int KS>
+__device__ __forceinline__ void load_a_frags(uint32_t (&a)[KS][4], const __nv_bfloat16 *row0,
+                                             const __nv_bfloat16 *row1, int c) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        a[kk][0] = pair_bf16(row0 + 16 * kk + 2 * c);
+        a[kk][1] = pair_bf16(row1 + 16 * kk + 2 * c);
+        a[kk][2] = pair_bf16(row0 + 16 * kk + 8 + 2 * c);
+        a[kk][3] = pair_bf16(row1 + 16 * kk + 8 + 2 * c);
+    }
+}
+
+// B fragment whose k index runs down the rows of a shared [rows][ld] tile (k = tile
+// row, n = column): `p` points at (row 16j + 2c, column 8n + g).
+__device__ __forceinline__ void b_frag_rows(uint32_t (&bb)[2], const __nv_bfloat16 *p, int ld) {
+    bb[0] = (uint32_t)__bfloat16_as_ushort(p[0]) | ((uint32_t)__bfloat16_as_ushort(p[ld]) << 16);
+    bb[1] = (uint32_t)__bfloat16_as_ushort(p[8 * ld]) |
+            ((uint32_t)__bfloat16_as_ushort(p[9 * ld]) << 16);
+}
+
+// The accumulators of S tiles 2j and 2j+1 (16 columns) as the A fragment of the next
+// product, rounded to bf16: the C layout of two n-tiles is the A layout of one k-step.
+template <int NS>
+__device__ __forceinline__ void c_to_a_frag(uint32_t (&a)[4], const float (&x)[NS][4], int j) {
+    a[0] = pack_bf16(x[2 * j][0], x[2 * j][1]);
+    a[1] = pack_bf16(x[2 * j][2], x[2 * j][3]);
+    a[2] = pack_bf16(x[2 * j + 1][0], x[2 * j + 1][1]);
+    a[3] = pack_bf16(x[2 * j + 1][2], x[2 * j + 1][3]);
+}
+
+// Real keys j0 .. j0 + TC_BK - 1 (k2 = 0) into shared bf16 tiles, zeros past T.
+template <int DH, int LD>
+__device__ __forceinline__ void load_kv_tile_bf16(__nv_bfloat16 *ks, __nv_bfloat16 *vs,
+                                                  const __nv_bfloat16 *kbase, long long stride,
+                                                  int d, int nk) {
+    const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
+    for (int e = threadIdx.x; e < TC_BK * DH; e += TC_THREADS) {
+        const int j = e / DH, col = e % DH;
+        const __nv_bfloat16 *p = kbase + (long long)j * stride + col;
+        ks[j * LD + col] = j < nk ? p[d] : zero;
+        vs[j * LD + col] = j < nk ? p[2 * d] : zero;
+    }
+}
+
+// Partial dot of this lane's Dh/4 columns of two global rows (sum over the 4 lanes of
+// the row with quad_sum).
+template <int KS>
+__device__ __forceinline__ float lane_dot(const __nv_bfloat16 *x, const __nv_bfloat16 *y, int c) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = 16 * kk + 8 * half + 2 * c + e;
+                acc = fmaf(__bfloat162float(x[col]), __bfloat162float(y[col]), acc);
+            }
+    return acc;
+}
+
+// x = A · tile^T for NS n-tiles of 8 tile rows (B: k = tile column, n = tile row),
+// starting from zero; A holds 16 rows over all Dh columns.
+template <int KS, int NS, int LD>
+__device__ __forceinline__ void mma_tile_rows(float (&x)[NS][4], const uint32_t (&a)[KS][4],
+                                              const __nv_bfloat16 *tile, int g, int c) {
+#pragma unroll
+    for (int n = 0; n < NS; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+            const __nv_bfloat16 *r = tile + (8 * n + g) * LD + 16 * kk + 2 * c;
+            const uint32_t bb[2] = {pair_bf16(r), pair_bf16(r + 8)};
+            mma_bf16_16816(x[n], a[kk], bb);
+        }
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 template <int DH>
 __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
                                 __nv_bfloat16 *__restrict__ out, float *__restrict__ lse,
@@ -492,13 +577,7 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
     const __nv_bfloat16 *qrow[2] = {qkv + ix.row(b, k, tc[0]) * stride + h * DH,
                                     qkv + ix.row(b, k, tc[1]) * stride + h * DH};
     uint32_t qa[KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        qa[kk][0] = pair_bf16(qrow[0] + 16 * kk + 2 * c);
-        qa[kk][1] = pair_bf16(qrow[1] + 16 * kk + 2 * c);
-        qa[kk][2] = pair_bf16(qrow[0] + 16 * kk + 8 + 2 * c);
-        qa[kk][3] = pair_bf16(qrow[1] + 16 * kk + 8 + 2 * c);
-    }
+    load_a_frags<KS>(qa, qrow[0], qrow[1], c);
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -510,25 +589,10 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
         const int nk = min(TC_BK, ix.T - j0);
         const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
         __syncthreads();
-        for (int e = threadIdx.x; e < TC_BK * DH; e += TC_THREADS) {
-            const int j = e / DH, col = e % DH;
-            const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
-            const __nv_bfloat16 *p = kbase + (long long)(j0 + j) * stride + col;
-            ks[j * LD + col] = j < nk ? p[d] : zero;
-            vs[j * LD + col] = j < nk ? p[2 * d] : zero;
-        }
+        load_kv_tile_bf16<DH, LD>(ks, vs, kbase + (long long)j0 * stride, stride, d, nk);
         __syncthreads();
         float sc[NS][4];
-#pragma unroll
-        for (int n = 0; n < NS; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-            for (int n = 0; n < NS; ++n) {
-                const __nv_bfloat16 *kr = ks + (8 * n + g) * LD + 16 * kk + 2 * c;
-                const uint32_t bb[2] = {pair_bf16(kr), pair_bf16(kr + 8)};
-                mma_bf16_16816(sc[n], qa[kk], bb);
-            }
+        mma_tile_rows<KS, NS, LD>(sc, qa, ks, g, c);
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < NS; ++n)
@@ -570,18 +634,12 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
         // O += P V, 16 keys (two S tiles) per k-step.
 #pragma unroll
         for (int j = 0; j < TC_BK / 16; ++j) {
-            const uint32_t pa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
-                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
-                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
-                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+            uint32_t pa[4];
+            c_to_a_frag<NS>(pa, sc, j);
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                const __nv_bfloat16 *vr = vs + (16 * j + 2 * c) * LD + 8 * n + g;
-                const uint32_t bb[2] = {
-                    (uint32_t)__bfloat16_as_ushort(vr[0]) |
-                        ((uint32_t)__bfloat16_as_ushort(vr[LD]) << 16),
-                    (uint32_t)__bfloat16_as_ushort(vr[8 * LD]) |
-                        ((uint32_t)__bfloat16_as_ushort(vr[9 * LD]) << 16)};
+                uint32_t bb[2];
+                b_frag_rows(bb, vs + (16 * j + 2 * c) * LD + 8 * n + g, LD);
                 mma_bf16_16816(o[n], pa, bb);
             }
         }
@@ -592,19 +650,7 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
-            float part = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-                for (int half = 0; half < 2; ++half)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int col = 16 * kk + 8 * half + 2 * c + e;
-                        part = fmaf(__bfloat162float(qrow[r][col]), __bfloat162float(kr[col]), part);
-                    }
-            part += __shfl_xor_sync(0xffffffffu, part, 1);
-            part += __shfl_xor_sync(0xffffffffu, part, 2);
-            const float sdot = part * scale;
+            const float sdot = quad_sum(lane_dot<KS>(qrow[r], kr, c)) * scale;
             if (pause_visible(t[r], k, tc[r], kp)) {
                 const float mn = fmaxf(m[r], sdot);
                 const float al = expf(m[r] - mn);
@@ -624,8 +670,7 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        l[r] = quad_sum(l[r]);
         if (t[r] < ix.T) {
             const float inv = 1.0f / l[r];
             __nv_bfloat16 *orow = out + ix.row(b, k, t[r]) * d + h * DH;
@@ -672,17 +717,8 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
     const __nv_bfloat16 *grow[2] = {dout + ix.row(b, k, tc[0]) * d + h * DH,
                                     dout + ix.row(b, k, tc[1]) * d + h * DH};
     uint32_t qa[KS][4], ga[KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        qa[kk][0] = pair_bf16(qrow[0] + 16 * kk + 2 * c);
-        qa[kk][1] = pair_bf16(qrow[1] + 16 * kk + 2 * c);
-        qa[kk][2] = pair_bf16(qrow[0] + 16 * kk + 8 + 2 * c);
-        qa[kk][3] = pair_bf16(qrow[1] + 16 * kk + 8 + 2 * c);
-        ga[kk][0] = pair_bf16(grow[0] + 16 * kk + 2 * c);
-        ga[kk][1] = pair_bf16(grow[1] + 16 * kk + 2 * c);
-        ga[kk][2] = pair_bf16(grow[0] + 16 * kk + 8 + 2 * c);
-        ga[kk][3] = pair_bf16(grow[1] + 16 * kk + 8 + 2 * c);
-    }
+    load_a_frags<KS>(qa, qrow[0], qrow[1], c);
+    load_a_frags<KS>(ga, grow[0], grow[1], c);
     float dq[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -693,30 +729,11 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
         const int nk = min(TC_BK, ix.T - j0);
         const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
         __syncthreads();
-        for (int e = threadIdx.x; e < TC_BK * DH; e += TC_THREADS) {
-            const int j = e / DH, col = e % DH;
-            const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
-            const __nv_bfloat16 *p = kbase + (long long)(j0 + j) * stride + col;
-            ks[j * LD + col] = j < nk ? p[d] : zero;
-            vs[j * LD + col] = j < nk ? p[2 * d] : zero;
-        }
+        load_kv_tile_bf16<DH, LD>(ks, vs, kbase + (long long)j0 * stride, stride, d, nk);
         __syncthreads();
         float sc[NS][4], dp[NS][4];
-#pragma unroll
-        for (int n = 0; n < NS; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-            for (int n = 0; n < NS; ++n) {
-                const __nv_bfloat16 *kr = ks + (8 * n + g) * LD + 16 * kk + 2 * c;
-                const __nv_bfloat16 *vr = vs + (8 * n + g) * LD + 16 * kk + 2 * c;
-                const uint32_t bk[2] = {pair_bf16(kr), pair_bf16(kr + 8)};
-                const uint32_t bv[2] = {pair_bf16(vr), pair_bf16(vr + 8)};
-                mma_bf16_16816(sc[n], qa[kk], bk);
-                mma_bf16_16816(dp[n], ga[kk], bv);
-            }
+        mma_tile_rows<KS, NS, LD>(sc, qa, ks, g, c); // S = Q K^T
+        mma_tile_rows<KS, NS, LD>(dp, ga, vs, g, c); // dP = dO V^T
         // dS into sc.
 #pragma unroll
         for (int n = 0; n < NS; ++n)
@@ -731,18 +748,12 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
         // dQ += dS K, 16 keys per k-step (B: k = key, n = head column).
 #pragma unroll
         for (int j = 0; j < TC_BK / 16; ++j) {
-            const uint32_t sa[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]),
-                                    pack_bf16(sc[2 * j][2], sc[2 * j][3]),
-                                    pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
-                                    pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+            uint32_t sa[4];
+            c_to_a_frag<NS>(sa, sc, j);
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                const __nv_bfloat16 *kr = ks + (16 * j + 2 * c) * LD + 8 * n + g;
-                const uint32_t bb[2] = {
-                    (uint32_t)__bfloat16_as_ushort(kr[0]) |
-                        ((uint32_t)__bfloat16_as_ushort(kr[LD]) << 16),
-                    (uint32_t)__bfloat16_as_ushort(kr[8 * LD]) |
-                        ((uint32_t)__bfloat16_as_ushort(kr[9 * LD]) << 16)};
+                uint32_t bb[2];
+                b_frag_rows(bb, ks + (16 * j + 2 * c) * LD + 8 * n + g, LD);
                 mma_bf16_16816(dq[n], sa, bb);
             }
         }
@@ -753,21 +764,8 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
-            float ps = 0.0f, pd = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-                for (int half = 0; half < 2; ++half)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int col = 16 * kk + 8 * half + 2 * c + e;
-                        ps = fmaf(__bfloat162float(qrow[r][col]), __bfloat162float(kr[col]), ps);
-                        pd = fmaf(__bfloat162float(grow[r][col]), __bfloat162float(kr[d + col]), pd);
-                    }
-            ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-            ps += __shfl_xor_sync(0xffffffffu, ps, 2);
-            pd += __shfl_xor_sync(0xffffffffu, pd, 1);
-            pd += __shfl_xor_sync(0xffffffffu, pd, 2);
+            const float ps = quad_sum(lane_dot<KS>(qrow[r], kr, c));
+            const float pd = quad_sum(lane_dot<KS>(grow[r], kr + d, c));
             const float p = pause_visible(t[r], k, tc[r], kp) ? expf(ps * scale - L[r]) : 0.0f;
             const float ds = p * (pd - Dl[r]);
 #pragma unroll
@@ -845,17 +843,8 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
 
     if (k2 == 0) {
         uint32_t ka[KS][4], va[KS][4];
-#pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-            ka[kk][0] = pair_bf16(krow[0] + 16 * kk + 2 * c);
-            ka[kk][1] = pair_bf16(krow[1] + 16 * kk + 2 * c);
-            ka[kk][2] = pair_bf16(krow[0] + 16 * kk + 8 + 2 * c);
-            ka[kk][3] = pair_bf16(krow[1] + 16 * kk + 8 + 2 * c);
-            va[kk][0] = pair_bf16(krow[0] + d + 16 * kk + 2 * c);
-            va[kk][1] = pair_bf16(krow[1] + d + 16 * kk + 2 * c);
-            va[kk][2] = pair_bf16(krow[0] + d + 16 * kk + 8 + 2 * c);
-            va[kk][3] = pair_bf16(krow[1] + d + 16 * kk + 8 + 2 * c);
-        }
+        load_a_frags<KS>(ka, krow[0], krow[1], c);
+        load_a_frags<KS>(va, krow[0] + d, krow[1] + d, c);
         const int key_last = min(key0 + TC_BQ, ix.T) - 1;
         for (int k = 0; k < ix.K1; ++k) {
             for (int i0 = (key0 / BQ) * BQ; i0 < ix.T; i0 += BQ) {
@@ -875,21 +864,8 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
                 }
                 __syncthreads();
                 float st[NS][4], dpt[NS][4];
-#pragma unroll
-                for (int n = 0; n < NS; ++n)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-                    for (int n = 0; n < NS; ++n) {
-                        const __nv_bfloat16 *qr = qs + (8 * n + g) * LD + 16 * kk + 2 * c;
-                        const __nv_bfloat16 *gr = gs + (8 * n + g) * LD + 16 * kk + 2 * c;
-                        const uint32_t bq[2] = {pair_bf16(qr), pair_bf16(qr + 8)};
-                        const uint32_t bg[2] = {pair_bf16(gr), pair_bf16(gr + 8)};
-                        mma_bf16_16816(st[n], ka[kk], bq);
-                        mma_bf16_16816(dpt[n], va[kk], bg);
-                    }
+                mma_tile_rows<KS, NS, LD>(st, ka, qs, g, c);  // S^T = K Q^T
+                mma_tile_rows<KS, NS, LD>(dpt, va, gs, g, c); // dP^T = V dO^T
                 // P^T into st, dS^T into dpt.
 #pragma unroll
                 for (int n = 0; n < NS; ++n)
@@ -905,27 +881,15 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
                 // dV += P^T dO, dK += dS^T Q: 16 queries per k-step (B: k = query, n = col).
 #pragma unroll
                 for (int j = 0; j < BQ / 16; ++j) {
-                    const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]),
-                                            pack_bf16(st[2 * j][2], st[2 * j][3]),
-                                            pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]),
-                                            pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
-                    const uint32_t sa[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]),
-                                            pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
-                                            pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
-                                            pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
+                    uint32_t pa[4], sa[4];
+                    c_to_a_frag<NS>(pa, st, j);
+                    c_to_a_frag<NS>(sa, dpt, j);
 #pragma unroll
                     for (int n = 0; n < NO; ++n) {
                         const int o = (16 * j + 2 * c) * LD + 8 * n + g;
-                        const uint32_t bg[2] = {
-                            (uint32_t)__bfloat16_as_ushort(gs[o]) |
-                                ((uint32_t)__bfloat16_as_ushort(gs[o + LD]) << 16),
-                            (uint32_t)__bfloat16_as_ushort(gs[o + 8 * LD]) |
-                                ((uint32_t)__bfloat16_as_ushort(gs[o + 9 * LD]) << 16)};
-                        const uint32_t bq[2] = {
-                            (uint32_t)__bfloat16_as_ushort(qs[o]) |
-                                ((uint32_t)__bfloat16_as_ushort(qs[o + LD]) << 16),
-                            (uint32_t)__bfloat16_as_ushort(qs[o + 8 * LD]) |
-                                ((uint32_t)__bfloat16_as_ushort(qs[o + 9 * LD]) << 16)};
+                        uint32_t bg[2], bq[2];
+                        b_frag_rows(bg, gs + o, LD);
+                        b_frag_rows(bq, qs + o, LD);
                         mma_bf16_16816(dv[n], pa, bg);
                         mma_bf16_16816(dk[n], sa, bq);
                     }
@@ -939,21 +903,8 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
             for (int r = 0; r < 2; ++r) {
                 const __nv_bfloat16 *qr = qkv + ix.row(b, k, tk[r]) * stride + h * DH;
                 const __nv_bfloat16 *gr = dout + ix.row(b, k, tk[r]) * d + h * DH;
-                float ps = 0.0f, pd = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-                    for (int half = 0; half < 2; ++half)
-#pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            const int col = 16 * kk + 8 * half + 2 * c + e;
-                            ps = fmaf(__bfloat162float(krow[r][col]), __bfloat162float(qr[col]), ps);
-                            pd = fmaf(__bfloat162float(krow[r][d + col]), __bfloat162float(gr[col]), pd);
-                        }
-                ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-                ps += __shfl_xor_sync(0xffffffffu, ps, 2);
-                pd += __shfl_xor_sync(0xffffffffu, pd, 1);
-                pd += __shfl_xor_sync(0xffffffffu, pd, 2);
+                const float ps = quad_sum(lane_dot<KS>(krow[r], qr, c));
+                const float pd = quad_sum(lane_dot<KS>(krow[r] + d, gr, c));
                 const float p = pause_visible(tk[r], k, tk[r], k2)
                                     ? expf(ps * scale - lse[ix.stat(b, h, k, tk[r])])
                                     : 0.0f;
