@@ -3,6 +3,8 @@
 //! loaded at run time, so nothing CUDA is needed to build or to run the CPU paths).
 //!
 //! - [`GpuContext`]: a device, a stream and the loaded kernel modules.
+//! - [`attention`]: pause-step attention, forward and backward (SPEC section 3), the
+//!   twin of [`crate::cpu::attention`].
 //! - [`loss`]: the CYB loss, forward and backward to the logits (SPEC section 4),
 //!   the twin of [`crate::cpu::loss`].
 //! - [`model`]: the whole model on the device ([`model::GpuModel`]), built from the
@@ -15,7 +17,7 @@
 //! memory) become [`CybError::Cuda`] with what was being done.
 
 pub mod adamw;
-mod attention_stub;
+pub mod attention;
 pub mod embedding;
 pub mod gelu;
 pub(crate) mod kernels;

@@ -16,7 +16,7 @@
 
 // At the merge of the pause-attention kernels, replace the stub by the real module:
 // `use super::attention::{AttnDims, PauseAttention};`
-use super::attention_stub::{AttnDims, PauseAttention};
+use super::attention::{AttnDims, PauseAttention};
 
 use super::adamw::{check_flat, segments, GpuAdamW, Segment};
 use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
