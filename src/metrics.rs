@@ -6,7 +6,7 @@
 //! with all `K` pauses present are exactly those the model would see at inference
 //! after taking `k` pauses at `t`, so the greedy policy can be read off one forward.
 
-use crate::cpu::loss::{halting_from_scalars, log_add_exp, row_scalar, LossShape, RowScalar};
+use crate::cpu::loss::{halting_from_scalars, row_scalar, LossShape, RowScalar};
 use crate::error::{CybError, Result};
 use num_traits::Float;
 
@@ -75,9 +75,7 @@ pub fn greedy_outcomes<T: Float>(
             }
             let hal = halting_from_scalars(&rows);
             let answered = (0..kk).find(|&k| hal.p_dk[k] <= threshold).unwrap_or(kk);
-            let nll = -(0..=kk).fold(f64::NEG_INFINITY, |acc, k| {
-                log_add_exp(acc, hal.log_h[k] + hal.a[k])
-            });
+            let nll = -hal.log_marginal();
             out.push(PositionOutcome {
                 class: classes[pos],
                 target: y,

@@ -195,6 +195,14 @@ impl Halting {
     pub fn h(&self) -> Vec<f64> {
         self.log_h.iter().map(|l| l.exp()).collect()
     }
+    /// `log sum_k h_k p(y | answer at k) = logsumexp_k(log h_k + a_k)`: minus the
+    /// `marginal` loss.
+    pub fn log_marginal(&self) -> f64 {
+        self.log_h
+            .iter()
+            .zip(&self.a)
+            .fold(f64::NEG_INFINITY, |acc, (lh, a)| log_add_exp(acc, lh + a))
+    }
     /// `E[pauses] = sum_k k h_k`.
     pub fn expected_pauses(&self) -> f64 {
         self.log_h
@@ -289,12 +297,10 @@ pub fn objective_forward_backward(obj: &ResolvedObjective, hal: &Halting) -> (f6
             -hal.a[kk]
         }
         ObjectiveKind::Marginal | ObjectiveKind::Dp => {
-            let z: Vec<f64> = (0..=kk).map(|k| hal.log_h[k] + hal.a[k]).collect();
-            let lse = z
-                .iter()
-                .fold(f64::NEG_INFINITY, |acc, &x| log_add_exp(acc, x));
+            let lse = hal.log_marginal();
             for k in 0..=kk {
-                let q = (z[k] - lse).exp();
+                // Posterior over the answering step: q_k = h_k p(y|k) / marginal.
+                let q = (hal.log_h[k] + hal.a[k] - lse).exp();
                 g.a[k] = -q;
                 g.log_h[k] = -q;
             }
