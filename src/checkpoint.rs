@@ -5,14 +5,14 @@
 //! `save` writes a temporary file next to the target and renames it into place, so a
 //! crash or error never leaves a half-written checkpoint under the real name.
 
+use crate::atomic_file::write_atomic;
 use crate::config::ModelConfig;
 use crate::cpu::model::Model;
 use crate::cpu::params::{tensor_layout, Params};
 use crate::error::{CybError, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn err(path: &Path, msg: impl Into<String>) -> CybError {
     CybError::Checkpoint {
@@ -57,30 +57,7 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
 /// std::fs::remove_file(&path).unwrap();
 /// ```
 pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
-    let path = path.as_ref();
-    let bytes = to_bytes(model)?;
-    let tmp = temp_path(path)?;
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CybError::io(path, e)
-    })
-}
-
-/// `.<name>.tmp.<pid>` next to `path`.
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(path, "not a file path (no file name)"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    Ok(path.with_file_name(tmp_name))
+    write_atomic(path.as_ref(), &to_bytes(model)?)
 }
 
 /// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),

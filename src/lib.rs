@@ -5,6 +5,7 @@
 //! step. This crate holds the CPU reference of the model and the CYB losses
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

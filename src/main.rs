@@ -299,10 +299,7 @@ fn require_cpu(device: Device) -> Result<()> {
 fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
     for &(name, text) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| CybError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| CybError::io(&path, e))?;
+        cyb::atomic_file::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
 }
