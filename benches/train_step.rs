@@ -28,6 +28,8 @@ fn cpu_step(c: &mut Criterion) {
         n_head: 2,
         t_max: 16,
         k_max: 3,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     };
     let (b, t, k) = (4, 16, 3);
     let mut rng = Rng::new(3);
@@ -77,6 +79,8 @@ mod gpu {
             n_head: 12,
             t_max: 1024,
             k_max: 3,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
         };
         let (b, t, k) = (8, 1024, 3);
         let mut rng = Rng::new(11);

@@ -23,6 +23,8 @@ fn main() -> cyb::Result<()> {
         n_head: 4,
         t_max: seq,
         k_max: pauses,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     };
     let mut rng = Rng::new(0);
     let mut model: Model<f32> = Model::init(config.clone(), &mut rng)?;

@@ -49,7 +49,7 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
 ///
 /// ```
 /// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::Rng};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
 /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
 /// let path = std::env::temp_dir().join(format!("cyb_doc_{}.safetensors", std::process::id()));
 /// checkpoint::save(&path, &m).unwrap();

@@ -7,13 +7,22 @@ use crate::error::{CybError, Result};
 /// head have `vocab + 1` rows/columns, index `vocab` being PAUSE (input) / DK (output).
 ///
 /// ```
-/// let c = cyb::config::ModelConfig { vocab: 32, d_model: 64, n_layer: 2, n_head: 4, t_max: 32, k_max: 3 };
+/// use cyb::config::{ModelConfig, PauseAttention};
+/// let c = ModelConfig {
+///     vocab: 32, d_model: 64, n_layer: 2, n_head: 4, t_max: 32, k_max: 3,
+///     pause_attention: PauseAttention::Shared, dk_bias: 0.0,
+/// };
 /// assert!(c.validate().is_ok());
 /// assert_eq!(c.d_head(), 16);
-/// let bad = cyb::config::ModelConfig { n_head: 3, ..c };
+/// let bad = ModelConfig { n_head: 3, ..c };
 /// assert!(bad.validate().is_err());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+///
+/// In a checkpoint (SPEC section 7) `pause_attention` may be absent (v1 files: private)
+/// and `dk_bias` may be absent (0); any key not listed here is an error, so a file
+/// that describes a different model is never evaluated as this one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Real tokens `0..vocab` (PAUSE/DK is the extra index `vocab`).
     pub vocab: usize,
@@ -27,6 +36,61 @@ pub struct ModelConfig {
     pub t_max: usize,
     /// Largest pause count `K`: the depth table has `k_max + 1` rows.
     pub k_max: usize,
+    /// Which earlier steps a pause step attends to (SPEC section 3).
+    #[serde(default = "PauseAttention::v1_default")]
+    pub pause_attention: PauseAttention,
+    /// Constant added to the DK logit by the loss and by decoding, never learned
+    /// (SPEC section 4, `b_DK`); 0 means no prior towards DK.
+    #[serde(default)]
+    pub dk_bias: f64,
+}
+
+/// The two attention visibility rules of SPEC section 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseAttention {
+    /// Causal attention over the interleaved stream `x_0, pause.., x_1, ..` (the
+    /// paper's Recipe 1): query `(t, k)` sees `(t', k')` iff `t' < t` or
+    /// (`t' = t` and `k' <= k`). The default for new models.
+    Shared,
+    /// No position sees another position's pauses: query `(t, k)` sees `(t', k')` iff
+    /// (`k' = 0` and `t' <= t`) or (`t' = t` and `1 <= k' <= k`). Training equals
+    /// adaptive inference, and a KV cache holds real tokens only.
+    Private,
+}
+
+impl PauseAttention {
+    /// What a checkpoint without the key means: v1 wrote private-attention models only.
+    fn v1_default() -> Self {
+        PauseAttention::Private
+    }
+
+    /// The name used in checkpoints and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PauseAttention::Shared => "shared",
+            PauseAttention::Private => "private",
+        }
+    }
+}
+
+impl std::str::FromStr for PauseAttention {
+    type Err = CybError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shared" => Ok(PauseAttention::Shared),
+            "private" => Ok(PauseAttention::Private),
+            other => Err(CybError::Param(format!(
+                "pause attention must be `shared` or `private`, got `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for PauseAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl ModelConfig {
@@ -43,6 +107,12 @@ impl ModelConfig {
             if v == 0 {
                 return Err(CybError::Param(format!("config: {name} must be > 0")));
             }
+        }
+        if !self.dk_bias.is_finite() {
+            return Err(CybError::Param(format!(
+                "config: dk_bias = {} must be finite",
+                self.dk_bias
+            )));
         }
         if self.d_model % self.n_head != 0 {
             return Err(CybError::Param(format!(
@@ -68,5 +138,42 @@ impl ModelConfig {
     /// The config as the JSON object stored in a checkpoint's `__metadata__`.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{"vocab":5,"d_model":4,"n_layer":1,"n_head":2,"t_max":3,"k_max":1}"#;
+
+    /// A v1 config (neither key) loads as private attention without DK bias.
+    #[test]
+    fn v1_config_defaults_to_private_without_bias() {
+        let c: ModelConfig = serde_json::from_str(V1).unwrap();
+        assert_eq!(c.pause_attention, PauseAttention::Private);
+        assert_eq!(c.dk_bias, 0.0);
+    }
+
+    /// Both keys round-trip, and a key the crate does not know is an error naming it.
+    #[test]
+    fn v2_keys_round_trip_and_unknown_keys_fail() {
+        let c = ModelConfig {
+            pause_attention: PauseAttention::Shared,
+            dk_bias: 2.2,
+            ..serde_json::from_str(V1).unwrap()
+        };
+        let back: ModelConfig = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(back, c);
+        let unknown = V1.replace("}", r#","pause_policy":"x"}"#);
+        let err = serde_json::from_str::<ModelConfig>(&unknown).unwrap_err();
+        assert!(err.to_string().contains("pause_policy"), "{err}");
+        let bad_mode = V1.replace("}", r#","pause_attention":"sharde"}"#);
+        assert!(serde_json::from_str::<ModelConfig>(&bad_mode).is_err());
+        assert_eq!(
+            "private".parse::<PauseAttention>().unwrap(),
+            PauseAttention::Private
+        );
+        assert!("both".parse::<PauseAttention>().is_err());
     }
 }

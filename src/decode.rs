@@ -75,7 +75,7 @@ struct LayerKv<T> {
 /// ```
 /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng};
 /// use cyb::decode::{Decoder, Policy};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
 /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
 /// let mut dec = Decoder::new(&m, 2, Policy::Greedy { threshold: 0.5 }, 1).unwrap();
 /// let out = dec.generate(&[1, 2, 3], 4).unwrap();

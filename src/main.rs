@@ -321,6 +321,8 @@ impl RunArgs {
                 n_head: self.heads,
                 t_max: self.ctx,
                 k_max: self.pauses,
+                pause_attention: cyb::config::PauseAttention::Private,
+                dk_bias: 0.0,
             },
             objective,
             pauses: self.pauses,

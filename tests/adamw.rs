@@ -12,6 +12,8 @@ fn config() -> ModelConfig {
         n_head: 1,
         t_max: 2,
         k_max: 1,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     }
 }
 

@@ -51,6 +51,8 @@ fn config() -> ModelConfig {
         n_head: 2,
         t_max: 6,
         k_max: 3,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     }
 }
 
@@ -100,7 +102,9 @@ fn shared_tiny_model_loads() {
             n_layer: 2,
             n_head: 2,
             t_max: 6,
-            k_max: 2
+            k_max: 2,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
         }
     );
     assert!(m

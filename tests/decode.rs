@@ -14,6 +14,8 @@ fn model(k_max: usize, seed: u64) -> Model<f64> {
         n_head: 3,
         t_max: 9,
         k_max,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     };
     let mut m: Model<f64> = Model::init(c, &mut Rng::new(seed)).unwrap();
     // Larger-than-init weights so attention is far from uniform and DK varies.

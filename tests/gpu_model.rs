@@ -718,6 +718,8 @@ mod gpu_tests {
             n_head: 2,
             t_max: 16,
             k_max: 3,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
         }
     }
 

@@ -91,6 +91,8 @@ fn tiny_config() -> ModelConfig {
         n_head: 2,
         t_max: 5,
         k_max: 3,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     }
 }
 
@@ -335,6 +337,8 @@ fn forward_backward_is_deterministic_across_thread_counts() {
         n_head: 4,
         t_max: 9,
         k_max: 2,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     };
     let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(1)).unwrap();
     let mut rng = Rng::new(3);
@@ -587,6 +591,8 @@ fn init_follows_spec_section_5() {
         n_head: 4,
         t_max: 64,
         k_max: 3,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
     };
     let p: Params<f64> = Params::init(&config, &mut Rng::new(7));
     let std = |x: &[f64]| (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();

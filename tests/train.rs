@@ -19,6 +19,8 @@ fn tiny(objective: Objective, pauses: usize, steps: usize) -> TrainConfig {
             n_head: 2,
             t_max: 16,
             k_max: pauses,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
         },
         objective,
         pauses,

@@ -81,7 +81,7 @@ struct Activations<T> {
 ///
 /// ```
 /// use cyb::{config::ModelConfig, cpu::model::{Model, Params, Workspace}, rng::Rng, Objective};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
 /// let m: Model<f32> = Model::init(c.clone(), &mut Rng::new(0)).unwrap();
 /// let (mut ws, mut grads) = (Workspace::new(), Params::zeros(&c));
 /// let obj = Objective::CeFinal.resolve(1).unwrap();
@@ -138,7 +138,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
     /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
     /// let logits = m.forward(&[1, 2, 3, 0, 6, 5], 2, 3, 2).unwrap();
     /// assert_eq!(logits.len(), 2 * 3 * 3 * 8); // [B, K+1, T, V+1]
@@ -203,7 +203,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng, Objective};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
     /// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
     /// let obj = Objective::Marginal.resolve(2).unwrap();
     /// let out = m.loss(&[1, 2, 3], &[2, 3, 4], 1, 3, 2, &obj).unwrap();
@@ -250,7 +250,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::{Model, Params}, rng::Rng, Objective};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
     /// let m: Model<f32> = Model::init(c.clone(), &mut Rng::new(0)).unwrap();
     /// let mut grads = Params::zeros(&c);
     /// let obj = Objective::ap_default().resolve(2).unwrap();

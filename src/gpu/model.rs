@@ -219,7 +219,7 @@ impl GpuStep {
 /// ```no_run
 /// use cyb::{config::ModelConfig, cpu::model::Model, gpu::{GpuContext, model::GpuModel}};
 /// use cyb::{rng::Rng, Objective};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
 /// let cpu: Model<f32> = Model::init(c, &mut Rng::new(0))?;
 /// let gpu = GpuContext::new(0)?;
 /// let mut m = GpuModel::from_cpu(&gpu, &cpu)?;
@@ -700,6 +700,8 @@ mod tests {
             n_head: 2,
             t_max: 4,
             k_max: 2,
+            pause_attention: crate::config::PauseAttention::Private,
+            dk_bias: 0.0,
         };
         let lay = Layout {
             segs: segments(&c),
