@@ -35,6 +35,7 @@ fn cpu_reference(c: &mut Criterion) {
         },
         heads: 2,
         d: 128,
+        mode: cyb::config::PauseAttention::Shared,
     };
     let rows = s.steps.rows();
     let mut rng = Rng::new(11);

@@ -28,6 +28,7 @@ fn main() {
         },
         heads: 4,
         d: 64,
+        mode: cyb::config::PauseAttention::Shared,
     };
     let (n, d) = (s.steps.rows(), 64);
     let x: Vec<f32> = (0..n * 4 * d)

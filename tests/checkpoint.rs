@@ -1,11 +1,11 @@
-//! Checkpoints (SPEC section 7): the shared tiny model loads, round trips are
+//! Checkpoints (SPEC section 7): the v2 tiny models load in both attention modes, config keys are strict, round trips are
 //! bit-exact, bf16 is accepted, and every kind of bad file is a clear error.
 
 mod common;
 
-use common::testdata_dir;
+use common::v2_dir;
 use cyb::checkpoint;
-use cyb::config::ModelConfig;
+use cyb::config::{ModelConfig, PauseAttention};
 use cyb::cpu::model::Model;
 use cyb::cpu::params::tensor_layout;
 use cyb::rng::Rng;
@@ -51,7 +51,7 @@ fn config() -> ModelConfig {
         n_head: 2,
         t_max: 6,
         k_max: 3,
-        pause_attention: cyb::config::PauseAttention::Private,
+        pause_attention: PauseAttention::Shared,
         dk_bias: 0.0,
     }
 }
@@ -92,26 +92,85 @@ fn checkpoint_error(path: &Path) -> String {
 }
 
 #[test]
-fn shared_tiny_model_loads() {
-    let m = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
-    assert_eq!(
-        m.config,
-        ModelConfig {
-            vocab: 13,
-            d_model: 16,
-            n_layer: 2,
-            n_head: 2,
-            t_max: 6,
-            k_max: 2,
-            pause_attention: cyb::config::PauseAttention::Private,
-            dk_bias: 0.0,
-        }
-    );
-    assert!(m
-        .params
-        .tensors()
-        .iter()
-        .all(|(_, _, x)| x.iter().all(|v| v.is_finite())));
+fn v2_tiny_models_load_with_their_attention_mode() {
+    for (file, vocab, n_head, k_max, mode) in [
+        ("tiny_model.safetensors", 13, 2, 2, PauseAttention::Shared),
+        (
+            "tiny_model_private.safetensors",
+            11,
+            4,
+            3,
+            PauseAttention::Private,
+        ),
+    ] {
+        let m = checkpoint::load(v2_dir().join(file)).unwrap();
+        let c = &m.config;
+        assert_eq!(
+            (c.vocab, c.n_head, c.k_max, c.pause_attention),
+            (vocab, n_head, k_max, mode),
+            "{file}"
+        );
+        // SPEC section 4: psi = 0.9 gives b_DK = log(0.9/0.1) + log V.
+        assert!(
+            (c.dk_bias - (9f64.ln() + (vocab as f64).ln())).abs() < 1e-12,
+            "{file}: dk_bias {}",
+            c.dk_bias
+        );
+        assert!(m
+            .params
+            .tensors()
+            .iter()
+            .all(|(_, _, x)| x.iter().all(|v| v.is_finite())));
+    }
+}
+
+/// The `config` metadata of a checkpoint: a v1 file (no `pause_attention`, no
+/// `dk_bias`) loads as private without bias, both modes round-trip, and an unknown key
+/// or mode is an error that names it.
+#[test]
+fn checkpoint_config_keys_are_strict() {
+    let dir = TempDir::new("keys");
+    let c = config();
+    let tensors = layout_tensors(&c);
+    let load_with = |name: &str, json: &str| {
+        let p = dir.path(name);
+        std::fs::write(&p, raw_file(&tensors, Some(json))).unwrap();
+        checkpoint::load(&p)
+    };
+    let v1 = r#"{"vocab":9,"d_model":8,"n_layer":2,"n_head":2,"t_max":6,"k_max":3}"#;
+    let m = load_with("v1.safetensors", v1).unwrap();
+    assert_eq!(m.config.pause_attention, PauseAttention::Private);
+    assert_eq!(m.config.dk_bias, 0.0);
+    for mode in [PauseAttention::Shared, PauseAttention::Private] {
+        let want = ModelConfig {
+            pause_attention: mode,
+            dk_bias: 1.5,
+            ..c.clone()
+        };
+        let m = load_with("mode.safetensors", &want.to_json()).unwrap();
+        assert_eq!(m.config, want);
+        let path = dir.path("saved.safetensors");
+        checkpoint::save(
+            &path,
+            &Model {
+                config: want.clone(),
+                params: m.params,
+            },
+        )
+        .unwrap();
+        assert_eq!(checkpoint::load(&path).unwrap().config, want);
+    }
+    let unknown = v1.replace('}', r#","pause_policy":"greedy"}"#);
+    let msg = checkpoint_error(&{
+        let p = dir.path("unknown.safetensors");
+        std::fs::write(&p, raw_file(&tensors, Some(&unknown))).unwrap();
+        p
+    });
+    assert!(msg.contains("pause_policy"), "{msg}");
+    let bad_mode = v1.replace('}', r#","pause_attention":"both"}"#);
+    assert!(load_with("badmode.safetensors", &bad_mode).is_err());
+    let msg = checkpoint_error(&dir.path("badmode.safetensors"));
+    assert!(msg.contains("both"), "{msg}");
 }
 
 #[test]

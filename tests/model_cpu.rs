@@ -4,86 +4,50 @@
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, testdata_dir, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, v2_dir, vectors_v2};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
-use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
+use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape, PauseAttention};
 use cyb::cpu::embedding::StepShape;
 use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
 use cyb::{CybError, Objective};
 
-fn spec_model() -> Model<f64> {
-    checkpoint::load(testdata_dir().join("tiny_model.safetensors"))
-        .expect("tiny_model.safetensors loads")
-        .cast()
+/// The two SPEC v2 model cases: `model_case` (shared) and `model_case_private`.
+const MODEL_CASES: [&str; 2] = ["model_case", "model_case_private"];
+
+/// The checkpoint of a v2 model case, and the case.
+fn spec_case(name: &str) -> (Model<f32>, serde_json::Value) {
+    let case = vectors_v2()[name].clone();
+    let file = case["checkpoint"].as_str().unwrap();
+    let model =
+        checkpoint::load(v2_dir().join(file)).unwrap_or_else(|e| panic!("{file} loads: {e}"));
+    // The checkpoint's config is the case's config, key by key.
+    let want: ModelConfig = serde_json::from_value(case["config"].clone()).unwrap();
+    assert_eq!(model.config, want, "{name}: config");
+    (model, case)
 }
 
 #[test]
-fn reproduces_spec_model_case() {
-    let v = vectors();
-    let case = &v["model_case"];
-    let model = spec_model();
-    let c = &case["config"];
-    assert_eq!(model.config.vocab, c["vocab"].as_u64().unwrap() as usize);
-    let tokens = i32s(&case["tokens"]);
-    let targets = i32s(&case["targets"]);
-    let (batch, kk) = (2, model.config.k_max);
-    let seq = tokens.len() / batch;
-    // Losses and gradients are sums of many terms: 1e-9 relative plus a tiny absolute
-    // floor for entries that are ~0 up to rounding.
-    let logits = model.forward(&tokens, batch, seq, kk).unwrap();
-    assert_close("logits", &logits, &f64s(&case["logits"]), 1e-12, 1e-9);
-    for (name, want) in case["objectives"].as_object().unwrap() {
-        let obj: Objective = name.parse().unwrap();
-        let mut grads = Params::zeros(&model.config);
-        let out = model
-            .forward_backward(
-                &tokens,
-                &targets,
-                batch,
-                seq,
-                kk,
-                &obj.resolve(kk).unwrap(),
-                &mut grads,
-            )
-            .unwrap();
-        // The evaluation path gives the same numbers without the backward.
-        let eval = model
-            .loss(&tokens, &targets, batch, seq, kk, &obj.resolve(kk).unwrap())
-            .unwrap();
-        assert_eq!(eval, out);
+fn reproduces_spec_model_logits_in_both_modes() {
+    for name in MODEL_CASES {
+        let (m32, case) = spec_case(name);
+        let model: Model<f64> = m32.cast();
+        let tokens = i32s(&case["tokens"]);
+        let (batch, kk) = (2, model.config.k_max);
+        let seq = tokens.len() / batch;
+        let logits = model.forward(&tokens, batch, seq, kk).unwrap();
         assert_close(
-            &format!("{name} loss"),
-            &[out.loss],
-            &[want["loss"].as_f64().unwrap()],
-            0.0,
+            &format!("{name} logits"),
+            &logits,
+            &f64s(&case["logits"]),
+            1e-12,
             1e-9,
         );
-        assert_close(
-            &format!("{name} mean_pauses"),
-            &[out.stats.mean_pauses],
-            &[want["mean_pauses"].as_f64().unwrap()],
-            0.0,
-            1e-9,
-        );
-        if name == "ap" {
-            let want_grads = case["ap_grads"].as_object().unwrap();
-            assert_eq!(want_grads.len(), grads.tensors().len());
-            for (tname, _, g) in grads.tensors() {
-                assert_close(
-                    &format!("ap grad {tname}"),
-                    g,
-                    &f64s(&want_grads[&tname]),
-                    1e-12,
-                    1e-9,
-                );
-            }
-        }
     }
 }
 
-fn tiny_config() -> ModelConfig {
+fn tiny_config(pause_attention: PauseAttention) -> ModelConfig {
     ModelConfig {
         vocab: 7,
         d_model: 8,
@@ -91,7 +55,7 @@ fn tiny_config() -> ModelConfig {
         n_head: 2,
         t_max: 5,
         k_max: 3,
-        pause_attention: cyb::config::PauseAttention::Private,
+        pause_attention,
         dk_bias: 0.0,
     }
 }
@@ -118,62 +82,64 @@ fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let config = tiny_config();
-    let (b, t, k) = (2, 4, 2); // K < k_max and T < t_max: unused table rows get 0
-    let mut rng = Rng::new(11);
-    let tokens = random_tokens(&mut rng, b * t, config.vocab);
-    let mut targets = random_tokens(&mut rng, b * t, config.vocab);
-    targets[1] = -1;
-    targets[6] = -1;
-    let mut model = random_model(config.clone(), 3);
-    for obj in all_objectives() {
-        let mut grads = Params::zeros(&config);
-        model
-            .forward_backward(
-                &tokens,
-                &targets,
-                b,
-                t,
-                k,
-                &obj.resolve(k).unwrap(),
-                &mut grads,
-            )
-            .unwrap();
-        let analytic: Vec<(String, Vec<f64>)> = grads
-            .tensors()
-            .into_iter()
-            .map(|(n, _, g)| (n, g.to_vec()))
-            .collect();
-        for (ti, (name, g)) in analytic.iter().enumerate() {
-            // Up to 5 random coordinates per tensor, plus the first one.
-            let mut coords: Vec<usize> = (0..5).map(|_| rng.below(g.len())).collect();
-            coords.push(0);
-            for &i in &coords {
-                let h = 1e-5;
-                let orig = model.params.tensors()[ti].2[i];
-                let mut at = |x: f64| {
-                    model.params.tensors_mut()[ti].2[i] = x;
-                    model
-                        .loss(&tokens, &targets, b, t, k, &obj.resolve(k).unwrap())
-                        .unwrap()
-                        .loss
-                };
-                let fd = (at(orig + h) - at(orig - h)) / (2.0 * h);
-                at(orig);
-                // Central differences: truncation ~h^2, rounding ~1e-16/h.
-                assert_close(
-                    &format!("{} d{name}[{i}]", obj.name()),
-                    &[g[i]],
-                    &[fd],
-                    1e-8,
-                    1e-5,
-                );
+    for mode in MODES {
+        let config = tiny_config(mode);
+        let (b, t, k) = (2, 4, 2); // K < k_max and T < t_max: unused table rows get 0
+        let mut rng = Rng::new(11);
+        let tokens = random_tokens(&mut rng, b * t, config.vocab);
+        let mut targets = random_tokens(&mut rng, b * t, config.vocab);
+        targets[1] = -1;
+        targets[6] = -1;
+        let mut model = random_model(config.clone(), 3);
+        for obj in all_objectives() {
+            let mut grads = Params::zeros(&config);
+            model
+                .forward_backward(
+                    &tokens,
+                    &targets,
+                    b,
+                    t,
+                    k,
+                    &obj.resolve(k).unwrap(),
+                    &mut grads,
+                )
+                .unwrap();
+            let analytic: Vec<(String, Vec<f64>)> = grads
+                .tensors()
+                .into_iter()
+                .map(|(n, _, g)| (n, g.to_vec()))
+                .collect();
+            for (ti, (name, g)) in analytic.iter().enumerate() {
+                // Up to 5 random coordinates per tensor, plus the first one.
+                let mut coords: Vec<usize> = (0..5).map(|_| rng.below(g.len())).collect();
+                coords.push(0);
+                for &i in &coords {
+                    let h = 1e-5;
+                    let orig = model.params.tensors()[ti].2[i];
+                    let mut at = |x: f64| {
+                        model.params.tensors_mut()[ti].2[i] = x;
+                        model
+                            .loss(&tokens, &targets, b, t, k, &obj.resolve(k).unwrap())
+                            .unwrap()
+                            .loss
+                    };
+                    let fd = (at(orig + h) - at(orig - h)) / (2.0 * h);
+                    at(orig);
+                    // Central differences: truncation ~h^2, rounding ~1e-16/h.
+                    assert_close(
+                        &format!("{mode} {} d{name}[{i}]", obj.name()),
+                        &[g[i]],
+                        &[fd],
+                        1e-8,
+                        1e-5,
+                    );
+                }
             }
+            // Rows the batch never reads get exactly zero gradient.
+            let d = config.d_model;
+            assert!(grads.depth_emb[(k + 1) * d..].iter().all(|&x| x == 0.0));
+            assert!(grads.pos_emb[t * d..].iter().all(|&x| x == 0.0));
         }
-        // Rows the batch never reads get exactly zero gradient.
-        let d = config.d_model;
-        assert!(grads.depth_emb[(k + 1) * d..].iter().all(|&x| x == 0.0));
-        assert!(grads.pos_emb[t * d..].iter().all(|&x| x == 0.0));
     }
 }
 
@@ -191,7 +157,7 @@ fn attention_brute_force(qkv: &[f64], s: AttnShape) -> Vec<f64> {
                     let mut scores = Vec::new();
                     for k2 in 0..=st.pauses {
                         for t2 in 0..st.seq {
-                            if pause_visible(t, k, t2, k2) {
+                            if pause_visible(s.mode, t, k, t2, k2) {
                                 let key = &qkv[st.row(b, k2, t2) * 3 * d + d + h * dh..][..dh];
                                 let sc: f64 = q.iter().zip(key).map(|(a, b)| a * b).sum::<f64>()
                                     / (dh as f64).sqrt();
@@ -215,24 +181,35 @@ fn attention_brute_force(qkv: &[f64], s: AttnShape) -> Vec<f64> {
     out
 }
 
-fn attn_shape(batch: usize, pauses: usize, seq: usize, heads: usize, d: usize) -> AttnShape {
+fn attn_shape(
+    mode: PauseAttention,
+    (batch, pauses, seq, heads, d): (usize, usize, usize, usize, usize),
+) -> AttnShape {
     AttnShape {
         steps: StepShape { batch, pauses, seq },
         heads,
         d,
+        mode,
     }
 }
+
+const MODES: [PauseAttention; 2] = [PauseAttention::Shared, PauseAttention::Private];
 
 #[test]
 fn pause_attention_equals_brute_force_masked_softmax() {
     let mut rng = Rng::new(5);
-    for (b, k, t, h, d) in [
-        (2, 3, 5, 2, 8),
-        (1, 0, 7, 3, 6),
-        (3, 1, 1, 1, 4),
-        (1, 4, 3, 2, 4),
-    ] {
-        let s = attn_shape(b, k, t, h, d);
+    for (mode, dims) in MODES.into_iter().flat_map(|m| {
+        [
+            (2, 3, 5, 2, 8),
+            (1, 0, 7, 3, 6),
+            (3, 1, 1, 1, 4),
+            (1, 4, 3, 2, 4),
+            (1, 7, 2, 2, 4),
+        ]
+        .map(|dims| (m, dims))
+    }) {
+        let s = attn_shape(mode, dims);
+        let d = s.d;
         let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
         let mut out = vec![f64::NAN; s.steps.rows() * d];
         let mut att = vec![f64::NAN; s.att_len()];
@@ -248,11 +225,18 @@ fn pause_attention_equals_brute_force_masked_softmax() {
 }
 
 #[test]
-fn pause_steps_stay_private() {
-    // Perturb the q/k/v of one pause step (t0, k0); only the steps (t0, k >= k0) of
-    // the same batch element may change.
+fn a_pause_step_changes_exactly_the_steps_that_see_it() {
+    // Perturb the q/k/v of one pause step (t0, k0); exactly the steps of the same batch
+    // element that see it change: private, (t0, k >= k0); shared, also every later
+    // position.
+    for mode in MODES {
+        a_pause_step_changes_exactly_the_steps_that_see_it_in(mode);
+    }
+}
+
+fn a_pause_step_changes_exactly_the_steps_that_see_it_in(mode: PauseAttention) {
     let mut rng = Rng::new(8);
-    let s = attn_shape(2, 3, 5, 2, 8);
+    let s = attn_shape(mode, (2, 3, 5, 2, 8));
     let d = s.d;
     let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
     let run = |x: &[f64]| {
@@ -273,19 +257,20 @@ fn pause_steps_stay_private() {
             for t in 0..5 {
                 let row = s.steps.row(b, k, t);
                 let same = base[row * d..][..d] == after[row * d..][..d];
-                let may_change = b == b0 && t == t0 && k >= k0;
-                assert_eq!(same, !may_change, "step (b={b}, t={t}, k={k})");
+                let may_change = b == b0 && pause_visible(mode, t, k, t0, k0);
+                assert_eq!(same, !may_change, "{mode}: step (b={b}, t={t}, k={k})");
             }
         }
     }
 }
 
 #[test]
-fn real_plane_does_not_depend_on_pauses() {
-    // The k = 0 plane is a plain GPT: identical for K = 0 and K = 3, and a
+fn private_real_plane_does_not_depend_on_pauses() {
+    // Private: the k = 0 plane is a plain GPT: identical for K = 0 and K = 3, and a
     // position's plane k only depends on its own pause steps <= k, so planes 0..=1
-    // with K = 1 equal those with K = 3.
-    let config = tiny_config();
+    // with K = 1 equal those with K = 3. (Shared: later positions see earlier pauses,
+    // so planes depend on K; see the next test for what holds in both modes.)
+    let config = tiny_config(PauseAttention::Private);
     let model = random_model(config.clone(), 4);
     let mut rng = Rng::new(2);
     let (b, t) = (2, 5);
@@ -308,7 +293,13 @@ fn real_plane_does_not_depend_on_pauses() {
 
 #[test]
 fn changing_a_token_never_changes_earlier_positions() {
-    let config = tiny_config();
+    for mode in MODES {
+        changing_a_token_never_changes_earlier_positions_in(mode);
+    }
+}
+
+fn changing_a_token_never_changes_earlier_positions_in(mode: PauseAttention) {
+    let config = tiny_config(mode);
     let model = random_model(config.clone(), 6);
     let mut rng = Rng::new(9);
     let (b, t, kk) = (1, 5, 3);
@@ -337,7 +328,7 @@ fn forward_backward_is_deterministic_across_thread_counts() {
         n_head: 4,
         t_max: 9,
         k_max: 2,
-        pause_attention: cyb::config::PauseAttention::Private,
+        pause_attention: PauseAttention::Shared,
         dk_bias: 0.0,
     };
     let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(1)).unwrap();
@@ -370,7 +361,7 @@ fn forward_backward_is_deterministic_across_thread_counts() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let config = tiny_config();
+    let config = tiny_config(PauseAttention::Shared);
     let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(0)).unwrap();
     let obj = Objective::CeFinal.resolve(1).unwrap();
     let mut g = Params::zeros(&config);
@@ -435,7 +426,7 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn all_ignored_batch_has_zero_loss_and_gradient() {
-    let config = tiny_config();
+    let config = tiny_config(PauseAttention::Shared);
     let model: Model<f64> = random_model(config.clone(), 2);
     let mut g = Params::zeros(&config);
     let out = model
@@ -458,24 +449,26 @@ fn all_ignored_batch_has_zero_loss_and_gradient() {
 
 #[test]
 fn reused_workspace_matches_fresh_buffers_across_shapes() {
-    let config = tiny_config();
-    let model = random_model(config.clone(), 12);
-    let mut rng = Rng::new(4);
-    let mut ws = Workspace::new();
-    // Shrinking and growing B, T and K: stale buffer contents must never leak in.
-    for (b, t, k) in [(3, 5, 3), (1, 2, 0), (2, 4, 2), (3, 5, 3)] {
-        let tokens = random_tokens(&mut rng, b * t, config.vocab);
-        let targets = random_tokens(&mut rng, b * t, config.vocab);
-        let obj = Objective::va_default().resolve(k).unwrap();
-        let (mut g_ws, mut g_fresh) = (Params::zeros(&config), Params::zeros(&config));
-        let o_ws = model
-            .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut g_ws)
-            .unwrap();
-        let o_fresh = model
-            .forward_backward(&tokens, &targets, b, t, k, &obj, &mut g_fresh)
-            .unwrap();
-        assert_eq!(o_ws, o_fresh);
-        assert_eq!(g_ws, g_fresh);
+    for mode in MODES {
+        let config = tiny_config(mode);
+        let model = random_model(config.clone(), 12);
+        let mut rng = Rng::new(4);
+        let mut ws = Workspace::new();
+        // Shrinking and growing B, T and K: stale buffer contents must never leak in.
+        for (b, t, k) in [(3, 5, 3), (1, 2, 0), (2, 4, 2), (3, 5, 3)] {
+            let tokens = random_tokens(&mut rng, b * t, config.vocab);
+            let targets = random_tokens(&mut rng, b * t, config.vocab);
+            let obj = Objective::va_default().resolve(k).unwrap();
+            let (mut g_ws, mut g_fresh) = (Params::zeros(&config), Params::zeros(&config));
+            let o_ws = model
+                .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut g_ws)
+                .unwrap();
+            let o_fresh = model
+                .forward_backward(&tokens, &targets, b, t, k, &obj, &mut g_fresh)
+                .unwrap();
+            assert_eq!(o_ws, o_fresh);
+            assert_eq!(g_ws, g_fresh);
+        }
     }
 }
 
@@ -570,16 +563,24 @@ fn plain_gpt_logits(m: &Model<f64>, tokens: &[i32]) -> Vec<Vec<f64>> {
 
 #[test]
 fn without_pauses_the_model_is_a_plain_gpt() {
-    let config = tiny_config();
-    let model = random_model(config.clone(), 21);
-    let mut rng = Rng::new(13);
-    let (b, t) = (2, 5);
-    let tokens = random_tokens(&mut rng, b * t, config.vocab);
-    let logits = model.forward(&tokens, b, t, 0).unwrap();
-    let want: Vec<f64> = (0..b)
-        .flat_map(|bi| plain_gpt_logits(&model, &tokens[bi * t..(bi + 1) * t]).concat())
-        .collect();
-    assert_close("K = 0 logits vs plain GPT", &logits, &want, 1e-12, 1e-10);
+    for mode in MODES {
+        let config = tiny_config(mode);
+        let model = random_model(config.clone(), 21);
+        let mut rng = Rng::new(13);
+        let (b, t) = (2, 5);
+        let tokens = random_tokens(&mut rng, b * t, config.vocab);
+        let logits = model.forward(&tokens, b, t, 0).unwrap();
+        let want: Vec<f64> = (0..b)
+            .flat_map(|bi| plain_gpt_logits(&model, &tokens[bi * t..(bi + 1) * t]).concat())
+            .collect();
+        assert_close(
+            &format!("{mode}: K = 0 logits vs plain GPT"),
+            &logits,
+            &want,
+            1e-12,
+            1e-10,
+        );
+    }
 }
 
 #[test]
@@ -628,27 +629,33 @@ fn init_follows_spec_section_5() {
 #[test]
 fn f32_training_path_matches_the_f64_reference() {
     // The same checkpoint in f32 (sgemm) and f64 (dgemm): f32 rounding only.
-    let v = vectors();
-    let case = &v["model_case"];
-    let m32 = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
-    let m64: Model<f64> = m32.cast();
-    let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
-    let (b, kk) = (2, m32.config.k_max);
-    let t = tokens.len() / b;
-    for obj in all_objectives() {
-        let obj = obj.resolve(kk).unwrap();
-        let (mut g32, mut g64) = (Params::zeros(&m32.config), Params::zeros(&m64.config));
-        let o32 = m32
-            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g32)
-            .unwrap();
-        let o64 = m64
-            .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g64)
-            .unwrap();
-        assert_close("f32 loss", &[o32.loss], &[o64.loss], 0.0, 1e-5);
-        let g32 = g32.cast::<f64>();
-        for ((name, _, a), (_, _, w)) in g32.tensors().into_iter().zip(g64.tensors()) {
-            // Gradients are ~1e-2..1e-4 here; f32 keeps ~6 digits of the largest terms.
-            assert_close(&format!("f32 grad {name}"), a, w, 2e-6, 1e-3);
+    for name in MODEL_CASES {
+        let (m32, case) = spec_case(name);
+        let m64: Model<f64> = m32.cast();
+        let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+        let (b, kk) = (2, m32.config.k_max);
+        let t = tokens.len() / b;
+        for obj in all_objectives() {
+            let obj = obj.resolve(kk).unwrap();
+            let (mut g32, mut g64) = (Params::zeros(&m32.config), Params::zeros(&m64.config));
+            let o32 = m32
+                .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g32)
+                .unwrap();
+            let o64 = m64
+                .forward_backward(&tokens, &targets, b, t, kk, &obj, &mut g64)
+                .unwrap();
+            assert_close(
+                &format!("{name} f32 loss"),
+                &[o32.loss],
+                &[o64.loss],
+                0.0,
+                1e-5,
+            );
+            let g32 = g32.cast::<f64>();
+            for ((tname, _, a), (_, _, w)) in g32.tensors().into_iter().zip(g64.tensors()) {
+                // Gradients are ~1e-2..1e-4 here; f32 keeps ~6 digits of the largest terms.
+                assert_close(&format!("{name} f32 grad {tname}"), a, w, 2e-6, 1e-3);
+            }
         }
     }
 }

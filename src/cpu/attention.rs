@@ -1,43 +1,67 @@
-//! Multi-head causal attention with private pauses (SPEC section 3).
+//! Multi-head causal attention over pause steps (SPEC section 3), in both modes.
 //!
-//! Query step `(t, k)` sees key step `(t', k')` iff [`pause_visible`]: the real
-//! prefix `(t' <= t, k' = 0)` plus its own earlier pause steps `(t, 1..=k)`. So the
-//! only keys a query can see are its **candidates**: the `T` real-token steps and the
-//! `K` pause steps of its own position ([`candidate_key`]). Scoring those `T + K`
-//! candidates per query costs about `(K+1)` causal attentions over `T`; the
-//! `((K+1)T)^2` score matrix is never formed. Every candidate still goes through
-//! `pause_visible`, the one place the rule lives (mirrored by `kernels/pause_mask.cuh`).
+//! Query step `(t, k)` sees key step `(t', k')` iff [`pause_visible`] for the model's
+//! [`PauseAttention`] mode, the one place the rule lives (mirrored by
+//! `kernels/pause_mask.cuh`):
+//!
+//! - `shared` ([`shared_visible`]): causal over the interleaved stream, `t' < t` or
+//!   (`t' = t` and `k' <= k`). Every step can be a key.
+//! - `private` ([`private_visible`]): the real prefix `(t' <= t, k' = 0)` plus the
+//!   query's own earlier pause steps `(t, 1..=k)`.
+//!
+//! A query only ever scores its **candidates** ([`AttnShape::candidate_key`]): the
+//! first [`AttnShape::dense_keys`] steps in depth-major order (all `(K+1)T` steps for
+//! `shared`, the `T` real steps for `private`), scored with one GEMM per `(b, head)`,
+//! then, for `private`, the `K` pause steps of its own position, scored one by one.
+//! So `private` costs about `(K+1)` causal attentions over `T` and never forms the
+//! `((K+1)T)^2` score matrix; `shared` is one attention over `(K+1)T` keys. Every
+//! candidate still goes through `pause_visible`.
 //!
 //! Shapes: `qkv: [B, K+1, T, 3d]` (q, then k, then v; heads contiguous in each),
-//! `out: [B, K+1, T, d]`, saved softmax `att: [B, H, K+1, T, T+K]` over the candidates
-//! (0 where masked). Work is split over `(b, head)` with rayon; each pair is computed
-//! sequentially in a fixed order, so results do not depend on thread scheduling.
+//! `out: [B, K+1, T, d]`, saved softmax `att: [B, H, K+1, T, width]` over the
+//! candidates (0 where masked; `width` = `(K+1)T` shared, `T+K` private). Work is
+//! split over `(b, head)` with rayon; each pair is computed sequentially in a fixed
+//! order, so results do not depend on thread scheduling.
 
 use crate::cpu::embedding::StepShape;
 use crate::cpu::scalar::{matmul, Op, Scalar};
 use rayon::prelude::*;
 
-/// SPEC section 3: may query step `(t, k)` attend to key step `(t2, k2)`?
+pub use crate::config::PauseAttention;
+
+/// SPEC section 3, `shared`: query step `(t, k)` sees key step `(t2, k2)` iff
+/// `t2 < t or (t2 = t and k2 <= k)`.
 ///
 /// ```
-/// use cyb::cpu::attention::pause_visible;
-/// assert!(pause_visible(3, 2, 1, 0)); // real prefix
-/// assert!(pause_visible(3, 2, 3, 1)); // own earlier pause
-/// assert!(!pause_visible(3, 2, 2, 1)); // another position's pause
-/// assert!(!pause_visible(3, 0, 3, 1)); // a real token never sees pauses
+/// use cyb::cpu::attention::shared_visible;
+/// assert!(shared_visible(3, 0, 2, 1)); // an earlier position's pause
+/// assert!(shared_visible(3, 2, 3, 2)); // itself
+/// assert!(!shared_visible(3, 1, 3, 2)); // its own later pause
+/// assert!(!shared_visible(2, 3, 3, 0)); // a later position
 /// ```
-pub fn pause_visible(t: usize, k: usize, t2: usize, k2: usize) -> bool {
+pub fn shared_visible(t: usize, k: usize, t2: usize, k2: usize) -> bool {
+    t2 < t || (t2 == t && k2 <= k)
+}
+
+/// SPEC section 3, `private`: query step `(t, k)` sees key step `(t2, k2)` iff
+/// `(k2 = 0 and t2 <= t) or (t2 = t and 1 <= k2 <= k)`.
+///
+/// ```
+/// use cyb::cpu::attention::private_visible;
+/// assert!(private_visible(3, 2, 1, 0)); // real prefix
+/// assert!(private_visible(3, 2, 3, 1)); // own earlier pause
+/// assert!(!private_visible(3, 2, 2, 1)); // another position's pause
+/// assert!(!private_visible(3, 0, 3, 1)); // a real token never sees pauses
+/// ```
+pub fn private_visible(t: usize, k: usize, t2: usize, k2: usize) -> bool {
     (k2 == 0 && t2 <= t) || (t2 == t && 1 <= k2 && k2 <= k)
 }
 
-/// Candidate key `j` (`0..T+K`) of a query at position `t`: `j < T` is the real step
-/// `(j, 0)`, `j = T + i` is the pause step `(t, i + 1)`. Every key visible to a query
-/// at `t` is one of these.
-pub fn candidate_key(j: usize, t: usize, seq: usize) -> (usize, usize) {
-    if j < seq {
-        (j, 0)
-    } else {
-        (t, j - seq + 1)
+/// SPEC section 3: may query step `(t, k)` attend to key step `(t2, k2)` in `mode`?
+pub fn pause_visible(mode: PauseAttention, t: usize, k: usize, t2: usize, k2: usize) -> bool {
+    match mode {
+        PauseAttention::Shared => shared_visible(t, k, t2, k2),
+        PauseAttention::Private => private_visible(t, k, t2, k2),
     }
 }
 
@@ -50,14 +74,43 @@ pub struct AttnShape {
     pub heads: usize,
     /// `d` (model width, `H * d_head`)
     pub d: usize,
+    /// Which keys a pause step sees.
+    pub mode: PauseAttention,
 }
 
 impl AttnShape {
-    /// Candidates per query, `T + K`.
-    pub fn width(&self) -> usize {
-        self.steps.seq + self.steps.pauses
+    /// Candidates scored by the GEMM: the first `dense_keys` steps in depth-major
+    /// order, `(K+1)T` for `shared` (every step), `T` for `private` (the real plane).
+    pub fn dense_keys(&self) -> usize {
+        match self.mode {
+            PauseAttention::Shared => (self.steps.pauses + 1) * self.steps.seq,
+            PauseAttention::Private => self.steps.seq,
+        }
     }
-    /// Length of the saved softmax `att`: `B * H * (K+1) * T * (T+K)`.
+    /// Candidates per query: the dense keys, plus for `private` the `K` pause steps of
+    /// the query's own position (`T + K`); `(K+1)T` for `shared`.
+    pub fn width(&self) -> usize {
+        match self.mode {
+            PauseAttention::Shared => self.dense_keys(),
+            PauseAttention::Private => self.dense_keys() + self.steps.pauses,
+        }
+    }
+    /// Candidate key `j` (`0..width`) of a query at position `t`: `j < dense_keys` is
+    /// step `(j % T, j / T)` (depth-major), `j = dense_keys + i` is the pause step
+    /// `(t, i + 1)` (`private` only). Every key visible to a query at `t` is one of these.
+    pub fn candidate_key(&self, j: usize, t: usize) -> (usize, usize) {
+        let (seq, nd) = (self.steps.seq, self.dense_keys());
+        if j < nd {
+            (j % seq, j / seq)
+        } else {
+            (t, j - nd + 1)
+        }
+    }
+    /// [`pause_visible`] in this shape's mode.
+    pub fn visible(&self, t: usize, k: usize, t2: usize, k2: usize) -> bool {
+        pause_visible(self.mode, t, k, t2, k2)
+    }
+    /// Length of the saved softmax `att`: `B * H * (K+1) * T * width`.
     pub fn att_len(&self) -> usize {
         self.steps.batch * self.heads * (self.steps.pauses + 1) * self.steps.seq * self.width()
     }
@@ -106,14 +159,15 @@ fn gather_head<T: Scalar>(qkv: &[T], s: AttnShape, b: usize, h: usize) -> Vec<T>
     out
 }
 
-/// out: `[B, K+1, T, d]`, att: `[B, H, K+1, T, T+K]`; qkv: `[B, K+1, T, 3d]`.
+/// out: `[B, K+1, T, d]`, att: `[B, H, K+1, T, width]`; qkv: `[B, K+1, T, 3d]`.
 ///
-/// Per `(b, head)`: the scores against the `T` real keys are one GEMM
-/// `Q [(K+1)T, dh] · K_0^T [dh, T]` (every plane attends to the same real prefix), the
-/// `k` private pause keys of each query are dot products; the mask then keeps what
-/// [`pause_visible`] allows, and the output is `P_real · V_0` (GEMM) plus the pause terms.
+/// Per `(b, head)`: the scores against the dense keys are one GEMM
+/// `Q [(K+1)T, dh] · K_dense^T [dh, n_dense]` (every plane scores the same keys), the
+/// `k` private pause keys of each query (`private` only) are dot products; the mask
+/// then keeps what [`pause_visible`] allows, and the output is `P_dense · V_dense`
+/// (GEMM) plus the private pause terms.
 pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: AttnShape) {
-    let (d, dh, w) = (s.d, s.d_head(), s.width());
+    let (d, dh, w, nd) = (s.d, s.d_head(), s.width(), s.dense_keys());
     let (kk, seq) = (s.steps.pauses, s.steps.seq);
     let (rows, plane) = ((kk + 1) * seq, s.plane());
     let scale = T::one() / T::of(dh as f64).sqrt();
@@ -131,20 +185,20 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
                 &local[2 * plane..],
             );
             let row_of = |k: usize, t: usize| (k * seq + t) * dh;
-            // Scores against the real keys (k' = 0): [(K+1)T, T].
-            let mut s_real = vec![T::zero(); rows * seq];
+            // Scores against the dense keys: [(K+1)T, n_dense].
+            let mut s_dense = vec![T::zero(); rows * nd];
             matmul(
-                &mut s_real,
+                &mut s_dense,
                 q_all,
                 Op::N,
-                &k_all[..seq * dh],
+                &k_all[..nd * dh],
                 Op::T,
                 rows,
                 dh,
-                seq,
+                nd,
                 false,
             );
-            let mut p_real = vec![T::zero(); rows * seq];
+            let mut p_dense = vec![T::zero(); rows * nd];
             for k in 0..=kk {
                 for t in 0..seq {
                     let i = k * seq + t;
@@ -152,11 +206,11 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
                     // (t, 0) is always visible, so the max is finite.
                     let mut max = T::neg_infinity();
                     for (j, sc) in arow.iter_mut().enumerate() {
-                        let (t2, k2) = candidate_key(j, t, seq);
-                        *sc = if !pause_visible(t, k, t2, k2) {
+                        let (t2, k2) = s.candidate_key(j, t);
+                        *sc = if !s.visible(t, k, t2, k2) {
                             T::neg_infinity()
-                        } else if k2 == 0 {
-                            s_real[i * seq + t2] * scale
+                        } else if j < nd {
+                            s_dense[i * nd + j] * scale
                         } else {
                             dot(&q_all[row_of(k, t)..][..dh], &k_all[row_of(k2, t2)..][..dh])
                                 * scale
@@ -173,26 +227,26 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
                         sum += *sc;
                     }
                     arow.iter_mut().for_each(|p| *p = *p / sum);
-                    p_real[i * seq..][..seq].copy_from_slice(&arow[..seq]);
+                    p_dense[i * nd..][..nd].copy_from_slice(&arow[..nd]);
                 }
             }
-            // Real keys: O = P_real · V_0; then each query's own pause steps.
+            // Dense keys: O = P_dense · V_dense; then each query's own pause steps.
             matmul(
                 oh,
-                &p_real,
+                &p_dense,
                 Op::N,
-                &v_all[..seq * dh],
+                &v_all[..nd * dh],
                 Op::N,
                 rows,
-                seq,
+                nd,
                 dh,
                 false,
             );
             for k in 0..=kk {
                 for t in 0..seq {
                     let i = k * seq + t;
-                    for j in seq..w {
-                        let (t2, k2) = candidate_key(j, t, seq);
+                    for j in nd..w {
+                        let (t2, k2) = s.candidate_key(j, t);
                         let p = a[i * w + j]; // 0 where masked
                         if p == T::zero() {
                             continue;
@@ -217,9 +271,10 @@ pub fn attention_forward<T: Scalar>(out: &mut [T], att: &mut [T], qkv: &[T], s: 
 }
 
 /// Backward of [`attention_forward`]: **overwrites** `dqkv: [B, K+1, T, 3d]` from
-/// `dout: [B, K+1, T, d]` and the saved `qkv` and `att`. The real-key parts are GEMMs
-/// (`dP = dO · V_0^T`, `dV_0 = P^T · dO`, `dQ = dS · K_0`, `dK_0 = dS^T · Q`), the
-/// pause-key parts are per-query loops, as in the forward.
+/// `dout: [B, K+1, T, d]` and the saved `qkv` and `att`. The dense-key parts are GEMMs
+/// (`dP = dO · V_dense^T`, `dV_dense = P^T · dO`, `dQ = dS · K_dense`,
+/// `dK_dense = dS^T · Q`), the private pause-key parts are per-query loops, as in the
+/// forward.
 pub fn attention_backward<T: Scalar>(
     dqkv: &mut [T],
     dout: &[T],
@@ -227,7 +282,7 @@ pub fn attention_backward<T: Scalar>(
     att: &[T],
     s: AttnShape,
 ) {
-    let (d, dh, w) = (s.d, s.d_head(), s.width());
+    let (d, dh, w, nd) = (s.d, s.d_head(), s.width(), s.dense_keys());
     let (kk, seq) = (s.steps.pauses, s.steps.seq);
     let (rows, plane) = ((kk + 1) * seq, s.plane());
     let scale = T::one() / T::of(dh as f64).sqrt();
@@ -255,38 +310,38 @@ pub fn attention_backward<T: Scalar>(
                         .copy_from_slice(&dout[s.steps.row(b, k, t) * d + h * dh..][..dh]);
                 }
             }
-            let mut p_real = vec![T::zero(); rows * seq];
+            let mut p_dense = vec![T::zero(); rows * nd];
             for i in 0..rows {
-                p_real[i * seq..][..seq].copy_from_slice(&a[i * w..][..seq]);
+                p_dense[i * nd..][..nd].copy_from_slice(&a[i * w..][..nd]);
             }
-            // dV_0 = P_real^T · dO, and dP_real = dO · V_0^T.
+            // dV_dense = P_dense^T · dO, and dP_dense = dO · V_dense^T.
             matmul(
-                &mut dv[..seq * dh],
-                &p_real,
+                &mut dv[..nd * dh],
+                &p_dense,
                 Op::T,
                 &d_o,
                 Op::N,
-                seq,
+                nd,
                 rows,
                 dh,
                 false,
             );
-            let mut dp_real = vec![T::zero(); rows * seq];
+            let mut dp_dense = vec![T::zero(); rows * nd];
             matmul(
-                &mut dp_real,
+                &mut dp_dense,
                 &d_o,
                 Op::N,
-                &v_all[..seq * dh],
+                &v_all[..nd * dh],
                 Op::T,
                 rows,
                 dh,
-                seq,
+                nd,
                 false,
             );
             // Softmax backward per query: dS_j = att_j (dP_j - Σ att·dP) · scale. The
-            // real part of dS goes to ds_real (reusing p_real), the pause part is applied
-            // at once.
-            let ds_real = &mut p_real;
+            // dense part of dS goes to ds_dense (reusing p_dense), the pause part is
+            // applied at once.
+            let ds_dense = &mut p_dense;
             let mut dp = vec![T::zero(); w];
             for k in 0..=kk {
                 for t in 0..seq {
@@ -295,13 +350,13 @@ pub fn attention_backward<T: Scalar>(
                     let dy = &d_o[row_of(k, t)..][..dh];
                     let mut weighted = T::zero();
                     for j in 0..w {
-                        let (t2, k2) = candidate_key(j, t, seq);
-                        dp[j] = if !pause_visible(t, k, t2, k2) {
+                        let (t2, k2) = s.candidate_key(j, t);
+                        dp[j] = if !s.visible(t, k, t2, k2) {
                             T::zero()
-                        } else if k2 == 0 {
-                            dp_real[i * seq + t2]
+                        } else if j < nd {
+                            dp_dense[i * nd + j]
                         } else {
-                            // Pause key: dP and dV by hand.
+                            // Private pause key: dP and dV by hand.
                             for (x, &gy) in dv[row_of(k2, t2)..][..dh].iter_mut().zip(dy) {
                                 *x += arow[j] * gy;
                             }
@@ -310,14 +365,14 @@ pub fn attention_backward<T: Scalar>(
                         weighted += arow[j] * dp[j];
                     }
                     for j in 0..w {
-                        let (t2, k2) = candidate_key(j, t, seq);
-                        let ds = if pause_visible(t, k, t2, k2) {
+                        let (t2, k2) = s.candidate_key(j, t);
+                        let ds = if s.visible(t, k, t2, k2) {
                             arow[j] * (dp[j] - weighted) * scale
                         } else {
                             T::zero()
                         };
-                        if j < seq {
-                            ds_real[i * seq + j] = ds;
+                        if j < nd {
+                            ds_dense[i * nd + j] = ds;
                         } else if ds != T::zero() {
                             let key = &k_all[row_of(k2, t2)..][..dh];
                             for (x, &kv) in dq[row_of(k, t)..][..dh].iter_mut().zip(key) {
@@ -331,25 +386,25 @@ pub fn attention_backward<T: Scalar>(
                     }
                 }
             }
-            // Real keys: dQ += dS_real · K_0, dK_0 = dS_real^T · Q.
+            // Dense keys: dQ += dS_dense · K_dense, dK_dense = dS_dense^T · Q.
             matmul(
                 dq,
-                ds_real,
+                ds_dense,
                 Op::N,
-                &k_all[..seq * dh],
+                &k_all[..nd * dh],
                 Op::N,
                 rows,
-                seq,
+                nd,
                 dh,
                 true,
             );
             matmul(
-                &mut dk[..seq * dh],
-                ds_real,
+                &mut dk[..nd * dh],
+                ds_dense,
                 Op::T,
                 q_all,
                 Op::N,
-                seq,
+                nd,
                 rows,
                 dh,
                 false,

@@ -4,7 +4,7 @@
 //! ```text
 //! h = E[tok] + P[t] + D[k]                                  [B, K+1, T, d]
 //! repeat L times:
-//!     h = h + W_o · Attn(LN1(h) W_qkv + b_qkv) + b_o        (H heads, pause mask)
+//!     h = h + W_o · Attn(LN1(h) W_qkv + b_qkv) + b_o        (H heads, section 3 mask)
 //!     h = h + W_2 · gelu_tanh(LN2(h) W_1 + b_1) + b_2        (hidden 4d)
 //! logits = LN_f(h) · E^T                                    [B, K+1, T, V+1]
 //! ```
@@ -52,7 +52,7 @@ struct BlockActs<T> {
     ln1_mean: Vec<T>, // [N]
     ln1_rstd: Vec<T>, // [N]
     qkv: Vec<T>,      // [N, 3d]
-    att: Vec<T>,      // [B, H, K+1, T, T+K]
+    att: Vec<T>,      // [B, H, K+1, T, width] (AttnShape::width)
     atty: Vec<T>,     // [N, d] attention output before W_o
     mid: Vec<T>,      // [N, d] residual after the attention half
     ln2: Vec<T>,      // [N, d]
@@ -319,6 +319,7 @@ impl<T: Scalar> Model<T> {
             steps,
             heads: self.config.n_head,
             d: self.config.d_model,
+            mode: self.config.pause_attention,
         }
     }
 

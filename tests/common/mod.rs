@@ -23,6 +23,19 @@ pub fn all_objectives() -> Vec<cyb::Objective> {
     ]
 }
 
+/// The SPEC v2 test vectors and checkpoints: `<testdata>/v2`.
+pub fn v2_dir() -> PathBuf {
+    testdata_dir().join("v2")
+}
+
+/// `v2/vectors.json` (SPEC v2).
+pub fn vectors_v2() -> serde_json::Value {
+    let path = v2_dir().join("vectors.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
+    serde_json::from_str(&text).expect("v2/vectors.json parses")
+}
+
 pub fn vectors() -> serde_json::Value {
     let path = testdata_dir().join("vectors.json");
     let text = std::fs::read_to_string(&path)
