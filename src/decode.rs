@@ -1,11 +1,19 @@
-//! Adaptive decoding (SPEC section 6) with a KV cache of real tokens only.
+//! Decoding (SPEC section 6) with a KV cache, in both attention modes (SPEC section 3).
 //!
-//! Because pauses are private (SPEC section 3), the keys and values of real tokens
-//! never depend on anyone's pauses: the cache holds exactly one entry per real
-//! position. The pause steps of the position being answered attend to the cache
-//! plus their own pause keys, which live in a scratch list that is dropped as soon
-//! as the position answers. So a token costs `1 + pauses taken` row evaluations.
+//! A readout policy picks the step `S` at which a position answers (greedy threshold
+//! on `p(DK)`, `S ~ h`, or forced `S = K`); `p(DK)` includes the model's `dk_bias`.
+//!
+//! - `private`: adaptive. The keys and values of real tokens never depend on anyone's
+//!   pauses, so the cache holds exactly one entry per real position. The pause steps
+//!   of the position being answered attend to the cache plus their own pause keys,
+//!   which live in a scratch list that is dropped as soon as the position answers. A
+//!   token costs `1 + pauses taken` row evaluations.
+//! - `shared` (the paper's Recipe 1): later positions attend to earlier positions'
+//!   pause steps, so every position runs all `K+1` steps at `push` and all of them go
+//!   into the cache, in stream order `(t, 0), .., (t, K), (t+1, 0), ..`. A token costs
+//!   `K+1` row evaluations whatever the policy; the policy only picks the readout step.
 
+use crate::config::PauseAttention;
 use crate::cpu::gelu::gelu_forward;
 use crate::cpu::layernorm::layernorm_forward;
 use crate::cpu::linear::linear_forward;
@@ -57,10 +65,28 @@ impl Policy {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Emitted {
     pub token: usize,
-    /// Pauses taken before answering.
+    /// The readout step `S`: pauses taken before answering.
     pub pauses: usize,
-    /// `p(DK)` at every step evaluated (`pauses + 1` entries).
+    /// `p(DK)` at every step evaluated: all `K+1` in `shared` mode (and in `private`
+    /// mode with [`Decoder::with_full_halting`]), else `pauses + 1`. The entry at `K`
+    /// is the model's raw `p(DK)` there, although step `K` must answer.
     pub p_dk: Vec<f64>,
+    /// `E[pauses] = sum_k k h_k` under the model's halting distribution `h` (SPEC
+    /// section 4), when every step's `p(DK)` is known (see `p_dk`).
+    pub expected_pauses: Option<f64>,
+}
+
+/// `E[pauses] = sum_k k h_k` from `p(DK)` at steps `0..=K` (`d_K` is ignored: step
+/// `K` always answers): `h_k = (1 - d_k) prod_{j<k} d_j`, `h_K = prod_{j<K} d_j`.
+pub fn expected_pauses(p_dk: &[f64]) -> f64 {
+    let kk = p_dk.len().saturating_sub(1);
+    let (mut reach, mut e) = (1.0, 0.0);
+    for (k, &d) in p_dk.iter().enumerate() {
+        let h = if k == kk { reach } else { reach * (1.0 - d) };
+        e += k as f64 * h;
+        reach *= d;
+    }
+    e
 }
 
 /// Keys and values of one layer, `[len, d]` each (heads contiguous).
@@ -70,7 +96,8 @@ struct LayerKv<T> {
     values: Vec<T>,
 }
 
-/// Steps one token at a time through a model with a KV cache of real tokens.
+/// Steps one token at a time through a model with a KV cache (real tokens only in
+/// `private` mode, every step in `shared` mode).
 ///
 /// ```
 /// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng};
@@ -87,12 +114,21 @@ pub struct Decoder<'m, T: Scalar> {
     pauses_max: usize,
     policy: Policy,
     rng: Rng,
-    /// Real-token keys/values per layer.
+    /// Keys/values per layer: real tokens (`private`), every step in stream order
+    /// (`shared`).
     cache: Vec<LayerKv<T>>,
-    /// Pause keys/values of the current position per layer (dropped on the next push).
+    /// `private`: pause keys/values of the current position per layer (dropped on the
+    /// next push). Unused in `shared` mode.
     scratch: Vec<LayerKv<T>>,
-    /// Pause steps taken at the current position.
+    /// `shared`: logits of steps `1..=K` of the current position, computed at `push`.
+    ahead: Vec<Vec<T>>,
+    /// Positions pushed so far.
+    positions: usize,
+    /// Pause steps taken (`private`) or read (`shared`) at the current position.
     depth: usize,
+    /// `private`: after the answer, also evaluate the remaining pause steps so that
+    /// `p_dk` and `E[pauses]` cover every step (for reports; costs the compute back).
+    full_halting: bool,
 }
 
 impl<'m, T: Scalar> Decoder<'m, T> {
@@ -114,15 +150,28 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             rng: Rng::new(seed),
             cache: vec![LayerKv::default(); layers],
             scratch: vec![LayerKv::default(); layers],
+            ahead: Vec::new(),
+            positions: 0,
             depth: 0,
+            full_halting: false,
         })
     }
 
-    /// Real tokens in the cache (the position of the next `push`).
+    /// In `private` mode, evaluate every pause step of a position even after the
+    /// policy answered, so that each [`Emitted`] has all `K+1` `p_dk` and
+    /// `expected_pauses`. (`shared` mode always has them.)
+    pub fn with_full_halting(mut self) -> Self {
+        self.full_halting = true;
+        self
+    }
+
+    fn shared(&self) -> bool {
+        self.model.config.pause_attention == PauseAttention::Shared
+    }
+
+    /// Positions pushed so far (the position of the next `push`).
     pub fn len(&self) -> usize {
-        self.cache
-            .first()
-            .map_or(0, |c| c.keys.len() / self.model.config.d_model)
+        self.positions
     }
 
     /// Whether no token has been pushed yet.
@@ -136,10 +185,14 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             kv.keys.clear();
             kv.values.clear();
         }
+        self.ahead.clear();
+        self.positions = 0;
         self.depth = 0;
     }
 
     /// Feed a real token at the next position; returns the logits `[V+1]` of its step 0.
+    /// In `shared` mode this also runs the position's `K` pause steps (later positions
+    /// attend to them), whose logits [`Decoder::pause`] then hands out.
     pub fn push(&mut self, token: usize) -> Result<Vec<T>> {
         let c = &self.model.config;
         if token >= c.vocab {
@@ -160,7 +213,14 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             kv.values.clear();
         }
         self.depth = 0;
-        Ok(self.step(token, 0))
+        self.positions += 1;
+        let logits = self.step(token, 0);
+        if self.shared() {
+            self.ahead = (1..=self.pauses_max)
+                .map(|k| self.step(self.model.config.vocab, k))
+                .collect();
+        }
+        Ok(logits)
     }
 
     /// Take one more pause step at the current position; returns its logits `[V+1]`.
@@ -175,18 +235,28 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             });
         }
         self.depth += 1;
+        if self.shared() {
+            return Ok(self.ahead[self.depth - 1].clone());
+        }
         Ok(self.step(self.model.config.vocab, self.depth))
     }
 
-    /// Decide how long to think at the current position (the last pushed token) and
+    /// `p(DK)` of a row of logits `[V+1]`, with the model's DK bias (SPEC section 4:
+    /// `e = z[V] + b_DK`, `d = exp(e - logaddexp(r, e))`).
+    fn p_dk(&self, logits: &[T]) -> f64 {
+        let s = row_scalar(logits, -1);
+        let e = s.e + self.model.config.dk_bias;
+        (e - log_add_exp(s.r, e)).exp()
+    }
+
+    /// Decide at which step the current position (the last pushed token) answers and
     /// which token comes next, per the policy. Does not push the answer.
     pub fn answer(&mut self, step0_logits: Vec<T>) -> Result<Emitted> {
         let v = self.model.config.vocab;
         let mut logits = step0_logits;
         let mut p_dk = Vec::new();
         loop {
-            let s = row_scalar(&logits, -1);
-            let dk = (s.e - log_add_exp(s.r, s.e)).exp();
+            let dk = self.p_dk(&logits);
             p_dk.push(dk);
             let k = self.depth;
             let say_dk = k < self.pauses_max
@@ -208,10 +278,21 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                     } => sample(&real, *temperature, *top_k, *top_p, &mut self.rng),
                     _ => argmax(&real),
                 };
+                // The remaining steps' p(DK), for E[pauses]: already computed in
+                // shared mode, evaluated on request in private mode.
+                if self.shared() || self.full_halting {
+                    while self.depth < self.pauses_max {
+                        let next = self.pause()?;
+                        p_dk.push(self.p_dk(&next));
+                    }
+                }
+                let expected_pauses =
+                    (p_dk.len() == self.pauses_max + 1).then(|| expected_pauses(&p_dk));
                 return Ok(Emitted {
                     token,
                     pauses: k,
                     p_dk,
+                    expected_pauses,
                 });
             }
             logits = self.pause()?;
@@ -233,8 +314,8 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         }
         let mut logits = Vec::new();
         for &tok in prompt {
-            // Earlier prompt positions need no pauses: their next token is given, and
-            // pauses never change the cache.
+            // Earlier prompt positions need no readout: their next token is given.
+            // (Private: their pauses never change the cache; shared: `push` runs them.)
             logits = self.push(tok)?;
         }
         let mut out = Vec::with_capacity(n);
@@ -249,13 +330,15 @@ impl<'m, T: Scalar> Decoder<'m, T> {
     }
 
     /// One row through the model: input `token` at the current position `t` and
-    /// depth `k`. Depth 0 appends its keys/values to the cache, pauses to the scratch.
+    /// depth `k`. Its keys/values go to the cache (depth 0, or any depth in `shared`
+    /// mode) or to the scratch (`private` pauses).
     fn step(&mut self, token: usize, k: usize) -> Vec<T> {
+        let shared = self.shared();
         let c = &self.model.config;
         let p = &self.model.params;
         let (d, h) = (c.d_model, c.n_head);
         let dh = d / h;
-        let t = if k == 0 { self.len() } else { self.len() - 1 };
+        let t = self.positions - 1;
         let mut x: Vec<T> = (0..d)
             .map(|i| p.tok_emb[token * d + i] + p.pos_emb[t * d + i] + p.depth_emb[k * d + i])
             .collect();
@@ -285,18 +368,24 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                 d,
                 3 * d,
             );
-            let kv = if k == 0 {
+            let kv = if k == 0 || shared {
                 &mut self.cache[l]
             } else {
                 &mut self.scratch[l]
             };
             kv.keys.extend_from_slice(&qkv[d..2 * d]);
             kv.values.extend_from_slice(&qkv[2 * d..]);
-            // Visible keys: real steps (t' <= t, k' = 0) = the whole cache, then this
-            // position's pauses 1..=k = the whole scratch (empty at k = 0).
+            // Visible keys (SPEC section 3). Shared: every step before this one in
+            // stream order plus itself = the whole cache. Private: real steps
+            // (t' <= t, k' = 0) = the whole cache, then this position's pauses 1..=k =
+            // the whole scratch (empty at k = 0).
             let (real, own) = (&self.cache[l], &self.scratch[l]);
             let n_real = real.keys.len() / d;
-            let n_own = if k == 0 { 0 } else { own.keys.len() / d };
+            let n_own = if k == 0 || shared {
+                0
+            } else {
+                own.keys.len() / d
+            };
             for head in 0..h {
                 let q = &qkv[head * dh..][..dh];
                 let key = |j: usize| {

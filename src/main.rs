@@ -195,6 +195,11 @@ struct RunArgs {
     /// Pause steps K per position (0 = a plain GPT).
     #[arg(long, default_value_t = 3)]
     pauses: usize,
+    /// Attention over pause steps (SPEC section 3): `shared` (the paper's Recipe 1:
+    /// causal over the interleaved stream) or `private` (no position sees another's
+    /// pauses; adaptive inference with a cache of real tokens).
+    #[arg(long, default_value = "shared")]
+    pause_attention: cyb::config::PauseAttention,
     #[arg(long, default_value_t = 2)]
     layers: usize,
     #[arg(long, default_value_t = 64)]
@@ -321,7 +326,7 @@ impl RunArgs {
                 n_head: self.heads,
                 t_max: self.ctx,
                 k_max: self.pauses,
-                pause_attention: cyb::config::PauseAttention::Private,
+                pause_attention: self.pause_attention,
                 dk_bias: 0.0,
             },
             objective,
@@ -527,9 +532,15 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         PolicyName::Forced => Policy::ForcedK,
     };
     let pauses = a.pauses.unwrap_or(model.config.k_max);
-    let mut dec = Decoder::new(&model, pauses, policy, a.seed)?;
+    // Every step's p(DK) is evaluated so that each token can show E[pauses]; in
+    // private mode that costs the remaining pause steps (shared mode runs them anyway).
+    let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
     let out = dec.generate(&prompt, a.max_new)?;
-    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
+    let n_out = out.len().max(1) as f64;
+    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
+    let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
+    let mean_expected = out.iter().map(expected).sum::<f64>() / n_out;
+    let mode = model.config.pause_attention;
     if a.json {
         let tokens: Vec<serde_json::Value> = out
             .iter()
@@ -538,6 +549,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
                     "id": e.token,
                     "text": vocab.token_text(e.token),
                     "pauses": e.pauses,
+                    "readout_step": e.pauses,
+                    "expected_pauses": e.expected_pauses,
                     "p_dk": e.p_dk,
                 })
             })
@@ -545,7 +558,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         let doc = serde_json::json!({
             "prompt": a.prompt,
             "pauses_max": pauses,
+            "pause_attention": mode.name(),
             "mean_pauses": mean,
+            "mean_expected_pauses": mean_expected,
             "tokens": tokens,
         });
         println!("{doc:#}");
@@ -566,10 +581,28 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         }
     }
     println!("{text}");
+    // Per token: its readout step S and E[pauses] under the model's halting distribution.
+    let steps: Vec<String> = out
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:S={},E={:.2}",
+                vocab.token_text(e.token),
+                e.pauses,
+                expected(e)
+            )
+        })
+        .collect();
+    println!("readout: {}", steps.join(" "));
     eprintln!(
-        "{} tokens, {:.2} pauses per token (K = {pauses}){}",
+        "{} tokens, {:.2} pauses per token, E[pauses] {:.2} (K = {pauses}, {mode} pauses{}){}",
         out.len(),
         mean,
+        mean_expected,
+        match mode {
+            cyb::config::PauseAttention::Shared => ": every step computed, S picks the readout",
+            cyb::config::PauseAttention::Private => "",
+        },
         if tty {
             ""
         } else {

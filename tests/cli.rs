@@ -1,6 +1,8 @@
 //! The `cyb` command end to end on a tiny run: train, save, eval, generate, and the
 //! clear errors a newcomer may hit.
 
+use cyb::checkpoint;
+use cyb::config::PauseAttention;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -107,8 +109,10 @@ fn train_save_eval_generate() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let toks = doc["tokens"].as_array().unwrap();
     assert_eq!(toks.len(), 5);
+    // Every step's p(DK) is reported (shared mode runs them all), and E[pauses] in [0, K].
     assert!(toks.iter().all(|t| t["pauses"].as_u64().unwrap() <= 2
-        && t["p_dk"].as_array().unwrap().len() == t["pauses"].as_u64().unwrap() as usize + 1));
+        && t["p_dk"].as_array().unwrap().len() == 3
+        && (0.0..=2.0).contains(&t["expected_pauses"].as_f64().unwrap())));
     let o = cyb(&[
         "generate",
         "--load",
@@ -144,6 +148,8 @@ fn byte_level_text_trains_and_generates() {
         s(&text),
         "--pauses",
         "1",
+        "--pause-attention",
+        "private",
         "--save",
         s(&ckpt),
     ];
@@ -151,6 +157,10 @@ fn byte_level_text_trains_and_generates() {
     let o = cyb(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        checkpoint::load(&ckpt).unwrap().config.pause_attention,
+        PauseAttention::Private
+    );
     assert!(
         report.contains("V = 256") && report.contains("letter"),
         "{report}"
@@ -168,6 +178,12 @@ fn byte_level_text_trains_and_generates() {
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(doc["pause_attention"], "private");
+    assert!(doc["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["expected_pauses"].as_f64().is_some()));
     let o = cyb(&[
         "eval",
         "--load",
@@ -209,6 +225,10 @@ fn bad_inputs_fail_clearly() {
             "no CUDA device",
         );
     }
+    check(
+        &["train", "--pause-attention", "both", "--steps", "1"],
+        "`shared` or `private`, got `both`",
+    );
     check(
         &["eval", "--load", s(&dir.join("missing.safetensors"))],
         "missing.safetensors",
