@@ -1,19 +1,23 @@
-//! Pause-step attention (SPEC section 3), forward + backward.
+//! Pause-step attention (SPEC section 3), forward + backward, in both modes.
 //!
 //! - Always: the CPU reference (`cpu::attention`) at a small shape (B1 H2 T128 K3
-//!   Dh64, f32), so `cargo bench` works on any machine.
+//!   Dh64, f32), `shared` and `private`, so `cargo bench` works on any machine.
 //! - With feature `cuda` and a device: the kernels in bf16 at the two ANCHORS.md shapes
-//!   (B8 H12 T1024 K3 Dh64 and B4 H16 T2048 K3 Dh128), timed with CUDA events inside
-//!   `iter_custom`; prints ms, useful TFLOP/s (only visible (query, key) pairs:
-//!   `(K+1)·T(T+1)/2 + T·K(K+1)/2` per head, 4·Dh FLOPs per pair forward, 3.5x that
-//!   forward + backward), the speed-up over FlexAttention (2.04 ms / 6.17 ms) and the
-//!   fraction of the card's 766 TFLOP/s bf16 matmul ceiling. Inputs are random, never
-//!   zeros; no cache flush: the working set (qkv, out, grads) is about the size of the
-//!   50 MB L2 at the first shape and 5x it at the second, as it is in training.
+//!   (B8 H12 T1024 K3 Dh64 and B4 H16 T2048 K3 Dh128), each mode, timed with CUDA events
+//!   inside `iter_custom`; prints ms, useful TFLOP/s (only visible (query, key) pairs,
+//!   4·Dh FLOPs per pair forward, 3.5x that forward + backward; per head `private`:
+//!   `(K+1)·T(T+1)/2 + T·K(K+1)/2` pairs, `shared`: `n(n+1)/2` with `n = (K+1)T`, causal
+//!   over the interleaved stream), the speed-up over the ANCHORS.md peer (`private`:
+//!   FlexAttention with the mask, 2.04 ms / 6.17 ms; `shared`: PyTorch SDPA causal over
+//!   the (K+1)T stream, 2.05 ms / 7.31 ms) and the fraction of the card's 766 TFLOP/s
+//!   bf16 matmul ceiling. Inputs are random, never zeros; no cache flush: the working
+//!   set (qkv, out, grads) is about the size of the 50 MB L2 at the first shape and 5x
+//!   it at the second, as it is in training.
 //!
-//! Floors (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound, the bytes take
-//! ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP -> 0.24 ms;
-//! B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms. In this version every bf16 kernel
+//! Floors for `private` (useful FLOPs at 766 TFLOP/s; both shapes are compute-bound,
+//! the bytes take ~0.1 ms / ~0.3 ms at 4.2 TB/s): B8 H12 T1024 K3 Dh64 = 181 GFLOP ->
+//! 0.24 ms; B4 H16 T2048 K3 Dh128 = 964 GFLOP -> 1.26 ms; `shared` does about 4x the
+//! useful work (722 GFLOP -> 0.94 ms; 3.85 TFLOP -> 5.0 ms). In this version every bf16 kernel
 //! runs on tensor cores with mma.sync m16n8k16 (no wgmma, no ldmatrix, no cp.async
 //! pipelining, scalar shared loads for the transposed operands). Prediction before
 //! any GPU run: 50-150 useful TFLOP/s, roughly 1.2-3.6 ms and 6.5-19 ms, i.e. between
@@ -21,38 +25,41 @@
 //! tensor cores and on CUDA cores (the f32 path, f32 FMAs, ~67 TFLOP/s peak).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use cyb::config::PauseAttention as Mode;
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use cyb::cpu::embedding::StepShape;
 use cyb::rng::Rng;
 use std::time::Duration;
 
 fn cpu_reference(c: &mut Criterion) {
-    let s = AttnShape {
-        steps: StepShape {
-            batch: 1,
-            pauses: 3,
-            seq: 128,
-        },
-        heads: 2,
-        d: 128,
-        mode: cyb::config::PauseAttention::Shared,
-    };
-    let rows = s.steps.rows();
-    let mut rng = Rng::new(11);
-    let qkv: Vec<f32> = (0..rows * 3 * s.d).map(|_| rng.normal() as f32).collect();
-    let dout: Vec<f32> = (0..rows * s.d).map(|_| rng.normal() as f32).collect();
-    let mut out = vec![0.0f32; rows * s.d];
-    let mut att = vec![0.0f32; s.att_len()];
-    let mut dqkv = vec![0.0f32; qkv.len()];
     let mut group = c.benchmark_group("cpu_attention_fwd_bwd_b1h2t128k3d64_f32");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(2));
-    group.bench_function("fwd_bwd", |b| {
-        b.iter(|| {
-            attention_forward(&mut out, &mut att, &qkv, s);
-            attention_backward(&mut dqkv, &dout, &qkv, &att, s);
-        })
-    });
+    for mode in [Mode::Shared, Mode::Private] {
+        let s = AttnShape {
+            steps: StepShape {
+                batch: 1,
+                pauses: 3,
+                seq: 128,
+            },
+            heads: 2,
+            d: 128,
+            mode,
+        };
+        let rows = s.steps.rows();
+        let mut rng = Rng::new(11);
+        let qkv: Vec<f32> = (0..rows * 3 * s.d).map(|_| rng.normal() as f32).collect();
+        let dout: Vec<f32> = (0..rows * s.d).map(|_| rng.normal() as f32).collect();
+        let mut out = vec![0.0f32; rows * s.d];
+        let mut att = vec![0.0f32; s.att_len()];
+        let mut dqkv = vec![0.0f32; qkv.len()];
+        group.bench_function(format!("fwd_bwd_{mode}"), |b| {
+            b.iter(|| {
+                attention_forward(&mut out, &mut att, &qkv, s);
+                attention_backward(&mut dqkv, &dout, &qkv, &att, s);
+            })
+        });
+    }
     group.finish();
 }
 
@@ -80,7 +87,13 @@ mod gpu {
     /// Useful FLOPs of forward + backward: visible pairs only (ANCHORS.md).
     fn useful_flops(d: AttnDims) -> f64 {
         let (t, k) = (d.seq as f64, d.pauses as f64);
-        let pairs = (k + 1.0) * t * (t + 1.0) / 2.0 + t * k * (k + 1.0) / 2.0;
+        let pairs = match d.mode {
+            Mode::Private => (k + 1.0) * t * (t + 1.0) / 2.0 + t * k * (k + 1.0) / 2.0,
+            Mode::Shared => {
+                let n = (k + 1.0) * t;
+                n * (n + 1.0) / 2.0
+            }
+        };
         (d.batch * d.heads) as f64 * pairs * 4.0 * d.d_head as f64 * 3.5
     }
 
@@ -96,20 +109,31 @@ mod gpu {
         let cores_attn = PauseAttention::new(&gpu)
             .expect("load attention kernels")
             .with_tensor_cores(false);
+        // ANCHORS.md peers: private, FlexAttention with the mask; shared, SDPA causal
+        // over the (K+1)T interleaved stream.
         let shapes = [
-            ("b8h12t1024k3d64", 8, 12, 1024, 64, 2.04),
-            ("b4h16t2048k3d128", 4, 16, 2048, 128, 6.17),
+            ("b8h12t1024k3d64", 8, 12, 1024, 64, (2.05, 2.04)),
+            ("b4h16t2048k3d128", 4, 16, 2048, 128, (7.31, 6.17)),
         ];
         let mut group = c.benchmark_group("gpu_attention_fwd_bwd_bf16");
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(3));
-        for (name, batch, heads, seq, d_head, flex_ms) in shapes {
+        for ((shape, batch, heads, seq, d_head, (sdpa_ms, flex_ms)), mode) in shapes
+            .into_iter()
+            .flat_map(|s| [(s, Mode::Shared), (s, Mode::Private)])
+        {
+            let name = format!("{shape}_{mode}");
+            let (peer, peer_ms) = match mode {
+                Mode::Shared => ("SDPA causal over (K+1)T", sdpa_ms),
+                Mode::Private => ("FlexAttention", flex_ms),
+            };
             let d = AttnDims {
                 batch,
                 pauses: 3,
                 seq,
                 heads,
                 d_head,
+                mode,
             };
             let host = |n: usize, salt: u64| -> Vec<bf16> {
                 (0..n as u64)
@@ -148,11 +172,11 @@ mod gpu {
             let tflops = useful_flops(d) / (ms * 1e-3) / 1e12;
             println!(
                 "gpu pause_attention fwd+bwd {name} bf16: {ms:.3} ms, {tflops:.1} useful TFLOP/s, \
-                 {:.2}x FlexAttention ({flex_ms} ms), {:.1}% of {CEILING_TFLOPS} TFLOP/s",
-                flex_ms / ms,
+                 {:.2}x {peer} ({peer_ms} ms), {:.1}% of {CEILING_TFLOPS} TFLOP/s",
+                peer_ms / ms,
                 100.0 * tflops / CEILING_TFLOPS
             );
-            group.bench_function(name, |b| {
+            group.bench_function(&name, |b| {
                 b.iter_custom(|iters| Duration::from_secs_f64(time_ms(iters) * 1e-3))
             });
             // The forward alone, tensor cores against CUDA cores (median of 10).

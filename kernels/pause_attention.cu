@@ -1,4 +1,4 @@
-// Pause-step attention (SPEC section 3, private pauses), forward and backward, in the
+// Pause-step attention (SPEC section 3, both modes), forward and backward, in the
 // FlashAttention-2 manner: tiles of keys stream through shared memory, the softmax is
 // computed online, and neither the score matrix nor the probabilities are ever stored
 // in global memory (the CPU reference saves `att`; these kernels save only `lse`).
@@ -13,14 +13,17 @@
 //   dqkv [B, K+1, T, 3d]   overwritten: every element is written exactly once
 // Elements are f32 or bf16 (T); every sum, exp and accumulator is f32. Scale 1/sqrt(Dh).
 //
-// Visibility comes from kernels/pause_mask.cuh (the one statement of the rule). A query
-// (t, k) sees the real keys (t2 <= t, 0) and its own pause keys (t, 1..k):
-//   - real keys are walked in shared-memory tiles along the causal prefix only; tiles
-//     past the last query of a block are never visited, tiles wholly below the first
-//     query skip the per-element mask (real_tile_class);
-//   - the <= K pause keys of a query are a small extra step after the tiles: read
-//     straight from global memory, one online-softmax update each. So the cost is about
-//     (K+1) causal attentions over T, never one over (K+1)T.
+// Visibility comes from kernels/pause_mask.cuh (the one statement of the rules); the
+// mode (PauseMode: 0 shared, 1 private) is the last kernel argument, block-uniform.
+//   - Keys are walked plane by plane (tiled_planes: every depth k2 = 0..K for shared,
+//     the real plane k2 = 0 for private), in shared-memory tiles along the causal
+//     prefix of each plane only: tiles after the block's queries are never visited,
+//     tiles wholly before them skip the per-element mask, only tiles straddling the
+//     diagonal test each element (tile_class). So shared is one causal attention over
+//     the (K+1)T interleaved stream, with no work on the masked half.
+//   - private: the <= K own pause keys of a query are a small extra step after the
+//     tiles: read straight from global memory, one online-softmax update each. So the
+//     cost is about (K+1) causal attentions over T, never one over (K+1)T.
 //
 // Thread layout (every kernel): a row (a query in fwd/dQ, a key in dK/dV) is owned by
 // TPR = Dh/16 consecutive lanes of one warp, each holding 16 of the Dh columns in
@@ -31,10 +34,11 @@
 //
 // Backward, deterministic (no atomics): one kernel per output.
 //   - pause_attn_dq: per query row, walk the same keys as the forward; dQ in registers.
-//   - pause_attn_dkdv: per key row. A real key (t2, 0) loops over the query tiles of
-//     every depth k = 0..K that can see it (t >= t2); a pause key (t2, k2 >= 1) over its
-//     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a fixed
-//     order, and are written once.
+//   - pause_attn_dkdv: per key row. A key of a tiled plane (every key for shared, the
+//     real keys (t2, 0) for private) loops over the query tiles of every depth k = 0..K
+//     that can see it (tile_class again); a private pause key (t2, k2 >= 1) over its
+//     only queries (t2, k) for k = k2..K. dK and dV stay in registers, summed in a
+//     fixed order, and are written once.
 // Tensor cores: for bf16 every kernel has a second version on mma.sync m16n8k16
 // (attn_forward_tc, attn_dq_tc, attn_dkdv_tc: the default for bf16; 4 warps of 16 rows,
 // 64 rows per block), with the same key walk, mask rule, pause step and fixed
@@ -98,6 +102,7 @@ template <int TPR> __device__ __forceinline__ float dot_regs(const float (&a)[16
 
 struct AttnIdx {
     int B, K1, T, H;
+    int mode; // PauseMode
     __device__ __forceinline__ long long row(int b, int k, int t) const {
         return ((long long)b * K1 + k) * T + t;
     }
@@ -163,13 +168,15 @@ __device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
     for (int n = 0; n < 16; ++n) acc[n] = 0.0f;
     float m = -INFINITY, l = 0.0f;
 
-    // Real keys (t2, 0), t2 <= last query of the block: the causal prefix only.
+    // Keys (t2, kp) of every tiled plane, t2 <= last query of the block: the causal
+    // prefix only (a masked tile ends the plane: every later tile is masked too).
     const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
-    const T *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
     for (int j0 = 0; j0 <= q_last; j0 += BK) {
+        const T *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(BK, ix.T - j0);
-        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
-        if (cls == TILE_MASKED) break; // (cannot happen: the loop stops at q_last)
+        const TileClass cls = tile_class(ix.mode, k, kp, q0, q_last, j0, j0 + nk - 1);
+        if (cls == TILE_MASKED) break;
         __syncthreads(); // the previous tile is no longer read
         load_rows<T, DH>(ks, kbase + (long long)j0 * stride + d, stride, BK, nk);
         load_rows<T, DH>(vs, kbase + (long long)j0 * stride + 2 * d, stride, BK, nk);
@@ -182,7 +189,7 @@ __device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
                 const int j = c0 + jj;
                 const float dot = group_sum<TPR>(dot_shared<TPR>(q, ks + j * DH, s)) * scale;
                 const bool vis =
-                    j < nk && (cls == TILE_FULL || pause_visible(t, k, j0 + j, 0));
+                    j < nk && (cls == TILE_FULL || pause_visible(ix.mode, t, k, j0 + j, kp));
                 sc[jj] = vis ? dot : -INFINITY;
                 cmax = fmaxf(cmax, sc[jj]);
             }
@@ -211,13 +218,14 @@ __device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
         }
     }
 
-    // Own pause keys (t, 1..k): at most K, one online update each (k is block-uniform).
-    for (int kp = 1; kp <= k; ++kp) {
+    // Private: own pause keys (t, 1..k): at most K, one online update each (k is
+    // block-uniform).
+    for (int kp = 1; ix.mode == PAUSE_PRIVATE && kp <= k; ++kp) {
         const T *kr = qkv + ix.row(b, kp, tq) * stride + d + h * DH;
         float kx[16];
         load_cols<T, TPR>(kx, kr, s);
         const float dot = group_sum<TPR>(dot_regs<TPR>(q, kx)) * scale;
-        if (pause_visible(t, k, tq, kp)) {
+        if (pause_visible(ix.mode, t, k, tq, kp)) {
             const float m_new = fmaxf(m, dot);
             const float alpha = expf(m - m_new);
             const float p = expf(dot - m_new);
@@ -291,10 +299,11 @@ __device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
     const float Dl = delta[ix.stat(b, h, k, tq)];
 
     const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
-    const T *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
     for (int j0 = 0; j0 <= q_last; j0 += BK) {
+        const T *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(BK, ix.T - j0);
-        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        const TileClass cls = tile_class(ix.mode, k, kp, q0, q_last, j0, j0 + nk - 1);
         if (cls == TILE_MASKED) break;
         __syncthreads();
         load_rows<T, DH>(ks, kbase + (long long)j0 * stride + d, stride, BK, nk);
@@ -303,7 +312,7 @@ __device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
         for (int j = 0; j < nk; ++j) {
             const float sdot = group_sum<TPR>(dot_shared<TPR>(q, ks + j * DH, s)) * scale;
             const float pdot = group_sum<TPR>(dot_shared<TPR>(g, vs + j * DH, s));
-            const bool vis = cls == TILE_FULL || pause_visible(t, k, j0 + j, 0);
+            const bool vis = cls == TILE_FULL || pause_visible(ix.mode, t, k, j0 + j, kp);
             const float p = vis ? expf(sdot - L) : 0.0f;
             const float ds = p * (pdot - Dl);
             const float *kr = ks + j * DH;
@@ -317,14 +326,14 @@ __device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
             }
         }
     }
-    for (int kp = 1; kp <= k; ++kp) {
+    for (int kp = 1; ix.mode == PAUSE_PRIVATE && kp <= k; ++kp) {
         const T *kr = qkv + ix.row(b, kp, tq) * stride + d + h * DH;
         float kx[16], vx[16];
         load_cols<T, TPR>(kx, kr, s);
         load_cols<T, TPR>(vx, kr + d, s);
         const float sdot = group_sum<TPR>(dot_regs<TPR>(q, kx)) * scale;
         const float pdot = group_sum<TPR>(dot_regs<TPR>(g, vx));
-        const float p = pause_visible(t, k, tq, kp) ? expf(sdot - L) : 0.0f;
+        const float p = pause_visible(ix.mode, t, k, tq, kp) ? expf(sdot - L) : 0.0f;
         const float ds = p * (pdot - Dl);
 #pragma unroll
         for (int n = 0; n < 16; ++n) dq[n] = fmaf(ds, kx[n], dq[n]);
@@ -363,14 +372,15 @@ __device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
 #pragma unroll
     for (int n = 0; n < 16; ++n) dk[n] = dv[n] = 0.0f;
 
-    if (k2 == 0) {
-        // Real key: every depth k, every query t >= t2 (tiles from the one holding key0).
+    if (k2 < tiled_planes(ix.mode, ix.K1)) {
+        // Key of a tiled plane: every depth k, every query tile that can see it (from
+        // the one holding key0: no earlier query sees a key in either mode).
         const int key_last = min(key0 + Cfg::ROWS, ix.T) - 1;
         for (int k = 0; k < ix.K1; ++k) {
             for (int i0 = (key0 / BQ) * BQ; i0 < ix.T; i0 += BQ) {
                 const int nq = min(BQ, ix.T - i0);
-                const TileClass cls = real_tile_class(i0, i0 + nq - 1, key0, key_last);
-                if (cls == TILE_MASKED) continue; // (cannot happen: tiles start at key0's)
+                const TileClass cls = tile_class(ix.mode, k, k2, i0, i0 + nq - 1, key0, key_last);
+                if (cls == TILE_MASKED) continue; // (shared, k < k2: the diagonal tile)
                 __syncthreads();
                 load_rows<T, DH>(qs, qkv + ix.row(b, k, i0) * stride + h * DH, stride, BQ, nq);
                 load_rows<T, DH>(gs, dout + ix.row(b, k, i0) * d + h * DH, d, BQ, nq);
@@ -384,7 +394,7 @@ __device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
                     const float *gr = gs + i * DH;
                     const float sdot = group_sum<TPR>(dot_shared<TPR>(kx, qr, s)) * scale;
                     const float pdot = group_sum<TPR>(dot_shared<TPR>(vx, gr, s));
-                    const bool vis = cls == TILE_FULL || pause_visible(i0 + i, k, t2, 0);
+                    const bool vis = cls == TILE_FULL || pause_visible(ix.mode, i0 + i, k, t2, k2);
                     const float p = vis ? expf(sdot - ls[i]) : 0.0f;
                     const float ds = p * (pdot - dls[i]);
 #pragma unroll
@@ -404,14 +414,14 @@ __device__ void attn_dkdv(const T *__restrict__ qkv, const T *__restrict__ dout,
             }
         }
     } else {
-        // Pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
+        // Private pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
         for (int k = k2; k < ix.K1; ++k) {
             float q[16], g[16];
             load_cols<T, TPR>(q, qkv + ix.row(b, k, tk) * stride + h * DH, s);
             load_cols<T, TPR>(g, dout + ix.row(b, k, tk) * d + h * DH, s);
             const float sdot = group_sum<TPR>(dot_regs<TPR>(kx, q)) * scale;
             const float pdot = group_sum<TPR>(dot_regs<TPR>(vx, g));
-            const float p = pause_visible(tk, k, tk, k2) ? expf(sdot - lse[ix.stat(b, h, k, tk)]) : 0.0f;
+            const float p = pause_visible(ix.mode, tk, k, tk, k2) ? expf(sdot - lse[ix.stat(b, h, k, tk)]) : 0.0f;
             const float ds = p * (pdot - delta[ix.stat(b, h, k, tk)]);
 #pragma unroll
             for (int n = 0; n < 16; ++n) {
@@ -584,10 +594,12 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; // l: this lane's columns only
 
     const int q_last = min(q0 + TC_BQ, ix.T) - 1;
-    const __nv_bfloat16 *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
     for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
+        const __nv_bfloat16 *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(TC_BK, ix.T - j0);
-        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        const TileClass cls = tile_class(ix.mode, k, kp, q0, q_last, j0, j0 + nk - 1);
+        if (cls == TILE_MASKED) break;
         __syncthreads();
         load_kv_tile_bf16<DH, LD>(ks, vs, kbase + (long long)j0 * stride, stride, d, nk);
         __syncthreads();
@@ -600,7 +612,7 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
             for (int i = 0; i < 4; ++i) {
                 const int r = i / 2, key = 8 * n + 2 * c + (i % 2);
                 const bool vis =
-                    key < nk && (cls == TILE_FULL || pause_visible(t[r], k, j0 + key, 0));
+                    key < nk && (cls == TILE_FULL || pause_visible(ix.mode, t[r], k, j0 + key, kp));
                 sc[n][i] = vis ? sc[n][i] * scale : -INFINITY;
                 mx[r] = fmaxf(mx[r], sc[n][i]);
             }
@@ -645,13 +657,14 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
         }
     }
 
-    // Own pause keys (t, 1..k): the 4 lanes of a row hold its q columns between them.
-    for (int kp = 1; kp <= k; ++kp) {
+    // Private: own pause keys (t, 1..k); the 4 lanes of a row hold its q columns
+    // between them.
+    for (int kp = 1; ix.mode == PAUSE_PRIVATE && kp <= k; ++kp) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
             const float sdot = quad_sum(lane_dot<KS>(qrow[r], kr, c)) * scale;
-            if (pause_visible(t[r], k, tc[r], kp)) {
+            if (pause_visible(ix.mode, t[r], k, tc[r], kp)) {
                 const float mn = fmaxf(m[r], sdot);
                 const float al = expf(m[r] - mn);
                 const float p = expf(sdot - mn);
@@ -724,10 +737,12 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
     for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
     const int q_last = min(q0 + TC_BQ, ix.T) - 1;
-    const __nv_bfloat16 *kbase = qkv + ix.row(b, 0, 0) * stride + h * DH;
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
     for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
+        const __nv_bfloat16 *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(TC_BK, ix.T - j0);
-        const TileClass cls = real_tile_class(q0, q_last, j0, j0 + nk - 1);
+        const TileClass cls = tile_class(ix.mode, k, kp, q0, q_last, j0, j0 + nk - 1);
+        if (cls == TILE_MASKED) break;
         __syncthreads();
         load_kv_tile_bf16<DH, LD>(ks, vs, kbase + (long long)j0 * stride, stride, d, nk);
         __syncthreads();
@@ -741,7 +756,7 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
             for (int i = 0; i < 4; ++i) {
                 const int r = i / 2, key = 8 * n + 2 * c + (i % 2);
                 const bool vis =
-                    key < nk && (cls == TILE_FULL || pause_visible(t[r], k, j0 + key, 0));
+                    key < nk && (cls == TILE_FULL || pause_visible(ix.mode, t[r], k, j0 + key, kp));
                 const float p = vis ? expf(sc[n][i] * scale - L[r]) : 0.0f;
                 sc[n][i] = p * (dp[n][i] - Dl[r]);
             }
@@ -759,14 +774,15 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
         }
     }
 
-    // Own pause keys (t, 1..k), one at a time.
-    for (int kp = 1; kp <= k; ++kp) {
+    // Private: own pause keys (t, 1..k), one at a time.
+    for (int kp = 1; ix.mode == PAUSE_PRIVATE && kp <= k; ++kp) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const __nv_bfloat16 *kr = qkv + ix.row(b, kp, tc[r]) * stride + d + h * DH;
             const float ps = quad_sum(lane_dot<KS>(qrow[r], kr, c));
             const float pd = quad_sum(lane_dot<KS>(grow[r], kr + d, c));
-            const float p = pause_visible(t[r], k, tc[r], kp) ? expf(ps * scale - L[r]) : 0.0f;
+            const float p =
+                pause_visible(ix.mode, t[r], k, tc[r], kp) ? expf(ps * scale - L[r]) : 0.0f;
             const float ds = p * (pd - Dl[r]);
 #pragma unroll
             for (int n = 0; n < NO; ++n)
@@ -793,22 +809,23 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_dq_tc_bf16_d64(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
                               const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
-                              int K1, int Tn, int H) {
-    attn_dq_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+                              int K1, int Tn, int H, int mode) {
+    attn_dq_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});
 }
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_dq_tc_bf16_d128(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
                                const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
-                               int K1, int Tn, int H) {
-    attn_dq_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+                               int K1, int Tn, int H, int mode) {
+    attn_dq_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});
 }
 
 // dK, dV on tensor cores (bf16 only), the twin of attn_dkdv: warp w owns the 16 keys
-// key0 + 16w .. + 15 of depth k2 (= blockIdx.y). Real keys (k2 = 0) walk the query
-// tiles of every depth that can see them: S^T = K Q^T and dP^T = V dO^T on mma,
-// P^T = exp(S^T - lse), dS^T = P^T (dP^T - delta), then dV += P^T dO and
-// dK += dS^T Q with P^T, dS^T rounded to bf16. Pause keys (k2 >= 1) take the scalar
-// path: their <= K queries (t2, k2..K), one at a time.
+// key0 + 16w .. + 15 of depth k2 (= blockIdx.y). Keys of a tiled plane (all for shared,
+// k2 = 0 for private) walk the query tiles of every depth that can see them:
+// S^T = K Q^T and dP^T = V dO^T on mma, P^T = exp(S^T - lse),
+// dS^T = P^T (dP^T - delta), then dV += P^T dO and dK += dS^T Q with P^T, dS^T rounded
+// to bf16. Private pause keys (k2 >= 1) take the scalar path: their <= K queries
+// (t2, k2..K), one at a time.
 template <int DH>
 __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
                              const __nv_bfloat16 *__restrict__ dout,
@@ -841,7 +858,7 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
 #pragma unroll
         for (int i = 0; i < 4; ++i) dk[n][i] = dv[n][i] = 0.0f;
 
-    if (k2 == 0) {
+    if (k2 < tiled_planes(ix.mode, ix.K1)) {
         uint32_t ka[KS][4], va[KS][4];
         load_a_frags<KS>(ka, krow[0], krow[1], c);
         load_a_frags<KS>(va, krow[0] + d, krow[1] + d, c);
@@ -849,7 +866,8 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
         for (int k = 0; k < ix.K1; ++k) {
             for (int i0 = (key0 / BQ) * BQ; i0 < ix.T; i0 += BQ) {
                 const int nq = min(BQ, ix.T - i0);
-                const TileClass cls = real_tile_class(i0, i0 + nq - 1, key0, key_last);
+                const TileClass cls = tile_class(ix.mode, k, k2, i0, i0 + nq - 1, key0, key_last);
+                if (cls == TILE_MASKED) continue; // (shared, k < k2: the diagonal tile)
                 __syncthreads();
                 for (int e = threadIdx.x; e < BQ * DH; e += TC_THREADS) {
                     const int i = e / DH, col = e % DH;
@@ -872,8 +890,8 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
                         const int r = i / 2, qi = 8 * n + 2 * c + (i % 2);
-                        const bool vis =
-                            qi < nq && (cls == TILE_FULL || pause_visible(i0 + qi, k, t2[r], 0));
+                        const bool vis = qi < nq && (cls == TILE_FULL ||
+                                                     pause_visible(ix.mode, i0 + qi, k, t2[r], k2));
                         const float p = vis ? expf(st[n][i] * scale - ls[qi]) : 0.0f;
                         st[n][i] = p;
                         dpt[n][i] = p * (dpt[n][i] - dls[qi]);
@@ -897,7 +915,7 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
             }
         }
     } else {
-        // Pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
+        // Private pause key (t2, k2): seen only by the queries (t2, k), k = k2..K.
         for (int k = k2; k < ix.K1; ++k) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
@@ -905,7 +923,7 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
                 const __nv_bfloat16 *gr = dout + ix.row(b, k, tk[r]) * d + h * DH;
                 const float ps = quad_sum(lane_dot<KS>(krow[r], qr, c));
                 const float pd = quad_sum(lane_dot<KS>(krow[r] + d, gr, c));
-                const float p = pause_visible(tk[r], k, tk[r], k2)
+                const float p = pause_visible(ix.mode, tk[r], k, tk[r], k2)
                                     ? expf(ps * scale - lse[ix.stat(b, h, k, tk[r])])
                                     : 0.0f;
                 const float ds = p * (pd - delta[ix.stat(b, h, k, tk[r])]);
@@ -939,48 +957,48 @@ __device__ void attn_dkdv_tc(const __nv_bfloat16 *__restrict__ qkv,
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_dkdv_tc_bf16_d64(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
                                 const float *lse, const float *delta, __nv_bfloat16 *dqkv, int B,
-                                int K1, int Tn, int H) {
-    attn_dkdv_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+                                int K1, int Tn, int H, int mode) {
+    attn_dkdv_tc<64>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});
 }
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_dkdv_tc_bf16_d128(const __nv_bfloat16 *qkv, const __nv_bfloat16 *dout,
                                  const float *lse, const float *delta, __nv_bfloat16 *dqkv,
-                                 int B, int K1, int Tn, int H) {
-    attn_dkdv_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});
+                                 int B, int K1, int Tn, int H, int mode) {
+    attn_dkdv_tc<128>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_fwd_tc_bf16_d64(const __nv_bfloat16 *qkv, __nv_bfloat16 *out, float *lse, int B,
-                               int K1, int Tn, int H) {
-    attn_forward_tc<64>(qkv, out, lse, AttnIdx{B, K1, Tn, H});
+                               int K1, int Tn, int H, int mode) {
+    attn_forward_tc<64>(qkv, out, lse, AttnIdx{B, K1, Tn, H, mode});
 }
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
     pause_attn_fwd_tc_bf16_d128(const __nv_bfloat16 *qkv, __nv_bfloat16 *out, float *lse, int B,
-                                int K1, int Tn, int H) {
-    attn_forward_tc<128>(qkv, out, lse, AttnIdx{B, K1, Tn, H});
+                                int K1, int Tn, int H, int mode) {
+    attn_forward_tc<128>(qkv, out, lse, AttnIdx{B, K1, Tn, H, mode});
 }
 
 // ---------------------------------------------------------------------------------
 // Entry points: pause_attn_{fwd,dq,dkdv}_{f32,bf16}_d{64,128}, pause_attn_delta_{f32,bf16}.
-// Arguments after the buffers: B, K+1, T, H.
+// Arguments after the buffers: B, K+1, T, H, then (not for delta) the PauseMode.
 // ---------------------------------------------------------------------------------
-#define CYB_ATTN_ENTRIES(T, NAME, DH)                                                        \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
-        pause_attn_fwd_##NAME##_d##DH(const T *qkv, T *out, float *lse, int B, int K1, int Tn, \
-                                      int H) {                                               \
-        attn_forward<T, DH>(qkv, out, lse, AttnIdx{B, K1, Tn, H});                           \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
-        pause_attn_dq_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,           \
-                                     const float *delta, T *dqkv, int B, int K1, int Tn,     \
-                                     int H) {                                                \
-        attn_dq<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});                  \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                               \
-        pause_attn_dkdv_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,         \
-                                       const float *delta, T *dqkv, int B, int K1, int Tn,   \
-                                       int H) {                                              \
-        attn_dkdv<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H});                \
+#define CYB_ATTN_ENTRIES(T, NAME, DH)                                                         \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                \
+        pause_attn_fwd_##NAME##_d##DH(const T *qkv, T *out, float *lse, int B, int K1, int Tn,  \
+                                      int H, int mode) {                                      \
+        attn_forward<T, DH>(qkv, out, lse, AttnIdx{B, K1, Tn, H, mode});                      \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                \
+        pause_attn_dq_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,            \
+                                     const float *delta, T *dqkv, int B, int K1, int Tn,      \
+                                     int H, int mode) {                                       \
+        attn_dq<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});             \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                \
+        pause_attn_dkdv_##NAME##_d##DH(const T *qkv, const T *dout, const float *lse,          \
+                                       const float *delta, T *dqkv, int B, int K1, int Tn,    \
+                                       int H, int mode) {                                     \
+        attn_dkdv<T, DH>(qkv, dout, lse, delta, dqkv, AttnIdx{B, K1, Tn, H, mode});           \
     }
 
 CYB_ATTN_ENTRIES(float, f32, 64)
@@ -992,10 +1010,10 @@ CYB_ATTN_ENTRIES(__nv_bfloat16, bf16, 128)
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
     pause_attn_delta_f32(const float *out, const float *dout, float *delta, int B, int K1, int Tn,
                          int H, int dh) {
-    attn_delta<float>(out, dout, delta, AttnIdx{B, K1, Tn, H}, dh);
+    attn_delta<float>(out, dout, delta, AttnIdx{B, K1, Tn, H, PAUSE_SHARED}, dh); // (delta does not depend on the mode)
 }
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
     pause_attn_delta_bf16(const __nv_bfloat16 *out, const __nv_bfloat16 *dout, float *delta,
                           int B, int K1, int Tn, int H, int dh) {
-    attn_delta<__nv_bfloat16>(out, dout, delta, AttnIdx{B, K1, Tn, H}, dh);
+    attn_delta<__nv_bfloat16>(out, dout, delta, AttnIdx{B, K1, Tn, H, PAUSE_SHARED}, dh); // (delta does not depend on the mode)
 }

@@ -1,7 +1,8 @@
 //! The pause-step attention kernels (`kernels/pause_attention.cu`) against the CPU
 //! reference (`src/cpu/attention.rs`, run in f64) on fresh random inputs of awkward
 //! shapes: T = 1, T not a multiple of the tile (47, 65, 123), K = 0, 3, 7, B = 1 and 2,
-//! H = 1 and 3, d_head 64 and 128, f32 and bf16. Forward (`out`, `lse`) and backward
+//! H = 1 and 3, d_head 64 and 128, f32 and bf16, both attention modes (SPEC section 3:
+//! `shared` and `private`). Forward (`out`, `lse`) and backward
 //! (`dqkv`) are compared; every output buffer is poisoned with NaN before the launch, so
 //! an element the kernels forget to write fails the test.
 //!
@@ -12,6 +13,7 @@
 
 mod common;
 
+use cyb::config::PauseAttention as Mode;
 use libtest_mimic::{Arguments, Trial};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,12 +33,14 @@ struct Case {
     heads: usize,
     d_head: usize,
     dtype: Dtype,
+    mode: Mode,
 }
 
 impl Case {
     fn name(&self) -> String {
         format!(
-            "pause_attention_matches_cpu::{}_b{}k{}t{}h{}d{}",
+            "pause_attention_matches_cpu::{}_{}_b{}k{}t{}h{}d{}",
+            self.mode,
             match self.dtype {
                 Dtype::F32 => "f32",
                 Dtype::Bf16 => "bf16",
@@ -65,15 +69,18 @@ fn cases() -> Vec<Case> {
     ];
     let mut out = Vec::new();
     for (batch, pauses, seq, heads, d_head) in shapes {
-        for dtype in [Dtype::F32, Dtype::Bf16] {
-            out.push(Case {
-                batch,
-                pauses,
-                seq,
-                heads,
-                d_head,
-                dtype,
-            });
+        for mode in [Mode::Shared, Mode::Private] {
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                out.push(Case {
+                    batch,
+                    pauses,
+                    seq,
+                    heads,
+                    d_head,
+                    dtype,
+                    mode,
+                });
+            }
         }
     }
     out
@@ -113,9 +120,7 @@ fn trials() -> Vec<Trial> {
 mod gpu_tests {
     use super::common::{assert_close, base_seed, with_seed};
     use super::*;
-    use cyb::cpu::attention::{
-        attention_backward, attention_forward, candidate_key, pause_visible, AttnShape,
-    };
+    use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
     use cyb::cpu::embedding::StepShape;
     use cyb::gpu::attention::{AttnDims, PauseAttention};
     use cyb::gpu::cudarc::driver::CudaSlice;
@@ -193,6 +198,7 @@ mod gpu_tests {
             seq: c.seq,
             heads: c.heads,
             d_head: c.d_head,
+            mode: c.mode,
         }
     }
 
@@ -205,6 +211,7 @@ mod gpu_tests {
             },
             heads: d.heads,
             d: d.d(),
+            mode: d.mode,
         }
     }
 
@@ -227,8 +234,9 @@ mod gpu_tests {
     }
 
     /// Logsumexp `[B, H, K+1, T]` of the scaled scores over the visible keys, in f64,
-    /// straight from the definition (every candidate through `pause_visible`).
+    /// straight from the definition (every step through `pause_visible`).
     fn reference_lse(qkv: &[f64], d: AttnDims) -> Vec<f64> {
+        let s = cpu_shape(d);
         let (dm, dh, k1, seq) = (d.d(), d.d_head, d.pauses + 1, d.seq);
         let scale = 1.0 / (dh as f64).sqrt();
         let row = |b: usize, k: usize, t: usize| ((b * k1 + k) * seq + t) * 3 * dm;
@@ -238,9 +246,9 @@ mod gpu_tests {
                 for k in 0..k1 {
                     for t in 0..seq {
                         let q = &qkv[row(b, k, t) + h * dh..][..dh];
-                        let scores: Vec<f64> = (0..seq + d.pauses)
-                            .map(|j| candidate_key(j, t, seq))
-                            .filter(|&(t2, k2)| pause_visible(t, k, t2, k2))
+                        let scores: Vec<f64> = (0..k1 * seq)
+                            .map(|j| (j % seq, j / seq))
+                            .filter(|&(t2, k2)| s.visible(t, k, t2, k2))
                             .map(|(t2, k2)| {
                                 let key = &qkv[row(b, k2, t2) + dm + h * dh..][..dh];
                                 q.iter().zip(key).map(|(a, b)| a * b).sum::<f64>() * scale
@@ -407,8 +415,10 @@ mod gpu_tests {
         match name {
             "backward_is_bitwise_deterministic" => {
                 for (d, dtype) in [
-                    (dims_of(2, 3, 123, 3, 64), Dtype::Bf16),
-                    (dims_of(1, 7, 77, 2, 128), Dtype::F32),
+                    (dims_of(2, 3, 123, 3, 64, Mode::Shared), Dtype::Bf16),
+                    (dims_of(1, 7, 77, 2, 128, Mode::Shared), Dtype::F32),
+                    (dims_of(2, 3, 123, 3, 64, Mode::Private), Dtype::Bf16),
+                    (dims_of(1, 7, 77, 2, 128, Mode::Private), Dtype::F32),
                 ] {
                     let (qkv, dout) = inputs(&mut rng, d, dtype);
                     let a = run_dtype(gpu, &attn, &qkv, &dout, d, dtype, false)?;
@@ -423,7 +433,7 @@ mod gpu_tests {
                 Ok(())
             }
             "backward_with_scratch_matches_backward" => {
-                let d = dims_of(2, 3, 47, 1, 64);
+                let d = dims_of(2, 3, 47, 1, 64, Mode::Shared);
                 let (qkv, dout) = inputs(&mut rng, d, Dtype::F32);
                 let a = run_dtype(gpu, &attn, &qkv, &dout, d, Dtype::F32, false)?;
                 let b = run_dtype(gpu, &attn, &qkv, &dout, d, Dtype::F32, true)?;
@@ -440,22 +450,30 @@ mod gpu_tests {
         }
     }
 
-    fn dims_of(batch: usize, pauses: usize, seq: usize, heads: usize, d_head: usize) -> AttnDims {
+    fn dims_of(
+        batch: usize,
+        pauses: usize,
+        seq: usize,
+        heads: usize,
+        d_head: usize,
+        mode: Mode,
+    ) -> AttnDims {
         AttnDims {
             batch,
             pauses,
             seq,
             heads,
             d_head,
+            mode,
         }
     }
 
     /// Host-side checks, no device needed: unsupported head dims, empty sizes and every
     /// buffer length are `CybError::Shape`.
     fn validation_errors() -> Result<(), String> {
-        let ok = dims_of(2, 3, 47, 3, 64);
+        let ok = dims_of(2, 3, 47, 3, 64, Mode::Shared);
         ok.validate().map_err(|e| format!("{ok:?} rejected: {e}"))?;
-        dims_of(1, 0, 1, 1, 128)
+        dims_of(1, 0, 1, 1, 128, Mode::Private)
             .validate()
             .map_err(|e| format!("K = 0, T = 1, d_head 128 rejected: {e}"))?;
         let expect_shape = |what: &str, r: cyb::Result<()>| -> Result<(), String> {

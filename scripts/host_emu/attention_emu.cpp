@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -43,7 +44,7 @@ static void launch(dim3u grid, unsigned threads, const std::function<void()> &bo
     for (auto *w : warps) delete w;
 }
 
-struct Shape { int B, K, T, H, Dh; };
+struct Shape { int B, K, T, H, Dh, mode; }; // mode: PauseMode (0 shared, 1 private)
 
 // Naive f64 reference: forward (out, lse) and backward (dqkv) by the definition.
 static void reference(const Shape &s, const std::vector<double> &qkv, const std::vector<double> &dout,
@@ -61,7 +62,7 @@ static void reference(const Shape &s, const std::vector<double> &qkv, const std:
                     std::vector<std::pair<int, int>> keys;
                     for (int k2 = 0; k2 < K1; ++k2)
                         for (int t2 = 0; t2 < s.T; ++t2)
-                            if (pause_visible(t, k, t2, k2)) keys.push_back({t2, k2});
+                            if (pause_visible(s.mode, t, k, t2, k2)) keys.push_back({t2, k2});
                     const double *q = &qkv[row(b, k, t) * 3 * d + h * s.Dh];
                     const double *g = &dout[row(b, k, t) * d + h * s.Dh];
                     std::vector<double> sc, p, dp;
@@ -139,7 +140,7 @@ static int run_case(Shape s, unsigned seed, double tol_out, double tol_grad) {
     const T nan = from_float<T>(NAN);
     std::vector<T> out(rows * d, nan), dqkv(rows * 3 * d, nan);
     std::vector<float> lse(rows * s.H, NAN), delta(rows * s.H, NAN);
-    AttnIdx ix{s.B, K1, s.T, s.H};
+    AttnIdx ix{s.B, K1, s.T, s.H, s.mode};
     constexpr int ROWS = AttnCfg<DH>::ROWS;
     const dim3u grid{(unsigned)((s.T + ROWS - 1) / ROWS), (unsigned)K1, (unsigned)(s.B * s.H)};
     launch(grid, 256, [&] { attn_forward<T, DH>(qkv.data(), out.data(), lse.data(), ix); });
@@ -164,7 +165,8 @@ static int run_case(Shape s, unsigned seed, double tol_out, double tol_grad) {
         const double e2 = max_err("dqkv (tensor cores)", f64(dqkv2), rg, tol_grad, fails);
         std::printf("     (next case) dqkv from dq_tc + dkdv_tc: rel err %.2e\n", e2);
     }
-    std::printf("%s %-5s B%d K%d T%d H%d Dh%d: rel err out %.2e lse %.2e dqkv %.2e\n", fails ? "FAIL" : "ok  ",
+    std::printf("%s %-7s %-5s B%d K%d T%d H%d Dh%d: rel err out %.2e lse %.2e dqkv %.2e\n",
+                fails ? "FAIL" : "ok  ", s.mode == PAUSE_SHARED ? "shared" : "private",
                 sizeof(T) == 4 ? "f32" : "bf16", s.B, s.K, s.T, s.H, s.Dh, eo, el, eg);
     return fails;
 }
@@ -178,7 +180,7 @@ template <int DH> static int run_tc_case(Shape s, unsigned seed) {
     std::vector<__nv_bfloat16> qkv(rows * 3 * d), out(rows * d, __float2bfloat16_rn(NAN));
     for (auto &x : qkv) x = __float2bfloat16_rn((float)nd(gen));
     std::vector<float> lse(rows * s.H, NAN);
-    AttnIdx ix{s.B, K1, s.T, s.H};
+    AttnIdx ix{s.B, K1, s.T, s.H, s.mode};
     const dim3u grid{(unsigned)((s.T + TC_BQ - 1) / TC_BQ), (unsigned)K1, (unsigned)(s.B * s.H)};
     launch(grid, TC_THREADS, [&] { attn_forward_tc<DH>(qkv.data(), out.data(), lse.data(), ix); });
     auto f64 = [](const auto &v) { std::vector<double> r; for (auto x : v) r.push_back(to_float(x)); return r; };
@@ -187,31 +189,35 @@ template <int DH> static int run_tc_case(Shape s, unsigned seed) {
     int fails = 0;
     const double eo = max_err("out", f64(out), ro, 8e-3, fails);
     const double el = max_err("lse", f64(lse), rl, 1e-5, fails);
-    std::printf("%s tc-bf16 B%d K%d T%d H%d Dh%d: rel err out %.2e lse %.2e\n", fails ? "FAIL" : "ok  ", s.B,
-                s.K, s.T, s.H, s.Dh, eo, el);
+    std::printf("%s %-7s tc-bf16 B%d K%d T%d H%d Dh%d: rel err out %.2e lse %.2e\n", fails ? "FAIL" : "ok  ",
+                s.mode == PAUSE_SHARED ? "shared" : "private", s.B, s.K, s.T, s.H, s.Dh, eo, el);
     return fails;
 }
 
-int main() {
+int main(int argc, char **argv) {
+    // Optional argument: "shared" or "private" runs that mode only (default: both).
     int fails = 0;
-    fails += run_tc_case<64>({1, 0, 1, 1, 64}, 21);
-    fails += run_tc_case<64>({2, 3, 47, 2, 64}, 22);
-    fails += run_tc_case<64>({1, 3, 130, 1, 64}, 23);
-    fails += run_tc_case<128>({1, 7, 70, 1, 128}, 24);
-    fails += run_tc_case<128>({1, 2, 64, 2, 128}, 25);
-    // Tolerances relative to max |ref|: f32 ~1e-6 expected; bf16 rounds the outputs.
-    fails += run_case<float, 64>({1, 0, 1, 1, 64}, 1, 1e-5, 1e-4);
-    fails += run_case<float, 64>({2, 3, 47, 2, 64}, 2, 1e-5, 1e-4);
-    fails += run_case<float, 64>({1, 3, 130, 1, 64}, 3, 1e-5, 1e-4);
-    fails += run_case<float, 128>({1, 7, 1, 2, 128}, 4, 1e-5, 1e-4);
-    fails += run_case<float, 128>({1, 7, 70, 1, 128}, 5, 1e-5, 1e-4);
-    fails += run_case<float, 64>({1, 1, 64, 1, 64}, 8, 1e-5, 1e-4);   // exactly one tile
-    fails += run_case<float, 128>({2, 2, 64, 1, 128}, 9, 1e-5, 1e-4); // exactly two tiles
-    fails += run_case<__nv_bfloat16, 64>({2, 3, 47, 1, 64}, 6, 8e-3, 2e-2);
-    fails += run_case<__nv_bfloat16, 128>({2, 7, 20, 2, 128}, 10, 8e-3, 2e-2);
-    fails += run_case<__nv_bfloat16, 64>({1, 3, 130, 1, 64}, 11, 8e-3, 2e-2);  // 3 tiles
-    fails += run_case<__nv_bfloat16, 128>({1, 1, 150, 1, 128}, 12, 8e-3, 2e-2); // 3 tiles
-    fails += run_case<__nv_bfloat16, 128>({1, 2, 33, 1, 128}, 7, 8e-3, 2e-2);
+    for (int mode : {PAUSE_SHARED, PAUSE_PRIVATE}) {
+        if (argc > 1 && std::string(argv[1]) != (mode == PAUSE_SHARED ? "shared" : "private")) continue;
+        fails += run_tc_case<64>({1, 0, 1, 1, 64, mode}, 21);
+        fails += run_tc_case<64>({2, 3, 47, 2, 64, mode}, 22);
+        fails += run_tc_case<64>({1, 3, 130, 1, 64, mode}, 23);
+        fails += run_tc_case<128>({1, 7, 70, 1, 128, mode}, 24);
+        fails += run_tc_case<128>({1, 2, 64, 2, 128, mode}, 25);
+        // Tolerances relative to max |ref|: f32 ~1e-6 expected; bf16 rounds the outputs.
+        fails += run_case<float, 64>({1, 0, 1, 1, 64, mode}, 1, 1e-5, 1e-4);
+        fails += run_case<float, 64>({2, 3, 47, 2, 64, mode}, 2, 1e-5, 1e-4);
+        fails += run_case<float, 64>({1, 3, 130, 1, 64, mode}, 3, 1e-5, 1e-4);
+        fails += run_case<float, 128>({1, 7, 1, 2, 128, mode}, 4, 1e-5, 1e-4);
+        fails += run_case<float, 128>({1, 7, 70, 1, 128, mode}, 5, 1e-5, 1e-4);
+        fails += run_case<float, 64>({1, 1, 64, 1, 64, mode}, 8, 1e-5, 1e-4);   // exactly one tile
+        fails += run_case<float, 128>({2, 2, 64, 1, 128, mode}, 9, 1e-5, 1e-4); // exactly two tiles
+        fails += run_case<__nv_bfloat16, 64>({2, 3, 47, 1, 64, mode}, 6, 8e-3, 2e-2);
+        fails += run_case<__nv_bfloat16, 128>({2, 7, 20, 2, 128, mode}, 10, 8e-3, 2e-2);
+        fails += run_case<__nv_bfloat16, 64>({1, 3, 130, 1, 64, mode}, 11, 8e-3, 2e-2);  // 3 tiles
+        fails += run_case<__nv_bfloat16, 128>({1, 1, 150, 1, 128, mode}, 12, 8e-3, 2e-2); // 3 tiles
+        fails += run_case<__nv_bfloat16, 128>({1, 2, 33, 1, 128, mode}, 7, 8e-3, 2e-2);
+    }
     std::printf(fails ? "host_emu: %d FAILURES\n" : "host_emu: all ok\n", fails);
     return fails ? 1 : 0;
 }

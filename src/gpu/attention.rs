@@ -1,4 +1,4 @@
-//! Pause-step attention on the GPU (SPEC section 3, private pauses):
+//! Pause-step attention on the GPU (SPEC section 3, both modes, [`AttnDims::mode`]):
 //! `kernels/pause_attention.cu`, the twin of [`crate::cpu::attention`].
 //!
 //! [`PauseAttention::forward`] computes `out [B, K+1, T, d]` and the per-query
@@ -12,6 +12,7 @@
 //! length or size mismatch, is a [`CybError::Shape`] before anything is launched.
 
 use super::{cuda_err, GpuContext, LogitElem};
+use crate::config::PauseAttention as Mode;
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -38,6 +39,8 @@ pub struct AttnDims {
     pub heads: usize,
     /// `d_head`
     pub d_head: usize,
+    /// Which keys a pause step sees (SPEC section 3).
+    pub mode: Mode,
 }
 
 impl AttnDims {
@@ -68,7 +71,8 @@ impl AttnDims {
     ///
     /// ```
     /// use cyb::gpu::attention::AttnDims;
-    /// let ok = AttnDims { batch: 2, pauses: 3, seq: 47, heads: 3, d_head: 64 };
+    /// use cyb::config::PauseAttention;
+    /// let ok = AttnDims { batch: 2, pauses: 3, seq: 47, heads: 3, d_head: 64, mode: PauseAttention::Shared };
     /// assert!(ok.validate().is_ok());
     /// assert!(AttnDims { d_head: 96, ..ok }.validate().is_err());
     /// assert!(AttnDims { seq: 0, ..ok }.validate().is_err());
@@ -181,6 +185,15 @@ impl AttnDims {
             self.heads as i32,
         ]
     }
+
+    /// The mode as the kernels' last `int` argument (`PauseMode` in
+    /// kernels/pause_mask.cuh: 0 shared, 1 private).
+    fn mode_arg(&self) -> i32 {
+        match self.mode {
+            Mode::Shared => 0,
+            Mode::Private => 1,
+        }
+    }
 }
 
 /// The four kernels of one (element type, head dim).
@@ -197,7 +210,7 @@ struct Set {
 /// use cyb::gpu::GpuContext;
 /// let gpu = GpuContext::new(0)?;
 /// let attn = PauseAttention::new(&gpu)?;
-/// let dims = AttnDims { batch: 1, pauses: 3, seq: 16, heads: 2, d_head: 64 };
+/// let dims = AttnDims { batch: 1, pauses: 3, seq: 16, heads: 2, d_head: 64, mode: cyb::config::PauseAttention::Shared };
 /// let qkv = gpu.htod(&vec![0.1f32; dims.qkv_len()])?;
 /// let mut out = gpu.zeros::<f32>(dims.out_len())?;
 /// let mut lse = gpu.zeros::<f32>(dims.lse_len())?;
@@ -294,6 +307,7 @@ impl PauseAttention {
     ) -> Result<()> {
         dims.check_forward(qkv.len(), out.len(), lse.len())?;
         let [b, k1, t, h] = dims.args();
+        let mode = dims.mode_arg();
         let tc = self.tensor_cores && T::SUFFIX == "bf16";
         let (f, cfg) = if tc {
             (
@@ -310,7 +324,8 @@ impl PauseAttention {
             .arg(&b)
             .arg(&k1)
             .arg(&t)
-            .arg(&h);
+            .arg(&h)
+            .arg(&mode);
         // SAFETY: dims validated (d_head is one the kernel was compiled for, sizes fit
         // the grid and 64-bit offsets); qkv, out and lse have exactly the lengths the
         // kernel indexes (checked above); the tensor-core kernel is only chosen for bf16
@@ -359,6 +374,7 @@ impl PauseAttention {
         )?;
         let stream = self.gpu.stream();
         let [b, k1, t, h] = dims.args();
+        let mode = dims.mode_arg();
         let dh = dims.d_head as i32;
 
         let warps = dims.rows() * dims.heads; // one warp per (row, head)
@@ -407,7 +423,8 @@ impl PauseAttention {
                 .arg(&b)
                 .arg(&k1)
                 .arg(&t)
-                .arg(&h);
+                .arg(&h)
+                .arg(&mode);
             // SAFETY: dims validated; qkv and dqkv have B*(K+1)*T*3d elements, dout
             // B*(K+1)*T*d, lse and delta B*H*(K+1)*T (checked above). The dQ kernel
             // writes only the q third of dqkv, the dK/dV kernel only the k and v thirds,
@@ -448,19 +465,22 @@ mod tests {
     fn kernel_signatures_match_launches() {
         for ty in ["f32", "bf16"] {
             for dh in super::SUPPORTED_D_HEAD {
-                // forward(qkv, out, lse, B, K+1, T, H)
-                assert_eq!(params(&format!("pause_attn_fwd_{ty}_d{dh}")), "pppiiii");
+                // forward(qkv, out, lse, B, K+1, T, H, mode)
+                assert_eq!(params(&format!("pause_attn_fwd_{ty}_d{dh}")), "pppiiiii");
                 if ty == "bf16" {
-                    assert_eq!(params(&format!("pause_attn_fwd_tc_{ty}_d{dh}")), "pppiiii");
-                    assert_eq!(params(&format!("pause_attn_dq_tc_{ty}_d{dh}")), "pppppiiii");
+                    assert_eq!(params(&format!("pause_attn_fwd_tc_{ty}_d{dh}")), "pppiiiii");
+                    assert_eq!(
+                        params(&format!("pause_attn_dq_tc_{ty}_d{dh}")),
+                        "pppppiiiii"
+                    );
                     assert_eq!(
                         params(&format!("pause_attn_dkdv_tc_{ty}_d{dh}")),
-                        "pppppiiii"
+                        "pppppiiiii"
                     );
                 }
-                // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H)
-                assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiii");
-                assert_eq!(params(&format!("pause_attn_dkdv_{ty}_d{dh}")), "pppppiiii");
+                // dq/dkdv(qkv, dout, lse, delta, dqkv, B, K+1, T, H, mode)
+                assert_eq!(params(&format!("pause_attn_dq_{ty}_d{dh}")), "pppppiiiii");
+                assert_eq!(params(&format!("pause_attn_dkdv_{ty}_d{dh}")), "pppppiiiii");
             }
             // delta(out, dout, delta, B, K+1, T, H, dh)
             assert_eq!(params(&format!("pause_attn_delta_{ty}")), "pppiiiii");

@@ -466,6 +466,7 @@ fn attn_dims(c: &ModelConfig, s: StepShape) -> AttnDims {
         seq: s.seq,
         heads: c.n_head,
         d_head: c.d_model / c.n_head,
+        mode: c.pause_attention,
     }
 }
 
