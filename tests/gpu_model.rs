@@ -17,12 +17,14 @@ mod common;
 
 use libtest_mimic::{Arguments, Trial};
 
-/// (objective name, K) of the whole-step comparisons.
-fn step_cases() -> Vec<(String, usize)> {
+/// (attention mode, objective name, K) of the whole-step comparisons.
+fn step_cases() -> Vec<(String, String, usize)> {
     let mut v = Vec::new();
-    for obj in common::all_objectives() {
-        for k in [0, 3] {
-            v.push((obj.name().to_string(), k));
+    for mode in ["shared", "private"] {
+        for obj in common::all_objectives() {
+            for k in [0, 3] {
+                v.push((mode.to_string(), obj.name().to_string(), k));
+            }
         }
     }
     v
@@ -53,8 +55,8 @@ fn names() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for (obj, k) in step_cases() {
-        v.push(format!("model_step_matches_cpu::{obj}_k{k}"));
+    for (mode, obj, k) in step_cases() {
+        v.push(format!("model_step_matches_cpu::{mode}_{obj}_k{k}"));
     }
     v
 }
@@ -82,7 +84,7 @@ fn trials() -> Vec<Trial> {
 mod gpu_tests {
     use super::*;
     use cyb::checkpoint;
-    use cyb::config::ModelConfig;
+    use cyb::config::{ModelConfig, PauseAttention};
     use cyb::cpu::adamw::{clip_grad_norm, AdamW};
     use cyb::cpu::embedding::{embedding_backward, embedding_forward, StepShape};
     use cyb::cpu::gelu::{gelu_backward, gelu_forward};
@@ -142,9 +144,10 @@ mod gpu_tests {
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
         let mut rng = Rng::new(seed);
         if let Some(rest) = name.strip_prefix("model_step_matches_cpu::") {
-            let (obj, k) = rest.rsplit_once("_k").expect("case name");
+            let (mode_obj, k) = rest.rsplit_once("_k").expect("case name");
+            let (mode, obj) = mode_obj.split_once('_').expect("case name");
             let k: usize = k.parse().expect("K");
-            return model_step(gpu, &mut rng, obj, k);
+            return model_step(gpu, &mut rng, mode.parse().map_err(err)?, obj, k);
         }
         match name {
             "layernorm_forward_matches_cpu" => layernorm_fwd(gpu, &mut rng),
@@ -710,7 +713,7 @@ mod gpu_tests {
 
     /// d_head = 64: the head size the pause-attention kernels are sure to support
     /// (ANCHORS.md shapes use 64 and 128).
-    fn small_config() -> ModelConfig {
+    fn small_config(pause_attention: PauseAttention) -> ModelConfig {
         ModelConfig {
             vocab: 37,
             d_model: 128,
@@ -718,7 +721,7 @@ mod gpu_tests {
             n_head: 2,
             t_max: 16,
             k_max: 3,
-            pause_attention: cyb::config::PauseAttention::Private,
+            pause_attention,
             dk_bias: 0.0,
         }
     }
@@ -740,7 +743,7 @@ mod gpu_tests {
     }
 
     fn adamw(gpu: &Arc<GpuContext>, rng: &mut Rng, clip: bool) -> R {
-        let c = small_config();
+        let c = small_config(PauseAttention::Shared);
         let mut p = random_params(&c, rng, 0.1);
         let mut pd = gpu.htod(&flat(&p)).map_err(err)?;
         let mut cpu = AdamW::new(0.9, 0.95, 1e-8, 0.1);
@@ -915,8 +918,8 @@ mod gpu_tests {
     // ---------------------------------------------------------------- whole model
 
     /// A random model whose every tensor is perturbed (biases and LayerNorm gains too).
-    fn random_model(rng: &mut Rng) -> Model<f32> {
-        let c = small_config();
+    fn random_model(rng: &mut Rng, mode: PauseAttention) -> Model<f32> {
+        let c = small_config(mode);
         let mut m: Model<f32> = Model::init(c.clone(), rng).expect("init");
         for (_, _, x) in m.params.tensors_mut() {
             x.iter_mut()
@@ -948,8 +951,14 @@ mod gpu_tests {
             .expect("objective name")
     }
 
-    fn model_step(gpu: &Arc<GpuContext>, rng: &mut Rng, obj: &str, k: usize) -> R {
-        let m = random_model(rng);
+    fn model_step(
+        gpu: &Arc<GpuContext>,
+        rng: &mut Rng,
+        mode: PauseAttention,
+        obj: &str,
+        k: usize,
+    ) -> R {
+        let m = random_model(rng, mode);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = objective(obj).resolve(k).map_err(err)?;
         let mut want_g = Params::zeros(&m.config);
@@ -978,24 +987,26 @@ mod gpu_tests {
     }
 
     fn forward(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
-        let m = random_model(rng);
-        let (tokens, _, b, t) = batch(rng, &m.config);
-        let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
-        for k in [0, 3] {
-            let want = m.forward(&tokens, b, t, k).map_err(err)?;
-            let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
-            rel(
-                &format!("logits K={k}"),
-                &f64s(&got),
-                &f64s(&want),
-                STEP_REL,
-            )?;
+        for mode in [PauseAttention::Shared, PauseAttention::Private] {
+            let m = random_model(rng, mode);
+            let (tokens, _, b, t) = batch(rng, &m.config);
+            let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
+            for k in [0, 1, 3] {
+                let want = m.forward(&tokens, b, t, k).map_err(err)?;
+                let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
+                rel(
+                    &format!("{mode} logits K={k}"),
+                    &f64s(&got),
+                    &f64s(&want),
+                    STEP_REL,
+                )?;
+            }
         }
         Ok(())
     }
 
     fn deterministic(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
-        let m = random_model(rng);
+        let m = random_model(rng, PauseAttention::Shared);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = Objective::ap_default().resolve(3).map_err(err)?;
         let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
@@ -1025,7 +1036,7 @@ mod gpu_tests {
     /// 50 steps of AdamW with clipping on both backends from the same model and
     /// batches: the loss curves agree.
     fn curves(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
-        let m = random_model(rng);
+        let m = random_model(rng, PauseAttention::Shared);
         let c = m.config.clone();
         let k = 3;
         let obj = Objective::ap_default().resolve(k).map_err(err)?;
@@ -1083,7 +1094,7 @@ mod gpu_tests {
     }
 
     fn ckpt_gpu_to_cpu(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
-        let m = random_model(rng);
+        let m = random_model(rng, PauseAttention::Shared);
         let g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
         let path = temp("g2c");
         checkpoint::save(&path, &g.to_cpu().map_err(err)?).map_err(err)?;
@@ -1096,7 +1107,7 @@ mod gpu_tests {
     }
 
     fn ckpt_cpu_to_gpu(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
-        let m = random_model(rng);
+        let m = random_model(rng, PauseAttention::Shared);
         let path = temp("c2g");
         checkpoint::save(&path, &m).map_err(err)?;
         let loaded = checkpoint::load(&path).map_err(err)?;
