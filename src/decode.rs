@@ -185,7 +185,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         let mut logits = step0_logits;
         let mut p_dk = Vec::new();
         loop {
-            let s = row_scalar(&logits, -1);
+            let s = row_scalar(&logits, -1, self.model.config.dk_bias);
             let dk = (s.e - log_add_exp(s.r, s.e)).exp();
             p_dk.push(dk);
             let k = self.depth;

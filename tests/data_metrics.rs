@@ -123,15 +123,15 @@ fn greedy_policy_follows_the_threshold() {
     let targets: Vec<i32> = (0..10).map(|i| if i == 3 { -1 } else { 3 }).collect();
     let classes = vec![0u16; 10];
     // Default threshold: DK at steps 0 and 1, answers at step 2 (token 3: correct).
-    let out = greedy_outcomes(&z, &targets, &classes, shape, 0.5).unwrap();
+    let out = greedy_outcomes(&z, &targets, &classes, shape, 0.0, 0.5).unwrap();
     assert_eq!(out.len(), 9, "ignored target skipped");
     assert!(out
         .iter()
         .all(|o| o.pauses == 2 && o.correct && !o.correct_at_0));
     // Threshold above 1 never pauses; below 0 always takes all K pauses.
-    let never = greedy_outcomes(&z, &targets, &classes, shape, 1.5).unwrap();
+    let never = greedy_outcomes(&z, &targets, &classes, shape, 0.0, 1.5).unwrap();
     assert!(never.iter().all(|o| o.pauses == 0 && !o.correct));
-    let always = greedy_outcomes(&z, &targets, &classes, shape, -0.5).unwrap();
+    let always = greedy_outcomes(&z, &targets, &classes, shape, 0.0, -0.5).unwrap();
     assert!(always.iter().all(|o| o.pauses == 3 && !o.correct));
     // E[pauses] from the halting distribution: h = (0.1, 0.9*0.3, 0.9*0.7*0.8, 0.9*0.7*0.2).
     let h = [0.1, 0.27, 0.504, 0.126];

@@ -42,11 +42,7 @@ fn objectives() -> Vec<Objective> {
         Objective::Marginal,
         Objective::ap_default(),
         Objective::va_default(),
-        // A budget below the mean so that the dp penalty and its gradient are active.
-        Objective::Dp {
-            lambda: 0.05,
-            budget: 0.0,
-        },
+        Objective::dp_default(),
     ]
 }
 
@@ -286,7 +282,8 @@ mod gpu_tests {
         reduction: Reduction,
         upstream: &[f64],
     ) -> (LossForward, Vec<RowScalar>, Vec<f64>) {
-        let scalars = row_scalars(&inp.logits, &inp.targets, shape).expect("cpu row scalars");
+        let scalars =
+            row_scalars(&inp.logits, &inp.targets, shape, obj.dk_bias).expect("cpu row scalars");
         let fwd = position_objectives(
             &scalars,
             &inp.targets,
@@ -328,13 +325,9 @@ mod gpu_tests {
             .into());
         }
         assert_close(
-            &format!("{what}: stats [weight_sum, mean_pauses, penalty]"),
-            &[st.weight_sum, st.mean_pauses, st.penalty],
-            &[
-                cpu.stats.weight_sum,
-                cpu.stats.mean_pauses,
-                cpu.stats.penalty,
-            ],
+            &format!("{what}: stats [weight_sum, mean_pauses]"),
+            &[st.weight_sum, st.mean_pauses],
+            &[cpu.stats.weight_sum, cpu.stats.mean_pauses],
             1e-6,
             1e-5,
         );
@@ -676,12 +669,7 @@ mod gpu_tests {
             }
             "results_are_bitwise_deterministic" => {
                 let s = shape(4, 3, 300, 997);
-                let o = Objective::Dp {
-                    lambda: 0.05,
-                    budget: 0.0,
-                }
-                .resolve(3)
-                .map_err(err)?;
+                let o = Objective::dp_default().resolve(3).map_err(err)?;
                 let loss = CybLoss::new(gpu, &o).map_err(err)?;
                 let inp = random_inputs(&mut rng, s, Dtype::Bf16, 7, true);
                 let run = || {

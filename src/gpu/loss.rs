@@ -219,21 +219,19 @@ impl CybLoss {
                 k_max: K_MAX,
             });
         }
-        if obj.omega.len() != obj.k + 1 || obj.prior.len() != obj.k + 1 {
+        if obj.omega.len() != obj.k + 1 || obj.rho.len() != obj.k + 1 {
             return Err(CybError::Param(format!(
                 "resolved objective for K = {} has {} interruption weights and {} prior values",
                 obj.k,
                 obj.omega.len(),
-                obj.prior.len()
+                obj.rho.len()
             )));
         }
         let mut params = vec![0.0f64; PARAMS_LEN];
         params[..=obj.k].copy_from_slice(&obj.omega);
-        params[K_MAX + 1..K_MAX + 2 + obj.k].copy_from_slice(&obj.prior);
-        params[P_GAMMA] = obj.gamma;
+        params[K_MAX + 1..K_MAX + 2 + obj.k].copy_from_slice(&obj.rho);
+        params[P_GAMMA] = obj.log_gamma.get(1).map_or(1.0, |l| l.exp());
         params[P_GAMMA + 1] = obj.beta;
-        params[P_GAMMA + 2] = obj.lambda;
-        params[P_GAMMA + 3] = obj.budget;
         let params = gpu.htod(&params)?;
         let f = |name: &str| gpu.loss_function(name);
         let kernels = Kernels {
@@ -623,7 +621,6 @@ impl GpuLossForward {
             valid_positions: s[S_VALID] as usize,
             weight_sum: s[S_WEIGHT_SUM],
             mean_pauses: s[S_MEAN_PAUSES],
-            penalty: s[S_PENALTY],
         })
     }
 
