@@ -514,6 +514,36 @@ mod gpu_tests {
         Ok((fwd, dz.into_iter().map(T::to_f64).collect()))
     }
 
+    /// Forward + backward with `Reduction::Mean` and a host upstream of 1.
+    fn run_mean(
+        gpu: &Arc<GpuContext>,
+        loss: &CybLoss,
+        inp: &Inputs,
+        shape: LossShape,
+        dtype: Dtype,
+    ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
+        run_gpu(
+            gpu,
+            loss,
+            &GpuRun {
+                inp,
+                shape,
+                reduction: Reduction::Mean,
+                upstream: &[1.0],
+                scalar_upstream: true,
+                in_place: false,
+                dtype,
+            },
+        )
+    }
+
+    /// `obj` resolved for `k` pause steps with DK bias `dk_bias`.
+    fn resolved(obj: &Objective, k: usize, dk_bias: f64) -> Result<cyb::ResolvedObjective, Failed> {
+        obj.resolve(k)
+            .and_then(|o| o.with_dk_bias(dk_bias))
+            .map_err(err)
+    }
+
     fn upstream_for(rng: &mut Rng, shape: LossShape, reduction: Reduction) -> Vec<f64> {
         if reduction == Reduction::None {
             // f32-representable, so host and device see the same values.
@@ -528,11 +558,7 @@ mod gpu_tests {
     fn run_case(gpu: &Arc<GpuContext>, case: &Case, seed: u64) -> Result<(), Failed> {
         let mut rng = Rng::new(seed);
         let shape = case.shape;
-        let obj = case
-            .objective
-            .resolve(shape.pauses)
-            .and_then(|o| o.with_dk_bias(case.dk_bias))
-            .map_err(err)?;
+        let obj = resolved(&case.objective, shape.pauses, case.dk_bias)?;
         let inp = random_inputs(&mut rng, shape, case.dtype, case.ignore_every, case.weights);
         let upstream = upstream_for(&mut rng, shape, case.reduction);
         let (cpu, cpu_scalars, cpu_dz) = reference(&inp, shape, &obj, case.reduction, &upstream);
@@ -574,25 +600,10 @@ mod gpu_tests {
                             _ => (*z * 5e3) as f32 as f64,
                         };
                     }
-                    let o = obj
-                        .resolve(s.pauses)
-                        .and_then(|o| o.with_dk_bias(dk_bias))
-                        .map_err(err)?;
+                    let o = resolved(&obj, s.pauses, dk_bias)?;
                     let (cpu, _, cpu_dz) = reference(&inp, s, &o, Reduction::Mean, &[1.0]);
                     let loss = CybLoss::new(gpu, &o).map_err(err)?;
-                    let (fwd, dz) = run_gpu(
-                        gpu,
-                        &loss,
-                        &GpuRun {
-                            inp: &inp,
-                            shape: s,
-                            reduction: Reduction::Mean,
-                            upstream: &[1.0],
-                            scalar_upstream: true,
-                            in_place: false,
-                            dtype: Dtype::F32,
-                        },
-                    )?;
+                    let (fwd, dz) = run_mean(gpu, &loss, &inp, s, Dtype::F32)?;
                     let what = format!("{label} b={dk_bias} {name}");
                     let l = fwd.loss().map_err(err)?;
                     if !l.is_finite() || dz.iter().any(|d| !d.is_finite()) {
@@ -640,10 +651,7 @@ mod gpu_tests {
                     for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
                         let mut inp = random_inputs(&mut rng, s, Dtype::F32, 0, true);
                         inp.targets.iter_mut().for_each(|t| *t = -1);
-                        let o = obj
-                            .resolve(s.pauses)
-                            .and_then(|o| o.with_dk_bias(dk_bias))
-                            .map_err(err)?;
+                        let o = resolved(&obj, s.pauses, dk_bias)?;
                         let loss = CybLoss::new(gpu, &o).map_err(err)?;
                         let up = upstream_for(&mut rng, s, reduction);
                         let (fwd, dz) = run_gpu(
@@ -780,21 +788,7 @@ mod gpu_tests {
                 let o = Objective::dp_default().resolve(3).map_err(err)?;
                 let loss = CybLoss::new(gpu, &o).map_err(err)?;
                 let inp = random_inputs(&mut rng, s, Dtype::Bf16, 7, true);
-                let run = || {
-                    run_gpu(
-                        gpu,
-                        &loss,
-                        &GpuRun {
-                            inp: &inp,
-                            shape: s,
-                            reduction: Reduction::Mean,
-                            upstream: &[1.0],
-                            scalar_upstream: true,
-                            in_place: false,
-                            dtype: Dtype::Bf16,
-                        },
-                    )
-                };
+                let run = || run_mean(gpu, &loss, &inp, s, Dtype::Bf16);
                 let (f1, d1) = run()?;
                 let (f2, d2) = run()?;
                 let (l1, l2) = (f1.loss().map_err(err)?, f2.loss().map_err(err)?);
