@@ -127,23 +127,23 @@ impl DataArgs {
 struct ObjectiveParams {
     /// CYB-AP deadline distribution omega over the steps 0..K: exactly K+1 ratios
     /// (zeros allowed), e.g. 4:1:1:4 [default: 0:..:0:1, the world always waits].
-    #[arg(long, value_parser = parse_ratios)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
     omega: Option<StepWeights>,
     /// Discount gamma in (0, 1] of ap, va and dp (1 = none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     gamma: f64,
     /// How the discount falls with the step k: exp (gamma^k) or linear (1 - k(1-gamma)).
     #[arg(long, value_enum, default_value = "exp")]
     discount: DiscountName,
     /// CYB-VA and CYB-DP reference distribution rho over the steps 0..K: exactly K+1
     /// ratios (va: all > 0; dp: zeros allowed) [default: uniform, 1:1:..:1].
-    #[arg(long, value_parser = parse_ratios)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
     rho: Option<StepWeights>,
     /// CYB-VA weight of KL(h || rho).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     beta: f64,
     /// CYB-DP weight of KL(rho || h).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
     alpha: f64,
 }
 
@@ -251,7 +251,7 @@ struct RunArgs {
     eval_every: usize,
     /// DK prior psi in [0, 1) of a new model: its DK bias log(psi/(1-psi)) + log V makes
     /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     dk_prior: f64,
 }
 
@@ -426,8 +426,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
             ),
             format!("data: {}", data.describe()),
             format!(
-                "model: d_model {} layers {} heads {} context {} (V = {})",
-                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab
+                "model: d_model {} layers {} heads {} context {} (V = {}), DK bias {:.4}",
+                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab, m.dk_bias
             ),
             format!(
                 "training: {} steps x {} sequences x {} tokens = {} real tokens, lr {} seed {}",

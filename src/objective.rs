@@ -60,7 +60,7 @@ impl fmt::Display for StepWeights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StepWeights::Uniform => write!(f, "uniform"),
-            StepWeights::Last => write!(f, "last"),
+            StepWeights::Last => write!(f, "delta_K"),
             StepWeights::Explicit(v) => {
                 let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
                 write!(f, "{}", parts.join(":"))
@@ -71,12 +71,12 @@ impl fmt::Display for StepWeights {
 
 impl FromStr for StepWeights {
     type Err = CybError;
-    /// Ratios separated by `:` (`"0:0:0:1"`, `"4:1:1:4"`); `uniform` and `last` name
-    /// the two `K`-independent rules. Counts and signs are checked by `resolve`.
+    /// Ratios separated by `:` (`"0:0:0:1"`, `"4:1:1:4"`); `uniform` and `delta_K`
+    /// name the two `K`-independent rules. Counts and signs are checked by `resolve`.
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "uniform" => return Ok(StepWeights::Uniform),
-            "last" => return Ok(StepWeights::Last),
+            "delta_K" => return Ok(StepWeights::Last),
             _ => {}
         }
         s.split(':')
@@ -180,11 +180,16 @@ pub fn dk_bias_from_prior(psi: f64, vocab: usize) -> Result<f64> {
 /// (`ap_default` and friends, and `FromStr`) are the paper's best settings.
 ///
 /// ```
-/// use cyb::Objective;
+/// use cyb::{Discount, Objective};
 /// let ap = Objective::ap_default();
 /// let resolved = ap.resolve(3).unwrap();
 /// assert_eq!(resolved.omega, vec![0.0, 0.0, 0.0, 1.0]);
 /// assert_eq!("va".parse::<Objective>().unwrap(), Objective::va_default());
+/// // A grid setting (ratios have exactly K+1 entries): deadline 1:0:2, gamma 0.99.
+/// let grid = Objective::Ap { omega: "1:0:2".parse()?, gamma: 0.99, discount: Discount::Exp };
+/// assert_eq!(grid.resolve(2)?.omega, vec![1.0 / 3.0, 0.0, 2.0 / 3.0]);
+/// assert!(grid.resolve(3).is_err()); // 3 ratios for K = 3
+/// # Ok::<(), cyb::CybError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Objective {
