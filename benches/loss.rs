@@ -11,17 +11,34 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::loss::{cyb_loss, LossShape};
+use cyb::objective::dk_bias_from_prior;
 use cyb::rng::Rng;
-use cyb::{Objective, Reduction};
+use cyb::{Discount, Objective, Reduction, ResolvedObjective, StepWeights};
 use std::time::Duration;
 
-fn objectives() -> [(&'static str, Objective); 4] {
+/// The SPEC v2 objectives timed (K = 3), each with the DK bias of psi = 0.9 for
+/// vocabulary `vocab`: `ap` with its defaults and with the grid's deadline 4:1:1:4,
+/// `dp`, `va` and `ce_final`.
+fn objectives(shape: LossShape) -> Vec<(&'static str, ResolvedObjective)> {
+    let grid_ap = Objective::Ap {
+        omega: StepWeights::Explicit(vec![4.0, 1.0, 1.0, 4.0]),
+        gamma: 1.0,
+        discount: Discount::Exp,
+    };
+    let bias = dk_bias_from_prior(0.9, shape.vocab).expect("psi");
     [
         ("ap", Objective::ap_default()),
-        ("va", Objective::va_default()),
+        ("ap_4114", grid_ap),
         ("dp", Objective::dp_default()),
+        ("va", Objective::va_default()),
         ("ce_final", Objective::CeFinal),
     ]
+    .into_iter()
+    .map(|(name, o)| {
+        let r = o.resolve(shape.pauses).and_then(|r| r.with_dk_bias(bias));
+        (name, r.expect("objective"))
+    })
+    .collect()
 }
 
 fn cpu_reference(c: &mut Criterion) {
@@ -42,8 +59,7 @@ fn cpu_reference(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_loss_fwd_bwd_2x4x128x1001_f32");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(2));
-    for (name, obj) in objectives() {
-        let obj = obj.resolve(shape.pauses).expect("objective");
+    for (name, obj) in objectives(shape) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 cyb_loss(
@@ -110,9 +126,8 @@ mod gpu {
         let mut group = c.benchmark_group("gpu_loss_fwd_bwd_8x4x1024x32001_bf16");
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(3));
-        for (name, obj) in objectives() {
-            let loss =
-                CybLoss::new(&gpu, &obj.resolve(shape.pauses).expect("objective")).expect("loss");
+        for (name, obj) in objectives(shape) {
+            let loss = CybLoss::new(&gpu, &obj).expect("loss");
             let targets = loss.upload_targets(&targets, shape).expect("targets");
             let stream = gpu.stream().clone();
             let ctx = gpu.context().clone();

@@ -8,17 +8,18 @@
 //
 // Stages (one launch each, all on one stream, no host round trip in between):
 //   1. cyb_row_scalars_{f32,bf16}: one block per row, one read of every logit:
-//        r = logsumexp(z[0..V)) (online max/sum, f32), e = z[V], u = z[y]
+//        r = logsumexp(z[0..V)) (online max/sum, f32), e = z[V] (raw), u = z[y]
 //      -> scalars [3, rows] f32 (r, then e, then u).
 //   2. cyb_position_objectives: one thread per position, f64, K <= CYB_K_MAX:
-//      halting distribution, objective value and gradient, E[pauses] and its gradient
-//      (mirrors halting_from_scalars, objective_forward_backward, expected_pauses_grad,
-//      halting_backward), writing per-position w*L and E[pauses] (f32), per-row
-//      unscaled gradients of w*L and of w*E[pauses] ([rows, 3] f64 each), and per-block
-//      partial sums (deterministic fixed tree, no float atomics).
+//      e_k += b_DK (the DK bias, added where the row's DK logit is read in f64),
+//      halting distribution, objective value and gradient (mirrors row_scalar's bias,
+//      halting_from_scalars, objective_forward_backward, halting_backward), writing
+//      per-position w*L and E[pauses] (f32), per-row unscaled gradients of w*L
+//      ([rows, 3] f64), and per-block partial sums (deterministic fixed tree, no float
+//      atomics). Every objective is per position: there is no batch-wide term.
 //   3. cyb_loss_finalize: one block reduces the partials in a fixed order and computes
-//      on device the loss, the gradient scale (1/sum w for Mean) and the dp penalty
-//      coefficient -> summary [CYB_SUMMARY_LEN] f64.
+//      on device the loss and the gradient scale (1/sum w for Mean) -> summary
+//      [CYB_SUMMARY_LEN] f64.
 //   4. cyb_dlogits[_inplace]_{f32,bf16}: one streaming pass per row:
 //        dz[v] = g_r*exp(z[v] - r) + g_u*[v == y]  (v < V),  dz[V] = g_e,
 //      zeros for ignored rows. The in-place variant reads every element before it
@@ -41,13 +42,16 @@
 #define CYB_POS_THREADS 256
 #define CYB_FIN_THREADS 256
 
-// params [CYB_PARAMS_LEN] f64: omega[K_MAX+1], prior[K_MAX+1], gamma, beta, lambda, budget.
-#define CYB_P_OMEGA 0
-#define CYB_P_PRIOR (CYB_K_MAX + 1)
-#define CYB_P_GAMMA (2 * (CYB_K_MAX + 1))
-#define CYB_P_BETA (CYB_P_GAMMA + 1)
-#define CYB_P_LAMBDA (CYB_P_GAMMA + 2)
-#define CYB_P_BUDGET (CYB_P_GAMMA + 3)
+// params [CYB_PARAMS_LEN] f64 (ResolvedObjective, written by CybLoss::new):
+// log omega_k, log Omega_k (Omega_k = sum_{j>k} omega_j; -inf for 0), log gamma_k,
+// rho_k (each [K_MAX+1]), then beta, alpha, b_DK.
+#define CYB_P_LOG_OMEGA 0
+#define CYB_P_LOG_TAIL (CYB_K_MAX + 1)
+#define CYB_P_LOG_GAMMA (2 * (CYB_K_MAX + 1))
+#define CYB_P_RHO (3 * (CYB_K_MAX + 1))
+#define CYB_P_BETA (4 * (CYB_K_MAX + 1))
+#define CYB_P_ALPHA (CYB_P_BETA + 1)
+#define CYB_P_DK_BIAS (CYB_P_BETA + 2)
 
 // ObjectiveKind (repr u32 in src/objective.rs).
 #define CYB_CE_FINAL 0
@@ -74,14 +78,12 @@
 #define CYB_S_LOSS 0
 #define CYB_S_WEIGHT_SUM 1
 #define CYB_S_MEAN_PAUSES 2
-#define CYB_S_PENALTY 3
-#define CYB_S_VALID 4
-#define CYB_S_SCALE 5      // d loss / d (w_i L_i): 1/sum w (Mean), 1 (Sum, None), 0 if empty
-#define CYB_S_PEN_COEF 6   // lambda / sum w when the dp penalty is active, else 0
-#define CYB_S_WL_SUM 7
-#define CYB_S_BAD_Y 8      // first position with an invalid target, -1: none
-#define CYB_S_BAD_W 9      // first position with an invalid weight, -1: none
-#define CYB_SUMMARY_LEN 16
+#define CYB_S_VALID 3
+#define CYB_S_SCALE 4      // d loss / d (w_i L_i): 1/sum w (Mean), 1 (Sum, None), 0 if empty
+#define CYB_S_WL_SUM 5
+#define CYB_S_BAD_Y 6      // first position with an invalid target, -1: none
+#define CYB_S_BAD_W 7      // first position with an invalid weight, -1: none
+#define CYB_SUMMARY_LEN 8
 
 __device__ __forceinline__ int position_of_row(int row, int k1, int seq) {
     return (row / (k1 * seq)) * seq + row % seq;
@@ -146,11 +148,12 @@ extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
 
 #define KM1 (CYB_K_MAX + 1)
 
-// Halting of one position (halting_from_scalars in src/cpu/loss.rs).
+// Halting of one position (halting_from_scalars in src/cpu/loss.rs); e carries b_DK.
 struct Halting {
     double a[KM1];         // a_k = u_k - r_k
-    double log_h[KM1];     // log h_k = C_k + s_k
-    double cum_c[KM1 + 1]; // C_k = sum_{j<k} c_j
+    double s[KM1];         // s_k = r_k - lse_k (k < K), s_K = 0
+    double cum_c[KM1 + 1]; // P_k = sum_{j<k} c_j
+    double log_h[KM1];     // log h_k = P_k + s_k
     double p_dk[KM1];      // exp(c_k)
     double p_ans[KM1];     // exp(r_k - lse_k)
 };
@@ -161,34 +164,60 @@ __device__ void halting_from_scalars(const double *r, const double *e, const dou
     for (int k = 0; k <= K; ++k) {
         const double lse = log_add_exp(r[k], e[k]);
         const double c = e[k] - lse;
-        const double log_s = k < K ? r[k] - lse : 0.0;
+        const double s = k < K ? r[k] - lse : 0.0;
         hal.a[k] = u[k] - r[k];
+        hal.s[k] = s;
         hal.p_dk[k] = exp(c);
         hal.p_ans[k] = exp(r[k] - lse);
-        hal.log_h[k] = hal.cum_c[k] + log_s;
+        hal.log_h[k] = hal.cum_c[k] + s;
         hal.cum_c[k + 1] = hal.cum_c[k] + c;
     }
 }
 
-// Gradient with respect to a, log h and C (HaltingGrad).
+// Gradient with respect to a, P and s (HaltingGrad); log h = P + s feeds both.
 struct HaltingGrad {
     double a[KM1];
-    double log_h[KM1];
     double cum_c[KM1];
+    double s[KM1];
 };
 
-__device__ void halting_grad_zero(HaltingGrad &g, int K) {
+__device__ __forceinline__ void add_log_h(HaltingGrad &g, int k, double v) {
+    g.cum_c[k] += v;
+    g.s[k] += v;
+}
+
+// exp(x - total), 0 where x = -inf (a term that drops out of a logsumexp).
+__device__ __forceinline__ double share(double x, double total) {
+    return x == -INFINITY ? 0.0 : exp(x - total);
+}
+
+// L = -logsumexp_k(log h_k + log gamma_k + a_k), gradient added into g
+// (discounted_marginal); log_gamma null: no discount.
+__device__ double discounted_marginal(const double *__restrict__ log_gamma, const Halting &hal,
+                                      int K, HaltingGrad &g) {
+    double x[KM1];
+    double lse = -INFINITY;
     for (int k = 0; k <= K; ++k) {
-        g.a[k] = 0.0;
-        g.log_h[k] = 0.0;
-        g.cum_c[k] = 0.0;
+        x[k] = hal.log_h[k] + (log_gamma ? log_gamma[k] : 0.0) + hal.a[k];
+        lse = log_add_exp(lse, x[k]);
     }
+    for (int k = 0; k <= K; ++k) {
+        const double q = share(x[k], lse); // posterior over the answering step
+        g.a[k] -= q;
+        add_log_h(g, k, -q);
+    }
+    return -lse;
 }
 
 // objective_forward_backward: value of one objective at one position, gradient in g.
 __device__ double objective_forward_backward(int kind, const double *__restrict__ params,
                                              const Halting &hal, int K, HaltingGrad &g) {
-    halting_grad_zero(g, K);
+    for (int k = 0; k <= K; ++k) {
+        g.a[k] = 0.0;
+        g.cum_c[k] = 0.0;
+        g.s[k] = 0.0;
+    }
+    const double *log_gamma = params + CYB_P_LOG_GAMMA;
     double loss = 0.0;
     switch (kind) {
     case CYB_CE_FINAL:
@@ -196,55 +225,49 @@ __device__ double objective_forward_backward(int kind, const double *__restrict_
         loss = -hal.a[K];
         break;
     case CYB_MARGINAL:
-    case CYB_DP: {
+        loss = discounted_marginal(nullptr, hal, K, g);
+        break;
+    case CYB_AP: {
+        // log Pr(S=k) = P_k + logaddexp(log omega_k, s_k + log Omega_k).
+        double x[KM1], sigma[KM1];
         double lse = -INFINITY;
-        for (int k = 0; k <= K; ++k) lse = log_add_exp(lse, hal.log_h[k] + hal.a[k]);
         for (int k = 0; k <= K; ++k) {
-            const double q = exp(hal.log_h[k] + hal.a[k] - lse);
+            const double answered = hal.s[k] + params[CYB_P_LOG_TAIL + k];
+            const double stop = log_add_exp(params[CYB_P_LOG_OMEGA + k], answered);
+            sigma[k] = share(answered, stop);
+            x[k] = hal.cum_c[k] + stop + log_gamma[k] + hal.a[k];
+            lse = log_add_exp(lse, x[k]);
+        }
+        for (int k = 0; k <= K; ++k) {
+            const double q = share(x[k], lse);
             g.a[k] = -q;
-            g.log_h[k] = -q;
+            g.cum_c[k] = -q;
+            g.s[k] = -q * sigma[k];
         }
         loss = -lse;
-        break;
-    }
-    case CYB_AP: {
-        const double lg = log(params[CYB_P_GAMMA]);
-        // x_k: answered at k (counts for every m > k); y_m: forced answer at m.
-        double x[KM1], y[KM1], log_r[KM1];
-        for (int k = 0; k <= K; ++k) {
-            x[k] = (double)k * lg + hal.log_h[k] + hal.a[k];
-            y[k] = (double)k * lg + hal.cum_c[k] + hal.a[k];
-        }
-        double prefix = -INFINITY;
-        for (int m = 0; m <= K; ++m) {
-            log_r[m] = log_add_exp(prefix, y[m]);
-            prefix = log_add_exp(prefix, x[m]);
-            const double w = params[CYB_P_OMEGA + m];
-            if (w > 0.0) loss -= w * log_r[m];
-        }
-        // Every exp(x_k - log R_m), m > k, is <= 1: no overflow for any logits.
-        for (int m = 0; m <= K; ++m) {
-            const double w = params[CYB_P_OMEGA + m];
-            if (w == 0.0) continue;
-            const double gy = -w * exp(y[m] - log_r[m]);
-            g.cum_c[m] += gy;
-            g.a[m] += gy;
-            for (int k = 0; k < m; ++k) {
-                const double gx = -w * exp(x[k] - log_r[m]);
-                g.log_h[k] += gx;
-                g.a[k] += gx;
-            }
-        }
         break;
     }
     case CYB_VA: {
         const double beta = params[CYB_P_BETA];
         for (int k = 0; k <= K; ++k) {
             const double h = exp(hal.log_h[k]);
-            const double log_ratio = hal.log_h[k] - log(params[CYB_P_PRIOR + k]);
-            loss += h * (-hal.a[k] + beta * log_ratio);
+            const double log_ratio = hal.log_h[k] - log(params[CYB_P_RHO + k]);
+            const double answer = -log_gamma[k] - hal.a[k];
+            loss += h * (answer + beta * log_ratio);
             g.a[k] = -h;
-            g.log_h[k] = h * (-hal.a[k] + beta * (log_ratio + 1.0));
+            add_log_h(g, k, h * (answer + beta * (log_ratio + 1.0)));
+        }
+        break;
+    }
+    case CYB_DP: {
+        const double alpha = params[CYB_P_ALPHA];
+        loss = discounted_marginal(log_gamma, hal, K, g);
+        for (int k = 0; k <= K; ++k) {
+            const double rho = params[CYB_P_RHO + k];
+            if (rho > 0.0) {
+                loss += alpha * rho * (log(rho) - hal.log_h[k]);
+                add_log_h(g, k, -alpha * rho);
+            }
         }
         break;
     }
@@ -254,32 +277,20 @@ __device__ double objective_forward_backward(int kind, const double *__restrict_
     return loss;
 }
 
-// expected_pauses_grad: E[pauses] = sum_k k h_k, and its gradient with respect to log h.
-__device__ double expected_pauses_grad(const Halting &hal, int K, HaltingGrad &g) {
-    halting_grad_zero(g, K);
-    double e = 0.0;
-    for (int k = 0; k <= K; ++k) {
-        const double kh = (double)k * exp(hal.log_h[k]);
-        e += kh;
-        g.log_h[k] = kh;
-    }
-    return e;
-}
-
-// halting_backward: chain (da, dlog h, dC) to (g_r, g_e, g_u) of every row of the
+// halting_backward: chain (da, dP, ds) to (g_r, g_e, g_u) of every row of the
 // position, times the position weight w, into out[row*3 + {0,1,2}].
 __device__ void halting_backward(const Halting &hal, const HaltingGrad &g, int K, double w,
                                  int first_row, int row_stride, double *__restrict__ out) {
-    double suffix = 0.0; // sum_{k>j} (dlog h_k + dC_k)
+    double suffix = 0.0; // sum_{k>j} dP_k
     for (int j = K; j >= 0; --j) {
         const double g_c = suffix;
-        const double g_s = j < K ? g.log_h[j] : 0.0;
+        const double g_s = j < K ? g.s[j] : 0.0; // s_K = 0 is a constant
         const double pa = hal.p_ans[j], pd = hal.p_dk[j];
         double *o = out + 3 * (size_t)(first_row + j * row_stride);
         o[0] = w * (-g.a[j] - pa * g_c + pd * g_s);
         o[1] = w * (pa * g_c - pd * g_s);
         o[2] = w * g.a[j];
-        suffix += g.log_h[j] + g.cum_c[j];
+        suffix += g.cum_c[j];
     }
 }
 
@@ -288,8 +299,7 @@ extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
                             const float *__restrict__ weights, // null: all 1
                             const double *__restrict__ params, int kind, int batch, int K, int seq,
                             int vocab, float *__restrict__ per_position, float *__restrict__ pauses,
-                            double *__restrict__ grad_loss, double *__restrict__ grad_pen,
-                            double *__restrict__ partials) {
+                            double *__restrict__ grad_loss, double *__restrict__ partials) {
     __shared__ double red[CYB_POS_THREADS];
     const int n = batch * seq;
     const int rows = n * (K + 1);
@@ -309,10 +319,7 @@ extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
             pauses[pos] = 0.0f;
             for (int k = 0; k <= K; ++k) {
                 const size_t row = (size_t)(first_row + k * seq);
-                for (int c = 0; c < 3; ++c) {
-                    grad_loss[3 * row + c] = 0.0;
-                    grad_pen[3 * row + c] = 0.0;
-                }
+                for (int c = 0; c < 3; ++c) grad_loss[3 * row + c] = 0.0;
             }
         } else {
             const double w = bad_w ? 0.0 : (double)wf;
@@ -320,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
             for (int k = 0; k <= K; ++k) {
                 const int row = first_row + k * seq;
                 r[k] = scalars[row];
-                e[k] = scalars[rows + row];
+                e[k] = (double)scalars[rows + row] + params[CYB_P_DK_BIAS]; // row_scalar's e
                 u[k] = scalars[2 * rows + row];
             }
             Halting hal;
@@ -328,15 +335,8 @@ extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
             HaltingGrad g;
             const double l = objective_forward_backward(kind, params, hal, K, g);
             halting_backward(hal, g, K, w, first_row, seq, grad_loss);
-            const double ep = expected_pauses_grad(hal, K, g);
-            if (kind == CYB_DP) {
-                halting_backward(hal, g, K, w, first_row, seq, grad_pen);
-            } else {
-                for (int k = 0; k <= K; ++k) {
-                    const size_t row = (size_t)(first_row + k * seq);
-                    for (int c = 0; c < 3; ++c) grad_pen[3 * row + c] = 0.0;
-                }
-            }
+            double ep = 0.0; // Halting::expected_pauses
+            for (int k = 0; k <= K; ++k) ep += (double)k * exp(hal.log_h[k]);
             per_position[pos] = (float)(w * l);
             pauses[pos] = (float)ep;
             part[CYB_PART_W] = w;
@@ -359,12 +359,12 @@ extern "C" __global__ void __launch_bounds__(CYB_POS_THREADS)
 }
 
 // ---------------------------------------------------------------------------------
-// Stage 3: one block: fixed-order reduction of the partials, loss, scale, dp coefficient.
+// Stage 3: one block: fixed-order reduction of the partials, loss and gradient scale.
 // ---------------------------------------------------------------------------------
 
 extern "C" __global__ void __launch_bounds__(CYB_FIN_THREADS)
-    cyb_loss_finalize(const double *__restrict__ partials, int nblocks, int kind, int reduction,
-                      const double *__restrict__ params, double *__restrict__ summary) {
+    cyb_loss_finalize(const double *__restrict__ partials, int nblocks, int reduction,
+                      double *__restrict__ summary) {
     __shared__ double red[CYB_FIN_THREADS];
     __shared__ double tot[CYB_NPART];
     for (int j = 0; j < CYB_NPART; ++j) {
@@ -388,36 +388,22 @@ extern "C" __global__ void __launch_bounds__(CYB_FIN_THREADS)
     const double wsum = tot[CYB_PART_W];
     const double total = tot[CYB_PART_WL];
     const double mean_pauses = wsum > 0.0 ? tot[CYB_PART_WE] / wsum : 0.0;
-    double penalty = 0.0, coef = 0.0;
-    if (kind == CYB_DP && wsum > 0.0) {
-        const double excess = mean_pauses - params[CYB_P_BUDGET];
-        if (excess > 0.0) {
-            penalty = params[CYB_P_LAMBDA] * excess;
-            coef = params[CYB_P_LAMBDA] / wsum;
-        }
-    }
     double loss, scale;
     if (reduction == CYB_MEAN) {
-        loss = wsum > 0.0 ? total / wsum + penalty : 0.0;
+        loss = wsum > 0.0 ? total / wsum : 0.0;
         scale = wsum > 0.0 ? 1.0 / wsum : 0.0;
-    } else if (reduction == CYB_SUM) {
-        loss = total + penalty;
-        scale = 1.0;
-    } else {
-        loss = penalty;
+    } else { // Sum; None reports the sum too and scales per position by the upstream
+        loss = total;
         scale = 1.0;
     }
     summary[CYB_S_LOSS] = loss;
     summary[CYB_S_WEIGHT_SUM] = wsum;
     summary[CYB_S_MEAN_PAUSES] = mean_pauses;
-    summary[CYB_S_PENALTY] = penalty;
     summary[CYB_S_VALID] = tot[CYB_PART_VALID];
     summary[CYB_S_SCALE] = scale;
-    summary[CYB_S_PEN_COEF] = coef;
     summary[CYB_S_WL_SUM] = total;
     summary[CYB_S_BAD_Y] = isinf(tot[CYB_PART_BAD_Y]) ? -1.0 : tot[CYB_PART_BAD_Y];
     summary[CYB_S_BAD_W] = isinf(tot[CYB_PART_BAD_W]) ? -1.0 : tot[CYB_PART_BAD_W];
-    for (int i = 10; i < CYB_SUMMARY_LEN; ++i) summary[i] = 0.0;
 }
 
 // ---------------------------------------------------------------------------------
@@ -430,7 +416,6 @@ template <typename T>
 __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const int *__restrict__ targets,
                                              const float *__restrict__ scalars,
                                              const double *__restrict__ grad_loss,
-                                             const double *__restrict__ grad_pen,
                                              const double *__restrict__ summary,
                                              const float *__restrict__ upstream, // null: up_scalar
                                              double up_scalar, int reduction, int rows, int k1,
@@ -456,12 +441,10 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
         const bool per_position = reduction == CYB_NONE;
         const double up = upstream ? (double)upstream[per_position ? pos : 0] : up_scalar;
         const double lscale = up * summary[CYB_S_SCALE];
-        const double pscale = (per_position ? 1.0 : up) * summary[CYB_S_PEN_COEF];
         const double *gl = grad_loss + 3 * (size_t)row;
-        const double *gp = grad_pen + 3 * (size_t)row;
-        const float g_r = (float)(lscale * gl[0] + pscale * gp[0]);
-        const float g_e = (float)(lscale * gl[1] + pscale * gp[1]);
-        const float g_u = (float)(lscale * gl[2] + pscale * gp[2]);
+        const float g_r = (float)(lscale * gl[0]);
+        const float g_e = (float)(lscale * gl[1]);
+        const float g_u = (float)(lscale * gl[2]);
         const float r = scalars[row];
         // The real vocabulary [0, V) as scalar head, 16-byte body, scalar tail. Vectors
         // need z and dz equally misaligned (always so for whole cudarc allocations);
@@ -499,11 +482,11 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
 
 #define CYB_DLOGITS_ARGS                                                                           \
     const int *__restrict__ targets, const float *__restrict__ scalars,                            \
-        const double *__restrict__ grad_loss, const double *__restrict__ grad_pen,                 \
-        const double *__restrict__ summary, const float *__restrict__ upstream, double up_scalar,   \
-        int reduction, int rows, int k1, int seq, int vocab
+        const double *__restrict__ grad_loss, const double *__restrict__ summary,                  \
+        const float *__restrict__ upstream, double up_scalar, int reduction, int rows, int k1,     \
+        int seq, int vocab
 #define CYB_DLOGITS_PASS                                                                           \
-    targets, scalars, grad_loss, grad_pen, summary, upstream, up_scalar, reduction, rows, k1, seq, vocab
+    targets, scalars, grad_loss, summary, upstream, up_scalar, reduction, rows, k1, seq, vocab
 
 extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
     cyb_dlogits_f32(const float *logits, float *dlogits, CYB_DLOGITS_ARGS) {

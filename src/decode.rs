@@ -244,9 +244,8 @@ impl<'m, T: Scalar> Decoder<'m, T> {
     /// `p(DK)` of a row of logits `[V+1]`, with the model's DK bias (SPEC section 4:
     /// `e = z[V] + b_DK`, `d = exp(e - logaddexp(r, e))`).
     fn p_dk(&self, logits: &[T]) -> f64 {
-        let s = row_scalar(logits, -1);
-        let e = s.e + self.model.config.dk_bias;
-        (e - log_add_exp(s.r, e)).exp()
+        let s = row_scalar(logits, -1, self.model.config.dk_bias);
+        (s.e - log_add_exp(s.r, s.e)).exp()
     }
 
     /// Decide at which step the current position (the last pushed token) answers and

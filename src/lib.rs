@@ -25,7 +25,9 @@ pub mod train;
 pub use config::ModelConfig;
 pub use cpu::model::Model;
 pub use error::{CybError, Result};
-pub use objective::{Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights};
+pub use objective::{
+    Discount, Objective, ObjectiveKind, Reduction, ResolvedObjective, StepWeights,
+};
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

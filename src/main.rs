@@ -9,10 +9,11 @@ use cyb::experiment::{
     curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
     ExperimentConfig,
 };
+use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
 use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
-use cyb::{CybError, Objective, Result, StepWeights};
+use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -121,46 +122,69 @@ impl DataArgs {
     }
 }
 
-/// Parameters of the CYB objectives (SPEC section 4).
+/// Parameters of the CYB objectives (SPEC section 4); the defaults are the paper's best.
 #[derive(Args, Clone)]
 struct ObjectiveParams {
-    /// CYB-AP discount per pause step. SPEC's default is 0.9, which `experiment` uses;
-    /// `train` defaults to 1.0 (no discount) because on the default task and budget 0.9
-    /// makes the model collapse to never pausing, while 1.0 learns to pause more on
-    /// longer sums (see README).
-    #[arg(long)]
-    gamma: Option<f64>,
-    /// CYB-VA weight of KL(h || prior).
-    #[arg(long, default_value_t = 0.1)]
+    /// CYB-AP deadline distribution omega over the steps 0..K: exactly K+1 ratios
+    /// (zeros allowed), e.g. 4:1:1:4 [default: 0:..:0:1, the world always waits].
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
+    omega: Option<StepWeights>,
+    /// Discount gamma in (0, 1] of ap, va and dp (1 = none).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    gamma: f64,
+    /// How the discount falls with the step k: exp (gamma^k) or linear (1 - k(1-gamma)).
+    #[arg(long, value_enum, default_value = "exp")]
+    discount: DiscountName,
+    /// CYB-VA and CYB-DP reference distribution rho over the steps 0..K: exactly K+1
+    /// ratios (va: all > 0; dp: zeros allowed) [default: uniform, 1:1:..:1].
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
+    rho: Option<StepWeights>,
+    /// CYB-VA weight of KL(h || rho).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     beta: f64,
-    /// CYB-VA prior over stopping steps, proportional to ratio^k.
-    #[arg(long, default_value_t = 0.5)]
-    prior_ratio: f64,
-    /// CYB-DP penalty weight.
-    #[arg(long, default_value_t = 0.05)]
-    lambda: f64,
-    /// CYB-DP budget of mean pauses per token.
-    #[arg(long, default_value_t = 0.0)]
-    budget: f64,
+    /// CYB-DP weight of KL(rho || h).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+    alpha: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DiscountName {
+    Exp,
+    Linear,
+}
+
+fn parse_ratios(s: &str) -> std::result::Result<StepWeights, String> {
+    s.parse::<StepWeights>().map_err(|e| e.to_string())
 }
 
 impl ObjectiveParams {
-    fn ap(&self, default_gamma: f64) -> Objective {
+    fn discount(&self) -> Discount {
+        match self.discount {
+            DiscountName::Exp => Discount::Exp,
+            DiscountName::Linear => Discount::Linear,
+        }
+    }
+    fn ap(&self) -> Objective {
         Objective::Ap {
-            gamma: self.gamma.unwrap_or(default_gamma),
-            omega: StepWeights::Uniform,
+            omega: self.omega.clone().unwrap_or(StepWeights::Last),
+            gamma: self.gamma,
+            discount: self.discount(),
         }
     }
     fn va(&self) -> Objective {
         Objective::Va {
+            rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
             beta: self.beta,
-            prior: StepWeights::Geometric(self.prior_ratio),
+            gamma: self.gamma,
+            discount: self.discount(),
         }
     }
     fn dp(&self) -> Objective {
         Objective::Dp {
-            lambda: self.lambda,
-            budget: self.budget,
+            rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
+            alpha: self.alpha,
+            gamma: self.gamma,
+            discount: self.discount(),
         }
     }
 }
@@ -169,7 +193,8 @@ impl ObjectiveParams {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Training objective (SPEC section 4).
+    /// Training objective (SPEC section 4): ap (CYB-AP, the paper's best), dp (CYB-DP),
+    /// va (CYB-VA), marginal, or ce_final (pause + CE; with --pauses 0 plain CE).
     #[arg(long, value_enum, default_value = "ap")]
     objective: ObjectiveName,
     #[command(flatten)]
@@ -229,13 +254,18 @@ struct RunArgs {
     /// Evaluate every this many steps (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    /// DK prior psi in [0, 1) of a new model: its DK bias log(psi/(1-psi)) + log V makes
+    /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
+    dk_prior: f64,
 }
 
 #[derive(Args)]
 struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Parameters of the three CYB variants (SPEC defaults unless given).
+    /// Parameters of the three CYB variants (SPEC v2 defaults, the paper's best, unless
+    /// given).
     #[command(flatten)]
     params: ObjectiveParams,
     #[command(flatten)]
@@ -283,10 +313,20 @@ fn objective(a: &TrainArgs) -> Objective {
     match a.objective {
         ObjectiveName::CeFinal => Objective::CeFinal,
         ObjectiveName::Marginal => Objective::Marginal,
-        ObjectiveName::Ap => a.params.ap(1.0),
+        ObjectiveName::Ap => a.params.ap(),
         ObjectiveName::Va => a.params.va(),
         ObjectiveName::Dp => a.params.dp(),
     }
+}
+
+/// Every objective parameter and the DK prior checked for `K = pauses` before any
+/// data is read or any model built.
+fn check_params(objectives: &[Objective], run: &RunArgs) -> Result<()> {
+    for o in objectives {
+        o.resolve(run.pauses)
+            .map_err(|e| CybError::Param(format!("--objective {}: {e}", o.name())))?;
+    }
+    dk_bias_from_prior(run.dk_prior, 1).map(|_| ())
 }
 
 fn require_cpu(device: Device) -> Result<()> {
@@ -316,9 +356,9 @@ impl RunArgs {
         vocab: usize,
         objective: Objective,
         default_steps: usize,
-    ) -> TrainConfig {
+    ) -> Result<TrainConfig> {
         let steps = self.steps.unwrap_or(default_steps);
-        TrainConfig {
+        let mut cfg = TrainConfig {
             model: ModelConfig {
                 vocab,
                 d_model: self.d_model,
@@ -342,7 +382,9 @@ impl RunArgs {
             seed: self.seed,
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
-        }
+        };
+        cfg.model.dk_bias = dk_bias_from_prior(self.dk_prior, vocab)?;
+        Ok(cfg)
     }
 }
 
@@ -351,12 +393,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cpu => TrainDevice::Cpu,
         Device::Cuda => TrainDevice::Cuda,
     };
+    check_params(&[objective(&a)], &a.run)?;
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
     };
     let data = a.data.source(a.run.ctx)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective(&a), 4000);
+    let mut cfg = a.run.train_config(data.vocab(), objective(&a), 4000)?;
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
@@ -388,8 +431,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
             ),
             format!("data: {}", data.describe()),
             format!(
-                "model: d_model {} layers {} heads {} context {} (V = {})",
-                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab
+                "model: d_model {} layers {} heads {} context {} (V = {}), DK bias {:.4}",
+                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab, m.dk_bias
             ),
             format!(
                 "training: {} steps x {} sequences x {} tokens = {} real tokens, lr {} seed {}",
@@ -427,14 +470,16 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
+    let (ap, va, dp) = (a.params.ap(), a.params.va(), a.params.dp());
+    check_params(&[ap.clone(), va.clone(), dp.clone()], &a.run)?;
     let data = a.data.source(a.run.ctx)?;
-    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000);
+    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
     if base.eval_every == 0 {
         // Learning curves need points to interpolate: ten per run by default.
         base.eval_every = (base.steps / 10).max(1);
     }
     let cfg = ExperimentConfig {
-        variants: variants(a.run.pauses, a.params.ap(0.9), a.params.va(), a.params.dp()),
+        variants: variants(a.run.pauses, ap, va, dp),
         seeds: a.seeds.clone(),
         base,
     };

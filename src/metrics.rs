@@ -32,13 +32,15 @@ pub struct PositionOutcome {
     pub nll_final: f64,
 }
 
-/// Greedy policy on teacher-forced logits `[B, K+1, T, V+1]`: at step `k < K` say DK
+/// Greedy policy on teacher-forced logits `[B, K+1, T, V+1]` of a model with DK bias
+/// `dk_bias` (its config's `dk_bias`, added to every DK logit): at step `k < K` say DK
 /// when `p(DK at k) > threshold`, else answer with the argmax real token.
 pub fn greedy_outcomes<T: Float>(
     logits: &[T],
     targets: &[i32],
     classes: &[u16],
     shape: LossShape,
+    dk_bias: f64,
     threshold: f64,
 ) -> Result<Vec<PositionOutcome>> {
     shape.check(logits.len(), targets)?;
@@ -63,7 +65,7 @@ pub fn greedy_outcomes<T: Float>(
             let mut argmax = Vec::with_capacity(kk + 1);
             for k in 0..=kk {
                 let z = &logits[shape.row(b, k, t) * width..][..width];
-                rows.push(row_scalar(z, y));
+                rows.push(row_scalar(z, y, dk_bias));
                 let best = (0..shape.vocab)
                     .max_by(|&i, &j| {
                         z[i].partial_cmp(&z[j])

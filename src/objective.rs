@@ -1,9 +1,10 @@
-//! The five training objectives of SPEC section 4 and their parameters.
+//! The five training objectives of SPEC section 4 (v2) and their parameters.
 //!
 //! An [`Objective`] is backend independent: the CPU reference (`cpu::loss`) and the
 //! CUDA kernels (`gpu::loss`, feature `cuda`) both take one. Parameters that depend on
-//! `K` (the AP interruption weights `w`, the VA prior) are given as a [`StepWeights`]
-//! rule and resolved for a concrete `K` by [`Objective::resolve`].
+//! `K` (the deadline distribution `omega`, the reference distribution `rho`) are given
+//! as a [`StepWeights`] rule and resolved for a concrete `K` by [`Objective::resolve`],
+//! which also checks every parameter.
 
 use crate::error::{CybError, Result};
 use std::fmt;
@@ -12,34 +13,29 @@ use std::str::FromStr;
 /// A distribution over the steps `0..=K`, described independently of `K`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepWeights {
-    /// `1/(K+1)` on every step.
+    /// `1/(K+1)` on every step (the default `rho`).
     Uniform,
-    /// `∝ ratio^k` on `0..=K`, normalised (the VA default uses `ratio = 0.5`).
-    Geometric(f64),
-    /// Explicit values for `0..=K`; must have exactly `K+1` entries, be finite and
-    /// non-negative (the VA prior must be strictly positive). Normalised on use.
+    /// All mass on step `K`, `delta_K` (the default `omega`: the world always waits).
+    Last,
+    /// Ratios for `0..=K`: exactly `K+1` finite, non-negative entries, not all zero.
+    /// Normalised on use. Parsed from `"4:1:1:4"`.
     Explicit(Vec<f64>),
 }
 
 impl StepWeights {
-    /// The weights for a concrete `K`, normalised to sum to 1.
-    pub fn resolve(&self, k: usize) -> Result<Vec<f64>> {
+    /// The weights for a concrete `K`, normalised to sum to 1. `what` names them in
+    /// errors (`"omega"`, `"rho"`).
+    pub fn resolve(&self, k: usize, what: &str) -> Result<Vec<f64>> {
         let raw: Vec<f64> = match self {
             StepWeights::Uniform => vec![1.0; k + 1],
-            StepWeights::Geometric(ratio) => {
-                if !(ratio.is_finite() && *ratio > 0.0) {
-                    return Err(CybError::Param(format!(
-                        "geometric ratio must be finite and > 0, got {ratio}"
-                    )));
-                }
-                (0..=k).map(|i| ratio.powi(i as i32)).collect()
-            }
+            StepWeights::Last => (0..=k).map(|i| if i == k { 1.0 } else { 0.0 }).collect(),
             StepWeights::Explicit(v) => {
                 if v.len() != k + 1 {
                     return Err(CybError::Param(format!(
-                        "step weights need K+1 = {} entries, got {}",
+                        "{what} needs exactly K+1 = {} ratios for K = {k}, got {} ({})",
                         k + 1,
-                        v.len()
+                        v.len(),
+                        self
                     )));
                 }
                 v.clone()
@@ -47,25 +43,153 @@ impl StepWeights {
         };
         if raw.iter().any(|x| !x.is_finite() || *x < 0.0) {
             return Err(CybError::Param(format!(
-                "step weights must be finite and >= 0, got {raw:?}"
+                "{what} ratios must be finite and >= 0, got {self}"
             )));
         }
         let sum: f64 = raw.iter().sum();
         if sum <= 0.0 {
-            return Err(CybError::Param("step weights sum to zero".into()));
+            return Err(CybError::Param(format!(
+                "{what} ratios are all zero ({self}); at least one must be > 0"
+            )));
         }
         Ok(raw.iter().map(|x| x / sum).collect())
     }
 }
 
-/// Which CYB loss to train (or evaluate) with. See SPEC section 4.
+impl fmt::Display for StepWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepWeights::Uniform => write!(f, "uniform"),
+            StepWeights::Last => write!(f, "delta_K"),
+            StepWeights::Explicit(v) => {
+                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                write!(f, "{}", parts.join(":"))
+            }
+        }
+    }
+}
+
+impl FromStr for StepWeights {
+    type Err = CybError;
+    /// Ratios separated by `:` (`"0:0:0:1"`, `"4:1:1:4"`); `uniform` and `delta_K`
+    /// name the two `K`-independent rules. Counts and signs are checked by `resolve`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "uniform" => return Ok(StepWeights::Uniform),
+            "delta_K" => return Ok(StepWeights::Last),
+            _ => {}
+        }
+        s.split(':')
+            .map(|p| {
+                p.trim().parse::<f64>().map_err(|_| {
+                    CybError::Param(format!(
+                        "cannot read '{p}' in ratios '{s}' (expected numbers separated by ':', e.g. 4:1:1:4)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<f64>>>()
+            .map(StepWeights::Explicit)
+    }
+}
+
+/// How the discount `gamma_k` falls with the step (SPEC section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Discount {
+    /// `gamma_k = gamma^k`.
+    #[default]
+    Exp,
+    /// `gamma_k = 1 - k (1 - gamma)`; must stay `> 0` up to step `K`.
+    Linear,
+}
+
+impl Discount {
+    /// `log gamma_k` for `k = 0..=K`, after checking `0 < gamma <= 1` and `gamma_K > 0`.
+    pub fn log_steps(self, gamma: f64, k: usize) -> Result<Vec<f64>> {
+        if !(gamma.is_finite() && gamma > 0.0 && gamma <= 1.0) {
+            return Err(CybError::Param(format!(
+                "gamma must be in (0, 1], got {gamma}"
+            )));
+        }
+        let steps: Vec<f64> = (0..=k)
+            .map(|i| match self {
+                Discount::Exp => gamma.powi(i as i32),
+                Discount::Linear => 1.0 - i as f64 * (1.0 - gamma),
+            })
+            .collect();
+        if let Some(i) = steps.iter().position(|g| *g <= 0.0 || !g.is_finite()) {
+            return Err(CybError::Param(format!(
+                "the {self} discount with gamma = {gamma} reaches {} at step {i} <= K = {k}; \
+                 every gamma_k must be > 0",
+                steps[i]
+            )));
+        }
+        Ok(steps.iter().map(|g| g.ln()).collect())
+    }
+}
+
+impl fmt::Display for Discount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Discount::Exp => "exp",
+            Discount::Linear => "linear",
+        })
+    }
+}
+
+impl FromStr for Discount {
+    type Err = CybError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "exp" => Ok(Discount::Exp),
+            "linear" => Ok(Discount::Linear),
+            other => Err(CybError::Param(format!(
+                "unknown discount '{other}' (expected exp or linear)"
+            ))),
+        }
+    }
+}
+
+/// The DK bias `b_DK = log(psi / (1 - psi)) + log V` that makes `d_k = psi` when all
+/// `V+1` logits are equal (SPEC section 4). `psi = 0` means no bias (0); `psi` must be
+/// in `[0, 1)`.
 ///
 /// ```
-/// use cyb::Objective;
+/// let b = cyb::objective::dk_bias_from_prior(0.9, 100).unwrap();
+/// assert!((b - (9f64.ln() + 100f64.ln())).abs() < 1e-12);
+/// assert_eq!(cyb::objective::dk_bias_from_prior(0.0, 100).unwrap(), 0.0);
+/// assert!(cyb::objective::dk_bias_from_prior(1.0, 100).is_err());
+/// ```
+pub fn dk_bias_from_prior(psi: f64, vocab: usize) -> Result<f64> {
+    if !(psi.is_finite() && (0.0..1.0).contains(&psi)) {
+        return Err(CybError::Param(format!(
+            "the DK prior psi must be in [0, 1) (0 = no bias), got {psi}"
+        )));
+    }
+    if vocab == 0 {
+        return Err(CybError::Param(
+            "the DK prior needs a vocabulary V >= 1".into(),
+        ));
+    }
+    if psi == 0.0 {
+        return Ok(0.0);
+    }
+    Ok((psi / (1.0 - psi)).ln() + (vocab as f64).ln())
+}
+
+/// Which CYB loss to train (or evaluate) with. See SPEC section 4; the defaults
+/// (`ap_default` and friends, and `FromStr`) are the paper's best settings.
+///
+/// ```
+/// use cyb::{Discount, Objective};
 /// let ap = Objective::ap_default();
 /// let resolved = ap.resolve(3).unwrap();
-/// assert_eq!(resolved.omega.len(), 4);
+/// assert_eq!(resolved.omega, vec![0.0, 0.0, 0.0, 1.0]);
 /// assert_eq!("va".parse::<Objective>().unwrap(), Objective::va_default());
+/// // A grid setting (ratios have exactly K+1 entries): deadline 1:0:2, gamma 0.99.
+/// let grid = Objective::Ap { omega: "1:0:2".parse()?, gamma: 0.99, discount: Discount::Exp };
+/// assert_eq!(grid.resolve(2)?.omega, vec![1.0 / 3.0, 0.0, 2.0 / 3.0]);
+/// assert!(grid.resolve(3).is_err()); // 3 ratios for K = 3
+/// # Ok::<(), cyb::CybError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Objective {
@@ -73,34 +197,54 @@ pub enum Objective {
     CeFinal,
     /// Marginal NLL under the model's own halting distribution.
     Marginal,
-    /// CYB-AP: anytime prediction with discount `gamma` and interruption weights `omega`.
-    Ap { gamma: f64, omega: StepWeights },
-    /// CYB-VA: expected answer NLL plus `beta * KL(h || prior)`.
-    Va { beta: f64, prior: StepWeights },
-    /// CYB-DP: marginal NLL plus `lambda * max(0, mean E[pauses] - budget)` once per batch.
-    Dp { lambda: f64, budget: f64 },
+    /// CYB-AP (paper eq. 3): `-log sum_k Pr(S=k) gamma_k t_k` with deadline
+    /// distribution `omega`.
+    Ap {
+        omega: StepWeights,
+        gamma: f64,
+        discount: Discount,
+    },
+    /// CYB-VA: `sum_k h_k (-log gamma_k - a_k) + beta KL(h || rho)`.
+    Va {
+        rho: StepWeights,
+        beta: f64,
+        gamma: f64,
+        discount: Discount,
+    },
+    /// CYB-DP: `-log sum_k h_k gamma_k t_k + alpha KL(rho || h)`.
+    Dp {
+        rho: StepWeights,
+        alpha: f64,
+        gamma: f64,
+        discount: Discount,
+    },
 }
 
 impl Objective {
-    /// CYB-AP with the SPEC defaults: `gamma = 0.9`, `w` uniform over `0..=K`.
+    /// CYB-AP with the SPEC defaults: `omega = delta_K`, `gamma = 1`, `exp`.
     pub fn ap_default() -> Self {
         Objective::Ap {
-            gamma: 0.9,
-            omega: StepWeights::Uniform,
+            omega: StepWeights::Last,
+            gamma: 1.0,
+            discount: Discount::Exp,
         }
     }
-    /// CYB-VA with the SPEC defaults: `beta = 0.1`, prior `∝ 0.5^k`.
+    /// CYB-VA with the SPEC defaults: `rho` uniform, `beta = 1`, `gamma = 1`.
     pub fn va_default() -> Self {
         Objective::Va {
-            beta: 0.1,
-            prior: StepWeights::Geometric(0.5),
+            rho: StepWeights::Uniform,
+            beta: 1.0,
+            gamma: 1.0,
+            discount: Discount::Exp,
         }
     }
-    /// CYB-DP with the SPEC defaults: `lambda = 0.05`, budget `B = 0`.
+    /// CYB-DP with the SPEC defaults: `rho` uniform, `alpha = 0.01`, `gamma = 1`.
     pub fn dp_default() -> Self {
         Objective::Dp {
-            lambda: 0.05,
-            budget: 0.0,
+            rho: StepWeights::Uniform,
+            alpha: 0.01,
+            gamma: 1.0,
+            discount: Discount::Exp,
         }
     }
 
@@ -115,71 +259,70 @@ impl Objective {
         }
     }
 
-    /// Check the parameters and fix every `K`-dependent vector for this `K`.
+    /// Check the parameters and fix every `K`-dependent vector for this `K`, with no
+    /// DK bias (see [`ResolvedObjective::with_dk_bias`]).
     pub fn resolve(&self, k: usize) -> Result<ResolvedObjective> {
-        let finite = |name: &str, x: f64| {
-            if x.is_finite() {
+        let nonneg = |name: &str, x: f64| {
+            if x.is_finite() && x >= 0.0 {
                 Ok(x)
             } else {
-                Err(CybError::Param(format!("{name} must be finite, got {x}")))
+                Err(CybError::Param(format!(
+                    "{name} must be finite and >= 0, got {x}"
+                )))
             }
         };
-        let kind = match self {
-            Objective::CeFinal => ObjectiveKind::CeFinal,
-            Objective::Marginal => ObjectiveKind::Marginal,
-            Objective::Ap { gamma, .. } => {
-                let g = finite("gamma", *gamma)?;
-                if g <= 0.0 {
-                    return Err(CybError::Param(format!("gamma must be > 0, got {g}")));
-                }
-                ObjectiveKind::Ap
+        let mut r = ResolvedObjective {
+            kind: ObjectiveKind::CeFinal,
+            k,
+            omega: StepWeights::Last.resolve(k, "omega")?,
+            rho: StepWeights::Uniform.resolve(k, "rho")?,
+            log_gamma: vec![0.0; k + 1],
+            beta: 0.0,
+            alpha: 0.0,
+            dk_bias: 0.0,
+        };
+        match self {
+            Objective::CeFinal => {}
+            Objective::Marginal => r.kind = ObjectiveKind::Marginal,
+            Objective::Ap {
+                omega,
+                gamma,
+                discount,
+            } => {
+                r.kind = ObjectiveKind::Ap;
+                r.omega = omega.resolve(k, "omega")?;
+                r.log_gamma = discount.log_steps(*gamma, k)?;
             }
-            Objective::Va { beta, .. } => {
-                if finite("beta", *beta)? < 0.0 {
-                    return Err(CybError::Param(format!("beta must be >= 0, got {beta}")));
-                }
-                ObjectiveKind::Va
-            }
-            Objective::Dp { lambda, budget } => {
-                if finite("lambda", *lambda)? < 0.0 {
+            Objective::Va {
+                rho,
+                beta,
+                gamma,
+                discount,
+            } => {
+                r.kind = ObjectiveKind::Va;
+                r.rho = rho.resolve(k, "rho")?;
+                if r.rho.iter().any(|x| *x <= 0.0) {
                     return Err(CybError::Param(format!(
-                        "lambda must be >= 0, got {lambda}"
+                        "va needs rho > 0 on every step (KL(h || rho) is infinite where \
+                         rho is 0), got {rho}"
                     )));
                 }
-                finite("budget", *budget)?;
-                ObjectiveKind::Dp
+                r.beta = nonneg("beta", *beta)?;
+                r.log_gamma = discount.log_steps(*gamma, k)?;
             }
-        };
-        let (gamma, omega) = match self {
-            Objective::Ap { gamma, omega } => (*gamma, omega.resolve(k)?),
-            _ => (1.0, StepWeights::Uniform.resolve(k)?),
-        };
-        let (beta, prior) = match self {
-            Objective::Va { beta, prior } => {
-                let p = prior.resolve(k)?;
-                if p.iter().any(|x| *x <= 0.0) {
-                    return Err(CybError::Param(
-                        "the VA prior must be > 0 on every step (KL would be infinite)".into(),
-                    ));
-                }
-                (*beta, p)
+            Objective::Dp {
+                rho,
+                alpha,
+                gamma,
+                discount,
+            } => {
+                r.kind = ObjectiveKind::Dp;
+                r.rho = rho.resolve(k, "rho")?;
+                r.alpha = nonneg("alpha", *alpha)?;
+                r.log_gamma = discount.log_steps(*gamma, k)?;
             }
-            _ => (0.0, StepWeights::Geometric(0.5).resolve(k)?),
-        };
-        let (lambda, budget) = match self {
-            Objective::Dp { lambda, budget } => (*lambda, *budget),
-            _ => (0.0, 0.0),
-        };
-        Ok(ResolvedObjective {
-            kind,
-            k,
-            gamma,
-            omega,
-            beta,
-            prior,
-            lambda,
-            budget,
-        })
+        }
+        Ok(r)
     }
 }
 
@@ -187,9 +330,29 @@ impl fmt::Display for Objective {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Objective::CeFinal | Objective::Marginal => write!(f, "{}", self.name()),
-            Objective::Ap { gamma, omega } => write!(f, "ap(gamma={gamma}, w={omega:?})"),
-            Objective::Va { beta, prior } => write!(f, "va(beta={beta}, prior={prior:?})"),
-            Objective::Dp { lambda, budget } => write!(f, "dp(lambda={lambda}, budget={budget})"),
+            Objective::Ap {
+                omega,
+                gamma,
+                discount,
+            } => write!(f, "ap(omega={omega}, gamma={gamma}, discount={discount})"),
+            Objective::Va {
+                rho,
+                beta,
+                gamma,
+                discount,
+            } => write!(
+                f,
+                "va(rho={rho}, beta={beta}, gamma={gamma}, discount={discount})"
+            ),
+            Objective::Dp {
+                rho,
+                alpha,
+                gamma,
+                discount,
+            } => write!(
+                f,
+                "dp(rho={rho}, alpha={alpha}, gamma={gamma}, discount={discount})"
+            ),
         }
     }
 }
@@ -222,19 +385,50 @@ pub enum ObjectiveKind {
     Dp = 4,
 }
 
-/// An objective checked and fixed for one `K`: every vector has `K+1` entries and
-/// sums to 1. Unused parameters hold harmless defaults.
+/// An objective checked and fixed for one `K`: every vector has `K+1` entries.
+/// Parameters the objective does not use hold harmless defaults (`omega = delta_K`,
+/// `rho` uniform, no discount, `beta = alpha = 0`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedObjective {
     pub kind: ObjectiveKind,
     /// Number of pause steps (rows per position are `K+1`).
     pub k: usize,
-    pub gamma: f64,
+    /// Deadline distribution `omega_k` (sums to 1; zeros allowed).
     pub omega: Vec<f64>,
+    /// Reference distribution `rho_k` of `va`/`dp` (sums to 1; zeros allowed for `dp`).
+    pub rho: Vec<f64>,
+    /// `log gamma_k` of the discount.
+    pub log_gamma: Vec<f64>,
     pub beta: f64,
-    pub prior: Vec<f64>,
-    pub lambda: f64,
-    pub budget: f64,
+    pub alpha: f64,
+    /// `b_DK`, added to every DK logit before anything else reads it.
+    pub dk_bias: f64,
+}
+
+impl ResolvedObjective {
+    /// The same objective with the DK bias `b_DK` (a model's `dk_bias`); must be finite.
+    pub fn with_dk_bias(mut self, dk_bias: f64) -> Result<Self> {
+        if !dk_bias.is_finite() {
+            return Err(CybError::Param(format!(
+                "dk_bias must be finite, got {dk_bias}"
+            )));
+        }
+        self.dk_bias = dk_bias;
+        Ok(self)
+    }
+
+    /// `log omega_k` and `log Omega_k = log sum_{j>k} omega_j` (`-inf` for 0), the
+    /// deadline terms of `log Pr(S = k)`.
+    pub fn log_omega_and_tail(&self) -> (Vec<f64>, Vec<f64>) {
+        let log_omega = self.omega.iter().map(|w| w.ln()).collect();
+        let mut tail = vec![0.0; self.k + 1];
+        let mut acc = 0.0;
+        for k in (0..=self.k).rev() {
+            tail[k] = acc;
+            acc += self.omega[k];
+        }
+        (log_omega, tail.iter().map(|w| w.ln()).collect())
+    }
 }
 
 /// How per-position losses are combined into what `forward` returns.
@@ -245,8 +439,7 @@ pub enum Reduction {
     Mean,
     /// `sum_i w_i L_i`.
     Sum,
-    /// No reduction: per-position `w_i L_i`; backward takes one upstream gradient per
-    /// position. The batch-wide `dp` penalty is reported separately and its gradient
-    /// is always added with weight 1.
+    /// No reduction: per-position `w_i L_i` (the reported loss is their sum);
+    /// backward takes one upstream gradient per position.
     None,
 }

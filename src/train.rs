@@ -154,7 +154,11 @@ pub fn train_on(
             cfg.batch, cfg.seq, cfg.model.t_max
         )));
     }
-    let objective = cfg.objective.resolve(cfg.pauses)?;
+    // The loss reads d_k with the model's DK bias, as decoding and the metrics do.
+    let objective = cfg
+        .objective
+        .resolve(cfg.pauses)?
+        .with_dk_bias(cfg.model.dk_bias)?;
     let mut rng = Rng::new(cfg.seed);
     let model = match init {
         Some(m) => {
@@ -461,6 +465,7 @@ pub fn validation_outcomes(
             &b.targets,
             &b.classes,
             shape,
+            model.config.dk_bias,
             cfg.threshold,
         )?);
     }

@@ -83,6 +83,15 @@ fn train_save_eval_generate() {
     assert!(std::fs::read(out.join("pauses.png"))
         .unwrap()
         .starts_with(b"\x89PNG"));
+    // A new model gets the DK bias of the default prior psi = 0.9 in its config.
+    let vocab = cyb::data::task_by_name("modsum").unwrap().vocab() as f64;
+    let saved = cyb::checkpoint::load(&ckpt).unwrap();
+    let want = 9f64.ln() + vocab.ln();
+    assert!(
+        (saved.config.dk_bias - want).abs() < 1e-12,
+        "dk_bias {} vs {want}",
+        saved.config.dk_bias
+    );
 
     let o = cyb(&[
         "eval",
@@ -269,4 +278,75 @@ fn bad_inputs_fail_clearly() {
     assert!(!cyb(&args).status.success());
     assert!(!blocked.exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every bad objective parameter is an error naming it, before any data is read (the
+/// text file does not exist) or any model built.
+#[test]
+fn bad_objective_parameters_fail_before_any_work() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--omega", "0:0:1"], "exactly K+1 = 4"),
+        (&["--omega", "1:-1:1:1"], ">= 0"),
+        (&["--omega", "0:0:0:0"], "all zero"),
+        (&["--omega", "1:x:1:1"], "cannot read 'x'"),
+        (&["--gamma", "0"], "(0, 1]"),
+        (&["--gamma", "1.2"], "(0, 1]"),
+        (&["--gamma", "0.6", "--discount", "linear"], "step 3"),
+        (&["--objective", "va", "--rho", "0:1:1:1"], "rho"),
+        (&["--objective", "dp", "--rho", "1:1"], "exactly K+1 = 4"),
+        (&["--objective", "va", "--beta", "NaN"], "beta"),
+        (&["--objective", "dp", "--alpha", "inf"], "alpha"),
+        (&["--dk-prior", "1"], "[0, 1)"),
+        (&["--dk-prior", "-0.5"], "[0, 1)"),
+        (&["--objective", "dp", "--alpha", "-1"], "alpha"),
+        (&["--omega", "-1:1:1:1"], ">= 0"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["train", "--text", "/nonexistent/cyb-corpus.txt"];
+        args.extend_from_slice(extra);
+        let o = cyb(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let e = stderr(&o);
+        assert!(
+            e.contains(needle) && !e.contains("cyb-corpus"),
+            "{args:?}: '{needle}' not in (or the data was read first): {e}"
+        );
+    }
+    // experiment checks all three CYB objectives the same way.
+    let o = cyb(&[
+        "experiment",
+        "--text",
+        "/nonexistent/cyb-corpus.txt",
+        "--rho",
+        "0:1:1:1",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("va"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--help` shows the SPEC v2 parameters and none of v1's.
+#[test]
+fn help_lists_the_v2_parameters_only() {
+    for cmd in ["train", "experiment"] {
+        let o = cyb(&[cmd, "--help"]);
+        assert!(o.status.success());
+        let help = String::from_utf8_lossy(&o.stdout);
+        for flag in [
+            "--omega",
+            "--gamma",
+            "--discount",
+            "--rho",
+            "--beta",
+            "--alpha",
+            "--dk-prior",
+        ] {
+            assert!(help.contains(flag), "{cmd} --help lacks {flag}:\n{help}");
+        }
+        for gone in ["--lambda", "--budget", "--prior-ratio", "interruption"] {
+            assert!(!help.contains(gone), "{cmd} --help still has {gone}");
+        }
+    }
 }

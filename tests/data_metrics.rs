@@ -123,15 +123,15 @@ fn greedy_policy_follows_the_threshold() {
     let targets: Vec<i32> = (0..10).map(|i| if i == 3 { -1 } else { 3 }).collect();
     let classes = vec![0u16; 10];
     // Default threshold: DK at steps 0 and 1, answers at step 2 (token 3: correct).
-    let out = greedy_outcomes(&z, &targets, &classes, shape, 0.5).unwrap();
+    let out = greedy_outcomes(&z, &targets, &classes, shape, 0.0, 0.5).unwrap();
     assert_eq!(out.len(), 9, "ignored target skipped");
     assert!(out
         .iter()
         .all(|o| o.pauses == 2 && o.correct && !o.correct_at_0));
     // Threshold above 1 never pauses; below 0 always takes all K pauses.
-    let never = greedy_outcomes(&z, &targets, &classes, shape, 1.5).unwrap();
+    let never = greedy_outcomes(&z, &targets, &classes, shape, 0.0, 1.5).unwrap();
     assert!(never.iter().all(|o| o.pauses == 0 && !o.correct));
-    let always = greedy_outcomes(&z, &targets, &classes, shape, -0.5).unwrap();
+    let always = greedy_outcomes(&z, &targets, &classes, shape, 0.0, -0.5).unwrap();
     assert!(always.iter().all(|o| o.pauses == 3 && !o.correct));
     // E[pauses] from the halting distribution: h = (0.1, 0.9*0.3, 0.9*0.7*0.8, 0.9*0.7*0.2).
     let h = [0.1, 0.27, 0.504, 0.126];
@@ -146,4 +146,56 @@ fn greedy_policy_follows_the_threshold() {
     assert_eq!(summary.overall.accuracy, 1.0);
     assert_eq!(summary.by_class[0].1.count, 9);
     assert_eq!(summary.by_token, vec![(3, summary.overall.clone())]);
+}
+
+/// The metrics and the decoder read `d_k` with the model's DK bias: a bias `b` acts
+/// like adding `b` to every DK logit.
+#[test]
+fn metrics_and_decoding_read_dk_with_the_dk_bias() {
+    let shape = LossShape {
+        batch: 1,
+        pauses: 3,
+        seq: 4,
+        vocab: 6,
+    };
+    let z = scripted_logits(shape, &[0.9, 0.7, 0.2, 0.6], &[1, 2, 3, 4]);
+    let mut shifted = z.clone();
+    for row in 0..shape.rows() {
+        shifted[row * 7 + 6] -= 1.5;
+    }
+    let targets = vec![3; 4];
+    let classes = vec![0u16; 4];
+    let biased = greedy_outcomes(&shifted, &targets, &classes, shape, 1.5, 0.5).unwrap();
+    let plain = greedy_outcomes(&z, &targets, &classes, shape, 0.0, 0.5).unwrap();
+    for (a, b) in biased.iter().zip(&plain) {
+        assert_eq!(a.pauses, b.pauses);
+        assert!((a.expected_pauses - b.expected_pauses).abs() < 1e-12);
+        assert!((a.nll - b.nll).abs() < 1e-12);
+    }
+
+    // Decoding: the same weights with dk_bias = b give logit(p_dk) shifted by b.
+    let config = cyb::config::ModelConfig {
+        vocab: 7,
+        d_model: 8,
+        n_layer: 1,
+        n_head: 2,
+        t_max: 6,
+        k_max: 2,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
+    };
+    let plain: cyb::Model<f64> =
+        cyb::Model::init(config.clone(), &mut cyb::rng::Rng::new(4)).unwrap();
+    let mut biased = plain.clone();
+    biased.config.dk_bias = 2.5;
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    let p_dk = |m: &cyb::Model<f64>| {
+        let mut dec = cyb::decode::Decoder::new(m, 2, cyb::decode::Policy::ForcedK, 1).unwrap();
+        dec.generate(&[1, 2], 2).unwrap()[0].p_dk.clone()
+    };
+    let (a, b) = (p_dk(&plain), p_dk(&biased));
+    assert_eq!(a.len(), 3);
+    for (pa, pb) in a.iter().zip(&b) {
+        assert!((logit(*pb) - logit(*pa) - 2.5).abs() < 1e-9, "{pa} -> {pb}");
+    }
 }

@@ -1,8 +1,10 @@
 //! The CUDA loss kernels (`kernels/cyb_loss.cu`) against the CPU reference
 //! (`src/cpu/loss.rs`) on fresh random inputs: one position, V+1 that is not a
 //! multiple of the block size (47, 1001, 32001) and one that is (128), K = 0, 1, 3, 7
-//! and K_MAX, ignored targets, f32 and bf16, every objective, every reduction with and
-//! without weights, separate and in-place dlogits, plus error cases and determinism.
+//! and K_MAX, ignored targets, f32 and bf16, every SPEC v2 objective with its defaults
+//! and with a grid setting (zeros in omega and rho, both discounts, the DK bias of the
+//! prior psi = 0.9), every reduction with and without weights, separate and in-place
+//! dlogits (poisoned with NaN first), plus extreme inputs, error cases and determinism.
 //!
 //! `harness = false` (libtest-mimic): when no CUDA device can be opened, or without
 //! feature `cuda`, every test is reported as *ignored*, never as passed. With a device,
@@ -12,7 +14,7 @@
 mod common;
 
 use cyb::cpu::loss::LossShape;
-use cyb::{Objective, Reduction};
+use cyb::{Discount, Objective, Reduction, StepWeights};
 use libtest_mimic::{Arguments, Trial};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,6 +31,8 @@ struct Case {
     shape: LossShape,
     dtype: Dtype,
     objective: Objective,
+    /// The DK bias the objective is resolved with.
+    dk_bias: f64,
     reduction: Reduction,
     weights: bool,
     in_place: bool,
@@ -36,18 +40,51 @@ struct Case {
     ignore_every: usize,
 }
 
-fn objectives() -> Vec<Objective> {
-    vec![
+/// Every objective for `K` pause steps and vocabulary `V`, as (label, objective, DK
+/// bias): the SPEC defaults without a DK bias, and grid settings with zeros in omega
+/// and rho, both discounts and the DK bias of psi = 0.9.
+fn objectives(k: usize, vocab: usize) -> Vec<(String, Objective, f64)> {
+    // 4:1:..:1:4 with the second step zeroed (K >= 2), e.g. 4:0:1:4 for K = 3.
+    let grid: Vec<f64> = (0..=k)
+        .map(|i| match i {
+            0 => 4.0,
+            _ if i == k => 4.0,
+            1 => 0.0,
+            _ => 1.0,
+        })
+        .collect();
+    let bias = cyb::objective::dk_bias_from_prior(0.9, vocab).expect("psi");
+    let grid_ap = Objective::Ap {
+        omega: StepWeights::Explicit(grid.clone()),
+        gamma: 0.95, // linear: gamma_K = 1 - 0.05 K > 0 up to K_MAX = 16
+        discount: Discount::Linear,
+    };
+    let grid_va = Objective::Va {
+        rho: StepWeights::Explicit((0..=k).map(|i| 1.0 + (i % 3) as f64).collect()),
+        beta: 0.5,
+        gamma: 0.9,
+        discount: Discount::Exp,
+    };
+    let grid_dp = Objective::Dp {
+        rho: StepWeights::Explicit(grid),
+        alpha: 0.1,
+        gamma: 0.95,
+        discount: Discount::Linear,
+    };
+    let mut out: Vec<(String, Objective, f64)> = [
         Objective::CeFinal,
         Objective::Marginal,
         Objective::ap_default(),
         Objective::va_default(),
-        // A budget below the mean so that the dp penalty and its gradient are active.
-        Objective::Dp {
-            lambda: 0.05,
-            budget: 0.0,
-        },
+        Objective::dp_default(),
     ]
+    .into_iter()
+    .map(|o| (o.name().to_string(), o, 0.0))
+    .collect();
+    for o in [grid_ap, grid_va, grid_dp] {
+        out.push((format!("{}_grid", o.name()), o, bias));
+    }
+    out
 }
 
 fn shape(batch: usize, pauses: usize, seq: usize, vocab: usize) -> LossShape {
@@ -72,11 +109,11 @@ fn cases() -> Vec<Case> {
     let mut out = Vec::new();
     for (s, ignore_every) in shapes {
         for dtype in [Dtype::F32, Dtype::Bf16] {
-            for obj in objectives() {
+            for (label, obj, dk_bias) in objectives(s.pauses, s.vocab) {
                 let base = |reduction: Reduction, weights: bool, in_place: bool| Case {
                     name: format!(
                         "cyb_loss_matches_cpu::{}_{:?}{}{}_{}_b{}k{}t{}v{}",
-                        obj.name(),
+                        label,
                         reduction,
                         if weights { "_weighted" } else { "" },
                         if in_place { "_inplace" } else { "" },
@@ -93,6 +130,7 @@ fn cases() -> Vec<Case> {
                     shape: s,
                     dtype,
                     objective: obj.clone(),
+                    dk_bias,
                     reduction,
                     weights,
                     in_place,
@@ -114,6 +152,7 @@ fn cases() -> Vec<Case> {
 /// Tests that are not a comparison case.
 const SPECIAL: &[&str] = &[
     "k_max_matches_cpu",
+    "extreme_inputs_are_finite_and_match_cpu",
     "all_ignored_batch_gives_zero_loss_and_zero_grad",
     "invalid_target_is_reported",
     "invalid_weight_is_reported",
@@ -286,7 +325,8 @@ mod gpu_tests {
         reduction: Reduction,
         upstream: &[f64],
     ) -> (LossForward, Vec<RowScalar>, Vec<f64>) {
-        let scalars = row_scalars(&inp.logits, &inp.targets, shape).expect("cpu row scalars");
+        let scalars =
+            row_scalars(&inp.logits, &inp.targets, shape, obj.dk_bias).expect("cpu row scalars");
         let fwd = position_objectives(
             &scalars,
             &inp.targets,
@@ -328,13 +368,9 @@ mod gpu_tests {
             .into());
         }
         assert_close(
-            &format!("{what}: stats [weight_sum, mean_pauses, penalty]"),
-            &[st.weight_sum, st.mean_pauses, st.penalty],
-            &[
-                cpu.stats.weight_sum,
-                cpu.stats.mean_pauses,
-                cpu.stats.penalty,
-            ],
+            &format!("{what}: stats [weight_sum, mean_pauses]"),
+            &[st.weight_sum, st.mean_pauses],
+            &[cpu.stats.weight_sum, cpu.stats.mean_pauses],
             1e-6,
             1e-5,
         );
@@ -478,6 +514,36 @@ mod gpu_tests {
         Ok((fwd, dz.into_iter().map(T::to_f64).collect()))
     }
 
+    /// Forward + backward with `Reduction::Mean` and a host upstream of 1.
+    fn run_mean(
+        gpu: &Arc<GpuContext>,
+        loss: &CybLoss,
+        inp: &Inputs,
+        shape: LossShape,
+        dtype: Dtype,
+    ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
+        run_gpu(
+            gpu,
+            loss,
+            &GpuRun {
+                inp,
+                shape,
+                reduction: Reduction::Mean,
+                upstream: &[1.0],
+                scalar_upstream: true,
+                in_place: false,
+                dtype,
+            },
+        )
+    }
+
+    /// `obj` resolved for `k` pause steps with DK bias `dk_bias`.
+    fn resolved(obj: &Objective, k: usize, dk_bias: f64) -> Result<cyb::ResolvedObjective, Failed> {
+        obj.resolve(k)
+            .and_then(|o| o.with_dk_bias(dk_bias))
+            .map_err(err)
+    }
+
     fn upstream_for(rng: &mut Rng, shape: LossShape, reduction: Reduction) -> Vec<f64> {
         if reduction == Reduction::None {
             // f32-representable, so host and device see the same values.
@@ -492,7 +558,7 @@ mod gpu_tests {
     fn run_case(gpu: &Arc<GpuContext>, case: &Case, seed: u64) -> Result<(), Failed> {
         let mut rng = Rng::new(seed);
         let shape = case.shape;
-        let obj = case.objective.resolve(shape.pauses).map_err(err)?;
+        let obj = resolved(&case.objective, shape.pauses, case.dk_bias)?;
         let inp = random_inputs(&mut rng, shape, case.dtype, case.ignore_every, case.weights);
         let upstream = upstream_for(&mut rng, shape, case.reduction);
         let (cpu, cpu_scalars, cpu_dz) = reference(&inp, shape, &obj, case.reduction, &upstream);
@@ -517,16 +583,58 @@ mod gpu_tests {
         Ok(())
     }
 
+    /// Logits of magnitude 1e4, DK logits that make d near 1 and near 0, and DK biases
+    /// of +-30: the GPU gives finite losses and gradients, close to the CPU reference on
+    /// the same f32 inputs (the kernel's f32 r is off by ~1e-7 relative, i.e. ~1e-3
+    /// absolute at 1e4, which moves exp(z - r) by ~1e-3 relative).
+    fn extreme_inputs(gpu: &Arc<GpuContext>, rng: &mut Rng) -> Result<(), Failed> {
+        let s = shape(2, 3, 5, 37);
+        let width = s.vocab + 1;
+        for (label, dk_logit) in [("|z|~1e4", None), ("d~1", Some(5e4)), ("d~0", Some(-5e4))] {
+            for dk_bias in [0.0, 30.0, -30.0] {
+                for (name, obj, _) in objectives(s.pauses, s.vocab) {
+                    let mut inp = random_inputs(rng, s, Dtype::F32, 3, false);
+                    for (i, z) in inp.logits.iter_mut().enumerate() {
+                        *z = match dk_logit {
+                            Some(d) if i % width == s.vocab => d,
+                            _ => (*z * 5e3) as f32 as f64,
+                        };
+                    }
+                    let o = resolved(&obj, s.pauses, dk_bias)?;
+                    let (cpu, _, cpu_dz) = reference(&inp, s, &o, Reduction::Mean, &[1.0]);
+                    let loss = CybLoss::new(gpu, &o).map_err(err)?;
+                    let (fwd, dz) = run_mean(gpu, &loss, &inp, s, Dtype::F32)?;
+                    let what = format!("{label} b={dk_bias} {name}");
+                    let l = fwd.loss().map_err(err)?;
+                    if !l.is_finite() || dz.iter().any(|d| !d.is_finite()) {
+                        return Err(format!("{what}: loss {l} or dlogits not finite").into());
+                    }
+                    assert_close(&format!("{what}: loss"), &[l], &[cpu.loss], 1e-2, 1e-4);
+                    let scale = max_abs(&cpu_dz).max(1e-30);
+                    assert_close(
+                        &format!("{what}: dlogits"),
+                        &dz,
+                        &cpu_dz,
+                        1e-4 * scale,
+                        1e-2,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn special(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> Result<(), Failed> {
         let mut rng = Rng::new(seed);
         match name {
             "k_max_matches_cpu" => {
-                for obj in objectives() {
+                for (label, obj, dk_bias) in objectives(K_MAX, 61) {
                     let case = Case {
-                        name: format!("k_max_{}", obj.name()),
+                        name: format!("k_max_{label}"),
                         shape: shape(2, K_MAX, 3, 61),
                         dtype: Dtype::F32,
                         objective: obj,
+                        dk_bias,
                         reduction: Reduction::Mean,
                         weights: true,
                         in_place: false,
@@ -536,13 +644,14 @@ mod gpu_tests {
                 }
                 Ok(())
             }
+            "extreme_inputs_are_finite_and_match_cpu" => extreme_inputs(gpu, &mut rng),
             "all_ignored_batch_gives_zero_loss_and_zero_grad" => {
                 let s = shape(2, 3, 4, 50);
-                for obj in objectives() {
+                for (_, obj, dk_bias) in objectives(s.pauses, s.vocab) {
                     for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
                         let mut inp = random_inputs(&mut rng, s, Dtype::F32, 0, true);
                         inp.targets.iter_mut().for_each(|t| *t = -1);
-                        let o = obj.resolve(s.pauses).map_err(err)?;
+                        let o = resolved(&obj, s.pauses, dk_bias)?;
                         let loss = CybLoss::new(gpu, &o).map_err(err)?;
                         let up = upstream_for(&mut rng, s, reduction);
                         let (fwd, dz) = run_gpu(
@@ -676,29 +785,10 @@ mod gpu_tests {
             }
             "results_are_bitwise_deterministic" => {
                 let s = shape(4, 3, 300, 997);
-                let o = Objective::Dp {
-                    lambda: 0.05,
-                    budget: 0.0,
-                }
-                .resolve(3)
-                .map_err(err)?;
+                let o = Objective::dp_default().resolve(3).map_err(err)?;
                 let loss = CybLoss::new(gpu, &o).map_err(err)?;
                 let inp = random_inputs(&mut rng, s, Dtype::Bf16, 7, true);
-                let run = || {
-                    run_gpu(
-                        gpu,
-                        &loss,
-                        &GpuRun {
-                            inp: &inp,
-                            shape: s,
-                            reduction: Reduction::Mean,
-                            upstream: &[1.0],
-                            scalar_upstream: true,
-                            in_place: false,
-                            dtype: Dtype::Bf16,
-                        },
-                    )
-                };
+                let run = || run_mean(gpu, &loss, &inp, s, Dtype::Bf16);
                 let (f1, d1) = run()?;
                 let (f2, d2) = run()?;
                 let (l1, l2) = (f1.loss().map_err(err)?, f2.loss().map_err(err)?);
@@ -736,7 +826,7 @@ mod gpu_tests {
                     },
                 )?;
                 assert_close(
-                    "dp penalty (loss under None)",
+                    "loss under None (the sum)",
                     &[fwd.loss().map_err(err)?],
                     &[cpu.loss],
                     FWD_ATOL,

@@ -3,10 +3,20 @@
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, v2_objectives, vectors_v2};
 use cyb::cpu::loss::{cyb_loss, halting_from_scalars, row_scalars, LossShape};
 use cyb::rng::Rng;
-use cyb::{Objective, Reduction, StepWeights};
+use cyb::{Discount, Objective, Reduction, ResolvedObjective, StepWeights};
+
+/// `LossShape` of `[B, K+1, T, V+1]` logits.
+fn dims(batch: usize, pauses: usize, seq: usize, vocab: usize) -> LossShape {
+    LossShape {
+        batch,
+        pauses,
+        seq,
+        vocab,
+    }
+}
 
 fn random_case(
     rng: &mut Rng,
@@ -30,58 +40,44 @@ fn random_case(
 }
 
 #[test]
-fn reproduces_spec_vectors() {
-    let v = vectors();
+fn reproduces_spec_v2_vectors() {
+    let v = vectors_v2();
+    let mut worst = 0.0f64;
+    let mut checked = 0;
     for (ci, case) in v["loss_cases"].as_array().unwrap().iter().enumerate() {
-        let shape = LossShape {
-            batch: case["B"].as_u64().unwrap() as usize,
-            pauses: case["K"].as_u64().unwrap() as usize,
-            seq: case["T"].as_u64().unwrap() as usize,
-            vocab: case["V"].as_u64().unwrap() as usize,
-        };
-        let p = &case["params"];
+        let shape = dims(
+            case["B"].as_u64().unwrap() as usize,
+            case["K"].as_u64().unwrap() as usize,
+            case["T"].as_u64().unwrap() as usize,
+            case["V"].as_u64().unwrap() as usize,
+        );
         let logits = f64s(&case["logits"]);
         let targets = i32s(&case["targets"]);
-        let objectives = [
-            ("ce_final", Objective::CeFinal),
-            ("marginal", Objective::Marginal),
-            (
-                "ap",
-                Objective::Ap {
-                    gamma: p["gamma"].as_f64().unwrap(),
-                    omega: StepWeights::Explicit(f64s(&p["omega"])),
-                },
-            ),
-            (
-                "va",
-                Objective::Va {
-                    beta: p["beta"].as_f64().unwrap(),
-                    prior: StepWeights::Explicit(f64s(&p["prior"])),
-                },
-            ),
-            (
-                "dp",
-                Objective::Dp {
-                    lambda: p["lambda"].as_f64().unwrap(),
-                    budget: p["budget"].as_f64().unwrap(),
-                },
-            ),
-        ];
-        for (name, obj) in objectives {
+        for (name, obj) in v2_objectives(&case["params"], shape.pauses) {
             let want = &case["objectives"][name];
-            let obj = obj.resolve(shape.pauses).unwrap();
-            let mut dlogits = vec![f64::NAN; logits.len()];
-            let out = cyb_loss(
-                &logits,
-                &targets,
-                shape,
-                &obj,
-                Reduction::Mean,
-                None,
-                Some(&mut dlogits),
-            )
-            .unwrap();
+            if want.is_null() {
+                // Absent only for `va` with a zero in rho: the API must refuse it.
+                assert_eq!(name, "va", "case {ci}: {name} missing from the vectors");
+                let err = obj.expect_err("va with a zero in rho must be an error");
+                assert!(err.to_string().contains("rho"), "{err}");
+                continue;
+            }
+            let obj = obj.unwrap();
+            let (out, dlogits) = loss_and_grad(&logits, &targets, shape, &obj, Reduction::Mean);
             let what = format!("case {ci} {name}");
+            let want_d = f64s(&want["dlogits"]);
+            for (got, w) in [
+                (vec![out.loss], vec![want["loss"].as_f64().unwrap()]),
+                (
+                    vec![out.stats.mean_pauses],
+                    vec![want["mean_pauses"].as_f64().unwrap()],
+                ),
+                (dlogits.clone(), want_d.clone()),
+            ] {
+                for (g, w) in got.iter().zip(&w) {
+                    worst = worst.max((g - w).abs() / w.abs().max(1e-12));
+                }
+            }
             assert_close(
                 &format!("{what} loss"),
                 &[out.loss],
@@ -96,15 +92,12 @@ fn reproduces_spec_vectors() {
                 1e-12,
                 1e-9,
             );
-            assert_close(
-                &format!("{what} dlogits"),
-                &dlogits,
-                &f64s(&want["dlogits"]),
-                1e-12,
-                1e-9,
-            );
+            assert_close(&format!("{what} dlogits"), &dlogits, &want_d, 1e-12, 1e-9);
+            checked += 1;
         }
     }
+    assert!(checked >= 24, "only {checked} objective cases checked");
+    eprintln!("{checked} (case, objective) pairs; max relative error {worst:.3e}");
 }
 
 /// Central differences of `f` at `x` along every coordinate.
@@ -124,51 +117,105 @@ fn finite_difference(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         .collect()
 }
 
+/// Every objective, with defaults and with non-default parameters for this `K`:
+/// zeros in omega and rho, both discounts, a non-trivial beta and alpha; each with the
+/// DK bias `dk_bias`.
+fn objectives_for(k: usize, dk_bias: f64) -> Vec<ResolvedObjective> {
+    // Ratios with zeros (for K >= 1): 0 at step 0, 2 at step 1 (when K >= 2), 1 at K.
+    let with_zeros: Vec<f64> = (0..=k)
+        .map(|i| match i {
+            _ if i == k => 1.0,
+            1 => 2.0,
+            _ => 0.0,
+        })
+        .collect();
+    let skewed: Vec<f64> = (0..=k).map(|i| 1.0 + (i % 3) as f64).collect();
+    // Linear discount that stays > 0 at step K.
+    let lin_gamma = 1.0 - 0.5 / (k as f64 + 1.0);
+    let mut objectives = all_objectives();
+    objectives.extend([
+        Objective::Ap {
+            omega: StepWeights::Explicit(with_zeros.clone()),
+            gamma: 0.8,
+            discount: Discount::Exp,
+        },
+        Objective::Ap {
+            omega: StepWeights::Explicit(skewed.clone()),
+            gamma: lin_gamma,
+            discount: Discount::Linear,
+        },
+        Objective::Ap {
+            omega: StepWeights::Uniform,
+            gamma: 1.0,
+            discount: Discount::Exp,
+        },
+        Objective::Va {
+            rho: StepWeights::Explicit(skewed.clone()),
+            beta: 0.7,
+            gamma: lin_gamma,
+            discount: Discount::Linear,
+        },
+        Objective::Va {
+            rho: StepWeights::Uniform,
+            beta: 1.0,
+            gamma: 0.9,
+            discount: Discount::Exp,
+        },
+        Objective::Dp {
+            rho: StepWeights::Explicit(with_zeros),
+            alpha: 0.3,
+            gamma: 0.85,
+            discount: Discount::Exp,
+        },
+        Objective::Dp {
+            rho: StepWeights::Explicit(skewed),
+            alpha: 0.1,
+            gamma: lin_gamma,
+            discount: Discount::Linear,
+        },
+    ]);
+    objectives
+        .iter()
+        .map(|o| {
+            o.resolve(k)
+                .and_then(|r| r.with_dk_bias(dk_bias))
+                .unwrap_or_else(|e| panic!("K={k} {o}: {e}"))
+        })
+        .collect()
+}
+
+/// `cyb_loss` with `dlogits` (poisoned with NaN first) and no weights.
+fn loss_and_grad<T: num_traits::Float + Send + Sync>(
+    logits: &[T],
+    targets: &[i32],
+    shape: LossShape,
+    r: &ResolvedObjective,
+    reduction: Reduction,
+) -> (cyb::cpu::loss::LossForward, Vec<T>) {
+    let mut d = vec![T::nan(); logits.len()];
+    let out = cyb_loss(logits, targets, shape, r, reduction, None, Some(&mut d)).unwrap();
+    (out, d)
+}
+
+fn mean_loss(x: &[f64], targets: &[i32], shape: LossShape, r: &ResolvedObjective) -> f64 {
+    cyb_loss(x, targets, shape, r, Reduction::Mean, None, None)
+        .unwrap()
+        .loss
+}
+
 #[test]
 fn gradients_match_finite_differences_every_objective_and_k() {
     let mut rng = Rng::new(11);
     for k in [0usize, 1, 3, 7] {
-        let shape = LossShape {
-            batch: 2,
-            pauses: k,
-            seq: 3,
-            vocab: 5,
-        };
+        let shape = dims(2, k, 3, 5);
         let (logits, targets) = random_case(&mut rng, shape, 1.5, 4);
         assert!(targets.contains(&-1));
-        let mut objectives = all_objectives();
-        // Non-default parameters exercise every code path (gamma != 1, skewed weights).
-        objectives.push(Objective::Ap {
-            gamma: 0.7,
-            omega: StepWeights::Geometric(1.3),
-        });
-        objectives.push(Objective::Va {
-            beta: 0.8,
-            prior: StepWeights::Uniform,
-        });
-        objectives.push(Objective::Dp {
-            lambda: 0.3,
-            budget: 0.1,
-        });
-        for obj in objectives {
-            let r = obj.resolve(k).unwrap();
-            let mut d = vec![f64::NAN; logits.len()];
-            cyb_loss(
-                &logits,
-                &targets,
-                shape,
-                &r,
-                Reduction::Mean,
-                None,
-                Some(&mut d),
-            )
-            .unwrap();
-            let fd = finite_difference(&logits, |x| {
-                cyb_loss(x, &targets, shape, &r, Reduction::Mean, None, None)
-                    .unwrap()
-                    .loss
-            });
-            assert_close(&format!("K={k} {obj}"), &d, &fd, 1e-7, 1e-5);
+        for dk_bias in [0.0, 1.3, -0.8] {
+            for r in objectives_for(k, dk_bias) {
+                let (_, d) = loss_and_grad(&logits, &targets, shape, &r, Reduction::Mean);
+                let fd = finite_difference(&logits, |x| mean_loss(x, &targets, shape, &r));
+                assert_close(&format!("K={k} b={dk_bias} {r:?}"), &d, &fd, 1e-7, 1e-5);
+            }
         }
     }
 }
@@ -176,34 +223,25 @@ fn gradients_match_finite_differences_every_objective_and_k() {
 #[test]
 fn gradients_match_in_every_reduction_mode_with_weights() {
     let mut rng = Rng::new(5);
-    let shape = LossShape {
-        batch: 2,
-        pauses: 3,
-        seq: 4,
-        vocab: 6,
-    };
+    let shape = dims(2, 3, 4, 6);
     let (logits, targets) = random_case(&mut rng, shape, 1.0, 3);
     let weights: Vec<f32> = (0..shape.positions())
         .map(|_| rng.uniform() as f32 * 2.0)
         .collect();
     let upstream_pos: Vec<f64> = (0..shape.positions()).map(|_| rng.normal()).collect();
-    for obj in all_objectives() {
-        let r = obj.resolve(3).unwrap();
+    for r in objectives_for(3, 0.6) {
         for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
             for w in [None, Some(weights.as_slice())] {
                 // The scalar whose gradient we check: upstream · output.
                 let objective_value = |x: &[f64]| {
                     let out = cyb_loss(x, &targets, shape, &r, reduction, w, None).unwrap();
                     match reduction {
-                        Reduction::None => {
-                            out.loss
-                                + out
-                                    .per_position
-                                    .iter()
-                                    .zip(&upstream_pos)
-                                    .map(|(l, g)| l * g)
-                                    .sum::<f64>()
-                        }
+                        Reduction::None => out
+                            .per_position
+                            .iter()
+                            .zip(&upstream_pos)
+                            .map(|(l, g)| l * g)
+                            .sum::<f64>(),
                         _ => 0.7 * out.loss,
                     }
                 };
@@ -211,11 +249,18 @@ fn gradients_match_in_every_reduction_mode_with_weights() {
                     Reduction::None => upstream_pos.clone(),
                     _ => vec![0.7],
                 };
-                let scalars = row_scalars(&logits, &targets, shape).unwrap();
+                let scalars = row_scalars(&logits, &targets, shape, r.dk_bias).unwrap();
                 let fwd = cyb::cpu::loss::position_objectives(
                     &scalars, &targets, shape, &r, reduction, w,
                 )
                 .unwrap();
+                // Reported losses: Mean = Sum / sum w; None reports the sum.
+                let total: f64 = fwd.per_position.iter().sum();
+                let want = match reduction {
+                    Reduction::Mean => total / fwd.stats.weight_sum,
+                    _ => total,
+                };
+                assert!((fwd.loss - want).abs() <= 1e-12 * want.abs().max(1.0));
                 let grads = fwd.row_grads(shape, &upstream).unwrap();
                 let mut d = vec![f64::NAN; logits.len()];
                 cyb::cpu::loss::dlogits_from_row_grads(
@@ -224,7 +269,7 @@ fn gradients_match_in_every_reduction_mode_with_weights() {
                 .unwrap();
                 let fd = finite_difference(&logits, objective_value);
                 assert_close(
-                    &format!("{obj} {reduction:?} weights={}", w.is_some()),
+                    &format!("{r:?} {reduction:?} weights={}", w.is_some()),
                     &d,
                     &fd,
                     1e-7,
@@ -236,17 +281,12 @@ fn gradients_match_in_every_reduction_mode_with_weights() {
 }
 
 #[test]
-fn halting_sums_to_one_and_k0_ce_final_is_cross_entropy() {
+fn halting_sums_to_one_and_k0_is_cross_entropy_for_every_objective() {
     let mut rng = Rng::new(3);
     for k in [0usize, 1, 3, 7] {
-        let shape = LossShape {
-            batch: 1,
-            pauses: k,
-            seq: 6,
-            vocab: 9,
-        };
+        let shape = dims(1, k, 6, 9);
         let (logits, targets) = random_case(&mut rng, shape, 3.0, 0);
-        let scalars = row_scalars(&logits, &targets, shape).unwrap();
+        let scalars = row_scalars(&logits, &targets, shape, 2.5).unwrap();
         for t in 0..shape.seq {
             let rows: Vec<_> = (0..=k).map(|kk| scalars[shape.row(0, kk, t)]).collect();
             let sum: f64 = halting_from_scalars(&rows).h().iter().sum();
@@ -256,90 +296,131 @@ fn halting_sums_to_one_and_k0_ce_final_is_cross_entropy() {
             );
         }
     }
-    // K = 0: ce_final is ordinary cross-entropy over the real vocabulary.
-    let shape = LossShape {
-        batch: 2,
-        pauses: 0,
-        seq: 5,
-        vocab: 7,
-    };
+    // K = 0: every objective (any parameters, any DK bias) is ordinary cross-entropy
+    // over the real vocabulary, and the DK logit gets no gradient.
+    let shape = dims(2, 0, 5, 7);
     let (logits, targets) = random_case(&mut rng, shape, 2.0, 0);
-    let r = Objective::CeFinal.resolve(0).unwrap();
-    let out = cyb_loss(&logits, &targets, shape, &r, Reduction::Mean, None, None).unwrap();
     let mut ce = 0.0;
     for (pos, z) in logits.chunks(8).enumerate() {
         let m = z[..7].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = m + z[..7].iter().map(|x| (x - m).exp()).sum::<f64>().ln();
         ce += lse - z[targets[pos] as usize];
     }
-    assert!(
-        (out.loss - ce / 10.0).abs() < 1e-12,
-        "{} vs {}",
-        out.loss,
-        ce / 10.0
-    );
-}
-
-#[test]
-fn ap_with_gamma_one_and_final_weight_is_marginal() {
-    let mut rng = Rng::new(8);
-    for k in [0usize, 1, 3, 7] {
-        let shape = LossShape {
-            batch: 2,
-            pauses: k,
-            seq: 4,
-            vocab: 6,
-        };
-        let (logits, targets) = random_case(&mut rng, shape, 2.0, 3);
-        let mut delta = vec![0.0; k + 1];
-        delta[k] = 1.0;
-        let ap = Objective::Ap {
-            gamma: 1.0,
-            omega: StepWeights::Explicit(delta),
+    let reference = objectives_for(0, 0.0).remove(0);
+    let (_, d_ref) = loss_and_grad(&logits, &targets, shape, &reference, Reduction::Mean);
+    for dk_bias in [0.0, 4.0] {
+        for r in objectives_for(0, dk_bias) {
+            let (out, d) = loss_and_grad(&logits, &targets, shape, &r, Reduction::Mean);
+            assert!(
+                (out.loss - ce / 10.0).abs() < 1e-12,
+                "{r:?}: {} vs {}",
+                out.loss,
+                ce / 10.0
+            );
+            assert_eq!(out.stats.mean_pauses, 0.0);
+            assert_close(&format!("{r:?} K=0 grads"), &d, &d_ref, 1e-14, 1e-11);
         }
-        .resolve(k)
-        .unwrap();
-        let marginal = Objective::Marginal.resolve(k).unwrap();
-        let (mut d1, mut d2) = (vec![0.0; logits.len()], vec![0.0; logits.len()]);
-        let a = cyb_loss(
-            &logits,
-            &targets,
-            shape,
-            &ap,
-            Reduction::Mean,
-            None,
-            Some(&mut d1),
-        )
-        .unwrap();
-        let m = cyb_loss(
-            &logits,
-            &targets,
-            shape,
-            &marginal,
-            Reduction::Mean,
-            None,
-            Some(&mut d2),
-        )
-        .unwrap();
-        assert!(
-            (a.loss - m.loss).abs() < 1e-12 * (1.0 + m.loss.abs()),
-            "K={k}: {} vs {}",
-            a.loss,
-            m.loss
-        );
-        assert_close(&format!("K={k} grads"), &d1, &d2, 1e-13, 1e-10);
     }
 }
 
 #[test]
-fn extreme_logits_give_finite_loss_and_gradient() {
+fn ap_with_defaults_is_marginal() {
+    let mut rng = Rng::new(8);
+    for k in [0usize, 1, 3, 7] {
+        let shape = dims(2, k, 4, 6);
+        let (logits, targets) = random_case(&mut rng, shape, 2.0, 3);
+        for dk_bias in [0.0, -2.0] {
+            let ap = Objective::ap_default()
+                .resolve(k)
+                .and_then(|r| r.with_dk_bias(dk_bias))
+                .unwrap();
+            let marginal = Objective::Marginal
+                .resolve(k)
+                .and_then(|r| r.with_dk_bias(dk_bias))
+                .unwrap();
+            let (a, d1) = loss_and_grad(&logits, &targets, shape, &ap, Reduction::Mean);
+            let (m, d2) = loss_and_grad(&logits, &targets, shape, &marginal, Reduction::Mean);
+            assert!(
+                (a.loss - m.loss).abs() < 1e-12 * (1.0 + m.loss.abs()),
+                "K={k}: {} vs {}",
+                a.loss,
+                m.loss
+            );
+            assert_close(&format!("K={k} grads"), &d1, &d2, 1e-13, 1e-10);
+        }
+    }
+}
+
+/// `d_k` and `t_k` of one position straight from its logits (softmax in f64).
+fn dk_and_t(
+    logits: &[f64],
+    shape: LossShape,
+    b: usize,
+    t: usize,
+    y: usize,
+    bias: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let width = shape.vocab + 1;
+    (0..=shape.pauses)
+        .map(|k| {
+            let z = &logits[shape.row(b, k, t) * width..][..width];
+            let real: f64 = z[..shape.vocab].iter().map(|x| x.exp()).sum();
+            let dk = (z[shape.vocab] + bias).exp();
+            (dk / (real + dk), z[y].exp() / real)
+        })
+        .unzip()
+}
+
+#[test]
+fn ap_is_the_decision_tree_of_figure_3() {
+    // Deadline m ~ omega; before m the model answers at k with probability
+    // (1 - d_k) prod_{j<k} d_j; at m it must answer. AP = -log E[gamma_S t_S].
+    let mut rng = Rng::new(31);
+    for k in [0usize, 1, 3, 7] {
+        let shape = dims(2, k, 3, 5);
+        let (logits, targets) = random_case(&mut rng, shape, 1.0, 4);
+        for dk_bias in [0.0, 0.9] {
+            for r in objectives_for(k, dk_bias)
+                .into_iter()
+                .filter(|r| r.kind == cyb::ObjectiveKind::Ap)
+            {
+                let out =
+                    cyb_loss(&logits, &targets, shape, &r, Reduction::None, None, None).unwrap();
+                let gamma: Vec<f64> = r.log_gamma.iter().map(|l| l.exp()).collect();
+                for b in 0..shape.batch {
+                    for t in 0..shape.seq {
+                        let pos = b * shape.seq + t;
+                        if targets[pos] < 0 {
+                            continue;
+                        }
+                        let (d, tk) =
+                            dk_and_t(&logits, shape, b, t, targets[pos] as usize, dk_bias);
+                        let mut expect = 0.0;
+                        for m in 0..=k {
+                            let mut reach = 1.0; // prod_{j<i} d_j
+                            for i in 0..m {
+                                expect += r.omega[m] * reach * (1.0 - d[i]) * gamma[i] * tk[i];
+                                reach *= d[i];
+                            }
+                            expect += r.omega[m] * reach * gamma[m] * tk[m];
+                        }
+                        let got = out.per_position[pos];
+                        assert!(
+                            (got + expect.ln()).abs() < 1e-11 * (1.0 + got.abs()),
+                            "K={k} {r:?} pos {pos}: {got} vs {}",
+                            -expect.ln()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_inputs_give_finite_loss_and_gradient() {
     let mut rng = Rng::new(21);
-    let shape = LossShape {
-        batch: 2,
-        pauses: 3,
-        seq: 4,
-        vocab: 5,
-    };
+    let shape = dims(2, 3, 4, 5);
     let width = shape.vocab + 1;
     let (base, targets) = random_case(&mut rng, shape, 1e4, 3);
     let mut dk_certain = base.clone();
@@ -348,63 +429,72 @@ fn extreme_logits_give_finite_loss_and_gradient() {
         dk_certain[row * width + shape.vocab] = 5e4;
         dk_impossible[row * width + shape.vocab] = -5e4;
     }
+    let (mild, _) = random_case(&mut rng, shape, 1.0, 3);
     for (label, logits) in [
         ("|z|~1e4", &base),
         ("DK~1", &dk_certain),
         ("DK~0", &dk_impossible),
+        ("|z|~1", &mild),
     ] {
-        for obj in all_objectives() {
-            let r = obj.resolve(3).unwrap();
-            let mut d = vec![f64::NAN; logits.len()];
-            let out = cyb_loss(
-                logits,
-                &targets,
-                shape,
-                &r,
-                Reduction::Mean,
-                None,
-                Some(&mut d),
-            )
-            .unwrap();
-            assert!(out.loss.is_finite(), "{label} {obj}: loss {}", out.loss);
-            assert!(
-                d.iter().all(|x| x.is_finite()),
-                "{label} {obj}: non-finite gradient"
-            );
-            let f32_logits: Vec<f32> = logits.iter().map(|&x| x as f32).collect();
-            let mut d32 = vec![f32::NAN; logits.len()];
-            let out32 = cyb_loss(
-                &f32_logits,
-                &targets,
-                shape,
-                &r,
-                Reduction::Mean,
-                None,
-                Some(&mut d32),
-            )
-            .unwrap();
-            assert!(
-                out32.loss.is_finite() && d32.iter().all(|x| x.is_finite()),
-                "{label} {obj} f32"
-            );
+        for dk_bias in [0.0, 30.0, -30.0] {
+            for r in objectives_for(3, dk_bias) {
+                let (out, d) = loss_and_grad(logits, &targets, shape, &r, Reduction::Mean);
+                assert!(
+                    out.loss.is_finite() && out.stats.mean_pauses.is_finite(),
+                    "{label} b={dk_bias} {r:?}: loss {}",
+                    out.loss
+                );
+                assert!(
+                    d.iter().all(|x| x.is_finite()),
+                    "{label} b={dk_bias} {r:?}: non-finite gradient"
+                );
+                let f32_logits: Vec<f32> = logits.iter().map(|&x| x as f32).collect();
+                let (out32, d32) = loss_and_grad(&f32_logits, &targets, shape, &r, Reduction::Mean);
+                assert!(
+                    out32.loss.is_finite() && d32.iter().all(|x| x.is_finite()),
+                    "{label} b={dk_bias} {r:?} f32"
+                );
+            }
         }
     }
+}
+
+#[test]
+fn dk_bias_is_added_to_the_dk_logit() {
+    // Shifting the DK column by b is the same as a DK bias of b, for loss and gradient.
+    let mut rng = Rng::new(17);
+    let shape = dims(1, 3, 5, 6);
+    let (logits, targets) = random_case(&mut rng, shape, 1.0, 3);
+    let mut shifted = logits.clone();
+    for row in 0..shape.rows() {
+        shifted[row * (shape.vocab + 1) + shape.vocab] += 2.2;
+    }
+    for (biased, plain) in objectives_for(3, 2.2)
+        .into_iter()
+        .zip(objectives_for(3, 0.0))
+    {
+        let (a, d1) = loss_and_grad(&logits, &targets, shape, &biased, Reduction::Mean);
+        let (b, d2) = loss_and_grad(&shifted, &targets, shape, &plain, Reduction::Mean);
+        assert!((a.loss - b.loss).abs() < 1e-12, "{biased:?}");
+        assert!((a.stats.mean_pauses - b.stats.mean_pauses).abs() < 1e-12);
+        assert_close(&format!("{biased:?}"), &d1, &d2, 1e-14, 1e-10);
+    }
+    // psi = 0.9: equal logits give d_k = 0.9.
+    let b = cyb::objective::dk_bias_from_prior(0.9, 6).unwrap();
+    let s = cyb::cpu::loss::row_scalar(&[0.0f64; 7], 0, b);
+    let d = (s.e - cyb::cpu::loss::log_add_exp(s.r, s.e)).exp();
+    assert!((d - 0.9).abs() < 1e-12, "{d}");
 }
 
 #[test]
 fn masked_logits_are_skipped_not_nan() {
     // -inf on some real logits (masking) must act like removing them from the softmax.
     let z = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 2.0, 0.5];
-    let s = cyb::cpu::loss::row_scalar(&z, 3);
+    let s = cyb::cpu::loss::row_scalar(&z, 3, 0.25);
     let want = (1f64.exp() + 2f64.exp()).ln();
     assert!((s.r - want).abs() < 1e-12, "{} vs {want}", s.r);
-    assert_eq!((s.e, s.u), (0.5, 2.0));
-    let shape = LossShape {
-        batch: 1,
-        pauses: 1,
-        seq: 1,
-        vocab: 4,
-    };
+    assert_eq!((s.e, s.u), (0.75, 2.0));
+    let shape = dims(1, 1, 1, 4);
     let logits = [
         f32::NEG_INFINITY,
         1.0,
@@ -417,44 +507,29 @@ fn masked_logits_are_skipped_not_nan() {
         0.0,
         0.2,
     ];
-    let r = Objective::ap_default().resolve(1).unwrap();
-    let mut d = vec![f32::NAN; 10];
-    let out = cyb_loss(
-        &logits,
-        &[1],
-        shape,
-        &r,
-        Reduction::Mean,
-        None,
-        Some(&mut d),
-    )
-    .unwrap();
-    assert!(out.loss.is_finite());
-    assert_eq!((d[0], d[6]), (0.0, 0.0), "masked logits get zero gradient");
-    assert!(d.iter().all(|x| x.is_finite()));
+    // Target 3 is unmasked in both rows (a masked target at step K makes ce_final and
+    // va infinite, as they should be).
+    for r in objectives_for(1, 0.5) {
+        let (out, d) = loss_and_grad(&logits, &[3], shape, &r, Reduction::Mean);
+        assert!(out.loss.is_finite(), "{r:?}");
+        assert_eq!((d[0], d[6]), (0.0, 0.0), "masked logits get zero gradient");
+        assert!(d.iter().all(|x| x.is_finite()));
+    }
 }
 
 #[test]
 fn all_ignored_batch_is_zero_loss_zero_gradient() {
     let mut rng = Rng::new(2);
-    let shape = LossShape {
-        batch: 2,
-        pauses: 3,
-        seq: 3,
-        vocab: 4,
-    };
+    let shape = dims(2, 3, 3, 4);
     let (logits, _) = random_case(&mut rng, shape, 1.0, 0);
     let targets = vec![-1; shape.positions()];
-    for obj in all_objectives() {
-        for reduction in [Reduction::Mean, Reduction::Sum] {
-            let r = obj.resolve(3).unwrap();
-            let mut d = vec![f64::NAN; logits.len()];
-            let out =
-                cyb_loss(&logits, &targets, shape, &r, reduction, None, Some(&mut d)).unwrap();
-            assert_eq!(out.loss, 0.0, "{obj} {reduction:?}");
+    for r in objectives_for(3, 1.0) {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let (out, d) = loss_and_grad(&logits, &targets, shape, &r, reduction);
+            assert_eq!(out.loss, 0.0, "{r:?} {reduction:?}");
             assert!(
                 d.iter().all(|&x| x == 0.0),
-                "{obj} {reduction:?}: gradient not zero"
+                "{r:?} {reduction:?}: gradient not zero"
             );
         }
     }
@@ -462,12 +537,7 @@ fn all_ignored_batch_is_zero_loss_zero_gradient() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let shape = LossShape {
-        batch: 1,
-        pauses: 1,
-        seq: 2,
-        vocab: 3,
-    };
+    let shape = dims(1, 1, 2, 3);
     let logits = vec![0.0f64; shape.rows() * 4];
     let r = Objective::Marginal.resolve(1).unwrap();
     let run = |logits: &[f64], targets: &[i32], shape| {
@@ -514,23 +584,71 @@ fn bad_inputs_are_errors() {
         None
     )
     .is_err());
-    assert!(Objective::Va {
-        beta: 0.1,
-        prior: StepWeights::Explicit(vec![1.0, 0.0])
-    }
-    .resolve(1)
-    .is_err());
-    assert!(Objective::Ap {
-        gamma: f64::NAN,
-        omega: StepWeights::Uniform
-    }
-    .resolve(1)
-    .is_err());
-    assert!(Objective::Ap {
-        gamma: 0.9,
-        omega: StepWeights::Explicit(vec![1.0])
-    }
-    .resolve(1)
-    .is_err());
     assert!("foo".parse::<Objective>().is_err());
+}
+
+/// The parameter errors the issue lists, each a `CybError::Param` naming the problem.
+#[test]
+fn bad_parameters_are_clear_errors() {
+    let ratios = |s: &str| s.parse::<StepWeights>().unwrap();
+    let ap = |omega: &str, gamma: f64, discount| Objective::Ap {
+        omega: ratios(omega),
+        gamma,
+        discount,
+    };
+    let va = |rho: &str, beta: f64| Objective::Va {
+        rho: ratios(rho),
+        beta,
+        gamma: 1.0,
+        discount: Discount::Exp,
+    };
+    let dp = |rho: &str, alpha: f64| Objective::Dp {
+        rho: ratios(rho),
+        alpha,
+        gamma: 1.0,
+        discount: Discount::Exp,
+    };
+    let cases: Vec<(Objective, &str)> = vec![
+        (ap("0:0:1", 1.0, Discount::Exp), "exactly K+1 = 4"),
+        (ap("0:0:0:0:1", 1.0, Discount::Exp), "exactly K+1 = 4"),
+        (ap("1:-1:1:1", 1.0, Discount::Exp), ">= 0"),
+        (ap("0:0:0:0", 1.0, Discount::Exp), "all zero"),
+        (ap("0:0:0:1", 0.0, Discount::Exp), "(0, 1]"),
+        (ap("0:0:0:1", 1.5, Discount::Exp), "(0, 1]"),
+        (ap("0:0:0:1", f64::NAN, Discount::Exp), "(0, 1]"),
+        (ap("0:0:0:1", 2.0 / 3.0, Discount::Linear), "step 3"),
+        (va("0:1:1:2", 1.0), "rho"),
+        (va("1:1:1:1", f64::NAN), "beta"),
+        (va("1:1:1:1", f64::INFINITY), "beta"),
+        (dp("1:1:1:1", f64::NAN), "alpha"),
+        (dp("1:1:1", 0.01), "exactly K+1 = 4"),
+        (dp("0:0:0:0", 0.01), "all zero"),
+    ];
+    for (o, needle) in cases {
+        match o.resolve(3) {
+            Err(cyb::CybError::Param(msg)) => {
+                assert!(msg.contains(needle), "{o}: '{msg}' lacks '{needle}'")
+            }
+            other => panic!("{o}: expected a parameter error, got {other:?}"),
+        }
+    }
+    // Linear with gamma_K > 0 is fine; dp allows zeros in rho; ap allows zeros in omega.
+    assert!(ap("0:0:0:1", 0.7, Discount::Linear).resolve(3).is_ok());
+    assert!(dp("0:1:1:2", 0.01).resolve(3).is_ok());
+    assert!(ap("0:2:0:1", 0.99, Discount::Exp).resolve(3).is_ok());
+    assert!("1:x:1".parse::<StepWeights>().is_err());
+    let r = Objective::ap_default().resolve(3).unwrap();
+    assert!(r.clone().with_dk_bias(f64::NAN).is_err());
+    assert!(r.with_dk_bias(f64::INFINITY).is_err());
+    for psi in [-0.1, 1.0, 1.5, f64::NAN] {
+        assert!(
+            cyb::objective::dk_bias_from_prior(psi, 10).is_err(),
+            "{psi}"
+        );
+    }
+    // Defaults for K != 3: omega = delta_K, rho uniform.
+    let r = Objective::ap_default().resolve(5).unwrap();
+    assert_eq!(r.omega, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    let r = Objective::dp_default().resolve(1).unwrap();
+    assert_eq!(r.rho, vec![0.5, 0.5]);
 }

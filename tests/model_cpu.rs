@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, v2_dir, vectors_v2};
+use common::{all_objectives, assert_close, f64s, i32s, v2_dir, v2_objectives, vectors_v2};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape, PauseAttention};
@@ -26,6 +26,72 @@ fn spec_case(name: &str) -> (Model<f32>, serde_json::Value) {
     let want: ModelConfig = serde_json::from_value(case["config"].clone()).unwrap();
     assert_eq!(model.config, want, "{name}: config");
     (model, case)
+}
+
+/// The five losses (SPEC v2 defaults plus the model's `dk_bias`) and `mean_pauses` of
+/// each case, and the gradient of every parameter for its `grads` objective, at 1e-9
+/// relative; the evaluation path (`Model::loss`) gives the same numbers.
+#[test]
+fn reproduces_spec_model_losses_and_gradients_in_both_modes() {
+    for name in MODEL_CASES {
+        let (m32, case) = spec_case(name);
+        let model: Model<f64> = m32.cast();
+        let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+        let (batch, kk) = (2, model.config.k_max);
+        let seq = tokens.len() / batch;
+        assert_eq!(
+            case["params"]["dk_bias"].as_f64(),
+            Some(model.config.dk_bias)
+        );
+        let mut grads = Params::zeros(&model.config);
+        for (obj_name, obj) in v2_objectives(&case["params"], kk) {
+            let obj = obj.unwrap();
+            let want = &case["objectives"][obj_name];
+            let out = model
+                .forward_backward(&tokens, &targets, batch, seq, kk, &obj, &mut grads)
+                .unwrap();
+            let eval = model.loss(&tokens, &targets, batch, seq, kk, &obj).unwrap();
+            assert_eq!(eval, out, "{name} {obj_name}");
+            for (what, got) in [("loss", out.loss), ("mean_pauses", out.stats.mean_pauses)] {
+                assert_close(
+                    &format!("{name} {obj_name} {what}"),
+                    &[got],
+                    &[want[what].as_f64().unwrap()],
+                    0.0,
+                    1e-9,
+                );
+            }
+        }
+        let g = &case["grads"];
+        let obj_name = g["objective"].as_str().unwrap();
+        let (_, obj) = v2_objectives(&g["params"], kk)
+            .into_iter()
+            .find(|(n, _)| *n == obj_name)
+            .unwrap();
+        let out = model
+            .forward_backward(&tokens, &targets, batch, seq, kk, &obj.unwrap(), &mut grads)
+            .unwrap();
+        assert_close(
+            &format!("{name} grads loss ({obj_name})"),
+            &[out.loss],
+            &[g["loss"].as_f64().unwrap()],
+            0.0,
+            1e-9,
+        );
+        let want = g["by_name"].as_object().unwrap();
+        assert_eq!(want.len(), grads.tensors().len(), "{name}: tensor count");
+        for (tname, _, gx) in grads.tensors() {
+            // Gradients are sums of many terms: 1e-9 relative plus a tiny absolute floor
+            // for entries that are ~0 up to rounding.
+            assert_close(
+                &format!("{name} grad {tname}"),
+                gx,
+                &f64s(&want[&tname]),
+                1e-12,
+                1e-9,
+            );
+        }
+    }
 }
 
 #[test]

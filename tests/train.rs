@@ -161,3 +161,23 @@ fn experiment_report_numbers_come_from_the_runs() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The trainer hands the model's DK bias to the loss: at the first step (logits near 0)
+/// a bias of +20 makes every step say DK (E[pauses] near K), -20 none.
+#[test]
+fn the_loss_reads_dk_with_the_models_dk_bias() {
+    let first_pauses = |dk_bias: f64| {
+        let mut cfg = tiny(Objective::ap_default(), 2, 1);
+        cfg.model.dk_bias = dk_bias;
+        cfg.eval_every = 0;
+        train(&cfg, &ModSum::default(), None, false)
+            .unwrap()
+            .history[0]
+            .mean_pauses
+    };
+    let (high, low) = (first_pauses(20.0), first_pauses(-20.0));
+    assert!(
+        high > 1.99 && low < 1e-6,
+        "E[pauses] {high} (b = 20), {low} (b = -20)"
+    );
+}

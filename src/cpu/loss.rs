@@ -3,9 +3,10 @@
 //!
 //! Three stages, mirrored one to one by `kernels/cyb_loss.cu`:
 //! 1. [`row_scalars`]: one pass over each logits row `z ∈ R^{V+1}` giving
-//!    `r = logsumexp(z[0..V])`, `e = z[V]`, `u = z[y]`.
+//!    `r = logsumexp(z[0..V])`, `e = z[V] + b_DK` (the DK bias), `u = z[y]`.
 //! 2. [`position_objectives`]: per position, the halting distribution and the
-//!    objective, forward and backward, on the `K+1` scalar triples only.
+//!    objective (`ce_final`, `ap`, `marginal`, `va`, `dp`; every one per position),
+//!    forward and backward, on the `K+1` scalar triples only.
 //! 3. [`dlogits_from_row_grads`]: one streaming pass writing
 //!    `∂L/∂z[v] = g_r·exp(z[v]-r) + g_u·[v==y]`, `∂L/∂z[V] = g_e`.
 //!
@@ -113,19 +114,28 @@ pub fn log_add_exp(a: f64, b: f64) -> f64 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
+/// `exp(x - total)`, 0 where `x = -inf` (a term that drops out of a logsumexp).
+fn share(x: f64, total: f64) -> f64 {
+    if x == f64::NEG_INFINITY {
+        0.0
+    } else {
+        (x - total).exp()
+    }
+}
+
 /// The three numbers of one logits row (SPEC section 4).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowScalar {
     /// `logsumexp(z[0..V])` over the real vocabulary.
     pub r: f64,
-    /// `z[V]`, the DK logit.
+    /// `z[V] + b_DK`, the DK logit plus the DK bias.
     pub e: f64,
     /// `z[y]`, the target logit (0 for ignored positions).
     pub u: f64,
 }
 
-/// `r, e, u` of one row `z` (length `V+1`); `y < 0` leaves `u = 0`.
-pub fn row_scalar<T: Float>(z: &[T], y: i32) -> RowScalar {
+/// `r, e, u` of one row `z` (length `V+1`) with DK bias `dk_bias`; `y < 0` leaves `u = 0`.
+pub fn row_scalar<T: Float>(z: &[T], y: i32, dk_bias: f64) -> RowScalar {
     let v = z.len() - 1;
     // Online max/sum, as the kernel does it: one read per logit.
     let mut m = f64::NEG_INFINITY;
@@ -145,7 +155,7 @@ pub fn row_scalar<T: Float>(z: &[T], y: i32) -> RowScalar {
     }
     RowScalar {
         r: m + s.ln(),
-        e: z[v].to_f64().unwrap_or(f64::NAN),
+        e: z[v].to_f64().unwrap_or(f64::NAN) + dk_bias,
         u: if y >= 0 {
             z[y as usize].to_f64().unwrap_or(f64::NAN)
         } else {
@@ -154,18 +164,19 @@ pub fn row_scalar<T: Float>(z: &[T], y: i32) -> RowScalar {
     }
 }
 
-/// Stage 1: the scalars of every row, `[B, K+1, T]` in row order.
+/// Stage 1: the scalars of every row, `[B, K+1, T]` in row order, with DK bias `dk_bias`.
 pub fn row_scalars<T: Float + Sync>(
     logits: &[T],
     targets: &[i32],
     shape: LossShape,
+    dk_bias: f64,
 ) -> Result<Vec<RowScalar>> {
     shape.check(logits.len(), targets)?;
     let width = shape.vocab + 1;
     Ok(logits
         .par_chunks(width)
         .enumerate()
-        .map(|(row, z)| row_scalar(z, targets[shape.position_of_row(row)]))
+        .map(|(row, z)| row_scalar(z, targets[shape.position_of_row(row)], dk_bias))
         .collect())
 }
 
@@ -174,15 +185,17 @@ pub fn row_scalars<T: Float + Sync>(
 pub struct Halting {
     /// `a_k = u_k - r_k`: log p(y | answer at k).
     pub a: Vec<f64>,
-    /// `c_k = e_k - lse_k`: log p(DK at k).
+    /// `c_k = e_k - lse_k`: log p(DK at k) = log d_k.
     pub c: Vec<f64>,
-    /// `log h_k = sum_{j<k} c_j + s_k`.
-    pub log_h: Vec<f64>,
-    /// `C_k = sum_{j<k} c_j` (log probability of reaching step k), `K+2` entries.
+    /// `s_k = r_k - lse_k` for `k < K`, `s_K = 0`: log(1 - d_k).
+    pub s: Vec<f64>,
+    /// `P_k = sum_{j<k} c_j` (log probability of reaching step k), `K+2` entries.
     pub cum_c: Vec<f64>,
-    /// `p(DK at k) = exp(c_k)`, kept for the backward.
+    /// `log h_k = P_k + s_k`.
+    pub log_h: Vec<f64>,
+    /// `d_k = exp(c_k)` (the row's DK probability, also at `k = K`).
     pub p_dk: Vec<f64>,
-    /// `p(answer at k) = exp(r_k - lse_k)`.
+    /// `exp(r_k - lse_k) = 1 - d_k` (also at `k = K`), kept for the backward.
     pub p_ans: Vec<f64>,
 }
 
@@ -213,43 +226,50 @@ impl Halting {
     }
 }
 
-/// Forward of the halting distribution from the scalars of one position.
+/// Forward of the halting distribution from the scalars of one position (their `e`
+/// already carries the DK bias).
 pub fn halting_from_scalars(rows: &[RowScalar]) -> Halting {
     let kk = rows.len() - 1;
     let mut hal = Halting {
         cum_c: vec![0.0; kk + 2],
         ..Default::default()
     };
-    for (k, s) in rows.iter().enumerate() {
-        let lse = log_add_exp(s.r, s.e);
-        let c = s.e - lse;
-        let log_s = if k < kk { s.r - lse } else { 0.0 };
-        hal.a.push(s.u - s.r);
+    for (k, row) in rows.iter().enumerate() {
+        let lse = log_add_exp(row.r, row.e);
+        let c = row.e - lse;
+        let s = if k < kk { row.r - lse } else { 0.0 };
+        hal.a.push(row.u - row.r);
         hal.c.push(c);
+        hal.s.push(s);
         hal.p_dk.push(c.exp());
-        hal.p_ans.push((s.r - lse).exp());
-        hal.log_h.push(hal.cum_c[k] + log_s);
+        hal.p_ans.push((row.r - lse).exp());
+        hal.log_h.push(hal.cum_c[k] + s);
         hal.cum_c[k + 1] = hal.cum_c[k] + c;
     }
     hal
 }
 
-/// Gradients of a per-position quantity with respect to the halting intermediates.
+/// Gradients of a per-position quantity with respect to the halting intermediates
+/// `a_k`, `P_k` and `s_k` (`log h_k = P_k + s_k` feeds both).
 #[derive(Clone, Debug)]
 pub struct HaltingGrad {
     pub a: Vec<f64>,
-    pub log_h: Vec<f64>,
-    /// Gradient with respect to `C_k` used directly (AP's "forced answer at m" term).
     pub cum_c: Vec<f64>,
+    pub s: Vec<f64>,
 }
 
 impl HaltingGrad {
     fn zeros(kk: usize) -> Self {
         HaltingGrad {
             a: vec![0.0; kk + 1],
-            log_h: vec![0.0; kk + 1],
             cum_c: vec![0.0; kk + 1],
+            s: vec![0.0; kk + 1],
         }
+    }
+    /// Adds `g` to `∂/∂log h_k`.
+    fn add_log_h(&mut self, k: usize, g: f64) {
+        self.cum_c[k] += g;
+        self.s[k] += g;
     }
 }
 
@@ -261,33 +281,46 @@ pub struct RowGrad {
     pub g_u: f64,
 }
 
-/// Backward of [`halting_from_scalars`]: chain `∂L/∂a, ∂L/∂log h, ∂L/∂C` to `r, e, u`.
+/// Backward of [`halting_from_scalars`]: chain `∂L/∂a, ∂L/∂P, ∂L/∂s` to `r, e, u`.
 pub fn halting_backward(hal: &Halting, g: &HaltingGrad) -> Vec<RowGrad> {
     let kk = hal.pauses();
-    // log h_k = C_k + s_k, and C_k = sum_{j<k} c_j, so ∂/∂c_j = sum_{k>j} ∂/∂C_k.
-    let mut g_cum = vec![0.0; kk + 1];
-    for k in 0..=kk {
-        g_cum[k] = g.log_h[k] + g.cum_c[k];
-    }
     let mut out = vec![RowGrad::default(); kk + 1];
-    let mut suffix = 0.0; // sum_{k>j} g_cum[k]
+    // P_k = sum_{j<k} c_j, so ∂/∂c_j = sum_{k>j} ∂/∂P_k.
+    let mut suffix = 0.0;
     for j in (0..=kk).rev() {
         let g_c = suffix;
-        let g_s = if j < kk { g.log_h[j] } else { 0.0 };
+        let g_s = if j < kk { g.s[j] } else { 0.0 }; // s_K = 0 is a constant
         let (pa, pd) = (hal.p_ans[j], hal.p_dk[j]);
-        // a = u - r;  c = e - lse;  s = r - lse;  ∂lse/∂r = p_ans, ∂lse/∂e = p_dk.
+        // a = u - r;  c = e - lse;  s = r - lse;  ∂lse/∂r = 1 - d, ∂lse/∂e = d.
         out[j] = RowGrad {
             g_r: -g.a[j] - pa * g_c + pd * g_s,
             g_e: pa * g_c - pd * g_s,
             g_u: g.a[j],
         };
-        suffix += g_cum[j];
+        suffix += g.cum_c[j];
     }
     out
 }
 
-/// Value and gradient of one objective at one position (without the `dp` batch term,
-/// which [`expected_pauses_grad`] supplies).
+/// `L = -logsumexp_k x_k` with `x_k = log h_k + log gamma_k + a_k`, forward and
+/// gradient into `g` (the `marginal` loss, and the first term of `dp`).
+fn discounted_marginal(log_gamma: &[f64], hal: &Halting, g: &mut HaltingGrad) -> f64 {
+    let x: Vec<f64> = (0..hal.a.len())
+        .map(|k| hal.log_h[k] + log_gamma[k] + hal.a[k])
+        .collect();
+    let lse = x
+        .iter()
+        .fold(f64::NEG_INFINITY, |acc, &v| log_add_exp(acc, v));
+    for (k, &xk) in x.iter().enumerate() {
+        // Posterior over the answering step.
+        let q = share(xk, lse);
+        g.a[k] -= q;
+        g.add_log_h(k, -q);
+    }
+    -lse
+}
+
+/// Value and gradient of one objective at one position (SPEC section 4).
 pub fn objective_forward_backward(obj: &ResolvedObjective, hal: &Halting) -> (f64, HaltingGrad) {
     let kk = hal.pauses();
     let mut g = HaltingGrad::zeros(kk);
@@ -296,80 +329,54 @@ pub fn objective_forward_backward(obj: &ResolvedObjective, hal: &Halting) -> (f6
             g.a[kk] = -1.0;
             -hal.a[kk]
         }
-        ObjectiveKind::Marginal | ObjectiveKind::Dp => {
-            let lse = hal.log_marginal();
+        ObjectiveKind::Marginal => discounted_marginal(&vec![0.0; kk + 1], hal, &mut g),
+        ObjectiveKind::Ap => {
+            // log Pr(S=k) = P_k + logaddexp(log omega_k, s_k + log Omega_k).
+            let (log_omega, log_tail) = obj.log_omega_and_tail();
+            let mut x = vec![0.0; kk + 1];
+            let mut sigma = vec![0.0; kk + 1]; // ∂ logaddexp / ∂ s_k
             for k in 0..=kk {
-                // Posterior over the answering step: q_k = h_k p(y|k) / marginal.
-                let q = (hal.log_h[k] + hal.a[k] - lse).exp();
+                let answered = hal.s[k] + log_tail[k];
+                let stop = log_add_exp(log_omega[k], answered);
+                sigma[k] = share(answered, stop);
+                x[k] = hal.cum_c[k] + stop + obj.log_gamma[k] + hal.a[k];
+            }
+            let lse = x
+                .iter()
+                .fold(f64::NEG_INFINITY, |acc, &v| log_add_exp(acc, v));
+            for k in 0..=kk {
+                let q = share(x[k], lse);
                 g.a[k] = -q;
-                g.log_h[k] = -q;
+                g.cum_c[k] = -q;
+                g.s[k] = -q * sigma[k];
             }
             -lse
-        }
-        ObjectiveKind::Ap => {
-            let lg = obj.gamma.ln();
-            // x_k: answered at k (counts for every m > k); y_m: forced answer at m.
-            let x: Vec<f64> = (0..=kk)
-                .map(|k| k as f64 * lg + hal.log_h[k] + hal.a[k])
-                .collect();
-            let y: Vec<f64> = (0..=kk)
-                .map(|m| m as f64 * lg + hal.cum_c[m] + hal.a[m])
-                .collect();
-            // One forward recurrence: P_m = logsumexp_{k<m} x_k, log R_m = P_m ⊕ y_m.
-            let mut log_r = vec![0.0; kk + 1];
-            let mut prefix = f64::NEG_INFINITY;
-            let mut loss = 0.0;
-            for m in 0..=kk {
-                log_r[m] = log_add_exp(prefix, y[m]);
-                prefix = log_add_exp(prefix, x[m]);
-                if obj.omega[m] > 0.0 {
-                    loss -= obj.omega[m] * log_r[m];
-                }
-            }
-            // Backward: every ratio exp(x_k - log R_m), m > k, is <= 1 (x_k is one of
-            // R_m's terms), so the O(K^2) double loop cannot overflow for any logits.
-            for m in 0..=kk {
-                let w = obj.omega[m];
-                if w == 0.0 {
-                    continue;
-                }
-                let gy = -w * (y[m] - log_r[m]).exp();
-                g.cum_c[m] += gy;
-                g.a[m] += gy;
-                for k in 0..m {
-                    let gx = -w * (x[k] - log_r[m]).exp();
-                    g.log_h[k] += gx;
-                    g.a[k] += gx;
-                }
-            }
-            loss
         }
         ObjectiveKind::Va => {
             let mut loss = 0.0;
             for k in 0..=kk {
                 let h = hal.log_h[k].exp();
-                let log_ratio = hal.log_h[k] - obj.prior[k].ln();
-                loss += h * (-hal.a[k] + obj.beta * log_ratio);
+                let log_ratio = hal.log_h[k] - obj.rho[k].ln();
+                let answer = -obj.log_gamma[k] - hal.a[k];
+                loss += h * (answer + obj.beta * log_ratio);
                 g.a[k] = -h;
-                g.log_h[k] = h * (-hal.a[k] + obj.beta * (log_ratio + 1.0));
+                g.add_log_h(k, h * (answer + obj.beta * (log_ratio + 1.0)));
+            }
+            loss
+        }
+        ObjectiveKind::Dp => {
+            let mut loss = discounted_marginal(&obj.log_gamma, hal, &mut g);
+            for k in 0..=kk {
+                let rho = obj.rho[k];
+                if rho > 0.0 {
+                    loss += obj.alpha * rho * (rho.ln() - hal.log_h[k]);
+                    g.add_log_h(k, -obj.alpha * rho);
+                }
             }
             loss
         }
     };
     (loss, g)
-}
-
-/// `E[pauses] = sum_k k h_k` and its gradient with respect to `log h`.
-pub fn expected_pauses_grad(hal: &Halting) -> (f64, HaltingGrad) {
-    let kk = hal.pauses();
-    let mut g = HaltingGrad::zeros(kk);
-    let mut e = 0.0;
-    for k in 0..=kk {
-        let kh = k as f64 * hal.log_h[k].exp();
-        e += kh;
-        g.log_h[k] = kh;
-    }
-    (e, g)
 }
 
 /// Summary numbers of one loss evaluation.
@@ -381,14 +388,13 @@ pub struct LossStats {
     pub weight_sum: f64,
     /// Weighted mean over valid positions of `E[pauses]`.
     pub mean_pauses: f64,
-    /// The `dp` batch term `lambda * max(0, mean E[pauses] - B)` (0 for other objectives).
-    pub penalty: f64,
 }
 
 /// Result of stage 2: the reduced loss, per-position values, and what backward needs.
 #[derive(Clone, Debug)]
 pub struct LossForward {
-    /// The reduced loss (`Mean`/`Sum`), or the `dp` penalty alone for `None`.
+    /// The reduced loss: the weighted mean (`Mean`) or sum (`Sum`, `None`) of the
+    /// per-position losses.
     pub loss: f64,
     /// Per-position `w_i L_i` (0 at ignored positions), in `[B, T]` order.
     pub per_position: Vec<f64>,
@@ -398,8 +404,6 @@ pub struct LossForward {
     reduction: Reduction,
     /// Unscaled gradient of `w_i L_i` per row, `[B, K+1, T]`.
     grad_loss: Vec<RowGrad>,
-    /// Gradient of the `dp` term per row (already complete, weight 1).
-    grad_penalty: Vec<RowGrad>,
 }
 
 impl LossForward {
@@ -421,7 +425,6 @@ impl LossForward {
             Reduction::Mean => 0.0,
             _ => 1.0,
         };
-        let penalty_scale = if per_position { 1.0 } else { upstream[0] };
         Ok((0..shape.rows())
             .map(|row| {
                 let up = if per_position {
@@ -429,18 +432,19 @@ impl LossForward {
                 } else {
                     upstream[0]
                 } * scale;
-                let (l, p) = (self.grad_loss[row], self.grad_penalty[row]);
+                let l = self.grad_loss[row];
                 RowGrad {
-                    g_r: up * l.g_r + penalty_scale * p.g_r,
-                    g_e: up * l.g_e + penalty_scale * p.g_e,
-                    g_u: up * l.g_u + penalty_scale * p.g_u,
+                    g_r: up * l.g_r,
+                    g_e: up * l.g_e,
+                    g_u: up * l.g_u,
                 }
             })
             .collect())
     }
 }
 
-/// Stage 2: halting and objective of every position, forward and backward.
+/// Stage 2: halting and objective of every position, forward and backward. The row
+/// scalars must come from [`row_scalars`] with the objective's `dk_bias`.
 ///
 /// `weights` (optional, `[B, T]`) multiply each position's loss; they must be finite
 /// and `>= 0`. Ignored positions (`y = -1`) contribute nothing and get zero gradient.
@@ -482,7 +486,6 @@ pub fn position_objectives(
     let mut per_position = vec![0.0; n];
     let mut pauses = vec![0.0; n];
     let mut grad_loss = vec![RowGrad::default(); shape.rows()];
-    let mut pause_grads: Vec<(usize, f64, Vec<RowGrad>)> = Vec::new();
     let mut stats = LossStats::default();
     let mut weighted_pauses = 0.0;
     for b in 0..shape.batch {
@@ -495,7 +498,7 @@ pub fn position_objectives(
             let rows: Vec<RowScalar> = (0..=kk).map(|k| scalars[shape.row(b, k, t)]).collect();
             let hal = halting_from_scalars(&rows);
             let (l, g) = objective_forward_backward(obj, &hal);
-            let (e, ge) = expected_pauses_grad(&hal);
+            let e = hal.expected_pauses();
             per_position[pos] = w * l;
             pauses[pos] = e;
             stats.valid_positions += 1;
@@ -508,40 +511,16 @@ pub fn position_objectives(
                     g_u: w * rg.g_u,
                 };
             }
-            if obj.kind == ObjectiveKind::Dp {
-                pause_grads.push((pos, w, halting_backward(&hal, &ge)));
-            }
         }
     }
     if stats.weight_sum > 0.0 {
         stats.mean_pauses = weighted_pauses / stats.weight_sum;
     }
-    // The dp term is once per batch: lambda * max(0, mean E - B), mean weighted like
-    // the loss. Its gradient reaches every valid row through that mean.
-    let mut grad_penalty = vec![RowGrad::default(); shape.rows()];
-    if obj.kind == ObjectiveKind::Dp && stats.weight_sum > 0.0 {
-        let excess = stats.mean_pauses - obj.budget;
-        if excess > 0.0 {
-            stats.penalty = obj.lambda * excess;
-            let coef = obj.lambda / stats.weight_sum;
-            for (pos, w, rgs) in pause_grads {
-                let (b, t) = (pos / shape.seq, pos % shape.seq);
-                for (k, rg) in rgs.into_iter().enumerate() {
-                    grad_penalty[shape.row(b, k, t)] = RowGrad {
-                        g_r: coef * w * rg.g_r,
-                        g_e: coef * w * rg.g_e,
-                        g_u: coef * w * rg.g_u,
-                    };
-                }
-            }
-        }
-    }
     let total: f64 = per_position.iter().sum();
     let loss = match reduction {
-        Reduction::Mean if stats.weight_sum > 0.0 => total / stats.weight_sum + stats.penalty,
+        Reduction::Mean if stats.weight_sum > 0.0 => total / stats.weight_sum,
         Reduction::Mean => 0.0,
-        Reduction::Sum => total + stats.penalty,
-        Reduction::None => stats.penalty,
+        Reduction::Sum | Reduction::None => total,
     };
     Ok(LossForward {
         loss,
@@ -550,7 +529,6 @@ pub fn position_objectives(
         stats,
         reduction,
         grad_loss,
-        grad_penalty,
     })
 }
 
@@ -625,7 +603,7 @@ pub fn cyb_loss<T: Float + Send + Sync>(
     weights: Option<&[f32]>,
     dlogits: Option<&mut [T]>,
 ) -> Result<LossForward> {
-    let scalars = row_scalars(logits, targets, shape)?;
+    let scalars = row_scalars(logits, targets, shape, obj.dk_bias)?;
     let fwd = position_objectives(&scalars, targets, shape, obj, reduction, weights)?;
     if let Some(d) = dlogits {
         let upstream = if reduction == Reduction::None {

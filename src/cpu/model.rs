@@ -32,7 +32,7 @@ pub use crate::cpu::params::{is_matrix, tensor_layout, BlockParams, Params};
 pub struct StepOutput {
     /// Mean loss over positions with a target (plus the `dp` batch term).
     pub loss: f64,
-    /// Valid positions, mean `E[pauses]`, `dp` penalty.
+    /// Valid positions, weight sum, mean `E[pauses]`.
     pub stats: LossStats,
     /// `E[pauses]` per position `[B, T]` (0 where the target is ignored).
     pub pauses: Vec<f64>,

@@ -1,10 +1,11 @@
 //! The CYB loss on the GPU (SPEC section 4): `kernels/cyb_loss.cu`, the twin of
 //! [`crate::cpu::loss`] stage by stage, with the same semantics for reductions,
-//! position weights, ignored targets (`-1`) and the `dp` batch term.
+//! position weights, ignored targets (`-1`) and the DK bias (the objective's
+//! `dk_bias`, added to every DK logit).
 //!
-//! [`CybLoss::forward`] queues four kernels (row scalars, per-position objectives,
-//! a deterministic reduction, and a tiny kernel that computes the loss, the gradient
-//! scale and the `dp` coefficient on the device) and returns at once;
+//! [`CybLoss::forward`] queues three kernels (row scalars, per-position objectives
+//! with per-block partial sums, and a tiny kernel that reduces them and computes the
+//! loss and the gradient scale on the device) and returns at once;
 //! [`CybLoss::backward`] queues the streaming `dlogits` pass. Nothing is copied to
 //! the host in between: the loss is read back only when asked for
 //! ([`GpuLossForward::loss`]).
@@ -39,17 +40,22 @@ pub const K_MAX: usize = 16;
 const ROW_THREADS: u32 = 256;
 const POS_THREADS: u32 = 256;
 const FIN_THREADS: u32 = 256;
-const P_GAMMA: usize = 2 * (K_MAX + 1);
-const PARAMS_LEN: usize = P_GAMMA + 4;
+const P_LOG_OMEGA: usize = 0;
+const P_LOG_TAIL: usize = K_MAX + 1;
+const P_LOG_GAMMA: usize = 2 * (K_MAX + 1);
+const P_RHO: usize = 3 * (K_MAX + 1);
+const P_BETA: usize = 4 * (K_MAX + 1);
+const P_ALPHA: usize = P_BETA + 1;
+const P_DK_BIAS: usize = P_BETA + 2;
+const PARAMS_LEN: usize = P_BETA + 3;
 const NPART: usize = 6;
 const S_LOSS: usize = 0;
 const S_WEIGHT_SUM: usize = 1;
 const S_MEAN_PAUSES: usize = 2;
-const S_PENALTY: usize = 3;
-const S_VALID: usize = 4;
-const S_BAD_Y: usize = 8;
-const S_BAD_W: usize = 9;
-const SUMMARY_LEN: usize = 16;
+const S_VALID: usize = 3;
+const S_BAD_Y: usize = 6;
+const S_BAD_W: usize = 7;
+const SUMMARY_LEN: usize = 8;
 
 mod sealed {
     pub trait Sealed {}
@@ -219,21 +225,30 @@ impl CybLoss {
                 k_max: K_MAX,
             });
         }
-        if obj.omega.len() != obj.k + 1 || obj.prior.len() != obj.k + 1 {
+        let k1 = obj.k + 1;
+        if [obj.omega.len(), obj.rho.len(), obj.log_gamma.len()] != [k1; 3] {
             return Err(CybError::Param(format!(
-                "resolved objective for K = {} has {} interruption weights and {} prior values",
+                "resolved objective for K = {} has {} omega, {} rho and {} gamma values",
                 obj.k,
                 obj.omega.len(),
-                obj.prior.len()
+                obj.rho.len(),
+                obj.log_gamma.len()
             )));
         }
+        // The same derived numbers the CPU reference uses (ResolvedObjective).
+        let (log_omega, log_tail) = obj.log_omega_and_tail();
         let mut params = vec![0.0f64; PARAMS_LEN];
-        params[..=obj.k].copy_from_slice(&obj.omega);
-        params[K_MAX + 1..K_MAX + 2 + obj.k].copy_from_slice(&obj.prior);
-        params[P_GAMMA] = obj.gamma;
-        params[P_GAMMA + 1] = obj.beta;
-        params[P_GAMMA + 2] = obj.lambda;
-        params[P_GAMMA + 3] = obj.budget;
+        for (at, v) in [
+            (P_LOG_OMEGA, &log_omega),
+            (P_LOG_TAIL, &log_tail),
+            (P_LOG_GAMMA, &obj.log_gamma),
+            (P_RHO, &obj.rho),
+        ] {
+            params[at..at + k1].copy_from_slice(v);
+        }
+        params[P_BETA] = obj.beta;
+        params[P_ALPHA] = obj.alpha;
+        params[P_DK_BIAS] = obj.dk_bias;
         let params = gpu.htod(&params)?;
         let f = |name: &str| gpu.loss_function(name);
         let kernels = Kernels {
@@ -307,7 +322,6 @@ impl CybLoss {
         // Zero-length allocations are not allowed: empty shapes get one spare element.
         let mut scalars = gpu.zeros::<f32>((3 * rows).max(1))?;
         let mut grad_loss = gpu.zeros::<f64>((3 * rows).max(1))?;
-        let mut grad_pen = gpu.zeros::<f64>((3 * rows).max(1))?;
         let mut per_position = gpu.zeros::<f32>(n.max(1))?;
         let mut pauses = gpu.zeros::<f32>(n.max(1))?;
         let mut partials = gpu.zeros::<f64>((pos_blocks * NPART).max(1))?;
@@ -350,7 +364,6 @@ impl CybLoss {
                 .arg(&mut per_position)
                 .arg(&mut pauses)
                 .arg(&mut grad_loss)
-                .arg(&mut grad_pen)
                 .arg(&mut partials);
             let cfg = LaunchConfig {
                 grid_dim: (pos_blocks as u32, 1, 1),
@@ -358,7 +371,7 @@ impl CybLoss {
                 shared_mem_bytes: 0,
             };
             // SAFETY: one thread per position < B*T (guarded in the kernel); scalars
-            // 3*rows, targets/weights/per_position/pauses B*T, grad_* 3*rows, partials
+            // 3*rows, targets/weights/per_position/pauses B*T, grad_loss 3*rows, partials
             // ceil(B*T/256)*NPART = gridDim*NPART, params PARAMS_LEN with K <= K_MAX
             // (checked above); a null weights pointer means all ones.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launching cyb_position_objectives"))?;
@@ -367,12 +380,7 @@ impl CybLoss {
         let nblocks = as_i32("position blocks", pos_blocks)?;
         let red = reduction_code(reduction);
         let mut b = stream.launch_builder(&self.kernels.finalize);
-        b.arg(&partials)
-            .arg(&nblocks)
-            .arg(&kind)
-            .arg(&red)
-            .arg(&self.params)
-            .arg(&mut summary);
+        b.arg(&partials).arg(&nblocks).arg(&red).arg(&mut summary);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (FIN_THREADS, 1, 1),
@@ -386,11 +394,11 @@ impl CybLoss {
             shape,
             reduction,
             kind: self.obj.kind,
+            dk_bias: self.obj.dk_bias,
             stream: stream.clone(),
             targets: targets_copy,
             scalars,
             grad_loss,
-            grad_pen,
             per_position,
             pauses,
             summary,
@@ -427,7 +435,7 @@ impl CybLoss {
         push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
         // SAFETY: logits and dlogits both have rows*(V+1) elements (checked against
         // fwd.shape); fwd's buffers were sized for that shape (targets B*T, scalars
-        // 3*rows, grad_* 3*rows, summary SUMMARY_LEN); upstream has 1 or B*T values as
+        // 3*rows, grad_loss 3*rows, summary SUMMARY_LEN); upstream has 1 or B*T values as
         // the reduction needs (checked), or is null with the scalar used instead.
         unsafe { b.launch(row_config(d.rows)) }.map_err(cuda_err("launching cyb_dlogits"))?;
         Ok(())
@@ -506,7 +514,7 @@ fn backward_scalars(fwd: &GpuLossForward, upstream: Upstream<'_>) -> (u64, f64, 
 }
 
 /// The arguments of `cyb_dlogits*` after the logits (see `CYB_DLOGITS_ARGS` in
-/// kernels/cyb_loss.cu): targets, scalars, grad_loss, grad_pen, summary, upstream
+/// kernels/cyb_loss.cu): targets, scalars, grad_loss, summary, upstream
 /// (device pointer or null), up_scalar, reduction, rows, k1, seq, vocab.
 fn push_dlogits_args<'a>(
     b: &mut cudarc::driver::LaunchArgs<'a>,
@@ -520,7 +528,6 @@ fn push_dlogits_args<'a>(
     b.arg(&fwd.targets)
         .arg(&fwd.scalars)
         .arg(&fwd.grad_loss)
-        .arg(&fwd.grad_pen)
         .arg(&fwd.summary);
     match upstream {
         Upstream::Device(u) => b.arg(u),
@@ -535,17 +542,17 @@ fn push_dlogits_args<'a>(
 }
 
 /// What [`CybLoss::forward`] leaves on the device: per-position values, the summary
-/// (loss, weight sum, mean pauses, dp penalty, gradient scale), and what the backward
+/// (loss, weight sum, mean pauses, gradient scale), and what the backward
 /// needs. Reading anything to the host waits for the stream.
 pub struct GpuLossForward {
     shape: LossShape,
     reduction: Reduction,
     kind: ObjectiveKind,
+    dk_bias: f64,
     stream: Arc<CudaStream>,
     targets: CudaSlice<i32>,
     scalars: CudaSlice<f32>,
     grad_loss: CudaSlice<f64>,
-    grad_pen: CudaSlice<f64>,
     per_position: CudaSlice<f32>,
     pauses: CudaSlice<f32>,
     summary: CudaSlice<f64>,
@@ -608,14 +615,14 @@ impl GpuLossForward {
         Ok(())
     }
 
-    /// The reduced loss (`Mean`/`Sum`), or the `dp` penalty alone for `None`, exactly as
+    /// The reduced loss (`Mean`; the sum for `Sum` and `None`), exactly as
     /// [`crate::cpu::loss::LossForward::loss`]. Waits for the stream.
     pub fn loss(&self) -> Result<f64> {
         self.check()?;
         Ok(self.summary()?[S_LOSS])
     }
 
-    /// Valid positions, weight sum, weighted mean `E[pauses]`, `dp` penalty.
+    /// Valid positions, weight sum, weighted mean `E[pauses]`.
     pub fn stats(&self) -> Result<LossStats> {
         self.check()?;
         let s = self.summary()?;
@@ -623,7 +630,6 @@ impl GpuLossForward {
             valid_positions: s[S_VALID] as usize,
             weight_sum: s[S_WEIGHT_SUM],
             mean_pauses: s[S_MEAN_PAUSES],
-            penalty: s[S_PENALTY],
         })
     }
 
@@ -637,9 +643,9 @@ impl GpuLossForward {
         &self.pauses
     }
 
-    /// The summary on the device, `f64`: `[loss, weight_sum, mean_pauses, penalty,
-    /// valid_positions, grad_scale, penalty_coef, sum w*L, first bad target (-1 none),
-    /// first bad weight (-1 none), 0...]`. Lets a trainer use the loss without a sync.
+    /// The summary on the device, `f64`: `[loss, weight_sum, mean_pauses,
+    /// valid_positions, grad_scale, sum w*L, first bad target (-1 none), first bad
+    /// weight (-1 none)]`. Lets a trainer use the loss without a sync.
     pub fn summary_device(&self) -> &CudaSlice<f64> {
         &self.summary
     }
@@ -654,14 +660,15 @@ impl GpuLossForward {
         self.to_host(&self.pauses, self.shape.positions())
     }
 
-    /// The row scalars `r, e, u` (stage 1; zeros at ignored rows), in row order.
+    /// The row scalars `r, e, u` (stage 1; zeros at ignored rows), in row order, with
+    /// `e` including the DK bias as in [`crate::cpu::loss::row_scalar`].
     pub fn row_scalars_to_host(&self) -> Result<Vec<RowScalar>> {
         let rows = self.shape.rows();
         let s = self.to_host(&self.scalars, 3 * rows)?;
         Ok((0..rows)
             .map(|i| RowScalar {
                 r: s[i] as f64,
-                e: s[rows + i] as f64,
+                e: s[rows + i] as f64 + self.dk_bias,
                 u: s[2 * rows + i] as f64,
             })
             .collect())
@@ -690,12 +697,12 @@ mod tests {
     const SIGNATURES: &[(&str, &str)] = &[
         ("cyb_row_scalars_f32", "ppiiiip"),
         ("cyb_row_scalars_bf16", "ppiiiip"),
-        ("cyb_position_objectives", "ppppiiiiippppp"),
-        ("cyb_loss_finalize", "piiipp"),
-        ("cyb_dlogits_f32", "ppppppppdiiiii"),
-        ("cyb_dlogits_bf16", "ppppppppdiiiii"),
-        ("cyb_dlogits_inplace_f32", "pppppppdiiiii"),
-        ("cyb_dlogits_inplace_bf16", "pppppppdiiiii"),
+        ("cyb_position_objectives", "ppppiiiiipppp"),
+        ("cyb_loss_finalize", "piip"),
+        ("cyb_dlogits_f32", "pppppppdiiiii"),
+        ("cyb_dlogits_bf16", "pppppppdiiiii"),
+        ("cyb_dlogits_inplace_f32", "ppppppdiiiii"),
+        ("cyb_dlogits_inplace_bf16", "ppppppdiiiii"),
     ];
 
     #[test]

@@ -189,7 +189,7 @@ impl GpuStep {
         self.fwd.loss()
     }
 
-    /// Valid positions, mean `E[pauses]`, `dp` penalty.
+    /// Valid positions, weight sum, mean `E[pauses]`.
     pub fn stats(&self) -> Result<LossStats> {
         self.fwd.stats()
     }

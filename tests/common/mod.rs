@@ -28,19 +28,73 @@ pub fn v2_dir() -> PathBuf {
     testdata_dir().join("v2")
 }
 
-/// `v2/vectors.json` (SPEC v2).
-pub fn vectors_v2() -> serde_json::Value {
-    let path = v2_dir().join("vectors.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
-    serde_json::from_str(&text).expect("v2/vectors.json parses")
+pub fn vectors() -> serde_json::Value {
+    read_vectors("vectors.json")
 }
 
-pub fn vectors() -> serde_json::Value {
-    let path = testdata_dir().join("vectors.json");
+/// The SPEC v2 vectors, `v2/vectors.json` (see its README.md).
+pub fn vectors_v2() -> serde_json::Value {
+    read_vectors("v2/vectors.json")
+}
+
+fn read_vectors(name: &str) -> serde_json::Value {
+    let path = testdata_dir().join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
     serde_json::from_str(&text).expect("vectors.json parses")
+}
+
+/// The objectives of a v2 `loss_cases[]` entry, by name, built from its `params`
+/// (`omega`/`rho` ratio strings, `gamma`, `discount`, `beta`, `alpha`), resolved for
+/// `K` with its `dk_bias`. `va` is `Err` where `rho` has a zero.
+pub fn v2_objectives(
+    params: &serde_json::Value,
+    k: usize,
+) -> Vec<(&'static str, cyb::Result<cyb::ResolvedObjective>)> {
+    use cyb::{Discount, Objective, StepWeights};
+    let num = |key: &str| params[key].as_f64().expect(key);
+    let ratios = |key: &str| -> StepWeights { params[key].as_str().expect(key).parse().unwrap() };
+    let discount: Discount = params["discount"].as_str().unwrap().parse().unwrap();
+    let gamma = num("gamma");
+    let objectives = [
+        ("ce_final", Objective::CeFinal),
+        ("marginal", Objective::Marginal),
+        (
+            "ap",
+            Objective::Ap {
+                omega: ratios("omega"),
+                gamma,
+                discount,
+            },
+        ),
+        (
+            "va",
+            Objective::Va {
+                rho: ratios("rho"),
+                beta: num("beta"),
+                gamma,
+                discount,
+            },
+        ),
+        (
+            "dp",
+            Objective::Dp {
+                rho: ratios("rho"),
+                alpha: num("alpha"),
+                gamma,
+                discount,
+            },
+        ),
+    ];
+    objectives
+        .into_iter()
+        .map(|(name, o)| {
+            (
+                name,
+                o.resolve(k).and_then(|r| r.with_dk_bias(num("dk_bias"))),
+            )
+        })
+        .collect()
 }
 
 pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
