@@ -17,7 +17,7 @@ use crate::config::PauseAttention;
 use crate::cpu::gelu::gelu_forward;
 use crate::cpu::layernorm::layernorm_forward;
 use crate::cpu::linear::linear_forward;
-use crate::cpu::loss::{log_add_exp, row_scalar};
+use crate::cpu::loss::{halting_from_scalars, log_add_exp, row_scalar, RowScalar};
 use crate::cpu::model::Model;
 use crate::cpu::scalar::Scalar;
 use crate::error::{CybError, Result};
@@ -74,19 +74,6 @@ pub struct Emitted {
     /// `E[pauses] = sum_k k h_k` under the model's halting distribution `h` (SPEC
     /// section 4), when every step's `p(DK)` is known (see `p_dk`).
     pub expected_pauses: Option<f64>,
-}
-
-/// `E[pauses] = sum_k k h_k` from `p(DK)` at steps `0..=K` (`d_K` is ignored: step
-/// `K` always answers): `h_k = (1 - d_k) prod_{j<k} d_j`, `h_K = prod_{j<K} d_j`.
-pub fn expected_pauses(p_dk: &[f64]) -> f64 {
-    let kk = p_dk.len().saturating_sub(1);
-    let (mut reach, mut e) = (1.0, 0.0);
-    for (k, &d) in p_dk.iter().enumerate() {
-        let h = if k == kk { reach } else { reach * (1.0 - d) };
-        e += k as f64 * h;
-        reach *= d;
-    }
-    e
 }
 
 /// Keys and values of one layer, `[len, d]` each (heads contiguous).
@@ -241,11 +228,11 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         Ok(self.step(self.model.config.vocab, self.depth))
     }
 
-    /// `p(DK)` of a row of logits `[V+1]`, with the model's DK bias (SPEC section 4:
-    /// `e = z[V] + b_DK`, `d = exp(e - logaddexp(r, e))`).
-    fn p_dk(&self, logits: &[T]) -> f64 {
+    /// The SPEC section 4 scalars of a row of logits `[V+1]`, `e` with the model's DK
+    /// bias, and its `p(DK) = exp(e - logaddexp(r, e))`.
+    fn scalars(&self, logits: &[T]) -> (RowScalar, f64) {
         let s = row_scalar(logits, -1, self.model.config.dk_bias);
-        (s.e - log_add_exp(s.r, s.e)).exp()
+        (s, (s.e - log_add_exp(s.r, s.e)).exp())
     }
 
     /// Decide at which step the current position (the last pushed token) answers and
@@ -253,10 +240,11 @@ impl<'m, T: Scalar> Decoder<'m, T> {
     pub fn answer(&mut self, step0_logits: Vec<T>) -> Result<Emitted> {
         let v = self.model.config.vocab;
         let mut logits = step0_logits;
-        let mut p_dk = Vec::new();
+        let (mut p_dk, mut rows) = (Vec::new(), Vec::new());
         loop {
-            let dk = self.p_dk(&logits);
+            let (row, dk) = self.scalars(&logits);
             p_dk.push(dk);
+            rows.push(row);
             let k = self.depth;
             let say_dk = k < self.pauses_max
                 && match &self.policy {
@@ -282,11 +270,13 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                 if self.shared() || self.full_halting {
                     while self.depth < self.pauses_max {
                         let next = self.pause()?;
-                        p_dk.push(self.p_dk(&next));
+                        let (row, dk) = self.scalars(&next);
+                        p_dk.push(dk);
+                        rows.push(row);
                     }
                 }
-                let expected_pauses =
-                    (p_dk.len() == self.pauses_max + 1).then(|| expected_pauses(&p_dk));
+                let expected_pauses = (rows.len() == self.pauses_max + 1)
+                    .then(|| halting_from_scalars(&rows).expected_pauses());
                 return Ok(Emitted {
                     token,
                     pauses: k,
