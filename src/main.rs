@@ -632,7 +632,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         .map(|e| {
             format!(
                 "{}:S={},E={:.2}",
-                vocab.token_text(e.token),
+                vocab.token_text(e.token).trim(),
                 e.pauses,
                 expected(e)
             )
