@@ -28,10 +28,6 @@ pub fn v2_dir() -> PathBuf {
     testdata_dir().join("v2")
 }
 
-pub fn vectors() -> serde_json::Value {
-    read_vectors("vectors.json")
-}
-
 /// The SPEC v2 vectors, `v2/vectors.json` (see its README.md).
 pub fn vectors_v2() -> serde_json::Value {
     read_vectors("v2/vectors.json")
