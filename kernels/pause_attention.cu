@@ -171,7 +171,7 @@ __device__ void attn_forward(const T *__restrict__ qkv, T *__restrict__ out,
     // Keys (t2, kp) of every tiled plane, t2 <= last query of the block: the causal
     // prefix only (a masked tile ends the plane: every later tile is masked too).
     const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
-    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp) // break: ends plane kp only
     for (int j0 = 0; j0 <= q_last; j0 += BK) {
         const T *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(BK, ix.T - j0);
@@ -299,7 +299,7 @@ __device__ void attn_dq(const T *__restrict__ qkv, const T *__restrict__ dout,
     const float Dl = delta[ix.stat(b, h, k, tq)];
 
     const int q_last = min(q0 + Cfg::ROWS, ix.T) - 1;
-    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp) // break: ends plane kp only
     for (int j0 = 0; j0 <= q_last; j0 += BK) {
         const T *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(BK, ix.T - j0);
@@ -594,7 +594,7 @@ __device__ void attn_forward_tc(const __nv_bfloat16 *__restrict__ qkv,
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; // l: this lane's columns only
 
     const int q_last = min(q0 + TC_BQ, ix.T) - 1;
-    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp) // break: ends plane kp only
     for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
         const __nv_bfloat16 *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(TC_BK, ix.T - j0);
@@ -737,7 +737,7 @@ __device__ void attn_dq_tc(const __nv_bfloat16 *__restrict__ qkv,
     for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
     const int q_last = min(q0 + TC_BQ, ix.T) - 1;
-    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp)
+    for (int kp = 0; kp < tiled_planes(ix.mode, ix.K1); ++kp) // break: ends plane kp only
     for (int j0 = 0; j0 <= q_last; j0 += TC_BK) {
         const __nv_bfloat16 *kbase = qkv + ix.row(b, kp, 0) * stride + h * DH;
         const int nk = min(TC_BK, ix.T - j0);
