@@ -133,8 +133,8 @@ struct ObjectiveParams {
     #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     gamma: f64,
     /// How the discount falls with the step k: exp (gamma^k) or linear (1 - k(1-gamma)).
-    #[arg(long, value_enum, default_value = "exp")]
-    discount: DiscountName,
+    #[arg(long, default_value_t = Discount::Exp)]
+    discount: Discount,
     /// CYB-VA and CYB-DP reference distribution rho over the steps 0..K: exactly K+1
     /// ratios (va: all > 0; dp: zeros allowed) [default: uniform, 1:1:..:1].
     #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
@@ -147,28 +147,16 @@ struct ObjectiveParams {
     alpha: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DiscountName {
-    Exp,
-    Linear,
-}
-
 fn parse_ratios(s: &str) -> std::result::Result<StepWeights, String> {
     s.parse::<StepWeights>().map_err(|e| e.to_string())
 }
 
 impl ObjectiveParams {
-    fn discount(&self) -> Discount {
-        match self.discount {
-            DiscountName::Exp => Discount::Exp,
-            DiscountName::Linear => Discount::Linear,
-        }
-    }
     fn ap(&self) -> Objective {
         Objective::Ap {
             omega: self.omega.clone().unwrap_or(StepWeights::Last),
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
     fn va(&self) -> Objective {
@@ -176,7 +164,7 @@ impl ObjectiveParams {
             rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
             beta: self.beta,
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
     fn dp(&self) -> Objective {
@@ -184,7 +172,7 @@ impl ObjectiveParams {
             rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
             alpha: self.alpha,
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
 }
