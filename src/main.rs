@@ -306,8 +306,7 @@ fn objective(a: &TrainArgs) -> Objective {
 /// data is read or any model built.
 fn check_params(objectives: &[Objective], run: &RunArgs) -> Result<()> {
     for o in objectives {
-        o.resolve(run.pauses)
-            .map_err(|e| CybError::Param(format!("--objective {}: {e}", o.name())))?;
+        o.resolve(run.pauses)?;
     }
     dk_bias_from_prior(run.dk_prior, 1).map(|_| ())
 }
