@@ -292,14 +292,30 @@ struct EvalArgs {
     device: Device,
 }
 
-fn objective(a: &TrainArgs) -> Objective {
-    match a.objective {
+/// The objective `train` was asked for; `--omega` and `--rho` with an objective that
+/// does not read them are errors (they would be silently ignored).
+fn objective(a: &TrainArgs) -> Result<Objective> {
+    let o = match a.objective {
         ObjectiveName::CeFinal => Objective::CeFinal,
         ObjectiveName::Marginal => Objective::Marginal,
         ObjectiveName::Ap => a.params.ap(),
         ObjectiveName::Va => a.params.va(),
         ObjectiveName::Dp => a.params.dp(),
+    };
+    let reads_omega = matches!(o, Objective::Ap { .. });
+    let reads_rho = matches!(o, Objective::Va { .. } | Objective::Dp { .. });
+    for (given, reads, flag) in [
+        (a.params.omega.is_some(), reads_omega, "--omega (ap)"),
+        (a.params.rho.is_some(), reads_rho, "--rho (va and dp)"),
+    ] {
+        if given && !reads {
+            return Err(CybError::Param(format!(
+                "{flag} is not a parameter of --objective {}",
+                o.name()
+            )));
+        }
     }
+    Ok(o)
 }
 
 /// Every objective parameter and the DK prior checked for `K = pauses` before any
@@ -375,13 +391,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cpu => TrainDevice::Cpu,
         Device::Cuda => TrainDevice::Cuda,
     };
-    check_params(&[objective(&a)], &a.run)?;
+    let objective = objective(&a)?;
+    check_params(&[objective.clone()], &a.run)?;
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
     };
     let data = a.data.source(a.run.ctx)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective(&a), 4000)?;
+    let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
