@@ -392,7 +392,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cuda => TrainDevice::Cuda,
     };
     let objective = objective(&a)?;
-    check_params(&[objective.clone()], &a.run)?;
+    check_params(std::slice::from_ref(&objective), &a.run)?;
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
@@ -469,8 +469,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
-    let (ap, va, dp) = (a.params.ap(), a.params.va(), a.params.dp());
-    check_params(&[ap.clone(), va.clone(), dp.clone()], &a.run)?;
+    let arms = [a.params.ap(), a.params.va(), a.params.dp()];
+    check_params(&arms, &a.run)?;
+    let [ap, va, dp] = arms;
     let data = a.data.source(a.run.ctx)?;
     let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
     if base.eval_every == 0 {
