@@ -133,8 +133,8 @@ struct ObjectiveParams {
     #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     gamma: f64,
     /// How the discount falls with the step k: exp (gamma^k) or linear (1 - k(1-gamma)).
-    #[arg(long, value_enum, default_value = "exp")]
-    discount: DiscountName,
+    #[arg(long, default_value_t = Discount::Exp)]
+    discount: Discount,
     /// CYB-VA and CYB-DP reference distribution rho over the steps 0..K: exactly K+1
     /// ratios (va: all > 0; dp: zeros allowed) [default: uniform, 1:1:..:1].
     #[arg(long, allow_hyphen_values = true, value_parser = parse_ratios)]
@@ -147,28 +147,16 @@ struct ObjectiveParams {
     alpha: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DiscountName {
-    Exp,
-    Linear,
-}
-
 fn parse_ratios(s: &str) -> std::result::Result<StepWeights, String> {
     s.parse::<StepWeights>().map_err(|e| e.to_string())
 }
 
 impl ObjectiveParams {
-    fn discount(&self) -> Discount {
-        match self.discount {
-            DiscountName::Exp => Discount::Exp,
-            DiscountName::Linear => Discount::Linear,
-        }
-    }
     fn ap(&self) -> Objective {
         Objective::Ap {
             omega: self.omega.clone().unwrap_or(StepWeights::Last),
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
     fn va(&self) -> Objective {
@@ -176,7 +164,7 @@ impl ObjectiveParams {
             rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
             beta: self.beta,
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
     fn dp(&self) -> Objective {
@@ -184,7 +172,7 @@ impl ObjectiveParams {
             rho: self.rho.clone().unwrap_or(StepWeights::Uniform),
             alpha: self.alpha,
             gamma: self.gamma,
-            discount: self.discount(),
+            discount: self.discount,
         }
     }
 }
@@ -309,22 +297,37 @@ struct EvalArgs {
     device: Device,
 }
 
-fn objective(a: &TrainArgs) -> Objective {
-    match a.objective {
+/// The objective `train` was asked for; `--omega` and `--rho` with an objective that
+/// does not read them are errors (they would be silently ignored).
+fn objective(a: &TrainArgs) -> Result<Objective> {
+    let o = match a.objective {
         ObjectiveName::CeFinal => Objective::CeFinal,
         ObjectiveName::Marginal => Objective::Marginal,
         ObjectiveName::Ap => a.params.ap(),
         ObjectiveName::Va => a.params.va(),
         ObjectiveName::Dp => a.params.dp(),
+    };
+    let reads_omega = matches!(o, Objective::Ap { .. });
+    let reads_rho = matches!(o, Objective::Va { .. } | Objective::Dp { .. });
+    for (given, reads, flag) in [
+        (a.params.omega.is_some(), reads_omega, "--omega (ap)"),
+        (a.params.rho.is_some(), reads_rho, "--rho (va and dp)"),
+    ] {
+        if given && !reads {
+            return Err(CybError::Param(format!(
+                "{flag} is not a parameter of --objective {}",
+                o.name()
+            )));
+        }
     }
+    Ok(o)
 }
 
 /// Every objective parameter and the DK prior checked for `K = pauses` before any
 /// data is read or any model built.
 fn check_params(objectives: &[Objective], run: &RunArgs) -> Result<()> {
     for o in objectives {
-        o.resolve(run.pauses)
-            .map_err(|e| CybError::Param(format!("--objective {}: {e}", o.name())))?;
+        o.resolve(run.pauses)?;
     }
     dk_bias_from_prior(run.dk_prior, 1).map(|_| ())
 }
@@ -393,13 +396,14 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cpu => TrainDevice::Cpu,
         Device::Cuda => TrainDevice::Cuda,
     };
-    check_params(&[objective(&a)], &a.run)?;
+    let objective = objective(&a)?;
+    check_params(std::slice::from_ref(&objective), &a.run)?;
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
     };
     let data = a.data.source(a.run.ctx)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective(&a), 4000)?;
+    let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
@@ -470,8 +474,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
-    let (ap, va, dp) = (a.params.ap(), a.params.va(), a.params.dp());
-    check_params(&[ap.clone(), va.clone(), dp.clone()], &a.run)?;
+    let arms = [a.params.ap(), a.params.va(), a.params.dp()];
+    check_params(&arms, &a.run)?;
+    let [ap, va, dp] = arms;
     let data = a.data.source(a.run.ctx)?;
     let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
     if base.eval_every == 0 {

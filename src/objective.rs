@@ -118,7 +118,7 @@ impl Discount {
             .collect();
         if let Some(i) = steps.iter().position(|g| *g <= 0.0 || !g.is_finite()) {
             return Err(CybError::Param(format!(
-                "the {self} discount with gamma = {gamma} reaches {} at step {i} <= K = {k}; \
+                "the {self} discount with gamma = {gamma} reaches {:.4} at step {i} <= K = {k}; \
                  every gamma_k must be > 0",
                 steps[i]
             )));

@@ -297,6 +297,15 @@ fn bad_objective_parameters_fail_before_any_work() {
         (&["--objective", "va", "--beta", "NaN"], "beta"),
         (&["--objective", "dp", "--alpha", "inf"], "alpha"),
         (&["--dk-prior", "1"], "[0, 1)"),
+        (
+            &["--objective", "dp", "--omega", "4:1:1:4"],
+            "--omega (ap) is not",
+        ),
+        (
+            &["--rho", "4:1:1:4"],
+            "--rho (va and dp) is not a parameter of --objective ap",
+        ),
+        (&["--objective", "ce_final", "--rho", "1:1:1:1"], "ce_final"),
         (&["--dk-prior", "-0.5"], "[0, 1)"),
         (&["--objective", "dp", "--alpha", "-1"], "alpha"),
         (&["--omega", "-1:1:1:1"], ">= 0"),

@@ -160,6 +160,7 @@ const SPECIAL: &[&str] = &[
     "shape_mismatches_are_errors",
     "results_are_bitwise_deterministic",
     "upstream_scalar_broadcasts_for_reduction_none",
+    "reproduces_spec_v2_vectors",
 ];
 
 fn main() {
@@ -624,6 +625,52 @@ mod gpu_tests {
         Ok(())
     }
 
+    /// Every v2 `loss_cases` entry straight from the float64 vectors (the logits are
+    /// rounded to f32 on upload, the only difference besides the kernels' f32 rows).
+    fn spec_vectors(gpu: &Arc<GpuContext>) -> Result<(), Failed> {
+        let v = common::vectors_v2();
+        for (ci, case) in v["loss_cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .enumerate()
+        {
+            let dim = |k: &str| case[k].as_u64().expect(k) as usize;
+            let s = shape(dim("B"), dim("K"), dim("T"), dim("V"));
+            let inp = Inputs {
+                logits: common::f64s(&case["logits"]),
+                targets: common::i32s(&case["targets"]),
+                weights: None,
+            };
+            for (name, obj) in common::v2_objectives(&case["params"], s.pauses) {
+                let want = &case["objectives"][name];
+                let Ok(obj) = obj else { continue }; // va with a zero in rho
+                let loss = CybLoss::new(gpu, &obj).map_err(err)?;
+                let (fwd, dz) = run_mean(gpu, &loss, &inp, s, Dtype::F32)?;
+                let what = format!("case {ci} {name}");
+                let l = fwd.loss().map_err(err)?;
+                let st = fwd.stats().map_err(err)?;
+                let want_d = common::f64s(&want["dlogits"]);
+                assert_close(
+                    &format!("{what}: loss"),
+                    &[l],
+                    &[want["loss"].as_f64().unwrap()],
+                    FWD_ATOL,
+                    FWD_RTOL,
+                );
+                assert_close(
+                    &format!("{what}: mean pauses"),
+                    &[st.mean_pauses],
+                    &[want["mean_pauses"].as_f64().unwrap()],
+                    1e-5,
+                    1e-5,
+                );
+                compare_dlogits(&format!("{what}: dlogits"), &dz, &want_d, Dtype::F32);
+            }
+        }
+        Ok(())
+    }
+
     fn special(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> Result<(), Failed> {
         let mut rng = Rng::new(seed);
         match name {
@@ -645,6 +692,7 @@ mod gpu_tests {
                 Ok(())
             }
             "extreme_inputs_are_finite_and_match_cpu" => extreme_inputs(gpu, &mut rng),
+            "reproduces_spec_v2_vectors" => spec_vectors(gpu),
             "all_ignored_batch_gives_zero_loss_and_zero_grad" => {
                 let s = shape(2, 3, 4, 50);
                 for (_, obj, dk_bias) in objectives(s.pauses, s.vocab) {
