@@ -93,18 +93,18 @@ fn checkpoint_error(path: &Path) -> String {
 
 #[test]
 fn shared_tiny_model_loads() {
-    let m = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
+    let m = checkpoint::load(testdata_dir().join("v2/tiny_model_private.safetensors")).unwrap();
     assert_eq!(
         m.config,
         ModelConfig {
-            vocab: 13,
+            vocab: 11,
             d_model: 16,
             n_layer: 2,
-            n_head: 2,
-            t_max: 6,
-            k_max: 2,
+            n_head: 4,
+            t_max: 5,
+            k_max: 3,
             pause_attention: cyb::config::PauseAttention::Private,
-            dk_bias: 0.0,
+            dk_bias: 4.595119850134591,
         }
     );
     assert!(m

@@ -1,10 +1,10 @@
-//! The CPU model against the independent SPEC vectors (`model_case`), f64 finite
+//! The CPU model against the independent SPEC v2 vectors (`model_case_private`), f64 finite
 //! differences for every parameter tensor and objective, the pause mask against a
 //! brute-force masked softmax, position independence, and determinism.
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, testdata_dir, vectors};
+use common::{all_objectives, assert_close, f64s, i32s, testdata_dir, v2_objectives, vectors_v2};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape};
@@ -13,19 +13,22 @@ use cyb::cpu::model::{Model, Params, Workspace};
 use cyb::rng::Rng;
 use cyb::{CybError, Objective};
 
-fn spec_model() -> Model<f64> {
-    checkpoint::load(testdata_dir().join("tiny_model.safetensors"))
-        .expect("tiny_model.safetensors loads")
-        .cast()
+/// The SPEC v2 `model_case_private` (this crate's pause attention) and its checkpoint.
+fn spec_case() -> (serde_json::Value, Model<f32>) {
+    let case = vectors_v2()["model_case_private"].clone();
+    let file = case["checkpoint"].as_str().unwrap();
+    let model = checkpoint::load(testdata_dir().join("v2").join(file))
+        .unwrap_or_else(|e| panic!("{file} loads: {e}"));
+    (case, model)
 }
 
 #[test]
 fn reproduces_spec_model_case() {
-    let v = vectors();
-    let case = &v["model_case"];
-    let model = spec_model();
+    let (case, model) = spec_case();
+    let model: Model<f64> = model.cast();
     let c = &case["config"];
     assert_eq!(model.config.vocab, c["vocab"].as_u64().unwrap() as usize);
+    assert_eq!(model.config.dk_bias, c["dk_bias"].as_f64().unwrap());
     let tokens = i32s(&case["tokens"]);
     let targets = i32s(&case["targets"]);
     let (batch, kk) = (2, model.config.k_max);
@@ -34,24 +37,19 @@ fn reproduces_spec_model_case() {
     // floor for entries that are ~0 up to rounding.
     let logits = model.forward(&tokens, batch, seq, kk).unwrap();
     assert_close("logits", &logits, &f64s(&case["logits"]), 1e-12, 1e-9);
+    let objectives = v2_objectives(&case["params"], kk);
     for (name, want) in case["objectives"].as_object().unwrap() {
-        let obj: Objective = name.parse().unwrap();
+        let obj = objectives
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, o)| o.as_ref().unwrap().clone())
+            .unwrap_or_else(|| panic!("objective {name}"));
         let mut grads = Params::zeros(&model.config);
         let out = model
-            .forward_backward(
-                &tokens,
-                &targets,
-                batch,
-                seq,
-                kk,
-                &obj.resolve(kk).unwrap(),
-                &mut grads,
-            )
+            .forward_backward(&tokens, &targets, batch, seq, kk, &obj, &mut grads)
             .unwrap();
         // The evaluation path gives the same numbers without the backward.
-        let eval = model
-            .loss(&tokens, &targets, batch, seq, kk, &obj.resolve(kk).unwrap())
-            .unwrap();
+        let eval = model.loss(&tokens, &targets, batch, seq, kk, &obj).unwrap();
         assert_eq!(eval, out);
         assert_close(
             &format!("{name} loss"),
@@ -67,19 +65,35 @@ fn reproduces_spec_model_case() {
             0.0,
             1e-9,
         );
-        if name == "ap" {
-            let want_grads = case["ap_grads"].as_object().unwrap();
-            assert_eq!(want_grads.len(), grads.tensors().len());
-            for (tname, _, g) in grads.tensors() {
-                assert_close(
-                    &format!("ap grad {tname}"),
-                    g,
-                    &f64s(&want_grads[&tname]),
-                    1e-12,
-                    1e-9,
-                );
-            }
-        }
+    }
+    // The gradient for every tensor, for the objective and parameters the case names.
+    let g = &case["grads"];
+    let obj = v2_objectives(&g["params"], kk)
+        .into_iter()
+        .find(|(n, _)| *n == g["objective"].as_str().unwrap())
+        .map(|(_, o)| o.unwrap())
+        .unwrap();
+    let mut grads = Params::zeros(&model.config);
+    let out = model
+        .forward_backward(&tokens, &targets, batch, seq, kk, &obj, &mut grads)
+        .unwrap();
+    assert_close(
+        "grads loss",
+        &[out.loss],
+        &[g["loss"].as_f64().unwrap()],
+        0.0,
+        1e-9,
+    );
+    let want_grads = g["by_name"].as_object().unwrap();
+    assert_eq!(want_grads.len(), grads.tensors().len());
+    for (tname, _, got) in grads.tensors() {
+        assert_close(
+            &format!("grad {tname}"),
+            got,
+            &f64s(&want_grads[&tname]),
+            1e-12,
+            1e-9,
+        );
     }
 }
 
@@ -628,9 +642,7 @@ fn init_follows_spec_section_5() {
 #[test]
 fn f32_training_path_matches_the_f64_reference() {
     // The same checkpoint in f32 (sgemm) and f64 (dgemm): f32 rounding only.
-    let v = vectors();
-    let case = &v["model_case"];
-    let m32 = checkpoint::load(testdata_dir().join("tiny_model.safetensors")).unwrap();
+    let (case, m32) = spec_case();
     let m64: Model<f64> = m32.cast();
     let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
     let (b, kk) = (2, m32.config.k_max);

@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-/// The folder with SPEC test vectors: `$CYB_TESTDATA`, else `../shared/testdata`
-/// next to the crate. A missing folder is a test failure, never a silent pass.
+/// The folder with the SPEC test vectors: `$CYB_TESTDATA`, else the repository's own
+/// copy `testdata/` (its `v2/` is copied from `../shared/testdata/v2` by
+/// `scripts/sync_testdata.sh`; tests/testdata.rs fails when the two differ). A missing
+/// file is a test failure, never a silent pass.
 pub fn testdata_dir() -> PathBuf {
     if let Ok(p) = std::env::var("CYB_TESTDATA") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
 
 /// The five objectives of SPEC section 4 with their default parameters.
@@ -23,17 +25,9 @@ pub fn all_objectives() -> Vec<cyb::Objective> {
     ]
 }
 
-pub fn vectors() -> serde_json::Value {
-    read_vectors("vectors.json")
-}
-
 /// The SPEC v2 vectors, `v2/vectors.json` (see its README.md).
 pub fn vectors_v2() -> serde_json::Value {
-    read_vectors("v2/vectors.json")
-}
-
-fn read_vectors(name: &str) -> serde_json::Value {
-    let path = testdata_dir().join(name);
+    let path = testdata_dir().join("v2/vectors.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
     serde_json::from_str(&text).expect("vectors.json parses")
