@@ -202,6 +202,10 @@ pub fn run_experiment(
         ));
     }
     let total = cfg.variants.len() * cfg.seeds.len();
+    let k_max = cfg.variants.iter().map(|v| v.pauses).max().unwrap_or(0);
+    let mut widest = cfg.base.clone();
+    (widest.pauses, widest.model.k_max) = (k_max, k_max);
+    crate::limits::check_experiment(&widest, k_max, total)?;
     let mut runs = Vec::with_capacity(total);
     for &seed in &cfg.seeds {
         for (vi, v) in cfg.variants.iter().enumerate() {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod experiment;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod limits;
 pub mod metrics;
 pub mod objective;
 pub mod plot;

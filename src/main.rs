@@ -9,6 +9,7 @@ use cyb::experiment::{
     curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
     ExperimentConfig,
 };
+use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
@@ -60,23 +61,23 @@ struct GenerateArgs {
     /// Built-in task whose token names the prompt uses (models with V != 256).
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 16)]
-    max_new: usize,
+    /// Tokens to generate [default: 16, or as many as fit the model's context].
+    #[arg(long)]
+    max_new: Option<usize>,
     /// Pause steps allowed per token (default: the model's k_max).
     #[arg(long)]
     pauses: Option<usize>,
     #[arg(long, value_enum, default_value = "greedy")]
     policy: PolicyName,
     /// Greedy: DK when p(DK) exceeds this.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     threshold: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     temperature: f64,
     /// Sample among the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     top_p: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -235,11 +236,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Peak learning rate (warmup, then cosine to a tenth of it).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3e-3)]
     lr: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     weight_decay: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     grad_clip: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -293,7 +294,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 32)]
     eval_batches: usize,
     /// Greedy policy: DK when p(DK) exceeds this.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     threshold: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -314,9 +315,20 @@ fn objective(a: &TrainArgs) -> Objective {
     }
 }
 
-/// Every objective parameter and the DK prior checked for `K = pauses` before any
-/// data is read or any model built.
-fn check_params(objectives: &[Objective], run: &RunArgs) -> Result<()> {
+/// Every objective parameter, the DK prior and every number of the schedule checked
+/// for `K = pauses` before any data is read or any model built.
+fn check_params(objectives: &[Objective], run: &RunArgs, default_steps: usize) -> Result<()> {
+    let (r, steps) = (run, run.steps.unwrap_or(default_steps));
+    limits::check_schedule(
+        r.lr,
+        r.weight_decay,
+        r.grad_clip,
+        steps,
+        r.batch,
+        r.ctx,
+        r.eval_batches,
+    )?;
+    limits::eval_every(r.eval_every, steps)?;
     for o in objectives {
         o.resolve(run.pauses)
             .map_err(|e| CybError::Param(format!("--objective {}: {e}", o.name())))?;
@@ -336,12 +348,17 @@ fn require_cpu(device: Device) -> Result<()> {
 }
 
 /// Write each file to a temporary name first, then rename: no half-written outputs.
+/// Every file is attempted; the first failure is returned.
 fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
+    let mut first = Ok(());
     for &(name, text) in files {
-        cyb::atomic_file::write_atomic(&dir.join(name), text.as_bytes())?;
+        let r = cyb::atomic_file::write_atomic(&dir.join(name), text.as_bytes());
+        if first.is_ok() {
+            first = r;
+        }
     }
-    Ok(())
+    first
 }
 
 impl RunArgs {
@@ -388,7 +405,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cpu => TrainDevice::Cpu,
         Device::Cuda => TrainDevice::Cuda,
     };
-    check_params(&[objective(&a)], &a.run)?;
+    check_params(&[objective(&a)], &a.run, 4000)?;
+    if let Some(p) = &a.save {
+        cyb::atomic_file::check_writable_file(p)?;
+    }
+    if let Some(dir) = &a.out {
+        cyb::atomic_file::check_writable_dir(dir)?;
+    }
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
@@ -398,6 +421,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
+    limits::check_train(&cfg)?;
     let m = &cfg.model;
     eprintln!(
         "training {} on {} | d={} L={} H={} T={} K={} | {} steps x {} x {}",
@@ -466,7 +490,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
     let (ap, va, dp) = (a.params.ap(), a.params.va(), a.params.dp());
-    check_params(&[ap.clone(), va.clone(), dp.clone()], &a.run)?;
+    check_params(&[ap.clone(), va.clone(), dp.clone()], &a.run, 2000)?;
+    limits::experiment_pauses(a.run.pauses)?;
+    cyb::atomic_file::check_writable_dir(&a.out)?;
     let data = a.data.source(a.run.ctx)?;
     let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
     if base.eval_every == 0 {
@@ -483,22 +509,41 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         eprintln!("[{}/{n}] {label}", i + 1)
     })?;
     let report = render_report(&res, &command.join(" "));
-    write_outputs(
-        &a.out,
-        &[
-            ("report.md", &report),
-            ("curves.csv", &curves_csv(&res)),
-            ("ratios.csv", &ratios_csv(&res)),
-        ],
-    )?;
-    plot_experiment(&a.out, &res)?;
+    // The report first, then every file that can be written (a failed one does not
+    // stop the others); the first failure is the error.
     println!("{report}");
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    let written = [
+        write_outputs(
+            &a.out,
+            &[
+                ("report.md", &report),
+                ("curves.csv", &curves_csv(&res)),
+                ("ratios.csv", &ratios_csv(&res)),
+            ],
+        ),
+        plot_experiment(&a.out, &res),
+    ];
+    let failed: Vec<_> = written.into_iter().filter_map(|r| r.err()).collect();
+    for e in failed.iter().skip(1) {
+        eprintln!("error: {e}");
+    }
+    match failed.into_iter().next() {
+        Some(e) => Err(e),
+        None => {
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+    }
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
     require_cpu(a.device)?;
+    limits::at_least_one("--eval-batches", a.eval_batches)?;
+    limits::at_least_one("--batch", a.batch)?;
+    limits::threshold(a.threshold)?;
+    if let Some(c) = a.ctx {
+        limits::at_least_one("--ctx", c)?;
+    }
     let model = checkpoint::load(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
@@ -545,6 +590,7 @@ fn superscript(n: usize) -> String {
 fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
+    limits::threshold(a.threshold)?;
     let model = checkpoint::load(&a.load)?;
     let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
         Box::new(cyb::data::Bytes)
@@ -573,7 +619,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     };
     let pauses = a.pauses.unwrap_or(model.config.k_max);
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?;
-    let out = dec.generate(&prompt, a.max_new)?;
+    let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
+    let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
     let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
     if a.json {
         let tokens: Vec<serde_json::Value> = out

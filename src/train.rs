@@ -135,6 +135,7 @@ pub fn train_on(
     device: TrainDevice,
 ) -> Result<TrainOutcome> {
     cfg.model.validate()?;
+    crate::limits::check_train(cfg)?;
     if data.vocab() != cfg.model.vocab {
         return Err(CybError::Data(format!(
             "data has vocabulary {} but the model has {}",
@@ -449,6 +450,7 @@ pub fn validation_outcomes(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<Vec<PositionOutcome>> {
+    crate::limits::check_eval(&model.config, cfg)?;
     let mut rng = validation_rng(cfg.seed);
     let shape = LossShape {
         batch: cfg.batch,

@@ -42,6 +42,23 @@ const TINY: &[&str] = &[
     "1",
 ];
 
+/// `o` failed with `needle` in its error output.
+fn fails_with(o: &Output, needle: &str) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success() && e.contains(needle),
+        "'{needle}' not in: {e}"
+    );
+}
+
+/// `cyb train` on the [`TINY`] shape with `extra` flags.
+fn train_tiny(extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    cyb(&args)
+}
+
 #[test]
 fn train_save_eval_generate() {
     let dir = tmpdir("ok");
@@ -329,4 +346,220 @@ fn help_lists_the_v2_parameters_only() {
             assert!(!help.contains(gone), "{cmd} --help still has {gone}");
         }
     }
+}
+
+/// Every nonsense number is one clear line and a non-zero exit before any data is read
+/// (the text file does not exist) or any model built; negative values parse and reach
+/// the range check.
+#[test]
+fn nonsense_numbers_fail_before_any_work() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("train", &["--lr", "-1"], "--lr = -1"),
+        ("train", &["--lr", "0"], "--lr = 0"),
+        ("train", &["--lr", "NaN"], "--lr = NaN"),
+        ("train", &["--lr", "inf"], "--lr = inf"),
+        (
+            "train",
+            &["--weight-decay", "-0.1"],
+            "--weight-decay = -0.1",
+        ),
+        ("train", &["--weight-decay", "nan"], "--weight-decay = NaN"),
+        ("train", &["--grad-clip", "0"], "--grad-clip = 0"),
+        ("train", &["--grad-clip", "-1"], "--grad-clip = -1"),
+        ("train", &["--steps", "0"], "--steps = 0"),
+        ("train", &["--batch", "0"], "--batch = 0"),
+        ("train", &["--ctx", "0"], "--ctx = 0"),
+        ("train", &["--eval-batches", "0"], "--eval-batches = 0"),
+        (
+            "train",
+            &["--steps", "5", "--eval-every", "10"],
+            "--eval-every = 10",
+        ),
+        ("train", &["--gamma", "-0.5"], "(0, 1]"),
+        ("train", &["--objective", "va", "--beta", "-1"], "beta"),
+        ("experiment", &["--pauses", "0"], "K >= 1"),
+        ("experiment", &["--steps", "0"], "--steps = 0"),
+        ("experiment", &["--lr", "-1"], "--lr = -1"),
+        ("experiment", &["--alpha", "nan"], "alpha"),
+    ];
+    for (cmd, extra, needle) in cases {
+        let mut args = vec![*cmd, "--text", "/nonexistent/cyb-corpus.txt"];
+        args.extend_from_slice(extra);
+        let o = cyb(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let e = stderr(&o);
+        assert!(
+            e.contains(needle) && !e.contains("cyb-corpus") && e.trim().lines().count() == 1,
+            "{args:?}: not one line with '{needle}' before the data is read: {e}"
+        );
+    }
+    // eval and generate check their numbers before reading the checkpoint.
+    let missing = "/nonexistent/cyb-model.safetensors";
+    let cases: &[(&[&str], &str)] = &[
+        (&["eval", "--threshold", "2"], "[0, 1]"),
+        (&["eval", "--threshold", "NaN"], "[0, 1]"),
+        (&["eval", "--threshold", "-0.5"], "[0, 1]"),
+        (&["eval", "--eval-batches", "0"], "--eval-batches = 0"),
+        (&["eval", "--batch", "0"], "--batch = 0"),
+        (&["eval", "--ctx", "0"], "--ctx = 0"),
+        (
+            &["generate", "--prompt", "1", "--threshold", "-1"],
+            "[0, 1]",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--load", missing]);
+        let o = cyb(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let e = stderr(&o);
+        assert!(
+            e.contains(needle) && !e.contains("cyb-model"),
+            "{args:?}: '{needle}' not in (or the checkpoint was read first): {e}"
+        );
+    }
+}
+
+/// Shapes no machine can hold are refused with the estimate and the limit, never a
+/// capacity overflow or an allocation abort.
+#[test]
+fn huge_sizes_are_refused_with_the_estimate() {
+    let cases: &[&[&str]] = &[
+        &["--ctx", "100000"],
+        &["--pauses", "1000", "--ctx", "4096"],
+        &["--batch", "1000000000000"],
+        &["--steps", "18446744073709551615"],
+        &["--d-model", "1000000"],
+    ];
+    for extra in cases {
+        for cmd in ["train", "experiment"] {
+            let mut args = vec![cmd];
+            args.extend_from_slice(extra);
+            let o = cyb(&args);
+            let e = stderr(&o);
+            assert!(
+                o.status.code() == Some(1)
+                    && e.contains("needs about")
+                    && e.contains("available")
+                    && !e.contains("panicked"),
+                "{args:?}: {e}"
+            );
+        }
+    }
+    // A limit below what a tiny run needs refuses it too (the limit can be set).
+    let o = Command::new(env!("CARGO_BIN_EXE_cyb"))
+        .arg("train")
+        .args(TINY)
+        .env("CYB_MEMORY_LIMIT", "1000")
+        .output()
+        .unwrap();
+    fails_with(&o, "1000.0 B available");
+}
+
+/// Bad output paths fail before training; the atomic save follows symbolic links
+/// and refuses devices and folders; a non-finite weight is an error naming its tensor.
+#[test]
+fn output_paths_and_checkpoints_are_checked_first() {
+    let dir = tmpdir("paths");
+    let train_with = |extra: &[&str]| train_tiny(&[&["--pauses", "1"], extra].concat());
+    let refused = |extra: &[&str], needle: &str| {
+        let o = train_with(extra);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains(needle) && !e.contains("training "),
+            "{extra:?}: '{needle}' not in (or training started): {e}"
+        );
+    };
+    refused(&["--save", s(&dir)], "is a directory");
+    refused(
+        &["--save", s(&dir.join("no-such-dir").join("m.safetensors"))],
+        "does not exist",
+    );
+    refused(&["--save", "/dev/null"], "not a regular file");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    refused(&["--out", s(&file)], "not a directory");
+    refused(&["--out", s(&file.join("sub"))], "a-file");
+    let o = cyb(&["experiment", "--steps", "1", "--out", s(&file)]);
+    fails_with(&o, "not a directory");
+
+    // Saving onto a symbolic link replaces the link's target, and the link stays.
+    #[cfg(unix)]
+    {
+        let target = dir.join("target.safetensors");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.join("link.safetensors");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let o = train_with(&["--save", s(&link)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        cyb::checkpoint::load(&target).unwrap();
+    }
+
+    // A checkpoint with a NaN weight is refused at load, naming the tensor.
+    let cfg = cyb::ModelConfig {
+        vocab: 5,
+        d_model: 8,
+        n_layer: 1,
+        n_head: 2,
+        t_max: 4,
+        k_max: 1,
+        pause_attention: cyb::config::PauseAttention::Private,
+        dk_bias: 0.0,
+    };
+    let mut m: cyb::Model<f32> = cyb::Model::init(cfg, &mut cyb::rng::Rng::new(1)).unwrap();
+    for (name, _, x) in m.params.tensors_mut() {
+        if name == "ln_f.bias" {
+            x[3] = f32::NAN;
+        }
+    }
+    let bad = dir.join("nan.safetensors");
+    cyb::checkpoint::save(&bad, &m).unwrap();
+    let o = cyb(&["eval", "--load", s(&bad)]);
+    fails_with(&o, "tensor ln_f.bias has a non-finite weight");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `generate` with its defaults fits the default model with the README's prompt, and
+/// asking for more than fits says how many do.
+#[test]
+fn generate_defaults_fit_the_default_context() {
+    let dir = tmpdir("gen");
+    let ckpt = dir.join("m.safetensors");
+    let o = train_tiny(&["--pauses", "2", "--save", s(&ckpt)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "[L3] 4 1 2 =",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // t_max = 16: 17 tokens in all, 5 of them the prompt.
+    assert_eq!(doc["tokens"].as_array().unwrap().len(), 12);
+    for max_new in ["13", "18446744073709551615"] {
+        let o = cyb(&[
+            "generate",
+            "--load",
+            s(&ckpt),
+            "--prompt",
+            "[L3] 4 1 2 =",
+            "--max-new",
+            max_new,
+        ]);
+        let e = stderr(&o);
+        assert!(
+            o.status.code() == Some(1)
+                && e.contains("12 new tokens fit")
+                && e.contains("--max-new 12"),
+            "--max-new {max_new}: {e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -171,3 +171,37 @@ pub fn test_gpu(binary: &str) -> Option<Result<std::sync::Arc<cyb::gpu::GpuConte
     }
     Some(cyb::gpu::GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}")))
 }
+
+/// A training run small enough for a test: V = 10 (modsum), d 16, one layer, T 16,
+/// batch 4, evaluation every 4 steps on 2 batches.
+pub fn tiny_train(
+    objective: cyb::Objective,
+    pauses: usize,
+    steps: usize,
+) -> cyb::train::TrainConfig {
+    cyb::train::TrainConfig {
+        model: cyb::ModelConfig {
+            vocab: 10,
+            d_model: 16,
+            n_layer: 1,
+            n_head: 2,
+            t_max: 16,
+            k_max: pauses,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
+        },
+        objective,
+        pauses,
+        steps,
+        batch: 4,
+        seq: 16,
+        lr: 3e-3,
+        min_lr_ratio: 0.1,
+        warmup: 2,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        seed: 9,
+        eval_every: 4,
+        eval_batches: 2,
+    }
+}
