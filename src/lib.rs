@@ -13,6 +13,7 @@ pub mod data;
 pub mod decode;
 pub mod error;
 pub mod experiment;
+pub mod generated_text;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod limits;

@@ -9,6 +9,7 @@ use cyb::experiment::{
     curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
     ExperimentConfig,
 };
+use cyb::generated_text::{self, Marks};
 use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
@@ -578,15 +579,6 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Superscript digits for the pause count after a token in a terminal.
-fn superscript(n: usize) -> String {
-    const SUP: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
-    n.to_string()
-        .chars()
-        .map(|c| SUP[c.to_digit(10).unwrap_or(0) as usize])
-        .collect()
-}
-
 fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
@@ -622,6 +614,11 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
     let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
     let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
+    let pieces = generated_text::pieces(
+        &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
+        model.config.vocab == 256,
+        |t| vocab.token_text(t),
+    );
     if a.json {
         let tokens: Vec<serde_json::Value> = out
             .iter()
@@ -636,6 +633,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             .collect();
         let doc = serde_json::json!({
             "prompt": a.prompt,
+            "text": generated_text::plain_text(&pieces),
             "pauses_max": pauses,
             "mean_pauses": mean,
             "tokens": tokens,
@@ -648,15 +646,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if model.config.vocab != 256 {
         text.push(' ');
     }
-    for e in &out {
-        let piece = vocab.token_text(e.token);
-        match (tty, e.pauses) {
-            (_, 0) => text.push_str(&piece),
-            // In a terminal: the token in yellow with its pause count as a superscript.
-            (true, n) => text.push_str(&format!("\x1b[33m{piece}{}\x1b[0m", superscript(n))),
-            (false, n) => text.push_str(&format!("{piece}{{{n}}}")),
-        }
-    }
+    let marks = if tty { Marks::Tty } else { Marks::Plain };
+    text.push_str(&generated_text::render(&pieces, marks));
     println!("{text}");
     eprintln!(
         "{} tokens, {:.2} pauses per token (K = {pauses}){}",
