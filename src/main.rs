@@ -248,9 +248,10 @@ struct RunArgs {
     /// Validation batches for the learning curve and the report.
     #[arg(long, default_value_t = 16)]
     eval_batches: usize,
-    /// Evaluate every this many steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
-    eval_every: usize,
+    /// Evaluate every this many steps for the learning curve (0 = only at the end)
+    /// [default: a tenth of --steps].
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// DK prior psi in [0, 1) of a new model: its DK bias log(psi/(1-psi)) + log V makes
     /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
@@ -329,7 +330,7 @@ fn check_params(objectives: &[Objective], run: &RunArgs, default_steps: usize) -
         r.ctx,
         r.eval_batches,
     )?;
-    limits::eval_every(r.eval_every, steps)?;
+    limits::eval_every(r.eval_every.unwrap_or(0), steps)?;
     for o in objectives {
         o.resolve(run.pauses)
             .map_err(|e| CybError::Param(format!("--objective {}: {e}", o.name())))?;
@@ -393,7 +394,7 @@ impl RunArgs {
             weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
             seed: self.seed,
-            eval_every: self.eval_every,
+            eval_every: self.eval_every.unwrap_or((steps / 10).max(1)),
             eval_batches: self.eval_batches,
         };
         cfg.model.dk_bias = dk_bias_from_prior(self.dk_prior, vocab)?;

@@ -86,9 +86,15 @@ fn train_save_eval_generate() {
         "sum/4",
         "pause most",
         "pause least",
+        "what it is",
+        "can exceed ln V",
+        "acc@0 = accuracy at step 0",
     ] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");
     }
+    // The learning curve has points by default (a tenth of the steps, at least 1).
+    let curve = std::fs::read_to_string(out.join("curve.csv")).unwrap();
+    assert_eq!(curve.lines().count(), 1 + 6, "{curve}");
     assert_eq!(
         std::fs::read_to_string(out.join("report.md"))
             .unwrap()
