@@ -126,6 +126,20 @@ fn experiment_report_numbers_come_from_the_runs() {
         );
     }
     assert!(report.contains("cyb experiment --test"));
+    assert!(report.contains("mean ± std over seeds") && report.contains("higher = CYB better"));
+    // One seed has no spread: no "± 0" anywhere.
+    let one = ExperimentConfig {
+        seeds: vec![1],
+        ..cfg.clone()
+    };
+    let single = render_report(
+        &run_experiment(&one, &ModSum::default(), false, |_, _, _| {}).unwrap(),
+        "one seed",
+    );
+    assert!(
+        single.contains("one seed") && !single.contains("± 0"),
+        "{single}"
+    );
     let dir = std::env::temp_dir().join(format!("cyb-exp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     cyb::experiment::plot_experiment(&dir, &res).unwrap();
