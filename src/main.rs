@@ -614,12 +614,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?;
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
     let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
-    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
     let pieces = generated_text::pieces(
         &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
         model.config.vocab == 256,
         |t| vocab.token_text(t),
     );
+    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / out.len().max(1) as f64;
     if a.json {
         let tokens: Vec<serde_json::Value> = out
             .iter()
