@@ -160,3 +160,56 @@ fn evaluation_and_experiment_refuse_bad_settings() {
     assert!(param_error(run(&exp(0, 2))).contains("K >= 1"));
     assert!(param_error(run(&exp(2, 0))).contains("--steps = 0"));
 }
+
+#[test]
+fn non_finite_checkpoint_weights_are_refused_at_load() {
+    let cfg = tiny();
+    let mut model: Model<f32> = Model::init(cfg.model.clone(), &mut cyb::rng::Rng::new(1)).unwrap();
+    let bytes = cyb::checkpoint::to_bytes(&model).unwrap();
+    cyb::checkpoint::from_bytes(&bytes).unwrap();
+    for (name, _, x) in model.params.tensors_mut() {
+        if name == "blocks.0.mlp.fc.weight" {
+            x[5] = f32::INFINITY;
+        }
+    }
+    let err = cyb::checkpoint::from_bytes(&cyb::checkpoint::to_bytes(&model).unwrap())
+        .expect_err("an infinite weight is refused");
+    assert!(
+        err.contains("blocks.0.mlp.fc.weight") && err.contains("inf at flat index 5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn output_paths_are_checked_and_links_followed() {
+    use cyb::atomic_file::{check_writable_dir, check_writable_file, write_atomic};
+    let dir = std::env::temp_dir().join(format!("cyb-limits-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let msg = |r: cyb::Result<()>| r.unwrap_err().to_string();
+    assert!(msg(check_writable_file(&dir)).contains("is a directory"));
+    assert!(
+        msg(check_writable_file(std::path::Path::new("/dev/null"))).contains("not a regular file")
+    );
+    assert!(msg(check_writable_file(&dir.join("nope/m.safetensors"))).contains("does not exist"));
+    check_writable_file(&dir.join("new.safetensors")).unwrap();
+    let file = dir.join("file");
+    std::fs::write(&file, "x").unwrap();
+    assert!(msg(check_writable_dir(&file)).contains("not a directory"));
+    check_writable_dir(&dir.join("a/b")).unwrap();
+    assert!(dir.join("a/b").is_dir(), "the folder is created");
+    #[cfg(unix)]
+    {
+        // Through a relative link: the target is replaced, the link stays a link.
+        std::os::unix::fs::symlink("file", dir.join("link")).unwrap();
+        write_atomic(&dir.join("link"), b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        assert!(std::fs::symlink_metadata(dir.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A link to a folder is refused like the folder.
+        std::os::unix::fs::symlink(&dir, dir.join("dirlink")).unwrap();
+        assert!(msg(write_atomic(&dir.join("dirlink"), b"x")).contains("is a directory"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
