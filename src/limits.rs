@@ -206,17 +206,27 @@ pub fn experiment_pauses(pauses: usize) -> Result<()> {
 }
 
 /// The memory a run may use: `$CYB_MEMORY_LIMIT` (bytes) if set, else the machine's
-/// available memory (`MemAvailable` of /proc/meminfo); `None` where neither is known.
+/// available memory (`MemAvailable` of /proc/meminfo, or less where the process's
+/// cgroup allows less: `memory.max - memory.current`); `None` where neither is known.
 pub fn memory_limit() -> Option<f64> {
     if let Ok(v) = std::env::var("CYB_MEMORY_LIMIT") {
         if let Ok(n) = v.trim().parse::<f64>() {
             return Some(n);
         }
     }
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let available = read("/proc/meminfo").and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024.0)
+    });
+    let number = |p: &str| read(p).and_then(|v| v.trim().parse::<f64>().ok());
+    let cgroup = number("/sys/fs/cgroup/memory.max")
+        .map(|max| (max - number("/sys/fs/cgroup/memory.current").unwrap_or(0.0)).max(0.0));
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
 }
 
 /// Bytes as B, KiB, MiB, GiB, TiB or in powers of ten beyond.
