@@ -5,7 +5,7 @@
 #   device_bundle/tests/<name>    every test executable of `cargo test --features cuda`
 #                                 (all of them, so GPU tests added later are included)
 #   device_bundle/benches/<name>  every bench executable
-#   device_bundle/testdata/       ../shared/testdata (or $CYB_TESTDATA)
+#   device_bundle/testdata/       the repository's testdata/ (or $CYB_TESTDATA)
 #   device_bundle/run_all.sh      runs them all, prints a summary table, exits 1 on failure
 #
 # Executables are release builds (kernels compiled to PTX and embedded, cudarc loads
@@ -20,7 +20,7 @@ if [[ -z "${NVCC:-}" && -z "${CUDA_HOME:-}" && -z "${CUDA_PATH:-}" ]] && ! comma
 fi
 
 OUT=device_bundle
-TESTDATA="${CYB_TESTDATA:-../shared/testdata}"
+TESTDATA="${CYB_TESTDATA:-testdata}"
 rm -rf "$OUT"
 mkdir -p "$OUT/tests" "$OUT/benches"
 

@@ -14,7 +14,13 @@ use std::path::{Path, PathBuf};
 /// assert_eq!(std::fs::read(&path).unwrap(), b"hello");
 /// std::fs::remove_file(&path).unwrap();
 /// ```
+///
+/// A symbolic link is followed: its target is replaced atomically (the link stays).
+/// Anything but a regular file (a directory, a device, a pipe) is refused.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_writable_file(path)?;
+    let resolved = resolve_link(path)?;
+    let path = resolved.as_path();
     let tmp = temp_path(path)?;
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -26,6 +32,105 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         CybError::io(path, e)
     })
+}
+
+fn refuse(path: &Path, kind: std::io::ErrorKind, msg: &str) -> CybError {
+    CybError::io(path, std::io::Error::new(kind, msg.to_string()))
+}
+
+/// Where a write to `path` lands: `path` itself, or the file a chain of symbolic links
+/// ends at (a relative link target is taken from the link's folder).
+fn resolve_link(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p).map_err(|e| CybError::io(&p, e))?;
+                p = match p.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(refuse(
+        path,
+        std::io::ErrorKind::InvalidInput,
+        "too many levels of symbolic links",
+    ))
+}
+
+/// `path` can be written by [`write_atomic`]: it has a file name, its folder exists
+/// and takes new files, and it is absent or a regular file (or a link to one). Checked
+/// before long work so that a bad `--save` never throws a run away.
+pub fn check_writable_file(path: &Path) -> Result<()> {
+    use std::io::ErrorKind;
+    let target = resolve_link(path)?;
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => {
+            return Err(refuse(
+                path,
+                ErrorKind::InvalidInput,
+                "is a directory; give a file name inside it",
+            ))
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(refuse(
+                path,
+                ErrorKind::InvalidInput,
+                "is not a regular file (a device, pipe or socket); refusing to replace it",
+            ))
+        }
+        _ => {}
+    }
+    temp_path(&target)?;
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check_writable_dir_exists(&dir).map_err(|e| match e {
+        CybError::Io { source, .. } => CybError::io(path, source),
+        other => other,
+    })
+}
+
+/// `dir` is (or can be created as) a folder that takes new files. The folder is
+/// created here, so that a later write cannot fail on it.
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    if let Ok(m) = std::fs::metadata(dir) {
+        if !m.is_dir() {
+            return Err(refuse(
+                dir,
+                std::io::ErrorKind::InvalidInput,
+                "exists and is not a directory",
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
+    check_writable_dir_exists(dir)
+}
+
+fn check_writable_dir_exists(dir: &Path) -> Result<()> {
+    let m = std::fs::metadata(dir).map_err(|e| {
+        let msg = format!("the folder does not exist or cannot be read ({e})");
+        refuse(dir, e.kind(), &msg)
+    })?;
+    if !m.is_dir() {
+        return Err(refuse(
+            dir,
+            std::io::ErrorKind::InvalidInput,
+            "is not a directory",
+        ));
+    }
+    // Permissions alone do not tell (root, read-only mounts): try a file.
+    let probe = dir.join(format!(".cyb-write-test.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| {
+        let msg = format!("the folder does not take new files ({e})");
+        refuse(dir, e.kind(), &msg)
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// `.<name>.tmp.<pid>` next to `path`.

@@ -109,7 +109,15 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
                 view.shape()
             ));
         }
-        tensors.push(decode(name, &view)?);
+        let data = decode(name, &view)?;
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "tensor {name} has a non-finite weight ({} at flat index {i}); the file \
+                 holds a diverged or damaged model",
+                data[i]
+            ));
+        }
+        tensors.push(data);
     }
     let params = Params::from_ordered(config.n_layer, tensors);
     Model::new(config, params).map_err(|e| e.to_string())

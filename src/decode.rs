@@ -294,9 +294,12 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             return Err(CybError::Shape("the prompt is empty".into()));
         }
         let c = &self.model.config;
-        if prompt.len() + n > c.t_max + 1 {
+        if prompt.len().saturating_add(n) > c.t_max + 1 {
+            // The last new token is emitted, never fed back: t_max + 1 in all.
+            let fit = (c.t_max + 1).saturating_sub(prompt.len());
             return Err(CybError::Shape(format!(
-                "prompt ({}) plus {n} new tokens exceed the context t_max = {}",
+                "prompt ({} tokens) plus {n} new tokens exceed the context t_max = {}: \
+                 {fit} new tokens fit (pass --max-new {fit} or a shorter prompt)",
                 prompt.len(),
                 c.t_max
             )));

@@ -13,8 +13,10 @@ pub mod data;
 pub mod decode;
 pub mod error;
 pub mod experiment;
+pub mod generated_text;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod limits;
 pub mod metrics;
 pub mod objective;
 pub mod plot;

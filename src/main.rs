@@ -9,6 +9,8 @@ use cyb::experiment::{
     curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
     ExperimentConfig,
 };
+use cyb::generated_text::{self, Marks};
+use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
@@ -60,23 +62,23 @@ struct GenerateArgs {
     /// Built-in task whose token names the prompt uses (models with V != 256).
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 16)]
-    max_new: usize,
+    /// Tokens to generate [default: 16, or as many as fit the model's context].
+    #[arg(long)]
+    max_new: Option<usize>,
     /// Pause steps allowed per token (default: the model's k_max).
     #[arg(long)]
     pauses: Option<usize>,
     #[arg(long, value_enum, default_value = "greedy")]
     policy: PolicyName,
     /// Greedy: DK when p(DK) exceeds this.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     threshold: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     temperature: f64,
     /// Sample among the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     top_p: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -228,20 +230,21 @@ struct RunArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Peak learning rate (warmup, then cosine to a tenth of it).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3e-3)]
     lr: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     weight_decay: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     grad_clip: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Validation batches for the learning curve and the report.
     #[arg(long, default_value_t = 16)]
     eval_batches: usize,
-    /// Evaluate every this many steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
-    eval_every: usize,
+    /// Evaluate every this many steps for the learning curve (0 = only at the end)
+    /// [default: a tenth of --steps].
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// DK prior psi in [0, 1) of a new model: its DK bias log(psi/(1-psi)) + log V makes
     /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
@@ -286,7 +289,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 32)]
     eval_batches: usize,
     /// Greedy policy: DK when p(DK) exceeds this.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     threshold: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -323,9 +326,20 @@ fn objective(a: &TrainArgs) -> Result<Objective> {
     Ok(o)
 }
 
-/// Every objective parameter and the DK prior checked for `K = pauses` before any
-/// data is read or any model built.
-fn check_params(objectives: &[Objective], run: &RunArgs) -> Result<()> {
+/// Every objective parameter, the DK prior and every number of the schedule checked
+/// for `K = pauses` before any data is read or any model built.
+fn check_params(objectives: &[Objective], run: &RunArgs, default_steps: usize) -> Result<()> {
+    let (r, steps) = (run, run.steps.unwrap_or(default_steps));
+    limits::check_schedule(
+        r.lr,
+        r.weight_decay,
+        r.grad_clip,
+        steps,
+        r.batch,
+        r.ctx,
+        r.eval_batches,
+    )?;
+    limits::eval_every(r.eval_every.unwrap_or(0), steps)?;
     for o in objectives {
         o.resolve(run.pauses)?;
     }
@@ -344,12 +358,17 @@ fn require_cpu(device: Device) -> Result<()> {
 }
 
 /// Write each file to a temporary name first, then rename: no half-written outputs.
+/// Every file is attempted; the first failure is returned.
 fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
+    let mut first = Ok(());
     for &(name, text) in files {
-        cyb::atomic_file::write_atomic(&dir.join(name), text.as_bytes())?;
+        let r = cyb::atomic_file::write_atomic(&dir.join(name), text.as_bytes());
+        if first.is_ok() {
+            first = r;
+        }
     }
-    Ok(())
+    first
 }
 
 impl RunArgs {
@@ -383,7 +402,7 @@ impl RunArgs {
             weight_decay: self.weight_decay,
             grad_clip: self.grad_clip,
             seed: self.seed,
-            eval_every: self.eval_every,
+            eval_every: self.eval_every.unwrap_or((steps / 10).max(1)),
             eval_batches: self.eval_batches,
         };
         cfg.model.dk_bias = dk_bias_from_prior(self.dk_prior, vocab)?;
@@ -397,7 +416,13 @@ fn run_train(a: TrainArgs) -> Result<()> {
         Device::Cuda => TrainDevice::Cuda,
     };
     let objective = objective(&a)?;
-    check_params(std::slice::from_ref(&objective), &a.run)?;
+    check_params(std::slice::from_ref(&objective), &a.run, 4000)?;
+    if let Some(p) = &a.save {
+        cyb::atomic_file::check_writable_file(p)?;
+    }
+    if let Some(dir) = &a.out {
+        cyb::atomic_file::check_writable_dir(dir)?;
+    }
     let init = match &a.load {
         Some(p) => Some(checkpoint::load(p)?),
         None => None,
@@ -407,6 +432,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
+    limits::check_train(&cfg)?;
     let m = &cfg.model;
     eprintln!(
         "training {} on {} | d={} L={} H={} T={} K={} | {} steps x {} x {}",
@@ -475,7 +501,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     require_cpu(a.device)?;
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
-    check_params(&arms, &a.run)?;
+    check_params(&arms, &a.run, 2000)?;
+    limits::experiment_pauses(a.run.pauses)?;
+    cyb::atomic_file::check_writable_dir(&a.out)?;
     let [ap, va, dp] = arms;
     let data = a.data.source(a.run.ctx)?;
     let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
@@ -493,22 +521,41 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         eprintln!("[{}/{n}] {label}", i + 1)
     })?;
     let report = render_report(&res, &command.join(" "));
-    write_outputs(
-        &a.out,
-        &[
-            ("report.md", &report),
-            ("curves.csv", &curves_csv(&res)),
-            ("ratios.csv", &ratios_csv(&res)),
-        ],
-    )?;
-    plot_experiment(&a.out, &res)?;
+    // The report first, then every file that can be written (a failed one does not
+    // stop the others); the first failure is the error.
     println!("{report}");
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    let written = [
+        write_outputs(
+            &a.out,
+            &[
+                ("report.md", &report),
+                ("curves.csv", &curves_csv(&res)),
+                ("ratios.csv", &ratios_csv(&res)),
+            ],
+        ),
+        plot_experiment(&a.out, &res),
+    ];
+    let failed: Vec<_> = written.into_iter().filter_map(|r| r.err()).collect();
+    for e in failed.iter().skip(1) {
+        eprintln!("error: {e}");
+    }
+    match failed.into_iter().next() {
+        Some(e) => Err(e),
+        None => {
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+    }
 }
 
 fn run_eval(a: EvalArgs) -> Result<()> {
     require_cpu(a.device)?;
+    limits::at_least_one("--eval-batches", a.eval_batches)?;
+    limits::at_least_one("--batch", a.batch)?;
+    limits::threshold(a.threshold)?;
+    if let Some(c) = a.ctx {
+        limits::at_least_one("--ctx", c)?;
+    }
     let model = checkpoint::load(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
@@ -543,18 +590,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Superscript digits for the pause count after a token in a terminal.
-fn superscript(n: usize) -> String {
-    const SUP: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
-    n.to_string()
-        .chars()
-        .map(|c| SUP[c.to_digit(10).unwrap_or(0) as usize])
-        .collect()
-}
-
 fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
+    limits::threshold(a.threshold)?;
     let model = checkpoint::load(&a.load)?;
     let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
         Box::new(cyb::data::Bytes)
@@ -585,7 +624,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     // Every step's p(DK) is evaluated so that each token can show E[pauses]; in
     // private mode that costs the remaining pause steps (shared mode runs them anyway).
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
-    let out = dec.generate(&prompt, a.max_new)?;
+    let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
+    let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
+    let pieces = generated_text::pieces(
+        &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
+        model.config.vocab == 256,
+        |t| vocab.token_text(t),
+    );
     let n_out = out.len().max(1) as f64;
     let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
     let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
@@ -607,6 +652,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             .collect();
         let doc = serde_json::json!({
             "prompt": a.prompt,
+            "text": generated_text::plain_text(&pieces),
             "pauses_max": pauses,
             "pause_attention": mode.name(),
             "mean_pauses": mean,
@@ -621,15 +667,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if model.config.vocab != 256 {
         text.push(' ');
     }
-    for e in &out {
-        let piece = vocab.token_text(e.token);
-        match (tty, e.pauses) {
-            (_, 0) => text.push_str(&piece),
-            // In a terminal: the token in yellow with its pause count as a superscript.
-            (true, n) => text.push_str(&format!("\x1b[33m{piece}{}\x1b[0m", superscript(n))),
-            (false, n) => text.push_str(&format!("{piece}{{{n}}}")),
-        }
-    }
+    let marks = if tty { Marks::Tty } else { Marks::Plain };
+    text.push_str(&generated_text::render(&pieces, marks));
     println!("{text}");
     // Per token: its readout step S and E[pauses] under the model's halting distribution.
     let steps: Vec<String> = out

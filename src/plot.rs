@@ -82,7 +82,7 @@ pub fn plot_curves(
         .draw()
         .map_err(|e| plot_err(path, e))?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = colour(i);
         if !s.band.is_empty() {
             let mut poly: Vec<(f64, f64)> = s.band.iter().map(|&(x, _, hi)| (x, hi)).collect();
             poly.extend(s.band.iter().rev().map(|&(x, lo, _)| (x, lo)));
@@ -122,89 +122,119 @@ pub fn plot_pauses(path: &Path, summary: &EvalSummary) -> Result<()> {
     let (left, right) = root.split_horizontally(420);
 
     let total = summary.histogram.iter().sum::<usize>().max(1) as f64;
-    let kmax = summary.histogram.len();
-    let mut chart = ChartBuilder::on(&left)
-        .caption("pauses taken (greedy policy)", (FONT, 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(50)
-        .build_cartesian_2d((0..kmax).into_segmented(), 0.0..1.0f64)
-        .map_err(|e| plot_err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc("pauses")
-        .y_desc("fraction of tokens")
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
-    chart
-        .draw_series(
-            Histogram::vertical(&chart)
-                .style(BLUE.mix(0.6).filled())
-                .margin(6)
-                .data(
-                    summary
-                        .histogram
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &n)| (k, n as f64 / total)),
-                ),
-        )
-        .map_err(|e| plot_err(path, e))?;
-
-    let classes: Vec<_> = summary
+    let steps: Vec<String> = (0..summary.histogram.len())
+        .map(|k| k.to_string())
+        .collect();
+    let fractions: Vec<f64> = summary
+        .histogram
+        .iter()
+        .map(|&n| n as f64 / total)
+        .collect();
+    bar_panel(
+        &left,
+        path,
+        [
+            "pauses taken (greedy policy)",
+            "pauses",
+            "fraction of tokens",
+        ],
+        &steps,
+        &fractions,
+        1.0,
+        BLUE.mix(0.6),
+    )?;
+    let (names, means): (Vec<String>, Vec<f64>) = summary
         .by_class
         .iter()
         .filter(|(_, g)| g.count > 0)
-        .collect();
-    let ymax = (summary.pauses_max as f64).max(0.5);
-    let mut chart = ChartBuilder::on(&right)
-        .caption("mean pauses by target class", (FONT, 18))
+        .map(|(n, g)| (n.clone(), g.mean_pauses))
+        .unzip();
+    bar_panel(
+        &right,
+        path,
+        ["mean pauses by target class", "target class", "mean pauses"],
+        &names,
+        &means,
+        (summary.pauses_max as f64).max(0.5),
+        RED.mix(0.6),
+    )?;
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// The x-axis label of slot `i` of a bar chart: `names[i]` at the slot's centre
+/// `i + 0.5`, nothing at the other tick marks.
+fn centre_label(names: &[String], x: f64) -> String {
+    let i = x.floor() as usize;
+    if (x - i as f64 - 0.5).abs() < 0.01 {
+        names.get(i).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// One panel of bars, `values[i]` above `names[i]`: one slot per bar (no empty slot at
+/// either end), a title and both axes described (`text` = title, x and y description).
+fn bar_panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    path: &Path,
+    text: [&str; 3],
+    names: &[String],
+    values: &[f64],
+    ymax: f64,
+    colour: RGBAColor,
+) -> Result<()> {
+    let n = names.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(text[0], (FONT, 18))
         .margin(12)
-        .x_label_area_size(36)
+        .x_label_area_size(44)
         .y_label_area_size(50)
-        .build_cartesian_2d((0..classes.len()).into_segmented(), 0.0..ymax)
+        .build_cartesian_2d(0.0..n, 0.0..ymax)
         .map_err(|e| plot_err(path, e))?;
-    let names: Vec<String> = classes.iter().map(|(n, _)| n.clone()).collect();
     chart
         .configure_mesh()
-        .x_labels(classes.len().max(1))
-        .x_label_formatter(&|seg| match seg {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .y_desc("pauses")
+        .disable_x_mesh()
+        .x_labels(names.len() * 2 + 1)
+        .x_label_formatter(&|x| centre_label(names, *x))
+        .x_desc(text[1])
+        .y_desc(text[2])
         .label_style((FONT, 13))
         .draw()
         .map_err(|e| plot_err(path, e))?;
     chart
         .draw_series(
-            Histogram::vertical(&chart)
-                .style(RED.mix(0.6).filled())
-                .margin(6)
-                .data(
-                    classes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (_, g))| (i, g.mean_pauses)),
-                ),
+            values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(i, &v)| {
+                    let x0 = i as f64 + 0.1;
+                    Rectangle::new([(x0, 0.0), (x0 + 0.8, v)], colour.filled())
+                }),
         )
         .map_err(|e| plot_err(path, e))?;
-    root.present().map_err(|e| plot_err(path, e))
+    Ok(())
 }
 
-/// Grouped bars: for each class on the x axis, one bar per group (e.g. per variant).
+/// The colour of series or group `i` in every plot (a variant keeps its colour across
+/// figures when callers pass its index).
+pub fn colour(i: usize) -> RGBAColor {
+    Palette99::pick(i).to_rgba()
+}
+
+/// Grouped bars: for each class on the x axis, one bar per group (e.g. per variant),
+/// each group `(label, colour index, values)` in [`colour`]`(colour index)`.
 pub fn plot_grouped_bars(
     path: &Path,
     title: &str,
     y_label: &str,
     classes: &[String],
-    groups: &[(String, Vec<f64>)],
+    groups: &[(String, usize, Vec<f64>)],
 ) -> Result<()> {
     register_font();
     let ymax = groups
         .iter()
-        .flat_map(|(_, v)| v.iter().copied())
+        .flat_map(|(_, _, v)| v.iter().copied())
         .filter(|x| x.is_finite())
         .fold(0.0f64, f64::max)
         .max(0.1)
@@ -219,26 +249,19 @@ pub fn plot_grouped_bars(
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..n, 0.0..ymax)
         .map_err(|e| plot_err(path, e))?;
-    let names = classes.to_vec();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(classes.len() * 2 + 1)
-        .x_label_formatter(&move |x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.01 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| centre_label(classes, *x))
+        .x_desc("target class")
         .y_desc(y_label)
         .label_style((FONT, 13))
         .draw()
         .map_err(|e| plot_err(path, e))?;
     let width = 0.8 / groups.len().max(1) as f64;
-    for (gi, (label, values)) in groups.iter().enumerate() {
-        let color = Palette99::pick(gi).to_rgba();
+    for (gi, (label, colour_index, values)) in groups.iter().enumerate() {
+        let color = colour(*colour_index);
         chart
             .draw_series(
                 values

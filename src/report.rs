@@ -49,28 +49,52 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
         "\n## Validation ({} positions, greedy policy: DK when p(DK) > 0.5)\n",
         o.count
     );
-    let _ = writeln!(s, "| metric | value |\n|---|---:|");
-    let _ = writeln!(s, "| marginal NLL (nats/token) | {:.4} |", o.nll);
+    let uniform = (data.vocab() as f64).ln();
+    let rows = [
+        (
+            "marginal NLL (nats/token)",
+            format!("{:.4}", o.nll),
+            format!(
+                "-log sum_k h_k p(y given an answer at k): the model's own mix of answer steps, the \
+                 training and perplexity measure (a uniform guess scores ln V = {uniform:.4})"
+            ),
+        ),
+        (
+            "forced-final NLL (step K)",
+            format!("{:.4}", summary.nll_final),
+            "-log p(y given an answer at step K): always answer after every pause. A model that \
+             learned to stop early trains step K little, so this can exceed ln V"
+                .to_string(),
+        ),
+        (
+            "accuracy, greedy policy",
+            format!("{:.4}", o.accuracy),
+            "argmax answer at the first step with p(DK) <= 0.5 (step K at the latest)".into(),
+        ),
+        (
+            "accuracy answering at step 0",
+            format!("{:.4}", o.accuracy_at_0),
+            "argmax answer without any pause: what the pauses add is the difference".into(),
+        ),
+        (
+            "mean pauses per token (greedy)",
+            format!("{:.3}", o.mean_pauses),
+            "pauses the greedy policy took, averaged over positions".into(),
+        ),
+        (
+            "mean E[pauses] (halting distribution)",
+            format!("{:.3}", o.mean_expected_pauses),
+            "sum_k k h_k: the pauses the model expects to take, averaged over positions".into(),
+        ),
+    ];
+    let _ = writeln!(s, "| metric | value | what it is |\n|---|---:|---|");
+    for (name, value, meaning) in rows {
+        let _ = writeln!(s, "| {name} | {value} | {meaning} |");
+    }
     let _ = writeln!(
         s,
-        "| forced-final NLL (step K) | {:.4} |",
-        summary.nll_final
-    );
-    let _ = writeln!(s, "| accuracy, greedy policy | {:.4} |", o.accuracy);
-    let _ = writeln!(
-        s,
-        "| accuracy answering at step 0 | {:.4} |",
-        o.accuracy_at_0
-    );
-    let _ = writeln!(
-        s,
-        "| mean pauses per token (greedy) | {:.3} |",
-        o.mean_pauses
-    );
-    let _ = writeln!(
-        s,
-        "| mean E[pauses] (halting distribution) | {:.3} |",
-        o.mean_expected_pauses
+        "\nIn the tables below: acc = greedy accuracy, acc@0 = accuracy at step 0, pauses = \
+         mean greedy pauses, var = their variance, E[pau] = mean E[pauses], NLL = marginal NLL."
     );
 
     let _ = writeln!(s, "\n## Pauses taken (greedy)\n\n```");

@@ -135,6 +135,7 @@ pub fn train_on(
     device: TrainDevice,
 ) -> Result<TrainOutcome> {
     cfg.model.validate()?;
+    crate::limits::check_train(cfg)?;
     if data.vocab() != cfg.model.vocab {
         return Err(CybError::Data(format!(
             "data has vocabulary {} but the model has {}",
@@ -366,6 +367,7 @@ fn run_loop<S: Stepper>(
         ProgressBar::hidden()
     };
     let tokens_per_step = cfg.batch * cfg.seq;
+    let mut lines = ProgressLines::new(show_progress, cfg.steps);
     let mut history = Vec::with_capacity(cfg.steps);
     let mut curve = Vec::new();
     let start = Instant::now();
@@ -410,12 +412,17 @@ fn run_loop<S: Stepper>(
             });
         }
         let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
+        let tok_s = (step + 1) as f64 * tokens_per_step as f64 / secs;
         bar.set_message(format!(
-            "loss {:.4}  pauses {:.2}  {:.0} tok/s",
+            "loss {loss:.4}  pauses {mean_pauses:.2}  {tok_s:.0} tok/s"
+        ));
+        lines.step(
+            step + 1,
             loss,
             mean_pauses,
-            (step + 1) as f64 * tokens_per_step as f64 / secs
-        ));
+            tok_s,
+            start.elapsed().as_secs_f64(),
+        );
         bar.inc(1);
     }
     bar.finish();
@@ -428,6 +435,58 @@ fn run_loop<S: Stepper>(
         tokens_per_sec: (cfg.steps * tokens_per_step) as f64 / train_secs,
         seconds,
     })
+}
+
+/// Without a terminal (a log file, CI) the progress bar is hidden: a plain progress
+/// line goes to stderr instead, every `$CYB_PROGRESS_SECS` seconds (default 10) and at
+/// the last step.
+struct ProgressLines {
+    on: bool,
+    every: f64,
+    next: f64,
+    steps: usize,
+}
+
+impl ProgressLines {
+    fn new(show_progress: bool, steps: usize) -> Self {
+        use std::io::IsTerminal;
+        let every = std::env::var("CYB_PROGRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| *v >= 0.0)
+            .unwrap_or(10.0);
+        ProgressLines {
+            on: show_progress && !std::io::stderr().is_terminal(),
+            every,
+            next: every,
+            steps,
+        }
+    }
+
+    fn step(&mut self, done: usize, loss: f64, pauses: f64, tok_s: f64, elapsed: f64) {
+        if !self.on || (elapsed < self.next && done < self.steps) {
+            return;
+        }
+        self.next = elapsed + self.every;
+        let eta = elapsed / done as f64 * (self.steps - done) as f64;
+        eprintln!(
+            "step {done}/{}  loss {loss:.4}  pauses {pauses:.2}  {tok_s:.0} tok/s  \
+             elapsed {}  ETA {}",
+            self.steps,
+            clock(elapsed),
+            clock(eta)
+        );
+    }
+}
+
+/// Seconds as `1h02m03s`, `2m03s` or `3s`.
+fn clock(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
 }
 
 /// How to evaluate: which validation batches, how many pauses, which DK threshold.
@@ -449,6 +508,7 @@ pub fn validation_outcomes(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<Vec<PositionOutcome>> {
+    crate::limits::check_eval(&model.config, cfg)?;
     let mut rng = validation_rng(cfg.seed);
     let shape = LossShape {
         batch: cfg.batch,

@@ -1,4 +1,4 @@
-//! The CPU model against the independent SPEC vectors (`model_case`), f64 finite
+//! The CPU model against the independent SPEC v2 vectors (`model_case_private`), f64 finite
 //! differences for every parameter tensor and objective, the pause mask against a
 //! brute-force masked softmax, position independence, and determinism.
 

@@ -1,42 +1,16 @@
 //! The training loop: seeded determinism, learning, checkpoint round trip of a trained
 //! model, and the experiment's numbers coming from its runs.
 
-use cyb::config::ModelConfig;
+mod common;
+
+use common::tiny_train as tiny;
 use cyb::data::ModSum;
 use cyb::experiment::{
     curves_csv, default_variants, efficiency_ratio, ratios_csv, render_report, run_experiment,
     tokens_to_reach, ExperimentConfig,
 };
-use cyb::train::{train, TrainConfig};
+use cyb::train::train;
 use cyb::Objective;
-
-fn tiny(objective: Objective, pauses: usize, steps: usize) -> TrainConfig {
-    TrainConfig {
-        model: ModelConfig {
-            vocab: 10,
-            d_model: 16,
-            n_layer: 1,
-            n_head: 2,
-            t_max: 16,
-            k_max: pauses,
-            pause_attention: cyb::config::PauseAttention::Private,
-            dk_bias: 0.0,
-        },
-        objective,
-        pauses,
-        steps,
-        batch: 4,
-        seq: 16,
-        lr: 3e-3,
-        min_lr_ratio: 0.1,
-        warmup: 2,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        seed: 9,
-        eval_every: 4,
-        eval_batches: 2,
-    }
-}
 
 #[test]
 fn training_twice_with_one_seed_gives_the_same_numbers() {
@@ -152,6 +126,20 @@ fn experiment_report_numbers_come_from_the_runs() {
         );
     }
     assert!(report.contains("cyb experiment --test"));
+    assert!(report.contains("mean ± std over seeds") && report.contains("higher = CYB better"));
+    // One seed has no spread: no "± 0" anywhere.
+    let one = ExperimentConfig {
+        seeds: vec![1],
+        ..cfg.clone()
+    };
+    let single = render_report(
+        &run_experiment(&one, &ModSum::default(), false, |_, _, _| {}).unwrap(),
+        "one seed",
+    );
+    assert!(
+        single.contains("one seed") && !single.contains("± 0"),
+        "{single}"
+    );
     let dir = std::env::temp_dir().join(format!("cyb-exp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     cyb::experiment::plot_experiment(&dir, &res).unwrap();

@@ -1,5 +1,5 @@
 //! The CPU reference: plain functions that read like SPEC.md, checked by f64
-//! finite differences and by the independent test vectors in `shared/testdata`.
+//! finite differences and by the independent test vectors in `testdata/v2`.
 //!
 //! One concern per file: [`embedding`], [`layernorm`], [`attention`], [`gelu`],
 //! [`linear`] (the ops, forward and backward), [`params`] and [`model`] (the model of

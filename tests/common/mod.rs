@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-/// The folder with SPEC test vectors: `$CYB_TESTDATA`, else `../shared/testdata`
-/// next to the crate. A missing folder is a test failure, never a silent pass.
+/// The folder with the SPEC test vectors: `$CYB_TESTDATA`, else the repository's own
+/// copy `testdata/` (its `v2/` is copied from `../shared/testdata/v2` by
+/// `scripts/sync_testdata.sh`; tests/testdata.rs fails when the two differ). A missing
+/// file is a test failure, never a silent pass.
 pub fn testdata_dir() -> PathBuf {
     if let Ok(p) = std::env::var("CYB_TESTDATA") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
 
 /// The five objectives of SPEC section 4 with their default parameters.
@@ -30,11 +32,7 @@ pub fn v2_dir() -> PathBuf {
 
 /// The SPEC v2 vectors, `v2/vectors.json` (see its README.md).
 pub fn vectors_v2() -> serde_json::Value {
-    read_vectors("v2/vectors.json")
-}
-
-fn read_vectors(name: &str) -> serde_json::Value {
-    let path = testdata_dir().join(name);
+    let path = testdata_dir().join("v2/vectors.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e} (set CYB_TESTDATA)", path.display()));
     serde_json::from_str(&text).expect("vectors.json parses")
@@ -177,4 +175,38 @@ pub fn test_gpu(binary: &str) -> Option<Result<std::sync::Arc<cyb::gpu::GpuConte
         return None;
     }
     Some(cyb::gpu::GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}")))
+}
+
+/// A training run small enough for a test: V = 10 (modsum), d 16, one layer, T 16,
+/// batch 4, evaluation every 4 steps on 2 batches.
+pub fn tiny_train(
+    objective: cyb::Objective,
+    pauses: usize,
+    steps: usize,
+) -> cyb::train::TrainConfig {
+    cyb::train::TrainConfig {
+        model: cyb::ModelConfig {
+            vocab: 10,
+            d_model: 16,
+            n_layer: 1,
+            n_head: 2,
+            t_max: 16,
+            k_max: pauses,
+            pause_attention: cyb::config::PauseAttention::Private,
+            dk_bias: 0.0,
+        },
+        objective,
+        pauses,
+        steps,
+        batch: 4,
+        seq: 16,
+        lr: 3e-3,
+        min_lr_ratio: 0.1,
+        warmup: 2,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        seed: 9,
+        eval_every: 4,
+        eval_batches: 2,
+    }
 }

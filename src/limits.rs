@@ -1,0 +1,259 @@
+//! Checks of a run's settings before any work: every number in its range, and the
+//! memory the run's shape needs against what the machine has, so that nonsense
+//! settings fail with one clear line instead of a plausible report, a capacity
+//! overflow or an allocation abort.
+//!
+//! The CLI calls these before it reads data or builds a model; [`crate::train::train_on`],
+//! [`crate::train::evaluate`] and [`crate::experiment::run_experiment`] call them too,
+//! so the library API refuses the same settings.
+
+use crate::config::{ModelConfig, PauseAttention};
+use crate::error::{CybError, Result};
+use crate::metrics::PositionOutcome;
+use crate::train::{EvalConfig, EvalPoint, StepLog, TrainConfig};
+
+fn bad(msg: String) -> CybError {
+    CybError::Param(msg)
+}
+
+/// `x` is finite and `> 0`.
+pub fn positive(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} = {x}: must be a finite number > 0")))
+    }
+}
+
+/// `x` is finite and `>= 0`.
+pub fn non_negative(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} = {x}: must be a finite number >= 0")))
+    }
+}
+
+/// A count that must be at least 1.
+pub fn at_least_one(name: &str, n: usize) -> Result<()> {
+    if n >= 1 {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} = 0: must be at least 1")))
+    }
+}
+
+/// The greedy policy's DK threshold: a number in [0, 1].
+pub fn threshold(x: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&x) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "--threshold = {x}: must be a probability in [0, 1]"
+        )))
+    }
+}
+
+/// The optimiser and schedule of a training run: `--lr` finite and `> 0`,
+/// `--weight-decay` finite and `>= 0`, `--grad-clip` finite and `> 0`, `--steps`,
+/// `--batch`, `--ctx` and `--eval-batches` at least 1. Shape-independent, so the CLI
+/// checks it before reading any data.
+#[allow(clippy::too_many_arguments)]
+pub fn check_schedule(
+    lr: f32,
+    weight_decay: f32,
+    grad_clip: f32,
+    steps: usize,
+    batch: usize,
+    seq: usize,
+    eval_batches: usize,
+) -> Result<()> {
+    positive("--lr", lr as f64)?;
+    non_negative("--weight-decay", weight_decay as f64)?;
+    positive("--grad-clip", grad_clip as f64)?;
+    at_least_one("--steps", steps)?;
+    at_least_one("--batch", batch)?;
+    at_least_one("--ctx", seq)?;
+    at_least_one("--eval-batches", eval_batches)
+}
+
+/// `--eval-every` of the CLI: at most `--steps` (0 = only at the end); a larger value
+/// would silently give a curve of one point. (The library takes any value.)
+pub fn eval_every(eval_every: usize, steps: usize) -> Result<()> {
+    if eval_every > steps {
+        return Err(bad(format!(
+            "--eval-every = {eval_every} is more than --steps = {steps} (0 = evaluate only at the end)"
+        )));
+    }
+    Ok(())
+}
+
+/// Every number of `cfg` in range ([`check_schedule`], the learning-rate floor, the
+/// objective's parameters for `K = pauses`) and its memory estimate within what the
+/// machine has ([`train_bytes`], [`check_memory`]).
+pub fn check_train(cfg: &TrainConfig) -> Result<()> {
+    check_schedule(
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.grad_clip,
+        cfg.steps,
+        cfg.batch,
+        cfg.seq,
+        cfg.eval_batches,
+    )?;
+    if !(0.0..=1.0).contains(&cfg.min_lr_ratio) {
+        return Err(bad(format!(
+            "min_lr_ratio = {}: must be in [0, 1]",
+            cfg.min_lr_ratio
+        )));
+    }
+    cfg.objective
+        .resolve(cfg.pauses)
+        .map_err(|e| bad(format!("--objective {}: {e}", cfg.objective.name())))?;
+    check_memory("this training run", train_bytes(cfg))
+}
+
+/// The numbers of an evaluation and its memory estimate.
+pub fn check_eval(model: &ModelConfig, cfg: &EvalConfig) -> Result<()> {
+    at_least_one("--eval-batches", cfg.batches)?;
+    at_least_one("--batch", cfg.batch)?;
+    at_least_one("--ctx", cfg.seq)?;
+    threshold(cfg.threshold)?;
+    check_memory("this evaluation", eval_bytes(model, cfg))
+}
+
+// Estimates are in f64 bytes: a product of huge sizes saturates to a huge number
+// instead of overflowing.
+const F32: f64 = 4.0;
+
+/// Parameters of a model of this shape (SPEC section 7 tensors).
+pub fn param_count(m: &ModelConfig) -> f64 {
+    let d = m.d_model as f64;
+    let per_block = 12.0 * d * d + 13.0 * d;
+    (m.vocab as f64 + 1.0) * d
+        + m.t_max as f64 * d
+        + (m.k_max as f64 + 1.0) * d
+        + m.n_layer as f64 * per_block
+        + 2.0 * d
+}
+
+/// Bytes of the activations one forward over `batch x seq` with `pauses` keeps (f32):
+/// per layer 16 values of width d and 6 scalars per step row plus the attention
+/// weights, then the residual stream, the final LayerNorm and the logits.
+pub fn forward_bytes(m: &ModelConfig, batch: usize, seq: usize, pauses: usize) -> f64 {
+    let (b, t, k1) = (batch as f64, seq as f64, pauses as f64 + 1.0);
+    let rows = b * k1 * t;
+    let d = m.d_model as f64;
+    let keys = match m.pause_attention {
+        PauseAttention::Private => t + pauses as f64,
+        PauseAttention::Shared => k1 * t,
+    };
+    let att = b * m.n_head as f64 * k1 * t * keys;
+    let per_layer = rows * (16.0 * d + 6.0) + att;
+    let rest = rows * (2.0 * d + 2.0) + rows * (m.vocab as f64 + 1.0);
+    F32 * (m.n_layer as f64 * per_layer + rest)
+}
+
+/// Estimated peak bytes of a training run: the weights with their gradients and
+/// AdamW moments, the forward's activations twice (the backward's buffers mirror
+/// them) plus the logit gradient, the log of every step and evaluation point, and one
+/// evaluation.
+pub fn train_bytes(cfg: &TrainConfig) -> f64 {
+    let m = &cfg.model;
+    let weights = 4.0 * F32 * param_count(m);
+    let rows = cfg.batch as f64 * (cfg.pauses as f64 + 1.0) * cfg.seq as f64;
+    let acts = 2.0 * forward_bytes(m, cfg.batch, cfg.seq, cfg.pauses)
+        + F32 * rows * (m.vocab as f64 + 1.0);
+    let evals = 1 + cfg.steps.checked_div(cfg.eval_every).unwrap_or(0);
+    let logs = cfg.steps as f64 * std::mem::size_of::<StepLog>() as f64
+        + evals as f64 * std::mem::size_of::<EvalPoint>() as f64;
+    weights + acts + logs + outcome_bytes(&cfg.eval_config())
+}
+
+fn outcome_bytes(cfg: &EvalConfig) -> f64 {
+    cfg.batches as f64
+        * cfg.batch as f64
+        * cfg.seq as f64
+        * std::mem::size_of::<PositionOutcome>() as f64
+}
+
+/// Estimated peak bytes of an evaluation: one forward and every position's outcome.
+pub fn eval_bytes(m: &ModelConfig, cfg: &EvalConfig) -> f64 {
+    F32 * param_count(m) + forward_bytes(m, cfg.batch, cfg.seq, cfg.pauses) + outcome_bytes(cfg)
+}
+
+/// Every number of an experiment's base run, its memory estimate with the outcomes
+/// it keeps of all `runs` runs, and at least one pause step to compare (`pauses`).
+pub fn check_experiment(base: &TrainConfig, pauses: usize, runs: usize) -> Result<()> {
+    experiment_pauses(pauses)?;
+    check_train(base)?;
+    check_memory(
+        "this experiment",
+        train_bytes(base) + runs as f64 * outcome_bytes(&base.eval_config()),
+    )
+}
+
+/// An experiment compares pause variants with the no-pause baseline: `K >= 1`.
+pub fn experiment_pauses(pauses: usize) -> Result<()> {
+    if pauses == 0 {
+        return Err(bad(
+            "--pauses = 0: the experiment compares pause variants with the no-pause \
+             baseline, so it needs K >= 1 (use `cyb train --pauses 0` for a plain GPT)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The memory a run may use: `$CYB_MEMORY_LIMIT` (bytes) if set, else the machine's
+/// available memory (`MemAvailable` of /proc/meminfo, or less where the process's
+/// cgroup allows less: `memory.max - memory.current`); `None` where neither is known.
+pub fn memory_limit() -> Option<f64> {
+    if let Ok(v) = std::env::var("CYB_MEMORY_LIMIT") {
+        if let Ok(n) = v.trim().parse::<f64>() {
+            return Some(n);
+        }
+    }
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let available = read("/proc/meminfo").and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024.0)
+    });
+    let number = |p: &str| read(p).and_then(|v| v.trim().parse::<f64>().ok());
+    let cgroup = number("/sys/fs/cgroup/memory.max")
+        .map(|max| (max - number("/sys/fs/cgroup/memory.current").unwrap_or(0.0)).max(0.0));
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// Bytes as B, KiB, MiB, GiB, TiB or in powers of ten beyond.
+pub fn human_bytes(x: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = x;
+    for u in UNITS {
+        if v < 1024.0 {
+            return format!("{v:.1} {u}");
+        }
+        v /= 1024.0;
+    }
+    format!("{x:.1e} B")
+}
+
+/// Refuses `need` bytes when it exceeds [`memory_limit`]; where the limit is unknown
+/// only sizes no machine has (over 2^60 bytes) are refused.
+pub fn check_memory(what: &str, need: f64) -> Result<()> {
+    let limit = memory_limit().unwrap_or(2f64.powi(60));
+    if need.is_finite() && need <= limit {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "{what} needs about {} of memory, more than the {} available (the estimate grows \
+         with --ctx, --pauses, --batch, --d-model, --layers, the vocabulary and --steps; \
+         make them smaller, or set CYB_MEMORY_LIMIT in bytes to override the limit)",
+        human_bytes(need),
+        human_bytes(limit)
+    )))
+}
