@@ -3,5 +3,5 @@
 # kernel source with the host shim in shim/ and compares with a naive f64 reference.
 set -euo pipefail
 cd "$(dirname "$0")"
-g++ -std=c++20 -O2 -pthread -I shim -I ../../kernels attention_emu.cpp -o /tmp/cyb_attention_emu
+g++ -std=c++20 -O2 -pthread -I shim_threads -I ../../kernels attention_emu.cpp -o /tmp/cyb_attention_emu
 /tmp/cyb_attention_emu
