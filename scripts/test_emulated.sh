@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every GPU test binary (tests/gpu_*.rs, feature `cuda`) against the CPU emulator
+# of the CUDA driver and cuBLAS (scripts/build_emu.sh), so that the GPU tests run for
+# real on machines without a GPU. Benches never run here.
+#
+#   bash scripts/test_emulated.sh        plain build: UBSan alignment/bounds checks,
+#                                        deadlocks, launch limits
+#   bash scripts/test_emulated.sh asan   the same under AddressSanitizer (out-of-bounds
+#                                        device and shared memory accesses)
+#
+# An emulated pass checks indexing, masks, launch configuration, argument order,
+# synchronisation, memory safety and the math; not timing, the hardware's own numerics
+# (FMA contraction, its exp/tanh, tensor-core rounding) or its scheduling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-plain}
+bash scripts/build_emu.sh "$MODE"
+case "$MODE" in
+  plain) EMU=$PWD/target/emu ;;
+  asan) EMU=$PWD/target/emu-asan ;;
+esac
+tests=()
+for f in tests/gpu_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
+# The emulator's own tests: kernels broken on purpose must fail with the right error.
+bash scripts/host_emu/selftest/run.sh "$MODE"
+# cargo builds without the emulator; only the test executables see it (a runner).
+export CYB_EMU_LIB="$EMU" CYB_EMU_MODE="$MODE"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/host_emu/runner.sh"
+echo "test_emulated: ${tests[*]} against $EMU ($MODE)"
+cargo test --release --features cuda "${tests[@]}"
