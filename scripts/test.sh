@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, and every test, without and
 # with feature `cuda` (the kernels must compile everywhere; GPU tests report as
-# ignored on machines without a CUDA device).
+# ignored on machines without a CUDA device, and run on the GPU where there is one),
+# then every GPU test again on the CPU emulator of the CUDA driver
+# (scripts/test_emulated.sh; CYB_EMU_MODE=plain|asan|skip, default asan where possible).
 #
 # clippy runs with every lint; the CPU reference allows `needless_range_loop` in
 # src/cpu only (its loops index like the SPEC formulas on purpose).
@@ -18,3 +20,4 @@ cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --release
 cargo test --release --features cuda
+[[ "${CYB_EMU_MODE:-auto}" == skip ]] || bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"

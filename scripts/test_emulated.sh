@@ -3,17 +3,22 @@
 # of the CUDA driver and cuBLAS (scripts/build_emu.sh), so that the GPU tests run for
 # real on machines without a GPU. Benches never run here.
 #
-#   bash scripts/test_emulated.sh        plain build: UBSan alignment/bounds checks,
-#                                        deadlocks, launch limits
+#   bash scripts/test_emulated.sh plain  UBSan alignment/bounds checks, deadlocks, launch
+#                                        limits
 #   bash scripts/test_emulated.sh asan   the same under AddressSanitizer (out-of-bounds
 #                                        device and shared memory accesses)
+#   bash scripts/test_emulated.sh        asan where gcc has libasan, else plain
 #
 # An emulated pass checks indexing, masks, launch configuration, argument order,
 # synchronisation, memory safety and the math; not timing, the hardware's own numerics
 # (FMA contraction, its exp/tanh, tensor-core rounding) or its scheduling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:-plain}
+MODE=${1:-auto}
+if [[ "$MODE" == auto ]]; then
+  MODE=plain
+  [[ -f "$(gcc -print-file-name=libasan.so)" ]] && MODE=asan
+fi
 bash scripts/build_emu.sh "$MODE"
 case "$MODE" in
   plain) EMU=$PWD/target/emu ;;

@@ -256,11 +256,17 @@ void install_signals() {
     static bool done = false;
     thread_local bool alt = false;
     if (!alt) {
-        static thread_local std::vector<char> altstack(1 << 16);
-        stack_t ss{};
-        ss.ss_sp = altstack.data();
-        ss.ss_size = altstack.size();
-        sigaltstack(&ss, nullptr);
+        // A stack overflow in a fiber needs an alternate signal stack. Keep one that is
+        // already there (AddressSanitizer installs its own, and unmaps it at thread
+        // exit); otherwise map one (mapped, so that whoever unmaps it may).
+        stack_t cur{};
+        sigaltstack(nullptr, &cur);
+        if (cur.ss_flags & SS_DISABLE) {
+            stack_t ss{};
+            ss.ss_size = 1 << 16;
+            ss.ss_sp = mmap(nullptr, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (ss.ss_sp != MAP_FAILED) sigaltstack(&ss, nullptr);
+        }
         alt = true;
     }
     if (done) return;
