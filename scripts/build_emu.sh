@@ -6,6 +6,8 @@
 #   bash scripts/build_emu.sh          -> target/emu/libcuda.so{,.1}, libcublas.so{,.13}
 #   bash scripts/build_emu.sh asan     -> target/emu-asan/ (AddressSanitizer build: run
 #                                         with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
+#   bash scripts/build_emu.sh race     -> target/emu-race/ (race checker: kernels built with
+#                                         -fsanitize=thread, runtime.cpp is its runtime)
 #
 # cudarc (feature dynamic-loading) finds them through LD_LIBRARY_PATH; see
 # scripts/test_emulated.sh. The kernel registry is generated from the `extern "C"`
@@ -17,7 +19,8 @@ MODE=${1:-plain}
 case "$MODE" in
   plain) OUT=target/emu; SAN="" ;;
   asan) OUT=target/emu-asan; SAN="-fsanitize=address -fno-omit-frame-pointer" ;;
-  *) echo "usage: $0 [plain|asan]" >&2; exit 2 ;;
+  race) OUT=target/emu-race; SAN="-DCYB_EMU_RACE=1" ;;
+  *) echo "usage: $0 [plain|asan|race]" >&2; exit 2 ;;
 esac
 CXX=${CXX:-g++}
 EMU=scripts/host_emu
@@ -27,6 +30,7 @@ mkdir -p "$OUT/obj"
 FLAGS=(-std=c++20 -O2 -g1 -fPIC -ffp-contract=off -fno-strict-aliasing -fvisibility=hidden $SAN)
 # Kernels additionally get UBSan's alignment and bounds checks (handled in runtime.cpp).
 KFLAGS=("${FLAGS[@]}" -fsanitize=alignment,bounds -I "$EMU/shim" -I kernels)
+[[ "$MODE" == race ]] && KFLAGS+=(-fsanitize=thread)
 DEPS=("$EMU/shim/cuda_bf16.h" "$EMU/emu_runtime.h" "$EMU/emu_registry.h" kernels/*.cuh "$0")
 
 newer() { # newer OUT INPUTS...: true when OUT is missing or older than an input
@@ -66,7 +70,7 @@ for src in runtime driver; do
   objs+=("$obj")
   newer "$obj" "$EMU/$src.cpp" "${DEPS[@]}" && $CXX "${FLAGS[@]}" -c "$EMU/$src.cpp" -o "$obj"
 done
-$CXX "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -o "$OUT/libcuda.so.1" "${objs[@]}" -pthread
+$CXX "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -o "$OUT/libcuda.so.1" "${objs[@]}" -pthread -ldl
 ln -sf libcuda.so.1 "$OUT/libcuda.so"
 newer "$OUT/libcublas.so.13" "$EMU/cublas.cpp" "$0" &&
   $CXX "${FLAGS[@]}" -shared -Wl,-soname,libcublas.so.13 -Wl,--no-undefined -o "$OUT/libcublas.so.13" "$EMU/cublas.cpp"

@@ -7,6 +7,8 @@
 #                                        limits
 #   bash scripts/test_emulated.sh asan   the same under AddressSanitizer (out-of-bounds
 #                                        device and shared memory accesses)
+#   bash scripts/test_emulated.sh race   the race checker (shared and device memory races
+#                                        between barriers within a block); slower
 #   bash scripts/test_emulated.sh        asan where gcc has libasan, else plain
 #
 # An emulated pass checks indexing, masks, launch configuration, argument order,
@@ -23,6 +25,8 @@ bash scripts/build_emu.sh "$MODE"
 case "$MODE" in
   plain) EMU=$PWD/target/emu ;;
   asan) EMU=$PWD/target/emu-asan ;;
+  race) EMU=$PWD/target/emu-race ;;
+  *) echo "usage: $0 [plain|asan|race]" >&2; exit 2 ;;
 esac
 tests=()
 for f in tests/gpu_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done

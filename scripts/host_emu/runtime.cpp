@@ -147,15 +147,25 @@ void init_fiber(EmuThread &t) {
     t.state = EMU_RUN;
 }
 
+// All fiber stacks in one reservation (so the race checker can tell a stack address
+// with one comparison), each with a guard page at its bottom.
+constexpr int kMaxFibers = 1024;
+char *g_stack_base = nullptr;
+
 void ensure_stacks(int n) {
-    while ((int)g_stacks.size() < n) {
-        void *p = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (!g_stack_base) {
+        void *p = mmap(nullptr, kStack * kMaxFibers, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
         if (p == MAP_FAILED) {
-            fprintf(stderr, "cyb emulator: cannot map a fiber stack\n");
+            fprintf(stderr, "cyb emulator: cannot map the fiber stacks\n");
             abort();
         }
-        mprotect(p, kGuard, PROT_NONE); // stack overflow faults
-        g_stacks.push_back(static_cast<char *>(p));
+        g_stack_base = static_cast<char *>(p);
+    }
+    while ((int)g_stacks.size() < n) {
+        char *st = g_stack_base + kStack * g_stacks.size();
+        mprotect(st, kGuard, PROT_NONE); // stack overflow faults
+        g_stacks.push_back(st);
     }
 }
 
@@ -194,6 +204,125 @@ std::string describe_waits() {
     return s;
 }
 
+} // namespace
+
+#ifdef CYB_EMU_RACE
+// ---- race checker (build_emu.sh race): the kernels are compiled with -fsanitize=thread
+// and these __tsan_* functions are its whole runtime. Every byte a kernel accesses (but
+// its own stack and the scheduler's lane slots) remembers, since the last __syncthreads,
+// its last writer and up to two readers, each with its warp's collective count; an
+// access by another thread that no barrier (or, within a warp, no warp collective)
+// separates from a conflicting one is a race: the launch fails naming both threads. ----
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <unordered_map>
+namespace {
+struct Access {
+    int writer = -1, reader = -1, reader2 = -1;
+    uint32_t wepoch = 0, repoch = 0, repoch2 = 0;
+};
+std::unordered_map<uintptr_t, Access> g_shadow;
+std::vector<uint32_t> g_wepoch;
+bool g_race_on = false;
+
+bool ordered(int a, uint32_t a_epoch, int b) {
+    if (a == b) return true;
+    if (g_threads[a].warp != g_threads[b].warp) return false;
+    return g_wepoch[g_threads[a].warp] != a_epoch;
+}
+
+std::string describe_addr(uintptr_t addr) {
+    Dl_info info{};
+    if (dladdr((void *)addr, &info) && !info.dli_sname) {
+        char buf[96];
+        snprintf(buf, sizeof buf, "static __shared__ memory at 0x%lx", (unsigned long)addr);
+        return buf;
+    }
+    if (info.dli_sname) {
+        int st = 0;
+        char *dm = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &st);
+        std::string name = st == 0 && dm ? dm : info.dli_sname;
+        free(dm);
+        char buf[64];
+        snprintf(buf, sizeof buf, " + %ld", (long)(addr - (uintptr_t)info.dli_saddr));
+        return "__shared__ " + name + buf;
+    }
+    char buf[64];
+    snprintf(buf, sizeof buf, "device memory 0x%lx", (unsigned long)addr);
+    return buf;
+}
+
+void race(uintptr_t addr, int other, const char *other_did, const char *did) {
+    const EmuThread &o = g_threads[other];
+    emu_fail(719, "data race on %s: thread (%u,%u,%u) %s it and this thread %s it with no barrier between",
+             describe_addr(addr).c_str(), o.tid.x, o.tid.y, o.tid.z, other_did, did);
+}
+
+inline bool tracked(uintptr_t a) {
+    if (!g_race_on || !emu_cur) return false;
+    if (a - (uintptr_t)g_stack_base < kStack * kMaxFibers) return false; // a fiber's own stack
+    if (!g_threads.empty() && a - (uintptr_t)g_threads.data() < g_threads.size() * sizeof(EmuThread)) return false;
+    return true;
+}
+
+void access(void *p, size_t n, bool write) {
+    const uintptr_t a0 = (uintptr_t)p;
+    if (!tracked(a0)) return;
+    const int me = emu_cur->lin;
+    const uint32_t ep = g_wepoch[emu_cur->warp];
+    for (uintptr_t a = a0; a < a0 + n; ++a) {
+        Access &x = g_shadow[a];
+        if (x.writer >= 0 && !ordered(x.writer, x.wepoch, me)) race(a, x.writer, "wrote", write ? "writes" : "reads");
+        if (write) {
+            if (x.reader >= 0 && !ordered(x.reader, x.repoch, me)) race(a, x.reader, "read", "writes");
+            if (x.reader2 >= 0 && !ordered(x.reader2, x.repoch2, me)) race(a, x.reader2, "read", "writes");
+            x.writer = me;
+            x.wepoch = ep;
+            x.reader = x.reader2 = -1;
+        } else if (x.reader != me) {
+            x.reader2 = x.reader;
+            x.repoch2 = x.repoch;
+            x.reader = me;
+            x.repoch = ep;
+        } else {
+            x.repoch = ep;
+        }
+    }
+}
+
+void race_epoch() { g_shadow.clear(); }
+} // namespace
+
+extern "C" {
+void __tsan_init() {}
+void __tsan_func_entry(void *) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void **, void *) {}
+void __tsan_vptr_read(void **) {}
+#define CYB_TSAN(n)                                                                   \
+    void __tsan_read##n(void *p) { access(p, n, false); }                             \
+    void __tsan_write##n(void *p) { access(p, n, true); }                             \
+    void __tsan_unaligned_read##n(void *p) { access(p, n, false); }                   \
+    void __tsan_unaligned_write##n(void *p) { access(p, n, true); }                   \
+    void __tsan_volatile_read##n(void *p) { access(p, n, false); }                    \
+    void __tsan_volatile_write##n(void *p) { access(p, n, true); }
+CYB_TSAN(1)
+CYB_TSAN(2)
+CYB_TSAN(4)
+CYB_TSAN(8)
+CYB_TSAN(16)
+void __tsan_read_range(void *p, unsigned long n) { access(p, n, false); }
+void __tsan_write_range(void *p, unsigned long n) { access(p, n, true); }
+}
+#define RACE_EPOCH() race_epoch()
+#define RACE_WARP(w) (g_wepoch[w]++)
+#else
+#define RACE_EPOCH() ((void)0)
+#define RACE_WARP(w) ((void)0)
+#endif
+
+namespace {
+
 // Runs the current block to the end; false on an error (g_fail_*).
 bool run_block() {
     for (;;) {
@@ -223,6 +352,7 @@ bool run_block() {
                 }
             }
             for (int i = 0; i < g_nthreads; ++i) g_threads[i].state = EMU_RUN;
+            RACE_EPOCH();
             continue;
         }
         char buf[160];
@@ -290,6 +420,7 @@ void asan_death() {
 
 } // namespace
 
+
 extern "C" void emu_syncthreads(const char *site) {
     emu_cur->state = EMU_BAR;
     emu_cur->site = site;
@@ -315,6 +446,7 @@ extern "C" void emu_warp_collective(int op, unsigned mask, EmuCombine combine, c
                          site);
         }
         combine(lanes, n);
+        RACE_WARP(w);
         g_warp_arrived[w] = 0;
         for (int i = 0; i < n; ++i) lanes[i]->state = EMU_RUN;
         return;
@@ -404,6 +536,10 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
     ensure_stacks(g_nthreads);
     g_threads.assign(g_nthreads, EmuThread{});
     g_warp_arrived.assign((g_nthreads + 31) / 32, 0);
+#ifdef CYB_EMU_RACE
+    g_wepoch.assign((g_nthreads + 31) / 32, 0);
+    g_race_on = getenv("CYB_EMU_RACE_OFF") == nullptr;
+#endif
     for (int i = 0; i < g_nthreads; ++i) {
         EmuThread &t = g_threads[i];
         t.lin = i;
@@ -427,6 +563,7 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
                         init_fiber(g_threads[i]);
                         g_threads[i].site = nullptr;
                     }
+                    RACE_EPOCH();
                     g_in_kernel = 1;
                     run_block();
                     g_in_kernel = 0;
