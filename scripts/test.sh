@@ -20,4 +20,11 @@ cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --release
 cargo test --release --features cuda
-[[ "${CYB_EMU_MODE:-auto}" == skip ]] || bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"
+if [[ "${CYB_EMU_MODE:-auto}" != skip ]]; then
+  bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"
+  # The race checker is ~20x slower than plain emulation: in every run on the attention
+  # kernels (the most shared memory and warp-level code); everything with
+  # `bash scripts/test_emulated.sh race` (README).
+  [[ "${CYB_EMU_MODE:-auto}" == race ]] ||
+    CYB_EMU_TESTS="${CYB_EMU_RACE_TESTS:-gpu_attention}" bash scripts/test_emulated.sh race
+fi

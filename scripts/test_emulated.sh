@@ -28,8 +28,13 @@ case "$MODE" in
   race) EMU=$PWD/target/emu-race ;;
   *) echo "usage: $0 [plain|asan|race]" >&2; exit 2 ;;
 esac
+# Every tests/gpu_*.rs, or those named in CYB_EMU_TESTS (e.g. "gpu_attention gpu_loss").
 tests=()
 for f in tests/gpu_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
+if [[ -n "${CYB_EMU_TESTS:-}" ]]; then
+  tests=()
+  for t in $CYB_EMU_TESTS; do tests+=(--test "$t"); done
+fi
 # The emulator's own tests: kernels broken on purpose must fail with the right error.
 bash scripts/host_emu/selftest/run.sh "$MODE"
 # cargo builds without the emulator; only the test executables see it (a runner).
