@@ -72,6 +72,20 @@ for src in runtime driver; do
 done
 $CXX "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -Wl,--no-undefined -o "$OUT/libcuda.so.1" "${objs[@]}" -pthread -ldl
 ln -sf libcuda.so.1 "$OUT/libcuda.so"
+# Where each static __shared__ variable of the kernels lies (function-local statics of
+# the kernel files, named as in the PTX), relative to `emu_cur`: the runtime fills the
+# launched kernel's shared memory with 0xff bytes before every block, as a GPU's starts
+# undefined (a read before the first write shows up as NaN or garbage, not as the
+# previous block's values).
+kernel_statics=$(for o in "$OUT"/obj/reg_*.o; do nm --defined-only "$o"; done | awk '$3 ~ /^_ZZ/ {print $3}' | sort -u)
+nm -S --defined-only "$OUT/libcuda.so.1" | awk -v names="$kernel_statics" '
+  BEGIN { n = split(names, a, "\n"); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+  $NF == "emu_cur" { ref = $1 }
+  NF == 4 && ($4 in want) { addr[$4] = $1; size[$4] = $2 }
+  END {
+    if (ref == "") { print "build_emu: no emu_cur symbol" > "/dev/stderr"; exit 1 }
+    for (k in addr) print k, addr[k], ref, size[k] # hex: symbol, emu_cur, size
+  }' >"$OUT/libcuda.so.1.shared"
 newer "$OUT/libcublas.so.13" "$EMU/cublas.cpp" "$0" &&
   $CXX "${FLAGS[@]}" -shared -Wl,-soname,libcublas.so.13 -Wl,--no-undefined -o "$OUT/libcublas.so.13" "$EMU/cublas.cpp"
 ln -sf libcublas.so.13 "$OUT/libcublas.so"

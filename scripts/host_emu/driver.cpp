@@ -51,7 +51,9 @@ enum {
     CUDA_ERROR_UNKNOWN = 999,
 };
 
-int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params, dim3u grid, dim3u block);
+int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params, dim3u grid, dim3u block,
+                     const std::vector<std::pair<void *, size_t>> &shared);
+void *cyb_emu_shared_lookup(const char *name, size_t *size);
 
 namespace {
 
@@ -72,6 +74,7 @@ struct Function {
     int static_shared = 0;
     int maxntid = 0;
     int max_dynamic_shared = 0;
+    std::vector<std::pair<void *, size_t>> shared_vars; // poisoned before every block
 };
 
 struct Module {
@@ -410,9 +413,19 @@ API cuModuleLoadData(void **mod, const void *image) {
             f->maxntid = a * (b > 0 ? b : 1) * (c > 0 ? c : 1);
         }
         int shared = 0;
-        for (const auto &d : decls)
-            if (mentions(body, d.name)) shared = (shared + d.align - 1) / d.align * d.align + d.size;
+        for (const auto &d : decls) {
+            if (!mentions(body, d.name)) continue;
+            shared = (shared + d.align - 1) / d.align * d.align + d.size;
+            size_t n = 0;
+            if (void *p = cyb_emu_shared_lookup(d.name.c_str(), &n)) {
+                if ((int)n != d.size)
+                    fprintf(stderr, "cyb emulator: __shared__ %s of %s: %d bytes in the PTX, %zu on the host\n",
+                            d.name.c_str(), name.c_str(), d.size, n);
+                f->shared_vars.push_back({p, n < (size_t)d.size ? n : (size_t)d.size});
+            }
+        }
         f->static_shared = shared;
+        if (getenv("CYB_EMU_DEBUG")) fprintf(stderr, "emu: %s static shared %d B, %zu vars poisoned\n", name.c_str(), shared, f->shared_vars.size());
         if (shared > kStaticShared) {
             delete m;
             return err(CUDA_ERROR_INVALID_PTX, "kernel %s uses %d bytes of static shared memory, more than %d",
@@ -490,7 +503,7 @@ API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     if (shmem > 0)
         return err(CUDA_ERROR_NOT_SUPPORTED, "launch of %s: dynamic shared memory is not emulated", n);
     if (!params && f->k->nparams > 0) return err(CUDA_ERROR_INVALID_VALUE, "launch of %s: no kernelParams", n);
-    return cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz});
+    return cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz}, f->shared_vars);
 }
 
 API cuGetErrorName(CUresult e, const char **s) {

@@ -515,8 +515,40 @@ void __ubsan_handle_out_of_bounds(OutOfBoundsData *d, uintptr_t i) { out_of_boun
 void __ubsan_handle_out_of_bounds_abort(OutOfBoundsData *d, uintptr_t i) { out_of_bounds(d, i); }
 }
 
+// The address and size of the kernels' static __shared__ variable `name` (mangled, as in
+// the PTX), from the table build_emu.sh writes next to the library; null if unknown.
+#include <dlfcn.h>
+#include <map>
+void *cyb_emu_shared_lookup(const char *name, size_t *size) {
+    static std::map<std::string, std::pair<void *, size_t>> table;
+    static bool loaded = false;
+    if (!loaded) {
+        loaded = true;
+        Dl_info info{};
+        if (dladdr((void *)&emu_cur, &info) && info.dli_fname) {
+            char real[4096];
+            const char *lib = realpath(info.dli_fname, real) ? real : info.dli_fname; // not the symlink
+            std::string path = std::string(lib) + ".shared";
+            if (FILE *f = fopen(path.c_str(), "r")) {
+                char sym[1024];
+                unsigned long long addr, ref, sz;
+                while (fscanf(f, "%1023s %llx %llx %llx", sym, &addr, &ref, &sz) == 4)
+                    table[sym] = {(char *)&emu_cur + (long long)(addr - ref), (size_t)sz};
+                fclose(f);
+            }
+        }
+    }
+    auto it = table.find(name);
+    if (it == table.end()) return nullptr;
+    *size = it->second.second;
+    return it->second.first;
+}
+
 // Runs a whole grid. Returns 0 or a CUDA error code, with the message on stderr.
-int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params, dim3u grid, dim3u block) {
+// `shared` lists the kernel's static __shared__ variables, filled with 0xff bytes
+// before every block (a GPU's shared memory starts undefined).
+int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params, dim3u grid, dim3u block,
+                     const std::vector<std::pair<void *, size_t>> &shared) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
     install_signals();
 #ifdef CYB_EMU_ASAN
@@ -559,6 +591,7 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
             for (unsigned y = 0; y < grid.y && !g_failed; ++y)
                 for (unsigned x = 0; x < grid.x && !g_failed; ++x) {
                     emu_blockIdx = {x, y, z};
+                    for (const auto &[p, n] : shared) memset(p, 0xff, n);
                     for (int i = 0; i < g_nthreads; ++i) {
                         init_fiber(g_threads[i]);
                         g_threads[i].site = nullptr;

@@ -3,7 +3,7 @@
 // crate's unmodified kernels/*.cu into the emulated driver (target/emu/libcuda.so).
 //
 // Every CUDA thread is a fiber of the block scheduler (runtime.cpp): thread and block
-// indices, `__shared__` (one copy, blocks run one after the other), `__syncthreads`,
+// indices, `__shared__` (one copy, blocks run one after the other, poisoned per block), `__syncthreads`,
 // warp collectives (`__syncwarp`, shuffles, votes) that exchange the values of all 32
 // lanes, atomics, bf16 conversions, and `mma.sync.m16n8k16` from the PTX ISA fragment
 // layout. Anything else is absent on purpose: a kernel that needs it fails to build
@@ -25,8 +25,9 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-// One copy per kernel file (blocks run one at a time, under one lock). Note: it keeps
-// the previous block's values, where a GPU's shared memory starts undefined.
+// One copy per kernel file (blocks run one at a time, under one lock); the runtime fills
+// the launched kernel's variables with 0xff bytes before every block (build_emu.sh
+// writes where they are), as a GPU's shared memory starts undefined.
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 // Inline PTX is not emulated: `asm volatile(...)` does not compile.
