@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <pthread.h>
 #include <string>
 #include <sys/mman.h>
 #include <vector>
@@ -87,7 +88,8 @@ void **g_params = nullptr;
 bool g_failed = false;
 int g_fail_code = 0;
 std::string g_fail_msg;
-volatile sig_atomic_t g_in_kernel = 0;
+volatile sig_atomic_t g_in_kernel = 0; // set while this thread runs kernel code
+pthread_t g_kernel_thread;
 sigjmp_buf g_sig_env;
 struct sigaction g_old_segv, g_old_bus, g_old_fpe, g_old_ill;
 
@@ -364,7 +366,7 @@ bool run_block() {
 }
 
 void on_signal(int sig, siginfo_t *info, void *uctx) {
-    if (g_in_kernel) {
+    if (g_in_kernel && pthread_equal(pthread_self(), g_kernel_thread)) {
         g_in_kernel = 0;
         siglongjmp(g_sig_env, sig);
     }
@@ -413,6 +415,7 @@ void install_signals() {
 
 #ifdef CYB_EMU_ASAN
 void asan_death() {
+    if (!g_in_kernel || !pthread_equal(pthread_self(), g_kernel_thread)) return;
     fprintf(stderr, "cyb emulator: the AddressSanitizer report above happened in kernel %s, %s\n", g_kernel,
             where().c_str());
 }
@@ -521,9 +524,8 @@ void __ubsan_handle_out_of_bounds_abort(OutOfBoundsData *d, uintptr_t i) { out_o
 #include <map>
 void *cyb_emu_shared_lookup(const char *name, size_t *size) {
     static std::map<std::string, std::pair<void *, size_t>> table;
-    static bool loaded = false;
-    if (!loaded) {
-        loaded = true;
+    static std::once_flag once;
+    std::call_once(once, [] {
         Dl_info info{};
         if (dladdr((void *)&emu_cur, &info) && info.dli_fname) {
             char real[4096];
@@ -537,7 +539,7 @@ void *cyb_emu_shared_lookup(const char *name, size_t *size) {
                 fclose(f);
             }
         }
-    }
+    });
     auto it = table.find(name);
     if (it == table.end()) return nullptr;
     *size = it->second.second;
@@ -559,6 +561,7 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
     }
 #endif
     g_kernel = kernel;
+    g_kernel_thread = pthread_self();
     g_invoke = invoke;
     g_params = params;
     g_failed = false;
