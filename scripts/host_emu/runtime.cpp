@@ -327,9 +327,13 @@ namespace {
 
 // Runs the current block to the end; false on an error (g_fail_*).
 bool run_block() {
+    // Threads run in index order in even blocks and in reverse order in odd ones, so a
+    // missing barrier shows up as a wrong result whichever neighbour a thread reads.
+    const bool rev = (emu_blockIdx.x + emu_blockIdx.y + emu_blockIdx.z) & 1;
     for (;;) {
         bool any = false;
-        for (int i = 0; i < g_nthreads; ++i) {
+        for (int k = 0; k < g_nthreads; ++k) {
+            const int i = rev ? g_nthreads - 1 - k : k;
             if (g_threads[i].state != EMU_RUN) continue;
             any = true;
             to_fiber(&g_threads[i]);
