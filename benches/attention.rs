@@ -105,6 +105,10 @@ mod gpu {
                 return;
             }
         };
+        if gpu.is_emulator() {
+            eprintln!("GPU attention bench skipped: the device is the CPU emulator, not a GPU");
+            return;
+        }
         let attn = PauseAttention::new(&gpu).expect("load attention kernels");
         let cores_attn = PauseAttention::new(&gpu)
             .expect("load attention kernels")

@@ -108,6 +108,10 @@ mod gpu {
         }
         // A device that is there but unusable is an error, not a skip.
         let gpu = GpuContext::new(0).expect("open CUDA device 0");
+        if gpu.is_emulator() {
+            eprintln!("GPU loss bench skipped: the device is the CPU emulator, not a GPU");
+            return;
+        }
         let shape = LossShape {
             batch: 8,
             pauses: 3,

@@ -72,6 +72,10 @@ mod gpu {
                 return;
             }
         };
+        if gpu.is_emulator() {
+            eprintln!("GPU train-step bench skipped: the device is the CPU emulator, not a GPU");
+            return;
+        }
         let config = ModelConfig {
             vocab: 32000,
             d_model: 768,

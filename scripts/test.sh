@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, and every test, without and
 # with feature `cuda` (the kernels must compile everywhere; GPU tests report as
-# ignored on machines without a CUDA device).
+# ignored on machines without a CUDA device, and run on the GPU where there is one),
+# then every GPU test again on the CPU emulator of the CUDA driver
+# (scripts/test_emulated.sh; CYB_EMU_MODE=plain|asan|skip, default asan where possible).
 #
 # clippy runs with every lint; the CPU reference allows `needless_range_loop` in
 # src/cpu only (its loops index like the SPEC formulas on purpose).
@@ -18,3 +20,11 @@ cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --release
 cargo test --release --features cuda
+if [[ "${CYB_EMU_MODE:-auto}" != skip ]]; then
+  bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"
+  # The race checker is ~20x slower than plain emulation: in every run on the attention
+  # kernels (the most shared memory and warp-level code); everything with
+  # `bash scripts/test_emulated.sh race` (README).
+  [[ "${CYB_EMU_MODE:-auto}" == race ]] ||
+    CYB_EMU_TESTS="${CYB_EMU_RACE_TESTS:-gpu_attention}" bash scripts/test_emulated.sh race
+fi

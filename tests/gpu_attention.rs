@@ -405,7 +405,11 @@ mod gpu_tests {
         };
         for (m, what) in ["dq", "dk", "dv"].iter().enumerate() {
             let (gm, wm) = (third(&got.dqkv, m), third(&want.dqkv, m));
-            assert_close(&format!("{what}{tag}"), &gm, &wm, g.0 * max_abs(&wm), g.1);
+            // A third can be exactly zero (T = 1, K = 0: one visible key, so dS = p (dP - D)
+            // = 0 and dq = dk = 0), where only rounding of dP - D remains: atol never drops
+            // below 1e-2 of the largest reference gradient of all three.
+            let scale = max_abs(&wm).max(1e-2 * max_abs(&want.dqkv));
+            assert_close(&format!("{what}{tag}"), &gm, &wm, g.0 * scale, g.1);
         }
     }
 

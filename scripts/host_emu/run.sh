@@ -4,5 +4,5 @@
 # in both attention modes (or one: `run.sh shared` / `run.sh private`).
 set -euo pipefail
 cd "$(dirname "$0")"
-g++ -std=c++20 -O2 -pthread -I shim -I ../../kernels attention_emu.cpp -o /tmp/cyb_attention_emu "$@"
+g++ -std=c++20 -O2 -pthread -I shim_threads -I ../../kernels attention_emu.cpp -o /tmp/cyb_attention_emu
 /tmp/cyb_attention_emu "$@"

@@ -45,6 +45,9 @@ pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 
+/// The device name of the CPU emulator's driver (`scripts/host_emu/driver.cpp`).
+pub const EMULATOR_NAME: &str = "cyb host emulator";
+
 /// Turns a driver error into [`CybError::Cuda`], saying what was being done.
 pub(crate) fn cuda_err(what: &str) -> impl FnOnce(DriverError) -> CybError + '_ {
     move |e| {
@@ -145,6 +148,17 @@ impl GpuContext {
         self.ctx
             .name()
             .map_err(cuda_err("querying the device name"))
+    }
+
+    /// Whether the device is the CPU emulator of `scripts/build_emu.sh` (its driver
+    /// names the device "cyb host emulator (not a GPU)"), not a GPU: an emulated pass
+    /// checks indexing, masks, launch configuration, argument order, synchronisation,
+    /// memory safety and the math, but not timing, the hardware's own numerics or its
+    /// scheduling.
+    pub fn is_emulator(&self) -> bool {
+        self.name()
+            .map(|n| n.starts_with(EMULATOR_NAME))
+            .unwrap_or(false)
     }
 
     /// Waits until all queued work is done.

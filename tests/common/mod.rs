@@ -174,7 +174,26 @@ pub fn test_gpu(binary: &str) -> Option<Result<std::sync::Arc<cyb::gpu::GpuConte
         eprintln!("{binary}: no CUDA device; every GPU test is ignored");
         return None;
     }
-    Some(cyb::gpu::GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}")))
+    let gpu = cyb::gpu::GpuContext::new(0).map_err(|e| format!("cannot use CUDA device 0: {e}"));
+    if let Ok(g) = &gpu {
+        if g.is_emulator() {
+            eprintln!(
+                "{binary}: EMULATED: running on the CPU emulator of the CUDA driver \
+                 (scripts/build_emu.sh), not on a GPU. A pass checks indexing, masks, launch \
+                 configuration, argument order, synchronisation, memory safety and the math; \
+                 not timing, the hardware's own numerics or its scheduling."
+            );
+        } else {
+            eprintln!("{binary}: on {}", g.name().unwrap_or_default());
+        }
+    }
+    Some(gpu)
+}
+
+/// Whether the GPU tests run on the CPU emulator (they may shrink their shapes there).
+#[cfg(feature = "cuda")]
+pub fn emulated(gpu: &cyb::gpu::GpuContext) -> bool {
+    gpu.is_emulator()
 }
 
 /// A training run small enough for a test: V = 10 (modsum), d 16, one layer, T 16,
