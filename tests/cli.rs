@@ -635,14 +635,34 @@ fn experiment_reports_first_and_writes_what_it_can() {
     let dir = tmpdir("exp");
     let out = dir.join("exp");
     std::fs::create_dir_all(out.join("curves.csv")).unwrap(); // blocks one file
-    let mut args = vec!["experiment", "--seeds", "1", "--out", s(&out)];
+    let mut args = vec![
+        "experiment",
+        "--seeds",
+        "1",
+        "--pretrain",
+        "3",
+        "--out",
+        s(&out),
+    ];
     args.extend_from_slice(TINY);
     let o = cyb(&args);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("curves.csv"), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
-    assert!(report.contains("Claim 1"), "{report}");
-    for f in ["report.md", "ratios.csv", "curves.png", "pauses.png"] {
+    assert!(report.contains("## Verdict"), "{report}");
+    for f in [
+        "report.md",
+        "ratios.csv",
+        "fractions.csv",
+        "calibration.csv",
+        "halting.csv",
+        "latency.csv",
+        "tokens.csv",
+        "regimes.csv",
+        "curves.png",
+        "pauses.png",
+        "halting.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} was not written");
     }
     std::fs::remove_dir_all(&dir).unwrap();
