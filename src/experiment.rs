@@ -218,6 +218,9 @@ pub fn extend_depth(pre: &Model<f32>, config: &ModelConfig, seed: u64) -> Result
     })
 }
 
+/// A number from two quality curves `(tokens, nll)` (`None` = not reached).
+type CurveMeasure = fn(&[(f64, f64)], &[(f64, f64)]) -> Option<f64>;
+
 /// One trained run.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -384,12 +387,7 @@ impl ExperimentResult {
     }
 
     /// Per seed, `f(curve of a, curve of b)`.
-    fn per_seed(
-        &self,
-        a: usize,
-        b: usize,
-        f: fn(&[(f64, f64)], &[(f64, f64)]) -> Option<f64>,
-    ) -> Vec<(u64, Option<f64>)> {
+    fn per_seed(&self, a: usize, b: usize, f: CurveMeasure) -> Vec<(u64, Option<f64>)> {
         self.config
             .seeds
             .iter()

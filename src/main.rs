@@ -296,8 +296,8 @@ enum GridName {
 }
 
 /// Default steps of `experiment`: per arm, and of the no-pause pretraining.
-const DEFAULT_EXPERIMENT_STEPS: usize = 250;
-const DEFAULT_PRETRAIN: usize = 600;
+const DEFAULT_EXPERIMENT_STEPS: usize = 600;
+const DEFAULT_PRETRAIN: usize = 2000;
 
 #[derive(Args)]
 struct EvalArgs {
