@@ -448,11 +448,8 @@ pub fn run_experiment(
     let mut label = |i: usize, what: &str, done: f64| {
         let left = if done > 0.0 {
             let secs = started.elapsed().as_secs_f64() * (all_work - done) / done;
-            format!(
-                ", about {:.0} min {:.0} s left",
-                (secs / 60.0).floor(),
-                secs % 60.0
-            )
+            let secs = secs.round() as u64;
+            format!(", about {} min {} s left", secs / 60, secs % 60)
         } else {
             String::new()
         };
