@@ -235,6 +235,8 @@ pub struct RunResult {
     pub calibration: Vec<f64>,
     /// `h_k` averaged over the validation positions, `k = 0..=K` (paper figure 7).
     pub mean_h: Vec<f64>,
+    /// The input token of every position of `outcomes` (the token its pauses follow).
+    pub inputs: Vec<i32>,
     pub seconds: f64,
 }
 
@@ -518,6 +520,7 @@ pub fn run_experiment(
                 outcomes,
                 calibration: calibration(&detail, v.pauses),
                 mean_h: mean_halting(&detail, v.pauses),
+                inputs: detail.iter().map(|p| p.input).collect(),
                 seconds: out.seconds,
             });
         }
@@ -630,16 +633,17 @@ pub fn data_fraction(arm: &[(f64, f64)], baseline: &[(f64, f64)]) -> Option<f64>
     tokens_to_reach(arm, base_final).map(|t| t / base_tokens)
 }
 
-/// Per token (seen at least `min_count` times): `(token, count, median, variance)` of
-/// the positions' `E[pauses]`, and its table-3 quadrant (median and variance each
+/// Per input token of `run` (the token its pauses follow, as in the paper's table 3; seen
+/// at least `min_count` times): `(token, count, median, variance)` of the positions'
+/// `E[pauses]`, and its table-3 quadrant (median and variance each
 /// against the median over tokens: `low`/`high`).
 pub fn token_pause_stats(
-    outcomes: &[PositionOutcome],
+    run: &RunResult,
     min_count: usize,
 ) -> Vec<(usize, usize, f64, f64, &'static str)> {
     let mut by: std::collections::BTreeMap<i32, Vec<f64>> = Default::default();
-    for o in outcomes {
-        by.entry(o.target).or_default().push(o.expected_pauses);
+    for (o, &input) in run.outcomes.iter().zip(&run.inputs) {
+        by.entry(input).or_default().push(o.expected_pauses);
     }
     let stats: Vec<(usize, usize, f64, f64)> = by
         .into_iter()
@@ -746,12 +750,12 @@ pub fn latency_csv(res: &ExperimentResult) -> String {
     s
 }
 
-/// Pauses by token (first seed, every arm with pauses): `E[pauses]` median and
+/// Pauses by input token (first seed, every arm with pauses): `E[pauses]` median and
 /// variance over the token's validation positions, and its table-3 quadrant.
 pub fn tokens_csv(res: &ExperimentResult) -> String {
     let mut s = String::from("variant,seed,token,count,median,variance,quadrant,name\n");
     for (v, run) in res.pausing_runs() {
-        for (t, n, m, var, q) in token_pause_stats(&run.outcomes, 5) {
+        for (t, n, m, var, q) in token_pause_stats(run, 5) {
             let name = res.token_names.get(t).cloned().unwrap_or_default();
             let _ = writeln!(
                 s,
@@ -1190,8 +1194,8 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     }
     if let Some(ai) = res.arm("cyb-ap") {
         if let Some(run) = res.run(ai, cfg.seeds[0]) {
-            let stats = token_pause_stats(&run.outcomes, 5);
-            let _ = writeln!(s, "\nPauses by token in the form of the paper's table 3 (CYB-AP, seed {}, tokens seen at least 5 times; median and variance of E[pauses] over the token's positions, each split at its median over tokens; the 12 most frequent tokens of each cell, `median/variance`):\n", cfg.seeds[0]);
+            let stats = token_pause_stats(run, 5);
+            let _ = writeln!(s, "\nPauses by token in the form of the paper's table 3 (CYB-AP, seed {}; by the input token the pauses follow, as the paper's table, seen at least 5 times; median and variance of E[pauses] over the token's positions, each split at its median over tokens; the 12 most frequent tokens of each cell, `median/variance`):\n", cfg.seeds[0]);
             let _ = writeln!(s, "| | low median | high median |\n|---|---|---|");
             for var in ["low variance", "high variance"] {
                 let mut row = format!("| {var} |");

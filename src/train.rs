@@ -515,6 +515,8 @@ pub fn validation_outcomes(
 /// k)` and `h_k`, for the calibration and latency measures of SPEC section 8.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PositionHalting {
+    /// The input token at the position: the token the pauses follow.
+    pub input: i32,
     pub d: Vec<f64>,
     pub t: Vec<f64>,
     pub h: Vec<f64>,
@@ -561,6 +563,7 @@ pub fn validation_detail(
                     .collect();
                 let hal = crate::cpu::loss::halting_from_scalars(&rows);
                 detail.push(PositionHalting {
+                    input: b.tokens[bi * cfg.seq + t],
                     d: hal.p_dk.clone(),
                     t: hal.a.iter().map(|a| a.exp()).collect(),
                     h: hal.h(),
