@@ -667,3 +667,60 @@ fn experiment_reports_first_and_writes_what_it_can() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `experiment --grid paper --regimes 1,2` adds the grid's and the regimes' arms;
+/// `--load` fine-tunes every arm from the user's model; bad combinations are refused.
+#[test]
+fn experiment_grid_regimes_and_load() {
+    let dir = tmpdir("grid");
+    let out = dir.join("g");
+    let mut args = vec![
+        "experiment",
+        "--grid",
+        "paper",
+        "--regimes",
+        "1,2",
+        "--seeds",
+        "1",
+        "--pretrain",
+        "2",
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(TINY);
+    let o = cyb(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    for arm in [
+        "| cyb-ap w=4:1:1:4 g=1 |",
+        "| cyb-dp r=11:3:3:3 a=0.1 |",
+        "| cyb-ap x2 |",
+    ] {
+        assert!(report.contains(arm), "{arm} in {report}");
+    }
+    assert!(report.contains("## Data regimes"), "{report}");
+    let model = dir.join("m0.safetensors");
+    let mut train = vec!["train", "--pauses", "0", "--save", s(&model)];
+    train.extend_from_slice(TINY);
+    assert!(cyb(&train).status.success());
+    let mut load = vec![
+        "experiment",
+        "--load",
+        s(&model),
+        "--seeds",
+        "1",
+        "--out",
+        s(&out),
+    ];
+    load.extend_from_slice(TINY);
+    let o = cyb(&load);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("fine-tuned from the loaded model"));
+    fails_with(
+        &cyb(&["experiment", "--grid", "paper", "--pauses", "2"]),
+        "K = 3",
+    );
+    fails_with(&cyb(&["experiment", "--regimes", "0"]), "--regimes");
+    fails_with(&cyb(&["experiment", "--bpe", "300"]), "--bpe needs --text");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
