@@ -45,6 +45,15 @@ const TINY: &[&str] = &[
 ];
 
 /// `o` failed with `needle` in its error output.
+/// Runs `cyb` with `args` and the tiny settings, expects success, returns stdout.
+fn ok_tiny(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend_from_slice(TINY);
+    let o = cyb(&all);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn fails_with(o: &Output, needle: &str) {
     let e = stderr(o);
     assert!(
@@ -674,7 +683,7 @@ fn experiment_reports_first_and_writes_what_it_can() {
 fn experiment_grid_regimes_and_load() {
     let dir = tmpdir("grid");
     let out = dir.join("g");
-    let mut args = vec![
+    let report = ok_tiny(&[
         "experiment",
         "--grid",
         "paper",
@@ -686,11 +695,7 @@ fn experiment_grid_regimes_and_load() {
         "2",
         "--out",
         s(&out),
-    ];
-    args.extend_from_slice(TINY);
-    let o = cyb(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report = String::from_utf8_lossy(&o.stdout);
+    ]);
     for arm in [
         "| cyb-ap w=4:1:1:4 g=1 |",
         "| cyb-dp r=11:3:3:3 a=0.1 |",
@@ -700,10 +705,8 @@ fn experiment_grid_regimes_and_load() {
     }
     assert!(report.contains("## Data regimes"), "{report}");
     let model = dir.join("m0.safetensors");
-    let mut train = vec!["train", "--pauses", "0", "--save", s(&model)];
-    train.extend_from_slice(TINY);
-    assert!(cyb(&train).status.success());
-    let mut load = vec![
+    ok_tiny(&["train", "--pauses", "0", "--save", s(&model)]);
+    let report = ok_tiny(&[
         "experiment",
         "--load",
         s(&model),
@@ -711,11 +714,8 @@ fn experiment_grid_regimes_and_load() {
         "1",
         "--out",
         s(&out),
-    ];
-    load.extend_from_slice(TINY);
-    let o = cyb(&load);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("fine-tuned from the loaded model"));
+    ]);
+    assert!(report.contains("fine-tuned from the loaded model"));
     fails_with(
         &cyb(&["experiment", "--grid", "paper", "--pauses", "2"]),
         "K = 3",
