@@ -327,6 +327,29 @@ impl ByteText {
     }
 }
 
+/// `batch` random windows of `seq + 1` items of `items`: tokens, next-token targets and
+/// the targets' classes (`id` gives an item's token id and class).
+fn windows<T>(
+    items: &[T],
+    batch: usize,
+    seq: usize,
+    rng: &mut Rng,
+    id: impl Fn(&T) -> (i32, u16),
+) -> Batch {
+    let mut out = Batch::with_capacity(batch, seq);
+    for _ in 0..batch {
+        let start = rng.below(items.len() - seq);
+        let w = &items[start..=start + seq];
+        out.tokens.extend(w[..seq].iter().map(|x| id(x).0));
+        for x in &w[1..] {
+            let (t, c) = id(x);
+            out.targets.push(t);
+            out.classes.push(c);
+        }
+    }
+    out
+}
+
 fn byte_class(b: u8) -> u16 {
     match b {
         b'a'..=b'z' | b'A'..=b'Z' => 0,
@@ -365,14 +388,106 @@ impl DataSource for ByteText {
             Split::Train => (0, self.split_at),
             Split::Validation => (self.split_at, self.bytes.len()),
         };
-        let mut out = Batch::with_capacity(batch, seq);
-        for _ in 0..batch {
-            let start = lo + rng.below(hi - lo - seq);
-            let w = &self.bytes[start..=start + seq];
-            out.tokens.extend(w[..seq].iter().map(|&b| b as i32));
-            out.targets.extend(w[1..].iter().map(|&b| b as i32));
-            out.classes.extend(w[1..].iter().map(|&b| byte_class(b)));
+        windows(&self.bytes[lo..hi], batch, seq, rng, |&b| {
+            (b as i32, byte_class(b))
+        })
+    }
+}
+
+/// Text as BPE tokens ([`crate::bpe::Bpe`] trained on the same file): the first 90% of
+/// the tokens train, the last 10% validate. Classes: the kind of a token's first
+/// visible character (word, number, space, punctuation, other), as for bytes.
+#[derive(Clone, Debug)]
+pub struct TokenText {
+    name: String,
+    bpe: crate::bpe::Bpe,
+    ids: Vec<u32>,
+    split_at: usize,
+}
+
+impl TokenText {
+    /// Read a UTF-8 file and train a `vocab`-token BPE vocabulary on its training part.
+    pub fn from_file(path: &Path, vocab: usize, seq: usize) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| CybError::Data(format!("{} is not UTF-8 text: {e}", path.display())))?;
+        Self::from_text(path.display().to_string(), &text, vocab, seq)
+    }
+
+    /// Text already in memory. The vocabulary is learnt from the first 90% (on a char
+    /// boundary) only, so validation text is unseen by the tokenizer too.
+    pub fn from_text(name: String, text: &str, vocab: usize, seq: usize) -> Result<Self> {
+        let mut cut = text.len() * 9 / 10;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
         }
-        out
+        let bpe = crate::bpe::Bpe::train(&text[..cut], vocab)?;
+        let (train, valid) = (bpe.encode(&text[..cut]), bpe.encode(&text[cut..]));
+        if train.len().min(valid.len()) < seq + 1 {
+            return Err(CybError::Data(format!(
+                "{name}: {} + {} tokens are too few for context {seq}",
+                train.len(),
+                valid.len()
+            )));
+        }
+        let split_at = train.len();
+        let mut ids = train;
+        ids.extend(valid);
+        Ok(TokenText {
+            name,
+            bpe,
+            ids,
+            split_at,
+        })
+    }
+
+    fn class_of(&self, id: u32) -> u16 {
+        let b = &self.bpe.tokens[id as usize];
+        let first = b.iter().find(|c| !c.is_ascii_whitespace()).copied();
+        match first {
+            Some(c) => byte_class(c),
+            None => 2,
+        }
+    }
+}
+
+impl DataSource for TokenText {
+    fn vocab(&self) -> usize {
+        self.bpe.len()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "text {} ({} BPE tokens, byte-level BPE trained on its first 90%, V = {})",
+            self.name,
+            self.ids.len(),
+            self.bpe.len()
+        )
+    }
+    fn class_names(&self) -> Vec<String> {
+        Bytes.class_names()
+    }
+    fn token_name(&self, id: usize) -> String {
+        let s = String::from_utf8_lossy(&self.bpe.tokens[id]).into_owned();
+        s.replace(' ', "␣").replace('\n', "⏎").replace('\t', "⇥")
+    }
+    fn encode(&self, text: &str) -> Result<Vec<usize>> {
+        Ok(self
+            .bpe
+            .encode(text)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect())
+    }
+    fn token_text(&self, id: usize) -> String {
+        String::from_utf8_lossy(&self.bpe.tokens[id]).into_owned()
+    }
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+        let (lo, hi) = match split {
+            Split::Train => (0, self.split_at),
+            Split::Validation => (self.split_at, self.ids.len()),
+        };
+        windows(&self.ids[lo..hi], batch, seq, rng, |&b| {
+            (b as i32, self.class_of(b))
+        })
     }
 }

@@ -6,6 +6,7 @@
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
 pub mod atomic_file;
+pub mod bpe;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

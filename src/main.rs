@@ -6,8 +6,7 @@ use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::data::{task_by_name, ByteText, DataSource};
 use cyb::experiment::{
-    curves_csv, plot_experiment, ratios_csv, render_report, run_experiment, variants,
-    ExperimentConfig,
+    csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
 use cyb::generated_text::{self, Marks};
 use cyb::limits;
@@ -269,7 +268,36 @@ struct ExperimentArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// Steps of the no-pause model that every arm of a seed is fine-tuned from (the
+    /// paper's protocol; 0 = every arm from scratch).
+    #[arg(long, default_value_t = DEFAULT_PRETRAIN)]
+    pretrain: usize,
+    /// Fine-tune every arm from this model instead (its shape overrides
+    /// --layers/--d-model/--heads/--ctx; its DK bias is kept).
+    #[arg(long)]
+    load: Option<PathBuf>,
+    /// `paper`: add the paper's hyperparameter grid (AP 4 settings, VA 3, DP 6, K = 3)
+    /// as extra arms.
+    #[arg(long)]
+    grid: Option<GridName>,
+    /// Data regimes, e.g. 1,2,3: fresh fine-tuning of no-pause, the widest TBYS and
+    /// CYB-AP on r times the data for every r > 1.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
+    regimes: Vec<usize>,
+    /// With --text: train an N-token byte-level BPE vocabulary on the file (nothing
+    /// downloaded) instead of bytes.
+    #[arg(long)]
+    bpe: Option<usize>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GridName {
+    Paper,
+}
+
+/// Default steps of `experiment`: per arm, and of the no-pause pretraining.
+const DEFAULT_EXPERIMENT_STEPS: usize = 600;
+const DEFAULT_PRETRAIN: usize = 2000;
 
 #[derive(Args)]
 struct EvalArgs {
@@ -499,22 +527,78 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
-    require_cpu(a.device)?;
+    let device = match a.device {
+        Device::Cpu => TrainDevice::Cpu,
+        Device::Cuda => TrainDevice::Cuda,
+    };
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
-    check_params(&arms, &a.run, 2000)?;
+    check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
+    if a.grid.is_some() && a.run.pauses != 3 {
+        return Err(CybError::Param(format!(
+            "--grid paper is the paper's grid for K = 3 (ratios over 4 steps): --pauses {} does not fit",
+            a.run.pauses
+        )));
+    }
+    if let Some(&r) = a.regimes.iter().find(|&&r| r == 0 || r > 10) {
+        return Err(CybError::Param(format!("--regimes: {r} is not in 1..=10")));
+    }
+    if a.bpe.is_some() && a.data.text.is_none() {
+        return Err(CybError::Param("--bpe needs --text FILE".into()));
+    }
+    if let Some(n) = a.bpe {
+        if !(256..=8192).contains(&n) {
+            return Err(CybError::Param(format!(
+                "--bpe {n}: a BPE vocabulary of 256..=8192 tokens"
+            )));
+        }
+    }
     cyb::atomic_file::check_writable_dir(&a.out)?;
+    let init = match &a.load {
+        Some(p) => Some(checkpoint::load(p)?),
+        None => None,
+    };
     let [ap, va, dp] = arms;
-    let data = a.data.source(a.run.ctx)?;
-    let mut base = a.run.train_config(data.vocab(), Objective::CeFinal, 2000)?;
+    let seq = init
+        .as_ref()
+        .map_or(a.run.ctx, |m| m.config.t_max.min(a.run.ctx));
+    let data: Box<dyn DataSource> = match (&a.data.text, a.bpe) {
+        (Some(path), Some(n)) => Box::new(cyb::data::TokenText::from_file(path, n, seq)?),
+        _ => a.data.source(seq)?,
+    };
+    let mut base =
+        a.run
+            .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
+    if let Some(m) = &init {
+        if m.config.vocab != data.vocab() {
+            return Err(CybError::Data(format!(
+                "the data has vocabulary {} but the loaded model {}",
+                data.vocab(),
+                m.config.vocab
+            )));
+        }
+        let pa = base.model.pause_attention;
+        base.model = m.config.clone();
+        base.model.pause_attention = pa;
+        base.seq = seq;
+    }
     if base.eval_every == 0 {
         // Learning curves need points to interpolate: ten per run by default.
         base.eval_every = (base.steps / 10).max(1);
     }
+    let mut arms = variants(a.run.pauses, ap, va, dp);
+    if a.grid.is_some() {
+        arms.extend(cyb::experiment::paper_grid()?);
+    }
+    let extra = cyb::experiment::regime_variants(&arms, &a.regimes);
+    arms.extend(extra);
     let cfg = ExperimentConfig {
-        variants: variants(a.run.pauses, ap, va, dp),
+        variants: arms,
         seeds: a.seeds.clone(),
         base,
+        pretrain: a.pretrain,
+        init,
+        device,
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
@@ -524,17 +608,10 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     // The report first, then every file that can be written (a failed one does not
     // stop the others); the first failure is the error.
     println!("{report}");
-    let written = [
-        write_outputs(
-            &a.out,
-            &[
-                ("report.md", &report),
-                ("curves.csv", &curves_csv(&res)),
-                ("ratios.csv", &ratios_csv(&res)),
-            ],
-        ),
-        plot_experiment(&a.out, &res),
-    ];
+    let mut files = vec![("report.md", report.clone())];
+    files.extend(csv_files(&res));
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let written = [write_outputs(&a.out, &files), plot_experiment(&a.out, &res)];
     let failed: Vec<_> = written.into_iter().filter_map(|r| r.err()).collect();
     for e in failed.iter().skip(1) {
         eprintln!("error: {e}");

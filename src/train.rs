@@ -508,6 +508,26 @@ pub fn validation_outcomes(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<Vec<PositionOutcome>> {
+    validation_detail(model, data, cfg).map(|(o, _)| o)
+}
+
+/// Per position of [`validation_outcomes`] (same order): `d_k`, `t_k = p(y | answer at
+/// k)` and `h_k`, for the calibration and latency measures of SPEC section 8.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionHalting {
+    /// The input token at the position: the token the pauses follow.
+    pub input: i32,
+    pub d: Vec<f64>,
+    pub t: Vec<f64>,
+    pub h: Vec<f64>,
+}
+
+/// [`validation_outcomes`] and, for the same positions, their [`PositionHalting`].
+pub fn validation_detail(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     crate::limits::check_eval(&model.config, cfg)?;
     let mut rng = validation_rng(cfg.seed);
     let shape = LossShape {
@@ -516,7 +536,8 @@ pub fn validation_outcomes(
         seq: cfg.seq,
         vocab: model.config.vocab,
     };
-    let mut outcomes = Vec::new();
+    let width = shape.vocab + 1;
+    let (mut outcomes, mut detail) = (Vec::new(), Vec::new());
     for _ in 0..cfg.batches {
         let b = data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng);
         let logits = model.forward(&b.tokens, cfg.batch, cfg.seq, cfg.pauses)?;
@@ -528,8 +549,29 @@ pub fn validation_outcomes(
             model.config.dk_bias,
             cfg.threshold,
         )?);
+        for bi in 0..cfg.batch {
+            for t in 0..cfg.seq {
+                let y = b.targets[bi * cfg.seq + t];
+                if y < 0 {
+                    continue;
+                }
+                let rows: Vec<_> = (0..=cfg.pauses)
+                    .map(|k| {
+                        let z = &logits[shape.row(bi, k, t) * width..][..width];
+                        crate::cpu::loss::row_scalar(z, y, model.config.dk_bias)
+                    })
+                    .collect();
+                let hal = crate::cpu::loss::halting_from_scalars(&rows);
+                detail.push(PositionHalting {
+                    input: b.tokens[bi * cfg.seq + t],
+                    d: hal.p_dk.clone(),
+                    t: hal.a.iter().map(|a| a.exp()).collect(),
+                    h: hal.h(),
+                });
+            }
+        }
     }
-    Ok(outcomes)
+    Ok((outcomes, detail))
 }
 
 /// Validation summary: marginal NLL, greedy accuracy and pauses, by class and token.

@@ -45,6 +45,15 @@ const TINY: &[&str] = &[
 ];
 
 /// `o` failed with `needle` in its error output.
+/// Runs `cyb` with `args` and the tiny settings, expects success, returns stdout.
+fn ok_tiny(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend_from_slice(TINY);
+    let o = cyb(&all);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn fails_with(o: &Output, needle: &str) {
     let e = stderr(o);
     assert!(
@@ -635,15 +644,83 @@ fn experiment_reports_first_and_writes_what_it_can() {
     let dir = tmpdir("exp");
     let out = dir.join("exp");
     std::fs::create_dir_all(out.join("curves.csv")).unwrap(); // blocks one file
-    let mut args = vec!["experiment", "--seeds", "1", "--out", s(&out)];
+    let mut args = vec![
+        "experiment",
+        "--seeds",
+        "1",
+        "--pretrain",
+        "3",
+        "--out",
+        s(&out),
+    ];
     args.extend_from_slice(TINY);
     let o = cyb(&args);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("curves.csv"), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
-    assert!(report.contains("Claim 1"), "{report}");
-    for f in ["report.md", "ratios.csv", "curves.png", "pauses.png"] {
+    assert!(report.contains("## Verdict"), "{report}");
+    for f in [
+        "report.md",
+        "ratios.csv",
+        "fractions.csv",
+        "calibration.csv",
+        "halting.csv",
+        "latency.csv",
+        "tokens.csv",
+        "regimes.csv",
+        "curves.png",
+        "pauses.png",
+        "halting.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} was not written");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `experiment --grid paper --regimes 1,2` adds the grid's and the regimes' arms;
+/// `--load` fine-tunes every arm from the user's model; bad combinations are refused.
+#[test]
+fn experiment_grid_regimes_and_load() {
+    let dir = tmpdir("grid");
+    let out = dir.join("g");
+    let report = ok_tiny(&[
+        "experiment",
+        "--grid",
+        "paper",
+        "--regimes",
+        "1,2",
+        "--seeds",
+        "1",
+        "--pretrain",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    for arm in [
+        "| cyb-ap w=4:1:1:4 g=1 |",
+        "| cyb-dp r=11:3:3:3 a=0.1 |",
+        "| cyb-ap x2 |",
+    ] {
+        assert!(report.contains(arm), "{arm} in {report}");
+    }
+    assert!(report.contains("## Data regimes"), "{report}");
+    let model = dir.join("m0.safetensors");
+    ok_tiny(&["train", "--pauses", "0", "--save", s(&model)]);
+    let report = ok_tiny(&[
+        "experiment",
+        "--load",
+        s(&model),
+        "--seeds",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(report.contains("fine-tuned from the loaded model"));
+    fails_with(
+        &cyb(&["experiment", "--grid", "paper", "--pauses", "2"]),
+        "K = 3",
+    );
+    fails_with(&cyb(&["experiment", "--regimes", "0"]), "--regimes");
+    fails_with(&cyb(&["experiment", "--bpe", "300"]), "--bpe needs --text");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -199,3 +199,41 @@ fn metrics_and_decoding_read_dk_with_the_dk_bias() {
         assert!((logit(*pb) - logit(*pa) - 2.5).abs() < 1e-9, "{pa} -> {pb}");
     }
 }
+
+#[test]
+fn bpe_learns_words_and_encodes_back_to_the_text() {
+    let text = "the cat sat on the mat. the cat ate the rat, then the cat sat again.\n".repeat(20);
+    let bpe = cyb::bpe::Bpe::train(&text, 300).unwrap();
+    assert!(bpe.len() > 256 && bpe.len() <= 300);
+    let ids = bpe.encode(&text);
+    assert!(
+        ids.len() < text.len() / 2,
+        "{} tokens for {} bytes",
+        ids.len(),
+        text.len()
+    );
+    let back: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| bpe.tokens[i as usize].clone())
+        .collect();
+    assert_eq!(back, text.as_bytes());
+    assert!(
+        bpe.tokens.iter().any(|t| t == b" cat"),
+        "a word with its space"
+    );
+    assert!(cyb::bpe::Bpe::train(&text, 100).is_err());
+    assert_eq!(
+        cyb::bpe::words("a  b,c 12"),
+        vec!["a", " ", " b", ",", "c", " 12"]
+    );
+    use cyb::data::{DataSource, Split, TokenText};
+    let src = TokenText::from_text("t".into(), &text, 300, 8).unwrap();
+    assert_eq!(src.vocab(), bpe.len());
+    let b = src.sample(Split::Validation, 2, 8, &mut cyb::rng::Rng::new(1));
+    assert_eq!(b.tokens.len(), 16);
+    assert!(b.targets.iter().all(|&t| (t as usize) < src.vocab()));
+    assert_eq!(
+        src.token_name(bpe.tokens.iter().position(|t| t == b" cat").unwrap()),
+        "␣cat"
+    );
+}

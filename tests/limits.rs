@@ -155,6 +155,9 @@ fn evaluation_and_experiment_refuse_bad_settings() {
             Objective::dp_default(),
         ),
         seeds: vec![1],
+        pretrain: 0,
+        init: None,
+        device: Default::default(),
     };
     let run = |c: &ExperimentConfig| run_experiment(c, &ModSum::default(), false, |_, _, _| {});
     assert!(param_error(run(&exp(0, 2))).contains("K >= 1"));

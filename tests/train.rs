@@ -6,8 +6,9 @@ mod common;
 use common::tiny_train as tiny;
 use cyb::data::ModSum;
 use cyb::experiment::{
-    curves_csv, default_variants, efficiency_ratio, ratios_csv, render_report, run_experiment,
-    tokens_to_reach, ExperimentConfig,
+    csv_files, data_fraction, default_variants, efficiency_ratio, extend_depth, paper_grid,
+    quantile, ranks, regime_variants, render_report, run_experiment, spearman, tokens_to_reach,
+    ExperimentConfig,
 };
 use cyb::train::train;
 use cyb::Objective;
@@ -68,68 +69,225 @@ fn interpolation_and_ratio_follow_the_curves() {
     assert_eq!(efficiency_ratio(&cyb, &curve), Some(2.5));
 }
 
+/// A tiny experiment with pretraining and a second data regime: every number of the
+/// report is recomputed from the CSV files.
 #[test]
-fn experiment_report_numbers_come_from_the_runs() {
+fn experiment_report_numbers_come_from_its_csv_files() {
+    let arms = default_variants(2);
+    let mut all = arms.clone();
+    all.extend(regime_variants(&arms, &[1, 2]));
+    let names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "no-pause",
+            "tbys-1",
+            "tbys-2",
+            "cyb-ap",
+            "cyb-va",
+            "cyb-dp",
+            "no-pause x2",
+            "tbys-2 x2",
+            "cyb-ap x2"
+        ]
+    );
     let cfg = ExperimentConfig {
-        base: tiny(Objective::CeFinal, 2, 8),
-        variants: default_variants(2),
-        seeds: vec![1, 2],
+        pretrain: 4,
+        ..ExperimentConfig::new(tiny(Objective::CeFinal, 2, 8), all, vec![1, 2])
     };
-    let res = run_experiment(&cfg, &ModSum::default(), false, |_, _, _| {}).unwrap();
-    assert_eq!(res.runs.len(), 10);
-    let csv = curves_csv(&res);
-    let rows: Vec<Vec<&str>> = csv
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect())
-        .collect();
-    assert_eq!(rows.len(), 10 * 2, "two evaluation points per run");
-    for r in &rows {
-        for x in &r[4..] {
-            assert!(x.parse::<f64>().unwrap().is_finite(), "{r:?}");
-        }
-    }
-    // Recompute every ratio from the CSV curves and compare with ratios.csv.
-    let curve_of = |variant: &str, seed: &str| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter(|r| r[0] == variant && r[1] == seed)
-            .map(|r| (r[3].parse().unwrap(), r[4].parse().unwrap()))
+    let mut labels = Vec::new();
+    let res = run_experiment(&cfg, &ModSum::default(), false, |i, n, l| {
+        labels.push(format!("[{}/{n}] {l}", i + 1))
+    })
+    .unwrap();
+    assert_eq!(res.runs.len(), 18);
+    assert_eq!(labels.len(), 20, "a pretraining and nine arms per seed");
+    assert!(labels[0].contains("pretrain no-pause seed 1"), "{labels:?}");
+    assert!(labels[19].contains("cyb-ap x2 seed 2, 16 steps") && labels[19].contains("left"));
+    let files: std::collections::HashMap<&str, String> = csv_files(&res).into_iter().collect();
+    let rows = |f: &str| -> Vec<Vec<String>> {
+        files[f]
+            .lines()
+            .skip(1)
+            .map(|l| l.splitn(8, ',').map(String::from).collect())
             .collect()
     };
-    let ratios = ratios_csv(&res);
-    let mut checked = 0;
-    for line in ratios.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let want = efficiency_ratio(&curve_of(f[0], f[2]), &curve_of(f[1], f[2]));
-        match want {
-            Some(x) => assert!((f[3].parse::<f64>().unwrap() - x).abs() < 1e-12, "{line}"),
-            None => assert_eq!(f[3], "", "{line}"),
-        }
-        checked += 1;
-    }
-    assert_eq!(checked, 3 * 2 * 2, "3 CYB variants x 2 baselines x 2 seeds");
-    // The Markdown's final quality of each variant is the mean of the CSV's last points.
+    let num = |x: &str| x.parse::<f64>().unwrap();
     let report = render_report(&res, "cyb experiment --test");
-    for v in &cfg.variants {
-        let finals: Vec<f64> = ["1", "2"]
-            .iter()
-            .map(|s| curve_of(&v.name, s).last().unwrap().1)
-            .collect();
-        let mean = (finals[0] + finals[1]) / 2.0;
-        let line = report
+    let line = |start: &str| -> String {
+        report
             .lines()
-            .find(|l| l.starts_with(&format!("| {} |", v.name)))
-            .unwrap();
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start} in\n{report}"))
+            .to_string()
+    };
+    let pm = |xs: &[f64], p: usize| {
+        let m = xs.iter().sum::<f64>() / xs.len() as f64;
+        let sd = (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / xs.len() as f64).sqrt();
+        format!("{m:.p$} ± {sd:.p$}")
+    };
+
+    // Curves: the final quality of each arm is the mean of the CSV's last points.
+    let curves = rows("curves.csv");
+    assert_eq!(curves.len(), (6 * 2 + 3 * 4) * 2, "2 points a run, 4 at 2x");
+    let curve_of = |arm: &str, seed: &str| -> Vec<(f64, f64)> {
+        curves
+            .iter()
+            .filter(|r| r[0] == arm && r[1] == seed)
+            .map(|r| (num(&r[3]), num(&r[4])))
+            .collect()
+    };
+    let finals = |arm: &str| -> Vec<f64> {
+        ["1", "2"]
+            .iter()
+            .map(|s| curve_of(arm, s).last().unwrap().1)
+            .collect()
+    };
+    for v in &cfg.variants {
+        let f = finals(&v.name);
+        let ppl: Vec<f64> = f.iter().map(|x| x.exp()).collect();
+        let l = line(&format!("| {} | {} |", v.name, v.objective));
+        assert!(l.contains(&pm(&f, 4)) && l.contains(&pm(&ppl, 3)), "{l}");
+    }
+    // The verdict compares mean perplexities.
+    let ppl = |arm: &str| finals(arm).iter().map(|x| x.exp()).sum::<f64>() / 2.0;
+    let l = line("| CYB-AP perplexity below no-pause");
+    assert!(
+        l.contains(&format!("{:.4} vs {:.4}", ppl("cyb-ap"), ppl("no-pause"))),
+        "{l}"
+    );
+    // Fractions and ratios from the curves.
+    for r in rows("fractions.csv") {
+        let want = data_fraction(&curve_of(&r[0], &r[2]), &curve_of(&r[1], &r[2]));
+        match want {
+            Some(x) => assert!((num(&r[3]) - x).abs() < 1e-12, "{r:?}"),
+            None => assert_eq!(r[3], "", "{r:?}"),
+        }
+    }
+    assert_eq!(
+        rows("fractions.csv").len(),
+        2 * 5 * 2,
+        "2 baselines x 5 arms x 2 seeds"
+    );
+    for r in rows("ratios.csv") {
+        let want = efficiency_ratio(&curve_of(&r[0], &r[2]), &curve_of(&r[1], &r[2]));
+        match want {
+            Some(x) => assert!((num(&r[3]) - x).abs() < 1e-12, "{r:?}"),
+            None => assert_eq!(r[3], "", "{r:?}"),
+        }
+    }
+    assert_eq!(rows("ratios.csv").len(), 3 * 2 * 2);
+    let fr: Vec<Vec<String>> = rows("fractions.csv");
+    let per = |arm: &str, base: &str| -> String {
+        fr.iter()
+            .filter(|r| r[0] == arm && r[1] == base)
+            .map(|r| match r[3].as_str() {
+                "" => format!("{}: not reached", r[2]),
+                x => format!("{}: {:.3}", r[2], num(x)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let l = line("| cyb-ap | no-pause |");
+    assert!(l.contains(&per("cyb-ap", "no-pause")), "{l}");
+    // Regimes: the final qualities again, by regime.
+    let reg = rows("regimes.csv");
+    assert_eq!(reg.len(), 18);
+    let in_section = |heading: &str, start: &str| -> String {
+        report
+            .split("\n## ")
+            .find(|sec| sec.starts_with(heading))
+            .and_then(|sec| sec.lines().find(|l| l.starts_with(start)))
+            .unwrap_or_else(|| panic!("no {start} under {heading}"))
+            .to_string()
+    };
+    let l2 = in_section("Data regimes", "| cyb-ap |");
+    assert!(
+        l2.contains(&format!(
+            "| {} | {} |",
+            pm(&finals("cyb-ap"), 4),
+            pm(&finals("cyb-ap x2"), 4)
+        )),
+        "{l2}"
+    );
+    // Calibration and halting: mean ± std over seeds, mean of h.
+    let cal = rows("calibration.csv");
+    assert_eq!(cal.len(), 2 * (1 + 2 + 2 + 2 + 2 + 2 + 2));
+    let cal_of = |arm: &str, k: &str| -> Vec<f64> {
+        cal.iter()
+            .filter(|r| r[0] == arm && r[2] == k)
+            .map(|r| num(&r[3]))
+            .collect()
+    };
+    let cal_line = &in_section("Calibration", "| cyb-ap |");
+    assert!(
+        cal_line.contains(&format!(
+            "| {} | {} |",
+            pm(&cal_of("cyb-ap", "0"), 3),
+            pm(&cal_of("cyb-ap", "1"), 3)
+        )),
+        "{cal_line}"
+    );
+    let halt = rows("halting.csv");
+    for r in &res.runs {
+        let name = &cfg.variants[r.variant].name;
+        let hs: Vec<f64> = halt
+            .iter()
+            .filter(|x| &x[0] == name && x[1] == r.seed.to_string())
+            .map(|x| num(&x[3]))
+            .collect();
+        assert_eq!(hs.len(), cfg.variants[r.variant].pauses + 1);
         assert!(
-            line.contains(&format!("{mean:.4} ±")),
-            "{line} should show {mean:.4}"
+            (hs.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{name}: {hs:?}"
         );
     }
-    assert!(report.contains("cyb experiment --test"));
-    assert!(report.contains("mean ± std over seeds") && report.contains("higher = CYB better"));
+    let h_of = |arm: &str, k: &str| -> f64 {
+        halt.iter()
+            .filter(|r| r[0] == arm && r[2] == k)
+            .map(|r| num(&r[3]))
+            .sum::<f64>()
+            / 2.0
+    };
+    let lat = rows("latency.csv");
+    let l1 = lat
+        .iter()
+        .find(|r| r[0] == "cyb-ap" && r[1] == "1")
+        .unwrap();
+    let lat_line = &in_section("Latency", "| cyb-ap |");
+    let want = format!(
+        "| cyb-ap | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        h_of("cyb-ap", "0"),
+        h_of("cyb-ap", "1"),
+        h_of("cyb-ap", "2"),
+        num(&l1[2]),
+        num(&l1[3]),
+        num(&l1[4]),
+        num(&l1[5])
+    );
+    assert_eq!(lat_line, &want);
+    // Table 3: every token shown sits in its cell with its median/variance.
+    let toks = rows("tokens.csv");
+    assert!(!toks.is_empty());
+    let t3 = line("| low variance |");
+    for r in toks
+        .iter()
+        .filter(|r| r[0] == "cyb-ap" && r[6].ends_with("low variance"))
+    {
+        let name = r[7].trim_matches('"');
+        let shown = format!("`{name}` {:.2}/{:.3}", num(&r[4]), num(&r[5]));
+        let cell = if r[6].starts_with("low median") { 1 } else { 2 };
+        let cells: Vec<&str> = t3.split(" | ").collect();
+        if t3.contains(&format!("`{name}` ")) {
+            assert!(cells[cell].contains(&shown), "{shown} in {t3}");
+        }
+    }
+    assert!(report.contains("cyb experiment --test") && report.contains("## Verdict"));
+    assert!(report.contains("pretrained for 4 steps"));
     // One seed has no spread: no "± 0" anywhere.
     let one = ExperimentConfig {
         seeds: vec![1],
+        variants: arms.clone(),
         ..cfg.clone()
     };
     let single = render_report(
@@ -143,11 +301,74 @@ fn experiment_report_numbers_come_from_the_runs() {
     let dir = std::env::temp_dir().join(format!("cyb-exp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     cyb::experiment::plot_experiment(&dir, &res).unwrap();
-    for f in ["curves.png", "pauses.png"] {
+    for f in ["curves.png", "pauses.png", "halting.png"] {
         let bytes = std::fs::read(dir.join(f)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{f} is a PNG");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn spearman_ranks_ties_and_quantiles() {
+    assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 100.0]) - 1.0).abs() < 1e-12);
+    assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+    assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+    assert_eq!(quantile(&[4.0, 1.0, 2.0, 3.0], 0.5), 2.5);
+    assert_eq!(quantile(&[4.0, 1.0, 2.0, 3.0], 1.0), 4.0);
+}
+
+/// Fine-tuning starts from the pretrained weights; the depth rows it lacks are drawn as
+/// a fresh model draws them.
+#[test]
+fn extend_depth_keeps_the_weights_and_draws_new_depth_rows() {
+    let pre = train(
+        &tiny(Objective::CeFinal, 0, 2),
+        &ModSum::default(),
+        None,
+        false,
+    )
+    .unwrap()
+    .model;
+    let mut cfg = pre.config.clone();
+    cfg.k_max = 3;
+    let m = extend_depth(&pre, &cfg, 7).unwrap();
+    assert_eq!(m.config.k_max, 3);
+    let d = cfg.d_model;
+    for ((name, _, a), (_, _, b)) in m.params.tensors().into_iter().zip(pre.params.tensors()) {
+        if name == "depth_emb" {
+            assert_eq!(&a[..d], b, "row 0 kept");
+            let fresh = &a[d..];
+            assert_eq!(fresh.len(), 3 * d);
+            let sd = (fresh.iter().map(|x| x * x).sum::<f32>() / fresh.len() as f32).sqrt();
+            assert!(sd > 0.01 && sd < 0.04, "normal(0, 0.02): {sd}");
+        } else {
+            assert_eq!(a, b, "{name}");
+        }
+    }
+    let mut other = cfg.clone();
+    other.d_model *= 2;
+    assert!(extend_depth(&pre, &other, 7).is_err());
+    assert_eq!(
+        extend_depth(&pre, &cfg, 7).unwrap().params,
+        m.params,
+        "seeded"
+    );
+}
+
+#[test]
+fn paper_grid_has_the_papers_settings() {
+    let g = paper_grid().unwrap();
+    let count = |p: &str| g.iter().filter(|v| v.name.starts_with(p)).count();
+    // The grid less the default arm of each objective.
+    assert_eq!(
+        (count("cyb-ap"), count("cyb-va"), count("cyb-dp")),
+        (3, 2, 5)
+    );
+    assert!(g.iter().all(|v| v.pauses == 3 && !v.name.contains(',')));
+    for v in &g {
+        v.objective.resolve(3).unwrap();
+    }
 }
 
 /// The trainer hands the model's DK bias to the loss: at the first step (logits near 0)
