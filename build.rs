@@ -65,11 +65,30 @@ fn main() {
     let mut all = String::from(
         "/// Every `(file, fatbin)` pair above.\npub const ALL: &[(&str, &[u8])] = &[\n",
     );
+    let image_of = |src: &Path| {
+        let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
+        (out_dir.join(format!("{stem}.fatbin")), stem)
+    };
+    // One nvcc per file, as many at a time as cargo allows (NUM_JOBS): ptxas for sm_90
+    // makes each take seconds, and the files are independent.
+    let jobs = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, sources.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(src) = sources.get(i) else { break };
+                compile(&nvcc, &gencode, &kernels, src, &image_of(src).0);
+            });
+        }
+    });
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
-        let image = out_dir.join(format!("{stem}.fatbin"));
-        compile(&nvcc, &gencode, &kernels, src, &image);
+        let (image, stem) = image_of(src);
         let name = stem.to_uppercase();
         consts.push_str(&format!(
             "/// Fatbin of `kernels/{stem}.cu`.\npub const {name}: &[u8] = include_bytes!({:?});\n",
