@@ -2,7 +2,11 @@
 // src/cpu/loss.rs, stage by stage, checked against it by tests/gpu_loss.rs.
 //
 // Shapes (depth-major, SPEC section 3):
-//   logits  [B, K+1, T, V+1]  f32 or bf16; row = (b*(K+1) + k)*T + t, position = b*T + t
+//   logits  [B, K+1, T, V+1]  f32 or bf16; row = (b*(K+1) + k)*T + t, position = b*T + t,
+//           element (row, v) at row*stride + v with stride >= V+1 (a padded row stride
+//           lets every row start 16-byte aligned, e.g. V+1 = 32001 padded to 32064;
+//           the padding columns [V+1, stride) are never read; the backward writes
+//           zeros there, see stage 4)
 //   targets [B, T]            i32, -1 = ignore, else 0..V-1
 //   weights [B, T]            f32, optional, finite and >= 0
 //
@@ -22,6 +26,7 @@
 //      [CYB_SUMMARY_LEN] f64.
 //   4. cyb_dlogits[_inplace]_{f32,bf16}: one streaming pass per row:
 //        dz[v] = g_r*exp(z[v] - r) + g_u*[v == y]  (v < V),  dz[V] = g_e,
+//        dz[v] = 0 in the padding V < v < stride,
 //      zeros for ignored rows. The in-place variant reads every element before it
 //      writes it (same thread, same index), so dz may alias z.
 //
@@ -95,10 +100,10 @@ __device__ __forceinline__ int position_of_row(int row, int k1, int seq) {
 
 template <typename T>
 __device__ __forceinline__ void row_scalars(const T *__restrict__ logits, const int *__restrict__ targets,
-                                            int rows, int k1, int seq, int vocab,
+                                            int rows, int k1, int seq, int vocab, int stride,
                                             float *__restrict__ scalars) {
     constexpr int N = Vec16<T>::N;
-    const size_t width = (size_t)vocab + 1;
+    const size_t width = (size_t)stride; // only [0, V] of each row is read
     for (int row = blockIdx.x; row < rows; row += gridDim.x) {
         const int y = targets[position_of_row(row, k1, seq)];
         if (y < 0 || y >= vocab) { // ignored (or invalid, reported by stage 2): never read
@@ -132,14 +137,15 @@ __device__ __forceinline__ void row_scalars(const T *__restrict__ logits, const 
 
 extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
     cyb_row_scalars_f32(const float *__restrict__ logits, const int *__restrict__ targets, int rows,
-                        int k1, int seq, int vocab, float *__restrict__ scalars) {
-    row_scalars<float>(logits, targets, rows, k1, seq, vocab, scalars);
+                        int k1, int seq, int vocab, int stride, float *__restrict__ scalars) {
+    row_scalars<float>(logits, targets, rows, k1, seq, vocab, stride, scalars);
 }
 
 extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
     cyb_row_scalars_bf16(const __nv_bfloat16 *__restrict__ logits, const int *__restrict__ targets,
-                         int rows, int k1, int seq, int vocab, float *__restrict__ scalars) {
-    row_scalars<__nv_bfloat16>(logits, targets, rows, k1, seq, vocab, scalars);
+                         int rows, int k1, int seq, int vocab, int stride,
+                         float *__restrict__ scalars) {
+    row_scalars<__nv_bfloat16>(logits, targets, rows, k1, seq, vocab, stride, scalars);
 }
 
 // ---------------------------------------------------------------------------------
@@ -412,6 +418,11 @@ extern "C" __global__ void __launch_bounds__(CYB_FIN_THREADS)
 
 // `z` and `dz` may be the same pointer: every element is read, then written, by the
 // same thread, and no other thread touches it. Hence no __restrict__ on them.
+//
+// Padding columns [V+1, stride) of dz are written with zeros (never read from z): a
+// consumer that multiplies over the padded width (a GEMM with K = stride against
+// zero-padded weights) then adds nothing, and the buffer holds no stale values or
+// NaN. It costs stride - (V+1) extra stores per row (63 of 32064 for V+1 = 32001).
 template <typename T>
 __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const int *__restrict__ targets,
                                              const float *__restrict__ scalars,
@@ -419,22 +430,22 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
                                              const double *__restrict__ summary,
                                              const float *__restrict__ upstream, // null: up_scalar
                                              double up_scalar, int reduction, int rows, int k1,
-                                             int seq, int vocab) {
+                                             int seq, int vocab, int stride) {
     constexpr int N = Vec16<T>::N;
-    const size_t width = (size_t)vocab + 1;
+    const int width = stride;
     for (int row = blockIdx.x; row < rows; row += gridDim.x) {
         const int pos = position_of_row(row, k1, seq);
         const int y = targets[pos];
         const T *z = z_all + (size_t)row * width;
         T *dz = dz_all + (size_t)row * width;
-        if (y < 0 || y >= vocab) { // ignored row: zeros, the logits are not read
-            const int head = head_elems(dz, (int)width);
-            const int nvec = ((int)width - head) / N;
-            const T zero = from_float<T>(0.0f);
+        const T zero = from_float<T>(0.0f);
+        if (y < 0 || y >= vocab) { // ignored row: zeros (padding too), the logits are not read
+            const int head = head_elems(dz, width);
+            const int nvec = (width - head) / N;
             for (int i = threadIdx.x; i < head; i += blockDim.x) dz[i] = zero;
             uint4 *dv = reinterpret_cast<uint4 *>(dz + head);
             for (int j = threadIdx.x; j < nvec; j += blockDim.x) dv[j] = make_uint4(0u, 0u, 0u, 0u);
-            for (int i = head + nvec * N + threadIdx.x; i < (int)width; i += blockDim.x) dz[i] = zero;
+            for (int i = head + nvec * N + threadIdx.x; i < width; i += blockDim.x) dz[i] = zero;
             continue;
         }
         // Row gradient for this upstream (LossForward::row_grads in src/cpu/loss.rs).
@@ -477,6 +488,7 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
             dz[i] = from_float<T>(d);
         }
         if (threadIdx.x == 0) dz[vocab] = from_float<T>(g_e);
+        for (int i = vocab + 1 + threadIdx.x; i < width; i += blockDim.x) dz[i] = zero; // padding
     }
 }
 
@@ -484,9 +496,10 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
     const int *__restrict__ targets, const float *__restrict__ scalars,                            \
         const double *__restrict__ grad_loss, const double *__restrict__ summary,                  \
         const float *__restrict__ upstream, double up_scalar, int reduction, int rows, int k1,     \
-        int seq, int vocab
+        int seq, int vocab, int stride
 #define CYB_DLOGITS_PASS                                                                           \
-    targets, scalars, grad_loss, summary, upstream, up_scalar, reduction, rows, k1, seq, vocab
+    targets, scalars, grad_loss, summary, upstream, up_scalar, reduction, rows, k1, seq, vocab,    \
+        stride
 
 extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
     cyb_dlogits_f32(const float *logits, float *dlogits, CYB_DLOGITS_ARGS) {

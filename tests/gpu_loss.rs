@@ -5,6 +5,9 @@
 //! and with a grid setting (zeros in omega and rho, both discounts, the DK bias of the
 //! prior psi = 0.9), every reduction with and without weights, separate and in-place
 //! dlogits (poisoned with NaN first), plus extreme inputs, error cases and determinism.
+//! Padded row strides (`CybLoss::forward_strided`) with odd V+1 = 33, 97 and 1001: the
+//! padding columns of the logits hold NaN (a kernel that reads one gives a NaN loss)
+//! and those of `dlogits` must come back exactly zero, as documented.
 //!
 //! `harness = false` (libtest-mimic): when no CUDA device can be opened, or without
 //! feature `cuda`, every test is reported as *ignored*, never as passed. With a device,
@@ -38,6 +41,8 @@ struct Case {
     in_place: bool,
     /// Position `i` is ignored when `i % ignore_every == 1` (0: none ignored).
     ignore_every: usize,
+    /// Elements between rows of the logits; `None`: dense (V+1).
+    row_stride: Option<usize>,
 }
 
 /// Every objective for `K` pause steps and vocabulary `V`, as (label, objective, DK
@@ -135,6 +140,7 @@ fn cases() -> Vec<Case> {
                     weights,
                     in_place,
                     ignore_every,
+                    row_stride: None,
                 };
                 for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
                     for weights in [false, true] {
@@ -143,6 +149,52 @@ fn cases() -> Vec<Case> {
                 }
                 out.push(base(Reduction::Mean, true, true));
                 out.push(base(Reduction::None, false, true));
+            }
+        }
+    }
+    // Padded row strides with odd V+1: 33 -> 64 and 1001 -> 1024 (padded_row_stride),
+    // and 97 -> 101, a stride that is no multiple of 8, so most rows start misaligned.
+    let padded = [
+        (shape(2, 3, 5, 32), 3, 64),
+        (shape(1, 1, 7, 96), 4, 101),
+        (shape(2, 7, 5, 1000), 3, 1024),
+    ];
+    for (s, ignore_every, stride) in padded {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            for (label, obj, dk_bias) in objectives(s.pauses, s.vocab) {
+                for (reduction, weights, in_place) in [
+                    (Reduction::Mean, true, false),
+                    (Reduction::None, false, true),
+                ] {
+                    out.push(Case {
+                        name: format!(
+                            "cyb_loss_padded_stride::{}_{:?}{}{}_{}_b{}k{}t{}v{}_s{}",
+                            label,
+                            reduction,
+                            if weights { "_weighted" } else { "" },
+                            if in_place { "_inplace" } else { "" },
+                            match dtype {
+                                Dtype::F32 => "f32",
+                                Dtype::Bf16 => "bf16",
+                            },
+                            s.batch,
+                            s.pauses,
+                            s.seq,
+                            s.vocab,
+                            stride
+                        )
+                        .to_lowercase(),
+                        shape: s,
+                        dtype,
+                        objective: obj.clone(),
+                        dk_bias,
+                        reduction,
+                        weights,
+                        in_place,
+                        ignore_every,
+                        row_stride: Some(stride),
+                    });
+                }
             }
         }
     }
@@ -192,7 +244,9 @@ mod gpu_tests {
         dlogits_from_row_grads, position_objectives, row_scalars, LossForward, RowScalar,
     };
     use cyb::gpu::cudarc::driver::CudaSlice;
-    use cyb::gpu::{CybLoss, GpuContext, GpuLossForward, LogitElem, Upstream, K_MAX};
+    use cyb::gpu::{
+        padded_row_stride, CybLoss, GpuContext, GpuLossForward, LogitElem, Upstream, K_MAX,
+    };
     use cyb::rng::Rng;
     use cyb::CybError;
     use half::bf16;
@@ -438,6 +492,8 @@ mod gpu_tests {
         scalar_upstream: bool,
         in_place: bool,
         dtype: Dtype,
+        /// Elements between rows on the device (`V+1`: dense, through `forward`).
+        row_stride: usize,
     }
 
     /// Host conversions of the element types, for uploading and comparing.
@@ -462,7 +518,40 @@ mod gpu_tests {
         }
     }
 
-    /// Runs forward + backward on the GPU and returns (forward, dlogits as f64).
+    /// Dense rows of `width` values spread to rows of `stride`, the padding set to
+    /// `pad`.
+    fn pad_rows(x: &[f64], width: usize, stride: usize, pad: f64) -> Vec<f64> {
+        let mut out = Vec::with_capacity(x.len() / width * stride);
+        for row in x.chunks(width) {
+            out.extend_from_slice(row);
+            out.resize(out.len() + (stride - width), pad);
+        }
+        out
+    }
+
+    /// The dense rows of a padded buffer; fails unless every padding element is
+    /// exactly zero (what the backward documents for `dlogits`).
+    fn strip_zero_padding(x: Vec<f64>, width: usize, stride: usize) -> Result<Vec<f64>, Failed> {
+        if stride == width {
+            return Ok(x);
+        }
+        let mut out = Vec::with_capacity(x.len() / stride * width);
+        for (r, row) in x.chunks(stride).enumerate() {
+            if let Some(i) = row[width..].iter().position(|&v| v != 0.0) {
+                return Err(format!(
+                    "dlogits padding not zeroed: row {r} column {} holds {}",
+                    width + i,
+                    row[width + i]
+                )
+                .into());
+            }
+            out.extend_from_slice(&row[..width]);
+        }
+        Ok(out)
+    }
+
+    /// Runs forward + backward on the GPU and returns (forward, dlogits as f64,
+    /// dense: the padding of a strided run is checked to be zero and dropped).
     fn run_gpu(
         gpu: &Arc<GpuContext>,
         loss: &CybLoss,
@@ -480,7 +569,11 @@ mod gpu_tests {
         run: &GpuRun,
     ) -> Result<(GpuLossForward, Vec<f64>), Failed> {
         let inp = run.inp;
-        let mut logits = upload(gpu, &inp.logits, T::from_f64)?;
+        let width = run.shape.vocab + 1;
+        let stride = run.row_stride;
+        // Padding poisoned with NaN: a kernel that reads it makes the loss NaN.
+        let host_logits = pad_rows(&inp.logits, width, stride, f64::NAN);
+        let mut logits = upload(gpu, &host_logits, T::from_f64)?;
         let targets = gpu.htod(&inp.targets).map_err(err)?;
         let weights = match &inp.weights {
             Some(w) => Some(gpu.htod(w).map_err(err)?),
@@ -494,25 +587,39 @@ mod gpu_tests {
         } else {
             Upstream::Device(&up_dev)
         };
-        let fwd = loss
-            .forward(
+        let fwd = if stride == width {
+            loss.forward(
                 &logits,
                 &targets,
                 run.shape,
                 run.reduction,
                 weights.as_ref(),
             )
-            .map_err(err)?;
+        } else {
+            loss.forward_strided(
+                &logits,
+                stride,
+                &targets,
+                run.shape,
+                run.reduction,
+                weights.as_ref(),
+            )
+        }
+        .map_err(err)?;
+        if fwd.row_stride() != stride {
+            return Err(format!("forward reports row stride {}", fwd.row_stride()).into());
+        }
         let dz = if run.in_place {
             loss.backward_in_place(&fwd, up, &mut logits).map_err(err)?;
             gpu.dtoh(&logits).map_err(err)?
         } else {
             // Poisoned output: every element the kernel forgets stays NaN.
-            let mut dz = upload(gpu, &vec![f64::NAN; inp.logits.len()], T::from_f64)?;
+            let mut dz = upload(gpu, &vec![f64::NAN; host_logits.len()], T::from_f64)?;
             loss.backward(&fwd, up, &logits, &mut dz).map_err(err)?;
             gpu.dtoh(&dz).map_err(err)?
         };
-        Ok((fwd, dz.into_iter().map(T::to_f64).collect()))
+        let dz = dz.into_iter().map(T::to_f64).collect();
+        Ok((fwd, strip_zero_padding(dz, width, stride)?))
     }
 
     /// Forward + backward with `Reduction::Mean` and a host upstream of 1.
@@ -534,6 +641,7 @@ mod gpu_tests {
                 scalar_upstream: true,
                 in_place: false,
                 dtype,
+                row_stride: shape.vocab + 1,
             },
         )
     }
@@ -577,6 +685,7 @@ mod gpu_tests {
                 scalar_upstream: scalar_up,
                 in_place: case.in_place,
                 dtype: case.dtype,
+                row_stride: case.row_stride.unwrap_or(shape.vocab + 1),
             },
         )?;
         compare_forward(&case.name, &fwd, &cpu, &cpu_scalars, &inp, shape)?;
@@ -686,6 +795,7 @@ mod gpu_tests {
                         weights: true,
                         in_place: false,
                         ignore_every: 4,
+                        row_stride: None,
                     };
                     run_case(gpu, &case, rng.next_u64())?;
                 }
@@ -713,6 +823,7 @@ mod gpu_tests {
                                 scalar_upstream: false,
                                 in_place: false,
                                 dtype: Dtype::F32,
+                                row_stride: s.vocab + 1,
                             },
                         )?;
                         let l = fwd.loss().map_err(err)?;
@@ -827,8 +938,26 @@ mod gpu_tests {
                 }
                 let mut dz_short = gpu.zeros::<f32>(3).map_err(err)?;
                 match loss.backward(&fwd, Upstream::Scalar(1.0), &logits, &mut dz_short) {
+                    Err(CybError::Shape(_)) => {}
+                    other => return Err(format!("short dlogits: {other:?}").into()),
+                }
+                // Row strides: below V+1, and a buffer that is not rows*stride long.
+                expect_shape(
+                    loss.forward_strided(&logits, 10, &targets, s, Reduction::Mean, None),
+                    "row stride V < V+1",
+                )?;
+                let stride = padded_row_stride(11);
+                expect_shape(
+                    loss.forward_strided(&logits, stride, &targets, s, Reduction::Mean, None),
+                    "dense logits with a padded stride",
+                )?;
+                let padded = gpu.zeros::<f32>(s.rows() * stride).map_err(err)?;
+                let fwd = loss
+                    .forward_strided(&padded, stride, &targets, s, Reduction::Mean, None)
+                    .map_err(err)?;
+                match loss.backward(&fwd, Upstream::Scalar(1.0), &logits, &mut dz) {
                     Err(CybError::Shape(_)) => Ok(()),
-                    other => Err(format!("short dlogits: {other:?}").into()),
+                    other => Err(format!("dense backward of a padded forward: {other:?}").into()),
                 }
             }
             "results_are_bitwise_deterministic" => {
@@ -871,6 +1000,7 @@ mod gpu_tests {
                         scalar_upstream: true,
                         in_place: false,
                         dtype: Dtype::F32,
+                        row_stride: s.vocab + 1,
                     },
                 )?;
                 assert_close(

@@ -20,6 +20,20 @@
 //! Targets coming from the host can be checked before the upload with
 //! [`CybLoss::upload_targets`].
 //!
+//! **Row stride.** The logits may be padded: [`CybLoss::forward_strided`] takes the
+//! element distance between consecutive `(position, step)` rows separately from `V`
+//! (`row_stride >= V+1`; [`padded_row_stride`] rounds `V+1` up to a multiple of
+//! [`ROW_STRIDE_ALIGN`] = 64 elements, so that every row of a 256-byte aligned buffer
+//! starts 128-byte aligned for bf16, as 16-byte vector and tensor-memory loads want:
+//! `V+1 = 32001` gives 32064). The padding columns `[V+1, row_stride)` are never read
+//! (they may hold anything, NaN included) and the backward writes **zeros** there, so
+//! `dlogits` holds no stale values and a GEMM that runs over the padded width against
+//! zero-padded weights adds nothing. Any `row_stride >= V+1` is accepted: the kernels
+//! find each row's first 16-byte boundary, so a stride that is not a multiple of 8
+//! (bf16) or 4 (f32) elements only costs a few scalar loads at the start of the rows
+//! it misaligns. [`CybLoss::forward`] is the dense case `row_stride = V+1`; the
+//! backward takes the stride from the forward.
+//!
 //! Reductions are fixed-shape trees (no float atomics), so the same inputs give
 //! bit-for-bit the same loss and gradients on every run.
 
@@ -35,6 +49,28 @@ use std::sync::{Arc, OnceLock};
 
 /// Largest number of pause steps `K` the kernels support (`CYB_K_MAX` in the kernel).
 pub const K_MAX: usize = 16;
+
+/// The multiple of elements [`padded_row_stride`] rounds a row up to: 64 elements are
+/// 128 bytes in bf16 and 256 in f32, a whole number of 16-byte vectors and of the
+/// 128-byte lines (and tensor-memory rows) the hardware moves.
+pub const ROW_STRIDE_ALIGN: usize = 64;
+
+/// The padded row stride for `v_plus_1 = V+1` logits per row: the next multiple of
+/// [`ROW_STRIDE_ALIGN`] (`v_plus_1` itself when it already is one, or, for a value so
+/// large that rounding up would overflow `usize` and that no buffer can hold, when the
+/// rounding overflows).
+///
+/// ```
+/// use cyb::gpu::loss::padded_row_stride;
+/// assert_eq!(padded_row_stride(32001), 32064);
+/// assert_eq!(padded_row_stride(128), 128);
+/// assert_eq!(padded_row_stride(33), 64);
+/// ```
+pub fn padded_row_stride(v_plus_1: usize) -> usize {
+    v_plus_1
+        .checked_next_multiple_of(ROW_STRIDE_ALIGN)
+        .unwrap_or(v_plus_1)
+}
 
 // Keep in sync with kernels/cyb_loss.cu.
 const ROW_THREADS: u32 = 256;
@@ -169,10 +205,12 @@ struct Dims {
     batch: i32,
     seq: i32,
     vocab: i32,
+    stride: i32,
 }
 
 impl Dims {
-    fn new(shape: LossShape) -> Result<Dims> {
+    /// Checks `row_stride >= V+1` and that `rows * row_stride` elements are addressable.
+    fn new(shape: LossShape, row_stride: usize) -> Result<Dims> {
         if shape.vocab == 0 {
             return Err(CybError::Shape("vocabulary size V must be >= 1".into()));
         }
@@ -188,6 +226,17 @@ impl Dims {
             .and_then(|x| x.checked_mul(shape.seq))
             .ok_or_else(|| CybError::Shape(format!("{shape:?} overflows")))?;
         as_i32("positions B*T", shape.positions())?;
+        if row_stride < shape.vocab + 1 {
+            return Err(CybError::Shape(format!(
+                "row stride {row_stride} is smaller than a row of V+1 = {} logits",
+                shape.vocab + 1
+            )));
+        }
+        rows.checked_mul(row_stride)
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(|| {
+                CybError::Shape(format!("{rows} rows of stride {row_stride} overflow"))
+            })?;
         Ok(Dims {
             rows: as_i32("rows B*(K+1)*T", rows)?,
             k1: as_i32("K+1", shape.pauses + 1)?,
@@ -195,6 +244,7 @@ impl Dims {
             batch: as_i32("B", shape.batch)?,
             seq: as_i32("T", shape.seq)?,
             vocab: as_i32("V+1", shape.vocab + 1)? - 1,
+            stride: as_i32("row stride", row_stride)?,
         })
     }
 }
@@ -292,10 +342,9 @@ impl CybLoss {
         self.gpu.htod(targets)
     }
 
-    /// Forward of the loss over `logits [B, K+1, T, V+1]` (depth-major) with targets
-    /// `[B, T]` and optional per-position weights `[B, T]`. Queues the kernels and
-    /// returns without waiting; see the module docs for how bad targets/weights are
-    /// reported.
+    /// Forward of the loss over dense `logits [B, K+1, T, V+1]` (depth-major) with
+    /// targets `[B, T]` and optional per-position weights `[B, T]`: the same as
+    /// [`CybLoss::forward_strided`] with `row_stride = V+1`.
     pub fn forward<T: LogitElem>(
         &self,
         logits: &CudaSlice<T>,
@@ -304,7 +353,45 @@ impl CybLoss {
         reduction: Reduction,
         weights: Option<&CudaSlice<f32>>,
     ) -> Result<GpuLossForward> {
-        let d = Dims::new(shape)?;
+        self.forward_strided(logits, shape.vocab + 1, targets, shape, reduction, weights)
+    }
+
+    /// Forward of the loss over `logits [B, K+1, T, V+1]` (depth-major) stored with
+    /// `row_stride` elements between consecutive rows (`row_stride >= V+1`, see the
+    /// module docs and [`padded_row_stride`]; `logits` must hold exactly
+    /// `B*(K+1)*T*row_stride` elements), with targets `[B, T]` and optional
+    /// per-position weights `[B, T]`. Queues the kernels and returns without waiting;
+    /// see the module docs for how bad targets/weights are reported.
+    ///
+    /// ```no_run
+    /// use cyb::cpu::loss::LossShape;
+    /// use cyb::gpu::loss::padded_row_stride;
+    /// use cyb::gpu::{CybLoss, GpuContext, Upstream};
+    /// use cyb::{Objective, Reduction};
+    /// use half::bf16;
+    ///
+    /// let gpu = GpuContext::new(0)?;
+    /// let shape = LossShape { batch: 2, pauses: 3, seq: 16, vocab: 1000 };
+    /// let stride = padded_row_stride(shape.vocab + 1); // 1024: rows start aligned
+    /// let loss = CybLoss::new(&gpu, &Objective::ap_default().resolve(shape.pauses)?)?;
+    /// // Padding columns 1001..1024 of each row are never read.
+    /// let mut logits = gpu.zeros::<bf16>(shape.rows() * stride)?;
+    /// let targets = loss.upload_targets(&vec![7; shape.positions()], shape)?;
+    /// let fwd = loss.forward_strided(&logits, stride, &targets, shape, Reduction::Mean, None)?;
+    /// // Same stride for the gradient; its padding columns become zeros.
+    /// loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut logits)?;
+    /// # Ok::<(), cyb::CybError>(())
+    /// ```
+    pub fn forward_strided<T: LogitElem>(
+        &self,
+        logits: &CudaSlice<T>,
+        row_stride: usize,
+        targets: &CudaSlice<i32>,
+        shape: LossShape,
+        reduction: Reduction,
+        weights: Option<&CudaSlice<f32>>,
+    ) -> Result<GpuLossForward> {
+        let d = Dims::new(shape, row_stride)?;
         let kind = self.obj.kind as u32 as i32;
         let null: u64 = 0;
         if self.obj.k != shape.pauses {
@@ -313,7 +400,13 @@ impl CybLoss {
                 self.obj.k, shape.pauses
             )));
         }
-        shape.check_lengths(logits.len(), targets.len(), weights.map(|w| w.len()))?;
+        // Targets and weights through the dense check; the logits against the stride.
+        shape.check_lengths(
+            shape.rows() * (shape.vocab + 1),
+            targets.len(),
+            weights.map(|w| w.len()),
+        )?;
+        check_logits_len(logits.len(), shape, row_stride)?;
         let gpu = &self.gpu;
         let stream = gpu.stream();
         let rows = shape.rows();
@@ -342,10 +435,12 @@ impl CybLoss {
                 .arg(&d.k1)
                 .arg(&d.seq)
                 .arg(&d.vocab)
+                .arg(&d.stride)
                 .arg(&mut scalars);
-            // SAFETY: logits has rows*(V+1) elements and targets B*T (checked above);
-            // scalars has 3*rows; the kernel reads logits only at rows whose target is
-            // in 0..V, and indexes within [row*(V+1), row*(V+1)+V].
+            // SAFETY: logits has rows*stride elements with stride >= V+1, and targets
+            // B*T (checked above); scalars has 3*rows; the kernel reads logits only at
+            // rows whose target is in 0..V, and indexes within [row*stride,
+            // row*stride+V].
             unsafe { b.launch(row_config(d.rows)) }
                 .map_err(cuda_err("launching cyb_row_scalars"))?;
 
@@ -392,6 +487,7 @@ impl CybLoss {
 
         Ok(GpuLossForward {
             shape,
+            row_stride,
             reduction,
             kind: self.obj.kind,
             dk_bias: self.obj.dk_bias,
@@ -407,8 +503,9 @@ impl CybLoss {
     }
 
     /// `dlogits` for the given upstream gradient, into a separate buffer of the same
-    /// shape as `logits` (which must be the logits `fwd` was computed from). Ignored
-    /// positions get zero rows. Queued, no host sync.
+    /// shape and row stride as `logits` (which must be the logits `fwd` was computed
+    /// from, with [`GpuLossForward::row_stride`]). Ignored positions get zero rows and
+    /// the padding columns zeros. Queued, no host sync.
     pub fn backward<T: LogitElem>(
         &self,
         fwd: &GpuLossForward,
@@ -424,7 +521,7 @@ impl CybLoss {
                 logits.len()
             )));
         }
-        let d = Dims::new(fwd.shape)?;
+        let d = Dims::new(fwd.shape, fwd.row_stride)?;
         if d.rows == 0 {
             return Ok(());
         }
@@ -433,8 +530,8 @@ impl CybLoss {
         let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, false));
         b.arg(logits).arg(dlogits);
         push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
-        // SAFETY: logits and dlogits both have rows*(V+1) elements (checked against
-        // fwd.shape); fwd's buffers were sized for that shape (targets B*T, scalars
+        // SAFETY: logits and dlogits both have rows*stride elements, stride >= V+1
+        // (checked against fwd.shape and fwd.row_stride); fwd's buffers were sized for that shape (targets B*T, scalars
         // 3*rows, grad_loss 3*rows, summary SUMMARY_LEN); upstream has 1 or B*T values as
         // the reduction needs (checked), or is null with the scalar used instead.
         unsafe { b.launch(row_config(d.rows)) }.map_err(cuda_err("launching cyb_dlogits"))?;
@@ -450,7 +547,7 @@ impl CybLoss {
         logits: &mut CudaSlice<T>,
     ) -> Result<()> {
         self.check_backward(fwd, upstream, logits.len())?;
-        let d = Dims::new(fwd.shape)?;
+        let d = Dims::new(fwd.shape, fwd.row_stride)?;
         if d.rows == 0 {
             return Ok(());
         }
@@ -459,7 +556,7 @@ impl CybLoss {
         let mut b = stream.launch_builder(self.kernels.dlogits(T::SUFFIX, true));
         b.arg(logits);
         push_dlogits_args(&mut b, fwd, upstream, &null, &up_scalar, &red, &d);
-        // SAFETY: as in `backward`, with one buffer of rows*(V+1) elements that the
+        // SAFETY: as in `backward`, with one buffer of rows*stride elements that the
         // kernel reads and then writes element by element in the same thread.
         unsafe { b.launch(row_config(d.rows)) }
             .map_err(cuda_err("launching cyb_dlogits_inplace"))?;
@@ -478,12 +575,8 @@ impl CybLoss {
                 fwd.kind, self.obj.kind
             )));
         }
-        let want = fwd.shape.rows() * (fwd.shape.vocab + 1);
-        if logits_len != want {
-            return Err(CybError::Shape(format!(
-                "logits have {logits_len} elements, the forward was for {want}"
-            )));
-        }
+        check_logits_len(logits_len, fwd.shape, fwd.row_stride)
+            .map_err(|e| CybError::Shape(format!("backward: {e} (as in the forward)")))?;
         if let Upstream::Device(u) = upstream {
             let per_position = fwd.reduction == Reduction::None;
             let want = if per_position {
@@ -503,6 +596,23 @@ impl CybLoss {
     }
 }
 
+/// Fails unless `len` is exactly `rows * row_stride` (the caller checked that the
+/// product does not overflow, see [`Dims::new`]).
+fn check_logits_len(len: usize, shape: LossShape, row_stride: usize) -> Result<()> {
+    let want = shape.rows().saturating_mul(row_stride);
+    if len != want {
+        return Err(CybError::Shape(format!(
+            "logits have {len} elements, expected B*(K+1)*T*row_stride = {}*{}*{}*{row_stride} \
+             = {want} (V+1 = {})",
+            shape.batch,
+            shape.pauses + 1,
+            shape.seq,
+            shape.vocab + 1
+        )));
+    }
+    Ok(())
+}
+
 /// Kernel arguments of the backward besides the buffers: a null pointer (used when
 /// the upstream is a host scalar), that scalar, and the reduction code.
 fn backward_scalars(fwd: &GpuLossForward, upstream: Upstream<'_>) -> (u64, f64, i32) {
@@ -515,7 +625,7 @@ fn backward_scalars(fwd: &GpuLossForward, upstream: Upstream<'_>) -> (u64, f64, 
 
 /// The arguments of `cyb_dlogits*` after the logits (see `CYB_DLOGITS_ARGS` in
 /// kernels/cyb_loss.cu): targets, scalars, grad_loss, summary, upstream
-/// (device pointer or null), up_scalar, reduction, rows, k1, seq, vocab.
+/// (device pointer or null), up_scalar, reduction, rows, k1, seq, vocab, stride.
 fn push_dlogits_args<'a>(
     b: &mut cudarc::driver::LaunchArgs<'a>,
     fwd: &'a GpuLossForward,
@@ -538,7 +648,8 @@ fn push_dlogits_args<'a>(
         .arg(&d.rows)
         .arg(&d.k1)
         .arg(&d.seq)
-        .arg(&d.vocab);
+        .arg(&d.vocab)
+        .arg(&d.stride);
 }
 
 /// What [`CybLoss::forward`] leaves on the device: per-position values, the summary
@@ -546,6 +657,7 @@ fn push_dlogits_args<'a>(
 /// needs. Reading anything to the host waits for the stream.
 pub struct GpuLossForward {
     shape: LossShape,
+    row_stride: usize,
     reduction: Reduction,
     kind: ObjectiveKind,
     dk_bias: f64,
@@ -563,6 +675,7 @@ impl std::fmt::Debug for GpuLossForward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuLossForward")
             .field("shape", &self.shape)
+            .field("row_stride", &self.row_stride)
             .field("reduction", &self.reduction)
             .field("kind", &self.kind)
             .finish()
@@ -573,6 +686,12 @@ impl GpuLossForward {
     /// The shape the forward ran on.
     pub fn shape(&self) -> LossShape {
         self.shape
+    }
+
+    /// The element distance between rows of the logits the forward read (`V+1` for
+    /// [`CybLoss::forward`]); the backward's logits and `dlogits` must have it too.
+    pub fn row_stride(&self) -> usize {
+        self.row_stride
     }
 
     /// The reduction the forward ran with.
@@ -695,14 +814,14 @@ mod tests {
     /// Checked against the PTX that build.rs produced, so a kernel signature that
     /// drifts from its launch fails here, without a GPU.
     const SIGNATURES: &[(&str, &str)] = &[
-        ("cyb_row_scalars_f32", "ppiiiip"),
-        ("cyb_row_scalars_bf16", "ppiiiip"),
+        ("cyb_row_scalars_f32", "ppiiiiip"),
+        ("cyb_row_scalars_bf16", "ppiiiiip"),
         ("cyb_position_objectives", "ppppiiiiipppp"),
         ("cyb_loss_finalize", "piip"),
-        ("cyb_dlogits_f32", "pppppppdiiiii"),
-        ("cyb_dlogits_bf16", "pppppppdiiiii"),
-        ("cyb_dlogits_inplace_f32", "ppppppdiiiii"),
-        ("cyb_dlogits_inplace_bf16", "ppppppdiiiii"),
+        ("cyb_dlogits_f32", "pppppppdiiiiii"),
+        ("cyb_dlogits_bf16", "pppppppdiiiiii"),
+        ("cyb_dlogits_inplace_f32", "ppppppdiiiiii"),
+        ("cyb_dlogits_inplace_bf16", "ppppppdiiiiii"),
     ];
 
     #[test]
