@@ -1162,10 +1162,10 @@ mod gpu_tests {
     const U_BF16: f64 = 1.0 / 256.0;
     const BF16_LOGITS_REL: f64 = 2.0 * 5.48 * U_BF16; // 2 sqrt(30) u
     const BF16_STEP_REL: f64 = 2.0 * 7.22 * U_BF16; // 2 sqrt(52) u
-    // The loss is a mean over B*T*(K+1) = 156 terms whose logit errors are independent
-    // between positions and, within a row, weighted by (p - onehot), which sums to zero
-    // (a shift common to the row cancels): its relative error is far below the logits'.
-    // One bf16 rounding, u, bounds it with room; the mean E[pauses] likewise.
+                                                    // The loss is a mean over B*T*(K+1) = 156 terms whose logit errors are independent
+                                                    // between positions and, within a row, weighted by (p - onehot), which sums to zero
+                                                    // (a shift common to the row cancels): its relative error is far below the logits'.
+                                                    // One bf16 rounding, u, bounds it with room; the mean E[pauses] likewise.
     const BF16_LOSS_REL: f64 = U_BF16;
 
     /// The logits of the bf16 forward against the f32 CPU forward: both modes, K in
@@ -1240,10 +1240,12 @@ mod gpu_tests {
         let check_copy = |g: &GpuModel, when: &str| -> R {
             let master = gpu.dtoh(g.params_device()).map_err(err)?;
             let copy = gpu
-                .dtoh(g.params_bf16_device().ok_or("a bf16 model has a bf16 copy")?)
+                .dtoh(
+                    g.params_bf16_device()
+                        .ok_or("a bf16 model has a bf16 copy")?,
+                )
                 .map_err(err)?;
-            if let Some(i) =
-                (0..master.len()).find(|&i| half::bf16::from_f32(master[i]) != copy[i])
+            if let Some(i) = (0..master.len()).find(|&i| half::bf16::from_f32(master[i]) != copy[i])
             {
                 return Err(format!(
                     "{when}: bf16 copy [{i}] = {} but round(master {}) = {}",
@@ -1294,8 +1296,16 @@ mod gpu_tests {
     }
 
     /// 50 steps of AdamW in bf16 on the GPU and in f32 on the CPU, same model and
-    /// batches (as `training_curves_agree_k3`).
+    /// batches as `training_curves_agree_k3`, at a learning rate of 1e-3 instead of
+    /// 3e-3. At 3e-3 this task's training is chaotic: measured on the CPU alone in f32,
+    /// multiplying every initial weight by (1 + u N(0,1)) with u = 2^-8 (one bf16
+    /// rounding) moved the mean of the last 10 losses from 1.67 to 3.39 for one seed and
+    /// from 0.85 to 1.42 for another, so no bf16 run could be held to the f32 curve
+    /// there. At 1e-3 the loss falls further and smoothly (3.6 to ~0.3 in 50 steps) and
+    /// the same perturbation moved the last-10 mean by under 1% on five seeds: the
+    /// comparison then measures bf16's arithmetic, not the chaos of the trajectory.
     fn curves_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        const LR: f32 = 1e-3;
         let m = random_model(rng, PauseAttention::Shared);
         let c = m.config.clone();
         let k = 3;
@@ -1324,12 +1334,12 @@ mod gpu_tests {
                 .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut grads)
                 .map_err(err)?;
             clip_grad_norm(&mut grads, 1.0);
-            opt.step(&mut cpu.params, &grads, 3e-3);
+            opt.step(&mut cpu.params, &grads, LR);
             lc.push(out.loss);
             let step = g
                 .forward_backward(&tokens, &targets, b, t, k, &obj)
                 .map_err(err)?;
-            g.step(3e-3, 1.0).map_err(err)?;
+            g.step(LR, 1.0).map_err(err)?;
             lg.push(step.loss().map_err(err)?);
         }
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;

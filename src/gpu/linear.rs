@@ -6,13 +6,18 @@
 //! so every product below is the transposed product of the row-major formula. Biases
 //! are added by [`super::residual::ResidualKernels`] (fused with the residual where
 //! there is one) and their gradients reduced there. f32 runs `cublasSgemm` in the
-//! default math mode (full f32, no TF32), so results are reproducible run to run.
+//! default math mode (full f32, no TF32), so results are reproducible run to run; bf16
+//! runs `cublasGemmEx` with bf16 inputs and `CUBLAS_COMPUTE_32F` (f32 accumulation).
+//! [`Linear::backward_weight_f32`] is the mixed-precision weight gradient: `T` inputs,
+//! an f32 gradient accumulated in f32 (the model uses it in both precisions: for f32 it
+//! is the same product as SGEMM). The `_ld` variants take the row stride of the
+//! `[N, OC]` side separately (the model's padded logits).
 
 use super::{GpuContext, LogitElem};
 use crate::error::{CybError, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 

@@ -34,11 +34,11 @@ use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
 use super::gelu::GeluKernels;
 use super::layernorm::LayerNormKernels;
 use super::linear::{GemmElem, Linear};
-use super::loss::{CybLoss, GpuLossForward, Upstream};
+use super::loss::{padded_row_stride, CybLoss, GpuLossForward, Upstream};
 use super::residual::ResidualKernels;
 use super::{cuda_err, GpuContext};
-pub use crate::config::Precision;
 use crate::config::ModelConfig;
+pub use crate::config::Precision;
 use crate::cpu::embedding::StepShape;
 use crate::cpu::loss::{check_targets, LossShape, LossStats};
 use crate::cpu::model::{check_batch, Model, Params, StepOutput};
@@ -140,8 +140,8 @@ struct Acts<T> {
     lnf: CudaSlice<T>,        // [N, d]
     lnf_mean: CudaSlice<f32>, // [N]
     lnf_rstd: CudaSlice<f32>, // [N]
-    /// `[N, V+1]` with rows `logits_ld` apart; after a backward it holds `dlogits`
-    /// (computed in place).
+    /// `[N, V+1]` with rows `logits_ld` apart (`N * logits_ld` elements, see
+    /// [`logits_row_stride`]); after a backward it holds `dlogits` (computed in place).
     logits: CudaSlice<T>,
     logits_ld: usize,
     dresid: CudaSlice<T>, // [N, d]
@@ -152,9 +152,14 @@ struct Acts<T> {
     dfc: CudaSlice<T>,    // [N, 4d]
 }
 
-/// The row stride of the logits buffer for `V+1` columns.
+/// The row stride of the logits buffer for `V+1` columns: padded to a multiple of 64
+/// elements ([`padded_row_stride`]), so that every row starts 128-byte aligned for the
+/// loss kernels' vector loads (`V+1 = 32001` would give a 64,002-byte bf16 stride). The
+/// logits GEMM writes columns `0..=V` with `ldc` = the stride; the padding columns stay
+/// zero from the allocation and the loss backward writes zeros there; the backward
+/// GEMMs read only columns `0..=V`.
 fn logits_row_stride(v1: usize) -> usize {
-    v1
+    padded_row_stride(v1)
 }
 
 impl<T: GemmElem> Acts<T> {
@@ -563,7 +568,9 @@ impl GpuModel {
         let fwd = match acts.as_mut().expect("prepared") {
             AnyActs::F32(a) => {
                 k.gpu.copy_into(targets, &mut a.targets)?;
-                step_acts(k, layout, config, params, params, grads, a, &index, loss, shape)?
+                step_acts(
+                    k, layout, config, params, params, grads, a, &index, loss, shape,
+                )?
             }
             AnyActs::Bf16(a) => {
                 let w = params_bf16.as_ref().ok_or_else(missing_copy)?;
@@ -672,7 +679,8 @@ where
             .forward(&mut b.qkv, &b.ln1, &wm(QKV_W), n, d, 3 * d)?;
         k.resid.bias_add(&mut b.qkv, &w(QKV_B), n, 3 * d)?;
         k.attn.forward(&b.qkv, &mut b.atty, &mut b.lse, dims)?;
-        k.linear.forward(&mut b.mid, &b.atty, &wm(PROJ_W), n, d, d)?;
+        k.linear
+            .forward(&mut b.mid, &b.atty, &wm(PROJ_W), n, d, d)?;
         k.resid.bias_residual(&mut b.mid, &w(PROJ_B), x, n, d)?;
         // MLP half: out = mid + W_2 · gelu(LN2(mid) W_1 + b_1) + b_2.
         k.ln.forward(
@@ -685,7 +693,8 @@ where
             n,
             d,
         )?;
-        k.linear.forward(&mut b.fc, &b.ln2, &wm(FC_W), n, d, 4 * d)?;
+        k.linear
+            .forward(&mut b.fc, &b.ln2, &wm(FC_W), n, d, 4 * d)?;
         let fc_bias = w(FC_B);
         k.gelu.bias_gelu_forward(
             &mut b.fc,
@@ -710,8 +719,15 @@ where
         d,
     )?;
     // Tied head: logits[N, V+1] (rows ld apart) = lnf[N, d] · tok_emb[V+1, d]^T.
-    k.linear
-        .forward_ld(&mut a.logits, &a.lnf, &wt.slice(lay.tok_emb()), n, d, v1, ld)
+    k.linear.forward_ld(
+        &mut a.logits,
+        &a.lnf,
+        &wt.slice(lay.tok_emb()),
+        n,
+        d,
+        v1,
+        ld,
+    )
 }
 
 /// Forward, loss, loss backward (in place) and backward of one step on checked inputs
@@ -733,7 +749,14 @@ where
     CudaBlas: Gemm<T>,
 {
     forward_acts(k, lay, c, p, wt, a)?;
-    let fwd = loss.forward(&a.logits, &a.targets, shape, Reduction::Mean, None)?;
+    let fwd = loss.forward_strided(
+        &a.logits,
+        a.logits_ld,
+        &a.targets,
+        shape,
+        Reduction::Mean,
+        None,
+    )?;
     loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut a.logits)?;
     backward(k, lay, c, p, wt, g, a, index)?;
     Ok(fwd)
@@ -950,5 +973,21 @@ mod tests {
         assert_eq!(lay.tables().len(), table_dims(&c).len());
         let total: usize = lay.segs.iter().map(|s| s.len).sum();
         assert_eq!(lay.ln_f().end, total);
+    }
+
+    /// The logits rows are padded to a multiple of 64 elements (128-byte aligned bf16
+    /// rows), never narrower than `V+1`.
+    #[test]
+    fn logits_rows_are_padded_to_64() {
+        for (v1, want) in [
+            (1, 64),
+            (6, 64),
+            (38, 64),
+            (64, 64),
+            (65, 128),
+            (32001, 32064),
+        ] {
+            assert_eq!(logits_row_stride(v1), want, "V+1 = {v1}");
+        }
     }
 }
