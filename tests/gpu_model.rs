@@ -1352,21 +1352,23 @@ mod gpu_tests {
             return Err(format!("the bf16 loss did not decrease: {lg:?}").into());
         }
         // Early steps: the bf16 loss differs from the f32 one by the forward's error
-        // (BF16_LOSS_REL per step) plus what the first updates add; Adam normalises
-        // the gradient, so a relative gradient error e (BF16_STEP_REL) moves each update
-        // by about e of its size, and over the first 10 steps the parameters have moved
-        // little: 2% covers both. Later the two trajectories drift apart as the f32 GPU
-        // and CPU ones do (c0de4d3: chaotically, several % by step ~35 with correct
-        // kernels), and bf16 adds its own per-step noise, so only the level is compared:
-        // the mean of the last 10 losses within 10%, the margin of the f32 test. A wrong
-        // gradient stops the fall of the loss and misses both.
-        close("bf16 loss curve", &lg[..10], &lc[..10], 2e-3, 2e-2)?;
+        // (below BF16_LOSS_REL = 0.4% per step) plus what the updates so far add; Adam
+        // normalises the gradient, so a relative gradient error e (~BF16_STEP_REL/2 in
+        // practice) moves each update by about e of its size, and in this smooth regime
+        // those differences do not grow fast: 2% for the first 25 steps. Then only the
+        // level is compared, as c0de4d3 learned for f32: the mean of the last 10 losses
+        // within 5%. Seen on the emulator (seeds 1796167737499015260 and 11 among
+        // others): every step within 0.7%, the last-10 means within 0.5%; the margins
+        // leave room for the hardware's own rounding (tensor-core accumulation order,
+        // FMA). A wrong or stale gradient, or a bf16 copy not refreshed after a step,
+        // leaves the loss near its start (3.6) instead of ~0.3 and misses both.
+        close("bf16 loss curve", &lg[..25], &lc[..25], 2e-3, 2e-2)?;
         close(
             "bf16 late loss level",
             &[mean(&lg[40..])],
             &[mean(&lc[40..])],
             2e-3,
-            1e-1,
+            5e-2,
         )
     }
 
