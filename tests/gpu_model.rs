@@ -53,6 +53,8 @@ fn names() -> Vec<String> {
         "forward_matches_cpu",
         "forward_backward_is_deterministic",
         "training_curves_agree_k3",
+        "linear_bf16_strided_matches_cpu",
+        "gemm_ex_refuses_unsupported_types",
         "forward_bf16_matches_cpu",
         "forward_backward_bf16_is_deterministic",
         "bf16_step_keeps_f32_masters",
@@ -184,6 +186,8 @@ mod gpu_tests {
             "forward_matches_cpu" => forward(gpu, &mut rng),
             "forward_backward_is_deterministic" => deterministic(gpu, &mut rng),
             "training_curves_agree_k3" => curves(gpu, &mut rng),
+            "linear_bf16_strided_matches_cpu" => linear_bf16_strided(gpu, &mut rng),
+            "gemm_ex_refuses_unsupported_types" => gemm_ex_refuses(gpu),
             "forward_bf16_matches_cpu" => forward_bf16(gpu, &mut rng),
             "forward_backward_bf16_is_deterministic" => deterministic_bf16(gpu, &mut rng),
             "bf16_step_keeps_f32_masters" => bf16_masters(gpu, &mut rng),
@@ -1167,6 +1171,147 @@ mod gpu_tests {
                                                     // (a shift common to the row cancels): its relative error is far below the logits'.
                                                     // One bf16 rounding, u, bounds it with room; the mean E[pauses] likewise.
     const BF16_LOSS_REL: f64 = U_BF16;
+
+    /// The mixed-precision GEMMs of the bf16 step, with the row stride of the `[N, OC]`
+    /// side (`ld > OC`, as the padded logits): forward (bf16 out), input gradient (bf16
+    /// out) and the f32-accumulated weight gradient (bf16 in, **+=** into f32), against
+    /// an f64 reference on the same bf16 inputs. The padding of `out` is NaN before and
+    /// must stay NaN (never written); the padding of `dout` is NaN and must not be read.
+    fn linear_bf16_strided(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        let lin = Linear::new(gpu).map_err(err)?;
+        for &(n, c, oc, ld) in &[(1, 1, 1, 1), (13, 47, 39, 64), (300, 33, 65, 128)] {
+            let tag = format!("n{n} c{c} oc{oc} ld{ld}");
+            let (x, w) = (randn(rng, n * c, 1.0), randn(rng, oc * c, 0.5));
+            let (xb, wb) = (bf_f64(&x), bf_f64(&w));
+            let (xd, wd) = (
+                gpu.htod(&bf(&x)).map_err(err)?,
+                gpu.htod(&bf(&w)).map_err(err)?,
+            );
+            // Forward: every stored output is one bf16 rounding of an f32-accumulated
+            // sum over c <= 47 products of exact bf16 values (f32 error ~1e-6): the
+            // elementwise bf16 tolerance.
+            let mut y = bf_nan(gpu, (n - 1) * ld + oc)?;
+            lin.forward_ld(&mut y, &xd, &wd, n, c, oc, ld)
+                .map_err(err)?;
+            let yh = gpu.dtoh(&y).map_err(err)?;
+            let mut got = Vec::with_capacity(n * oc);
+            let mut want = Vec::with_capacity(n * oc);
+            for r in 0..n {
+                for j in 0..oc {
+                    got.push(yh[r * ld + j].to_f64());
+                    want.push((0..c).map(|i| xb[r * c + i] * wb[j * c + i]).sum::<f64>());
+                }
+                if let Some(j) =
+                    (oc..ld).find(|&j| r * ld + j < yh.len() && !yh[r * ld + j].is_nan())
+                {
+                    return Err(format!("{tag}: padding [{r}, {j}] was written").into());
+                }
+            }
+            close(
+                &format!("bf16 linear {tag}"),
+                &got,
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+            // dout with NaN padding: must not be read.
+            let dy = randn(rng, n * oc, 1.0);
+            let dyb = bf_f64(&dy);
+            let mut dy_pad = vec![half::bf16::NAN; (n - 1) * ld + oc];
+            for r in 0..n {
+                for j in 0..oc {
+                    dy_pad[r * ld + j] = half::bf16::from_f32(dy[r * oc + j]);
+                }
+            }
+            let dyd = gpu.htod(&dy_pad).map_err(err)?;
+            let mut dx = bf_nan(gpu, n * c)?;
+            lin.backward_input_ld(&mut dx, &dyd, &wd, n, c, oc, ld)
+                .map_err(err)?;
+            let want: Vec<f64> = (0..n * c)
+                .map(|e| {
+                    let (r, i) = (e / c, e % c);
+                    (0..oc).map(|j| dyb[r * oc + j] * wb[j * c + i]).sum()
+                })
+                .collect();
+            close(
+                &format!("bf16 dinp {tag}"),
+                &bf_host(gpu, &dx, n * c),
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+            // Weight gradient: f32 output accumulated onto dw0, products of exact bf16
+            // values summed in f32 over n <= 300 rows: f32 rounding only (SUM_REL).
+            let dw0 = randn(rng, oc * c, 1.0);
+            let mut dw = gpu.htod(&dw0).map_err(err)?;
+            lin.backward_weight_f32(&mut dw, &dyd, &xd, n, c, oc, ld)
+                .map_err(err)?;
+            let want: Vec<f64> = (0..oc * c)
+                .map(|e| {
+                    let (j, i) = (e / c, e % c);
+                    dw0[e] as f64 + (0..n).map(|r| dyb[r * oc + j] * xb[r * c + i]).sum::<f64>()
+                })
+                .collect();
+            rel(
+                &format!("f32 dweight from bf16 {tag}"),
+                &host(gpu, &dw, oc * c),
+                &want,
+                SUM_REL,
+            )?;
+            // A stride below the row is a shape error, before any launch.
+            if oc > 1 && lin.forward_ld(&mut y, &xd, &wd, n, c, oc, oc - 1).is_ok() {
+                return Err(format!("{tag}: a row stride below OC was accepted").into());
+            }
+        }
+        Ok(())
+    }
+
+    /// `cublasGemmEx` with A and B of different types (f32 and bf16) is not a
+    /// combination cuBLAS supports: it fails (CUBLAS_STATUS_NOT_SUPPORTED) on the GPU,
+    /// and the emulated cuBLAS must fail the same way rather than compute something.
+    fn gemm_ex_refuses(gpu: &Arc<GpuContext>) -> R {
+        use cyb::gpu::cudarc::cublas::{result::gemm_ex, sys, CudaBlas};
+        use cyb::gpu::cudarc::driver::{DevicePtr, DevicePtrMut};
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| format!("{e:?}"))?;
+        let a = gpu.htod(&[1.0f32; 4]).map_err(err)?;
+        let b = gpu.htod(&[half::bf16::ONE; 4]).map_err(err)?;
+        let mut c = gpu.htod(&[0.0f32; 4]).map_err(err)?;
+        let (one, zero) = (1.0f32, 0.0f32);
+        let s = gpu.stream();
+        let (ap, _g1) = a.device_ptr(s);
+        let (bp, _g2) = b.device_ptr(s);
+        let (cp, _g3) = c.device_ptr_mut(s);
+        // SAFETY: 2x2 matrices of 4 elements each, host f32 scalars; the call is
+        // expected to be refused before touching memory.
+        let r = unsafe {
+            gemm_ex(
+                *blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                2,
+                2,
+                2,
+                (&one) as *const f32 as *const _,
+                ap as *const _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                2,
+                bp as *const _,
+                sys::cudaDataType_t::CUDA_R_16BF,
+                2,
+                (&zero) as *const f32 as *const _,
+                cp as *mut _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                2,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        match r {
+            Err(e) if format!("{e:?}").contains("NOT_SUPPORTED") => Ok(()),
+            Err(e) => Err(format!("refused, but with {e:?} instead of NOT_SUPPORTED").into()),
+            Ok(()) => Err("cublasGemmEx accepted f32 A with bf16 B".into()),
+        }
+    }
 
     /// The logits of the bf16 forward against the f32 CPU forward: both modes, K in
     /// {0, 1, 3}, T = 13 (not a multiple of the 64-row attention tiles), and a model
