@@ -7,10 +7,11 @@
 //!   objective `ap`), random tokens (never zeros), timed with CUDA events inside
 //!   `iter_custom`; prints ms/step, real tokens/s (B*T per step; each real token
 //!   carries K+1 = 4 steps) and the ratio to PyTorch's 84,000 tok/s (torch.compile +
-//!   FlexAttention, bf16 autocast). Printed for f32 SGEMM and for TF32 tensor-core
-//!   GEMMs (criterion times the TF32 one); activations stay f32 until bf16 storage
-//!   lands, so expect to trail PyTorch's bf16 numbers. No cache flush is needed: every
-//!   step streams gigabytes of activations, far beyond the 50 MB L2.
+//!   FlexAttention, bf16 autocast), one line each for the f32 step (SGEMM), the f32
+//!   step with TF32 tensor-core GEMMs and the bf16 mixed-precision step
+//!   (`Precision::Bf16`, the comparable one: PyTorch's number is bf16 autocast);
+//!   criterion then times the bf16 step. No cache flush is needed: every step streams
+//!   gigabytes of activations, far beyond the 50 MB L2.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::config::ModelConfig;
@@ -59,7 +60,7 @@ fn cpu_step(c: &mut Criterion) {
 mod gpu {
     use super::*;
     use cyb::gpu::cudarc::driver::sys::CUevent_flags;
-    use cyb::gpu::model::GpuModel;
+    use cyb::gpu::model::{GpuModel, Precision};
     use cyb::gpu::GpuContext;
 
     const TORCH_TOK_S: f64 = 84_000.0;
@@ -92,17 +93,10 @@ mod gpu {
         let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(32000) as i32).collect();
         let targets: Vec<i32> = (0..b * t).map(|_| rng.below(32000) as i32).collect();
         let obj = Objective::ap_default().resolve(k).expect("objective");
-        let mut model = GpuModel::from_cpu(&gpu, &cpu).expect("upload the model");
-        drop(cpu);
-        model.optimizer_mut().weight_decay = 0.1;
         let step = |model: &mut GpuModel| -> cyb::Result<()> {
             model.forward_backward(&tokens, &targets, b, t, k, &obj)?;
             model.step(1e-4, 1.0)
         };
-        if let Err(e) = step(&mut model).and_then(|_| model.synchronize()) {
-            eprintln!("GPU train-step bench skipped: {e}");
-            return;
-        }
         let stream = gpu.stream().clone();
         let ctx = gpu.context().clone();
         let time_ms = |model: &mut GpuModel, iters: u64| -> f64 {
@@ -119,26 +113,51 @@ mod gpu {
             end.record(&stream).unwrap();
             start.elapsed_ms(&end).unwrap() as f64
         };
-        // Summary lines: full f32 SGEMM, then TF32 tensor cores (f32 storage and
-        // accumulation, inputs of the products rounded to 10 mantissa bits).
-        for tf32 in [false, true] {
+        // Summary lines: full f32 SGEMM, TF32 tensor cores (f32 storage and
+        // accumulation, inputs of the products rounded to 10 mantissa bits), then the
+        // bf16 mixed-precision step. One model at a time (the activations of this shape
+        // take tens of GB).
+        let mut bf16_model = None;
+        for (label, precision, tf32) in [
+            ("f32", Precision::F32, false),
+            ("f32+tf32", Precision::F32, true),
+            ("bf16", Precision::Bf16, false),
+        ] {
+            let mut model = match GpuModel::with_precision(&gpu, &cpu, precision) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("GPU train-step bench ({label}) skipped: {e}");
+                    continue;
+                }
+            };
+            model.optimizer_mut().weight_decay = 0.1;
             model.set_tf32(tf32).expect("math mode");
+            if let Err(e) = step(&mut model).and_then(|_| model.synchronize()) {
+                eprintln!("GPU train-step bench ({label}) skipped: {e}");
+                continue;
+            }
             time_ms(&mut model, 2);
             let mut runs: Vec<f64> = (0..5).map(|_| time_ms(&mut model, 1)).collect();
             runs.sort_by(f64::total_cmp);
             let ms = runs[2];
             let tok_s = (b * t) as f64 / (ms * 1e-3);
             println!(
-                "gpu train step GPT-2-small V=32000 d=768 L=12 H=12 T=1024 K=3 B=8 ap {}: \
+                "gpu train step GPT-2-small V=32000 d=768 L=12 H=12 T=1024 K=3 B=8 ap {label}: \
                  {ms:.1} ms/step, {tok_s:.0} real tokens/s, {:.2}x PyTorch's {TORCH_TOK_S} tok/s",
-                if tf32 { "f32+tf32" } else { "f32" },
                 tok_s / TORCH_TOK_S
             );
+            if precision == Precision::Bf16 {
+                bf16_model = Some(model);
+            }
         }
+        drop(cpu);
+        let Some(mut model) = bf16_model else {
+            return;
+        };
         let mut group = c.benchmark_group("gpu_train_step_gpt2_small_k3_ap");
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(10));
-        group.bench_function("f32_tf32", |bench| {
+        group.bench_function("bf16", |bench| {
             bench.iter_custom(|iters| Duration::from_secs_f64(time_ms(&mut model, iters) * 1e-3))
         });
         group.finish();

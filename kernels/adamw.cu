@@ -79,3 +79,14 @@ extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
         p[i] -= (float)((double)lr * update);
     }
 }
+
+// The bf16 working copy of the f32 master weights (mixed-precision training): after each
+// update, out[i] = bf16(p[i]) rounded to nearest even, the rounding cuBLAS and the bf16
+// kernels would apply themselves, so the copy is exactly round(master).
+extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
+    cast_f32_to_bf16(const float *__restrict__ p, __nv_bfloat16 *__restrict__ out, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        out[i] = __float2bfloat16_rn(p[i]);
+    }
+}

@@ -131,6 +131,14 @@ done
 echo
 printf '%-34s %6s %7s %7s %8s %7s\n' "executable" "exit" "passed" "failed" "ignored" "seconds"
 printf '%s\n' "${rows[@]}"
+# The benches' figures (ms/step, tokens/s, ratios to ANCHORS.md) under the table, so the
+# numbers a GPU run produced are in one place.
+figures=$(cat "$LOGS"/bench_*.log 2>/dev/null | grep -E '^gpu ' || true)
+if [[ -n "$figures" ]]; then
+  echo
+  echo "GPU figures (bench logs):"
+  printf '%s\n' "$figures"
+fi
 echo "logs: $LOGS"
 if printf '%s\n' "${rows[@]}" | awk '$5 ~ /^[0-9]+$/ && $5 > 0 { found = 1 } END { exit !found }'; then
   echo "NOTE: some tests were ignored: GPU tests are ignored when no CUDA device can be opened"

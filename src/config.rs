@@ -93,6 +93,63 @@ impl std::fmt::Display for PauseAttention {
     }
 }
 
+/// The arithmetic of a GPU training step (`--precision` of `cyb train` and
+/// `cyb experiment`; the CPU reference always runs in f32).
+///
+/// - `F32`: every tensor and every GEMM in f32 (cuBLAS SGEMM, no TF32): the GPU twin
+///   of the CPU reference, to about 1e-4.
+/// - `Bf16`: mixed precision as trainers use it. Activations, their gradients and a
+///   bf16 copy of the weights in bf16; the GEMMs on bf16 tensor cores with f32
+///   accumulation (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`), attention on the bf16
+///   tensor-core kernels; LayerNorm statistics, softmax and the loss computed in f32;
+///   f32 master weights, f32 gradients (the weight-gradient GEMMs write f32), f32
+///   AdamW, and the bf16 copy refreshed from the masters after every step. The default
+///   on a GPU.
+///
+/// ```
+/// use cyb::config::Precision;
+/// assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+/// assert_eq!(Precision::default(), Precision::Bf16);
+/// assert!("fp16".parse::<Precision>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere.
+    F32,
+    /// bf16 activations and GEMM inputs, f32 accumulation, statistics and masters.
+    #[default]
+    Bf16,
+}
+
+impl Precision {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = CybError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(CybError::Param(format!(
+                "precision must be `f32` or `bf16`, got `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl ModelConfig {
     /// Checks that every size is usable: nonzero sizes, `d_model % n_head == 0`.
     pub fn validate(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cyb::checkpoint;
-use cyb::config::ModelConfig;
+use cyb::config::{ModelConfig, Precision};
 use cyb::data::{task_by_name, ByteText, DataSource};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
@@ -104,6 +104,27 @@ enum Device {
     Cuda,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
+/// The training device with its precision: bf16 by default on a GPU; the CPU reference
+/// runs f32 only, so `--precision bf16` there is an error rather than silently f32.
+fn train_device(device: Device, precision: Option<PrecisionArg>) -> Result<TrainDevice> {
+    match (device, precision) {
+        (Device::Cpu, None | Some(PrecisionArg::F32)) => Ok(TrainDevice::Cpu),
+        (Device::Cpu, Some(PrecisionArg::Bf16)) => Err(CybError::Param(
+            "--precision bf16 needs --device cuda: the CPU reference computes in f32 only \
+             (use --precision f32 or leave the flag out)"
+                .into(),
+        )),
+        (Device::Cuda, Some(PrecisionArg::F32)) => Ok(TrainDevice::Cuda(Precision::F32)),
+        (Device::Cuda, None | Some(PrecisionArg::Bf16)) => Ok(TrainDevice::Cuda(Precision::Bf16)),
+    }
+}
+
 #[derive(Args, Clone)]
 struct DataArgs {
     /// Built-in synthetic task (ignored when --text is given).
@@ -201,6 +222,12 @@ struct TrainArgs {
     out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// Arithmetic of the GPU steps: `bf16` (mixed precision: bf16 activations and
+    /// GEMMs with f32 accumulation, f32 master weights, gradients, AdamW, LayerNorm
+    /// statistics, softmax and loss) or `f32` [default: bf16 with --device cuda, f32 on
+    /// the CPU, which runs f32 only].
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
 }
 
 /// Model shape, schedule and seed: the same for `train` and `experiment`.
@@ -268,6 +295,10 @@ struct ExperimentArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// Arithmetic of the GPU steps, as for `train` [default: bf16 with --device cuda,
+    /// f32 on the CPU].
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
     /// Steps of the no-pause model that every arm of a seed is fine-tuned from (the
     /// paper's protocol; 0 = every arm from scratch).
     #[arg(long, default_value_t = DEFAULT_PRETRAIN)]
@@ -439,10 +470,7 @@ impl RunArgs {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    let device = match a.device {
-        Device::Cpu => TrainDevice::Cpu,
-        Device::Cuda => TrainDevice::Cuda,
-    };
+    let device = train_device(a.device, a.precision)?;
     let objective = objective(&a)?;
     check_params(std::slice::from_ref(&objective), &a.run, 4000)?;
     if let Some(p) = &a.save {
@@ -508,8 +536,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
                     rayon::current_num_threads(),
                     out.seconds
                 ),
-                TrainDevice::Cuda => format!(
-                    "speed: {:.0} real tokens/s on CUDA device 0, {:.1} s in all",
+                TrainDevice::Cuda(precision) => format!(
+                    "speed: {:.0} real tokens/s on CUDA device 0 ({precision}), {:.1} s in all",
                     out.tokens_per_sec, out.seconds
                 ),
             },
@@ -527,10 +555,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
-    let device = match a.device {
-        Device::Cpu => TrainDevice::Cpu,
-        Device::Cuda => TrainDevice::Cuda,
-    };
+    let device = train_device(a.device, a.precision)?;
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;

@@ -111,8 +111,9 @@ pub enum TrainDevice {
     /// The CPU reference model (always available).
     #[default]
     Cpu,
-    /// CUDA device 0 through [`crate::gpu::model::GpuModel`] (feature `cuda`).
-    Cuda,
+    /// CUDA device 0 through [`crate::gpu::model::GpuModel`] (feature `cuda`), its
+    /// steps in this precision (bf16 mixed precision by default on a GPU).
+    Cuda(crate::config::Precision),
 }
 
 /// Train a model (fresh from `cfg.seed`, or continuing `init`) on `data`, on the CPU.
@@ -187,7 +188,15 @@ pub fn train_on(
             };
             run_loop(cfg, data, &objective, stepper, data_rng, show_progress)
         }
-        TrainDevice::Cuda => cuda::train(cfg, data, &objective, model, data_rng, show_progress),
+        TrainDevice::Cuda(precision) => cuda::train(
+            cfg,
+            data,
+            &objective,
+            model,
+            data_rng,
+            show_progress,
+            precision,
+        ),
     }
 }
 
@@ -259,6 +268,7 @@ impl Stepper for CpuStepper {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
+    use crate::config::Precision;
     use crate::gpu::{model::GpuModel, GpuContext};
 
     struct GpuStepper {
@@ -306,12 +316,13 @@ mod cuda {
         model: Model<f32>,
         data_rng: Rng,
         show_progress: bool,
+        precision: Precision,
     ) -> Result<TrainOutcome> {
         let gpu = GpuContext::new(0).map_err(|e| match e {
             CybError::Unavailable(m) => CybError::Unavailable(format!("--device cuda: {m}")),
             other => other,
         })?;
-        let mut model = GpuModel::from_cpu(&gpu, &model)?;
+        let mut model = GpuModel::with_precision(&gpu, &model, precision)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
         run_loop(
             cfg,
@@ -335,6 +346,7 @@ mod cuda {
         _model: Model<f32>,
         _data_rng: Rng,
         _show_progress: bool,
+        _precision: crate::config::Precision,
     ) -> Result<TrainOutcome> {
         Err(CybError::Unavailable(
             "--device cuda: this build has no GPU support; rebuild with \

@@ -280,6 +280,18 @@ fn bad_inputs_fail_clearly() {
         &["train", "--pause-attention", "both", "--steps", "1"],
         "`shared` or `private`, got `both`",
     );
+    // The CPU reference computes in f32 only: bf16 there is refused, not ignored.
+    check(
+        &["train", "--precision", "bf16", "--steps", "1"],
+        "--precision bf16 needs --device cuda",
+    );
+    check(
+        &["experiment", "--precision", "bf16", "--steps", "1"],
+        "--precision bf16 needs --device cuda",
+    );
+    check(&["train", "--precision", "fp16", "--steps", "1"], "fp16");
+    // f32 on the CPU is what it always runs: accepted.
+    ok_tiny(&["train", "--precision", "f32"]);
     check(
         &["eval", "--load", s(&dir.join("missing.safetensors"))],
         "missing.safetensors",

@@ -3,15 +3,16 @@
 //! row, widths that are not a multiple of the block, more rows than one reduction
 //! chunk, K = 0 and K = 3), outputs poisoned with NaN before each launch; a whole
 //! training step (loss and every parameter gradient) for every objective and K in
-//! {0, 3}; 50 optimizer steps; checkpoints across the two backends.
+//! {0, 3}; 50 optimizer steps; checkpoints across the two backends. The same in
+//! mixed precision ([`Precision::Bf16`]): the bf16 step against the f32 CPU reference
+//! within tolerances derived from bf16's 8-bit significand (see `BF16_STEP_REL`), a
+//! 50-step bf16 curve against the f32 one, f32 masters with an exactly rounded bf16
+//! copy.
 //!
 //! `harness = false` (libtest-mimic): when no CUDA device can be opened, or without
 //! feature `cuda`, every test is reported as *ignored*, never as passed.
 //! `CYB_TEST_SEED` fixes the random inputs (the seed is printed with every failure).
 //!
-//! Tests that run attention (forward, whole step, curves, determinism) need the
-//! pause-attention kernels; until they are merged the model uses a stub that returns
-//! `Unavailable`, and those tests fail on a GPU.
 
 mod common;
 
@@ -52,12 +53,21 @@ fn names() -> Vec<String> {
         "forward_matches_cpu",
         "forward_backward_is_deterministic",
         "training_curves_agree_k3",
+        "linear_bf16_strided_matches_cpu",
+        "gemm_ex_refuses_unsupported_types",
+        "forward_bf16_matches_cpu",
+        "forward_backward_bf16_is_deterministic",
+        "bf16_step_keeps_f32_masters",
+        "training_curves_bf16_track_f32_k3",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     for (mode, obj, k) in step_cases() {
         v.push(format!("model_step_matches_cpu::{mode}_{obj}_k{k}"));
+    }
+    for (mode, obj, k) in step_cases() {
+        v.push(format!("model_step_bf16_matches_cpu::{mode}_{obj}_k{k}"));
     }
     v
 }
@@ -98,7 +108,7 @@ mod gpu_tests {
     use cyb::gpu::gelu::GeluKernels;
     use cyb::gpu::layernorm::LayerNormKernels;
     use cyb::gpu::linear::Linear;
-    use cyb::gpu::model::GpuModel;
+    use cyb::gpu::model::{GpuModel, Precision};
     use cyb::gpu::residual::ResidualKernels;
     use cyb::gpu::GpuContext;
     use cyb::rng::Rng;
@@ -144,11 +154,17 @@ mod gpu_tests {
 
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
         let mut rng = Rng::new(seed);
-        if let Some(rest) = name.strip_prefix("model_step_matches_cpu::") {
-            let (mode_obj, k) = rest.rsplit_once("_k").expect("case name");
-            let (mode, obj) = mode_obj.split_once('_').expect("case name");
-            let k: usize = k.parse().expect("K");
-            return model_step(gpu, &mut rng, mode.parse().map_err(err)?, obj, k);
+        for (prefix, precision) in [
+            ("model_step_matches_cpu::", Precision::F32),
+            ("model_step_bf16_matches_cpu::", Precision::Bf16),
+        ] {
+            if let Some(rest) = name.strip_prefix(prefix) {
+                let (mode_obj, k) = rest.rsplit_once("_k").expect("case name");
+                let (mode, obj) = mode_obj.split_once('_').expect("case name");
+                let k: usize = k.parse().expect("K");
+                let mode = mode.parse().map_err(err)?;
+                return model_step(gpu, &mut rng, mode, obj, k, precision);
+            }
         }
         match name {
             "layernorm_forward_matches_cpu" => layernorm_fwd(gpu, &mut rng),
@@ -170,6 +186,12 @@ mod gpu_tests {
             "forward_matches_cpu" => forward(gpu, &mut rng),
             "forward_backward_is_deterministic" => deterministic(gpu, &mut rng),
             "training_curves_agree_k3" => curves(gpu, &mut rng),
+            "linear_bf16_strided_matches_cpu" => linear_bf16_strided(gpu, &mut rng),
+            "gemm_ex_refuses_unsupported_types" => gemm_ex_refuses(gpu),
+            "forward_bf16_matches_cpu" => forward_bf16(gpu, &mut rng),
+            "forward_backward_bf16_is_deterministic" => deterministic_bf16(gpu, &mut rng),
+            "bf16_step_keeps_f32_masters" => bf16_masters(gpu, &mut rng),
+            "training_curves_bf16_track_f32_k3" => curves_bf16(gpu, &mut rng),
             other => Err(format!("unknown test {other}").into()),
         }
     }
@@ -975,7 +997,12 @@ mod gpu_tests {
         mode: PauseAttention,
         obj: &str,
         k: usize,
+        precision: Precision,
     ) -> R {
+        let (tol, loss_tol) = match precision {
+            Precision::F32 => (STEP_REL, STEP_REL),
+            Precision::Bf16 => (BF16_STEP_REL, BF16_LOSS_REL),
+        };
         let m = random_model(rng, mode);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = objective(obj).resolve(k).map_err(err)?;
@@ -983,23 +1010,23 @@ mod gpu_tests {
         let want = m
             .forward_backward(&tokens, &targets, b, t, k, &obj, &mut want_g)
             .map_err(err)?;
-        let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
+        let mut g = GpuModel::with_precision(gpu, &m, precision).map_err(err)?;
         let got = g
             .forward_backward(&tokens, &targets, b, t, k, &obj)
             .map_err(err)?
             .to_step_output()
             .map_err(err)?;
-        close("loss", &[got.loss], &[want.loss], 1e-6, STEP_REL)?;
+        close("loss", &[got.loss], &[want.loss], 1e-6, loss_tol)?;
         close(
             "mean pauses",
             &[got.stats.mean_pauses],
             &[want.stats.mean_pauses],
             1e-6,
-            STEP_REL,
+            loss_tol,
         )?;
         let got_g = g.grads_to_cpu().map_err(err)?;
         for ((name, _, gx), (_, _, wx)) in got_g.tensors().iter().zip(want_g.tensors()) {
-            rel(&format!("grad {name}"), &f64s(gx), &f64s(wx), STEP_REL)?;
+            rel(&format!("grad {name}"), &f64s(gx), &f64s(wx), tol)?;
         }
         Ok(())
     }
@@ -1109,6 +1136,384 @@ mod gpu_tests {
             &[mean(&lc[40..])],
             2e-3,
             1e-1,
+        )
+    }
+
+    // ---------------------------------------------------------------- mixed precision
+
+    // Tolerances of the bf16 step (Precision::Bf16) against the f32 CPU reference.
+    //
+    // bf16 keeps 8 significant bits: one round-to-nearest moves a value by at most
+    // u = 2^-8 = 3.9e-3 of itself. Everything else in the step is f32 (accumulation,
+    // statistics, softmax, loss: errors near 1e-6, negligible here), so the error of a
+    // tensor is the sum of the bf16 roundings on its path, each carried forward by the
+    // normalised layers with a gain of order one. Roundings of different elements are
+    // independent, so a tensor's norm-wise relative error grows like sqrt(R)*u for R
+    // roundings on its path (R*u would need every rounding to push the same way in every
+    // element). Counting for the test model (L = 2 blocks):
+    // - forward, per block: the bf16 copies of W_qkv, W_o, W_1, W_2 (4), the stored
+    //   activations ln1, qkv, atty, mid, ln2, fc, gelu, out (8) and the probabilities
+    //   that the tensor-core attention multiplies with V in bf16 (1): 13; plus the
+    //   embedding, ln_f, the tok_emb copy and the logits (4): R = 2*13 + 4 = 30 for the
+    //   logits, sqrt(30)*u = 2.1e-2;
+    // - backward, per block: dgelu, dfc, dln twice, datty, dqkv, the residual gradient
+    //   after each half (2) and attention's bf16 dS and P operands (2): 10; plus dlogits
+    //   and dln_f (2): the deepest gradient (the tables, block 0) sits on R = 30 + 22 =
+    //   52 roundings, sqrt(52)*u = 2.8e-2.
+    // Both get a factor 2 for the gains above one (LayerNorm's 1/std, the softmax's
+    // sharpening), so: logits 4.3e-2, gradients 5.6e-2. A wrong index, mask or transpose
+    // gives errors of order one, far above these.
+    const U_BF16: f64 = 1.0 / 256.0;
+    const BF16_LOGITS_REL: f64 = 2.0 * 5.48 * U_BF16; // 2 sqrt(30) u
+    const BF16_STEP_REL: f64 = 2.0 * 7.22 * U_BF16; // 2 sqrt(52) u
+                                                    // The loss is a mean over B*T*(K+1) = 156 terms whose logit errors are independent
+                                                    // between positions and, within a row, weighted by (p - onehot), which sums to zero
+                                                    // (a shift common to the row cancels): its relative error is far below the logits'.
+                                                    // One bf16 rounding, u, bounds it with room; the mean E[pauses] likewise.
+    const BF16_LOSS_REL: f64 = U_BF16;
+
+    /// The mixed-precision GEMMs of the bf16 step, with the row stride of the `[N, OC]`
+    /// side (`ld > OC`, as the padded logits): forward (bf16 out), input gradient (bf16
+    /// out) and the f32-accumulated weight gradient (bf16 in, **+=** into f32), against
+    /// an f64 reference on the same bf16 inputs. The padding of `out` is NaN before and
+    /// must stay NaN (never written); the padding of `dout` is NaN and must not be read.
+    fn linear_bf16_strided(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        let lin = Linear::new(gpu).map_err(err)?;
+        for &(n, c, oc, ld) in &[(1, 1, 1, 1), (13, 47, 39, 64), (300, 33, 65, 128)] {
+            let tag = format!("n{n} c{c} oc{oc} ld{ld}");
+            let (x, w) = (randn(rng, n * c, 1.0), randn(rng, oc * c, 0.5));
+            let (xb, wb) = (bf_f64(&x), bf_f64(&w));
+            let (xd, wd) = (
+                gpu.htod(&bf(&x)).map_err(err)?,
+                gpu.htod(&bf(&w)).map_err(err)?,
+            );
+            // Forward: every stored output is one bf16 rounding of an f32-accumulated
+            // sum over c <= 47 products of exact bf16 values (f32 error ~1e-6): the
+            // elementwise bf16 tolerance.
+            let mut y = bf_nan(gpu, (n - 1) * ld + oc)?;
+            lin.forward_ld(&mut y, &xd, &wd, n, c, oc, ld)
+                .map_err(err)?;
+            let yh = gpu.dtoh(&y).map_err(err)?;
+            let mut got = Vec::with_capacity(n * oc);
+            let mut want = Vec::with_capacity(n * oc);
+            for r in 0..n {
+                for j in 0..oc {
+                    got.push(yh[r * ld + j].to_f64());
+                    want.push((0..c).map(|i| xb[r * c + i] * wb[j * c + i]).sum::<f64>());
+                }
+                if let Some(j) =
+                    (oc..ld).find(|&j| r * ld + j < yh.len() && !yh[r * ld + j].is_nan())
+                {
+                    return Err(format!("{tag}: padding [{r}, {j}] was written").into());
+                }
+            }
+            close(
+                &format!("bf16 linear {tag}"),
+                &got,
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+            // dout with NaN padding: must not be read.
+            let dy = randn(rng, n * oc, 1.0);
+            let dyb = bf_f64(&dy);
+            let mut dy_pad = vec![half::bf16::NAN; (n - 1) * ld + oc];
+            for r in 0..n {
+                for j in 0..oc {
+                    dy_pad[r * ld + j] = half::bf16::from_f32(dy[r * oc + j]);
+                }
+            }
+            let dyd = gpu.htod(&dy_pad).map_err(err)?;
+            let mut dx = bf_nan(gpu, n * c)?;
+            lin.backward_input_ld(&mut dx, &dyd, &wd, n, c, oc, ld)
+                .map_err(err)?;
+            let want: Vec<f64> = (0..n * c)
+                .map(|e| {
+                    let (r, i) = (e / c, e % c);
+                    (0..oc).map(|j| dyb[r * oc + j] * wb[j * c + i]).sum()
+                })
+                .collect();
+            close(
+                &format!("bf16 dinp {tag}"),
+                &bf_host(gpu, &dx, n * c),
+                &want,
+                BF16_ATOL,
+                BF16_RTOL,
+            )?;
+            // Weight gradient: f32 output accumulated onto dw0, products of exact bf16
+            // values summed in f32 over n <= 300 rows: f32 rounding only (SUM_REL).
+            let dw0 = randn(rng, oc * c, 1.0);
+            let mut dw = gpu.htod(&dw0).map_err(err)?;
+            lin.backward_weight_f32(&mut dw, &dyd, &xd, n, c, oc, ld)
+                .map_err(err)?;
+            let want: Vec<f64> = (0..oc * c)
+                .map(|e| {
+                    let (j, i) = (e / c, e % c);
+                    dw0[e] as f64 + (0..n).map(|r| dyb[r * oc + j] * xb[r * c + i]).sum::<f64>()
+                })
+                .collect();
+            rel(
+                &format!("f32 dweight from bf16 {tag}"),
+                &host(gpu, &dw, oc * c),
+                &want,
+                SUM_REL,
+            )?;
+            // A stride below the row is a shape error, before any launch.
+            if oc > 1 && lin.forward_ld(&mut y, &xd, &wd, n, c, oc, oc - 1).is_ok() {
+                return Err(format!("{tag}: a row stride below OC was accepted").into());
+            }
+        }
+        Ok(())
+    }
+
+    /// `cublasGemmEx` with A and B of different types (f32 and bf16) is not a
+    /// combination cuBLAS supports: it fails (CUBLAS_STATUS_NOT_SUPPORTED) on the GPU,
+    /// and the emulated cuBLAS must fail the same way rather than compute something.
+    fn gemm_ex_refuses(gpu: &Arc<GpuContext>) -> R {
+        use cyb::gpu::cudarc::cublas::{result::gemm_ex, sys, CudaBlas};
+        use cyb::gpu::cudarc::driver::{DevicePtr, DevicePtrMut};
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| format!("{e:?}"))?;
+        let a = gpu.htod(&[1.0f32; 4]).map_err(err)?;
+        let b = gpu.htod(&[half::bf16::ONE; 4]).map_err(err)?;
+        let mut c = gpu.htod(&[0.0f32; 4]).map_err(err)?;
+        let (one, zero) = (1.0f32, 0.0f32);
+        let s = gpu.stream();
+        let (ap, _g1) = a.device_ptr(s);
+        let (bp, _g2) = b.device_ptr(s);
+        let (cp, _g3) = c.device_ptr_mut(s);
+        // SAFETY: 2x2 matrices of 4 elements each, host f32 scalars; the call is
+        // expected to be refused before touching memory.
+        let r = unsafe {
+            gemm_ex(
+                *blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                2,
+                2,
+                2,
+                (&one) as *const f32 as *const _,
+                ap as *const _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                2,
+                bp as *const _,
+                sys::cudaDataType_t::CUDA_R_16BF,
+                2,
+                (&zero) as *const f32 as *const _,
+                cp as *mut _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                2,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        match r {
+            Err(e) if format!("{e:?}").contains("NOT_SUPPORTED") => Ok(()),
+            Err(e) => Err(format!("refused, but with {e:?} instead of NOT_SUPPORTED").into()),
+            Ok(()) => Err("cublasGemmEx accepted f32 A with bf16 B".into()),
+        }
+    }
+
+    /// The logits of the bf16 forward against the f32 CPU forward: both modes, K in
+    /// {0, 1, 3}, T = 13 (not a multiple of the 64-row attention tiles), and a model
+    /// with V = 38 (V + 1 = 39 logits per row, odd) at T = 5.
+    fn forward_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        for mode in [PauseAttention::Shared, PauseAttention::Private] {
+            let m = random_model(rng, mode);
+            let (tokens, _, b, t) = batch(rng, &m.config);
+            let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
+            for k in [0, 1, 3] {
+                let want = m.forward(&tokens, b, t, k).map_err(err)?;
+                let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
+                rel(
+                    &format!("bf16 {mode} logits K={k}"),
+                    &f64s(&got),
+                    &f64s(&want),
+                    BF16_LOGITS_REL,
+                )?;
+            }
+        }
+        let mut c = small_config(PauseAttention::Private);
+        c.vocab = 38;
+        let m: Model<f32> = Model::init(c.clone(), rng).map_err(err)?;
+        let (b, t, k) = (2, 5, 2);
+        let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(c.vocab) as i32).collect();
+        let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
+        let want = m.forward(&tokens, b, t, k).map_err(err)?;
+        let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
+        rel(
+            "bf16 logits V+1 = 39",
+            &f64s(&got),
+            &f64s(&want),
+            BF16_LOGITS_REL,
+        )
+    }
+
+    fn deterministic_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        let m = random_model(rng, PauseAttention::Private);
+        let (tokens, targets, b, t) = batch(rng, &m.config);
+        let obj = Objective::ap_default().resolve(3).map_err(err)?;
+        let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let loss = g
+                .forward_backward(&tokens, &targets, b, t, 3, &obj)
+                .map_err(err)?
+                .loss()
+                .map_err(err)?;
+            let bits: Vec<u32> = flat(&g.grads_to_cpu().map_err(err)?)
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            runs.push((loss.to_bits(), bits));
+        }
+        if runs[0] != runs[1] {
+            return Err("bf16: loss or gradients differ bitwise between two identical runs".into());
+        }
+        Ok(())
+    }
+
+    /// After a bf16 step the masters are f32 values updated by f32 AdamW from the f32
+    /// gradients (the CPU's AdamW applied to the GPU's own gradients gives the same
+    /// parameters to f32 rounding), they are not rounded to bf16, and the bf16 copy is
+    /// exactly round-to-nearest-even of the masters; a checkpoint holds the masters.
+    fn bf16_masters(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        let m = random_model(rng, PauseAttention::Shared);
+        let (tokens, targets, b, t) = batch(rng, &m.config);
+        let obj = Objective::ap_default().resolve(2).map_err(err)?;
+        let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
+        g.optimizer_mut().weight_decay = 0.1;
+        let check_copy = |g: &GpuModel, when: &str| -> R {
+            let master = gpu.dtoh(g.params_device()).map_err(err)?;
+            let copy = gpu
+                .dtoh(
+                    g.params_bf16_device()
+                        .ok_or("a bf16 model has a bf16 copy")?,
+                )
+                .map_err(err)?;
+            if let Some(i) = (0..master.len()).find(|&i| half::bf16::from_f32(master[i]) != copy[i])
+            {
+                return Err(format!(
+                    "{when}: bf16 copy [{i}] = {} but round(master {}) = {}",
+                    copy[i],
+                    master[i],
+                    half::bf16::from_f32(master[i])
+                )
+                .into());
+            }
+            Ok(())
+        };
+        check_copy(&g, "after the upload")?;
+        let mut cpu = m.clone();
+        let mut opt = AdamW::new(0.9, 0.95, 1e-8, 0.1);
+        for step in 1..=2 {
+            g.forward_backward(&tokens, &targets, b, t, 2, &obj)
+                .map_err(err)?;
+            let mut grads = g.grads_to_cpu().map_err(err)?;
+            g.step(1e-2, 1.0).map_err(err)?;
+            clip_grad_norm(&mut grads, 1.0);
+            opt.step(&mut cpu.params, &grads, 1e-2);
+            let got = g.to_cpu().map_err(err)?;
+            close(
+                &format!("masters after step {step}"),
+                &f64s(&flat(&got.params)),
+                &f64s(&flat(&cpu.params)),
+                1e-7,
+                1e-5,
+            )?;
+            check_copy(&g, &format!("after step {step}"))?;
+            // Masters stored back in bf16 (the copy written over them, or an update
+            // computed in bf16) would all lie on the bf16 grid; f32 masters almost never
+            // do (one value in 2^16 by chance).
+            let masters = flat(&got.params);
+            let off_grid = masters
+                .iter()
+                .filter(|&&x| half::bf16::from_f32(x).to_f32() != x)
+                .count();
+            if off_grid * 2 < masters.len() {
+                return Err(format!(
+                    "only {off_grid} of {} masters lie off the bf16 grid: are they rounded?",
+                    masters.len()
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// 50 steps of AdamW in bf16 on the GPU and in f32 on the CPU, same model and
+    /// batches as `training_curves_agree_k3`, at a learning rate of 1e-3 instead of
+    /// 3e-3. At 3e-3 this task's training is chaotic: measured on the CPU alone in f32,
+    /// multiplying every initial weight by (1 + u N(0,1)) with u = 2^-8 (one bf16
+    /// rounding) moved the mean of the last 10 losses from 1.67 to 3.39 for one seed and
+    /// from 0.85 to 1.42 for another, so no bf16 run could be held to the f32 curve
+    /// there. At 1e-3 the loss falls further and smoothly (3.6 to ~0.3 in 50 steps) and
+    /// the same perturbation moved the last-10 mean by under 1% on five seeds: the
+    /// comparison then measures bf16's arithmetic, not the chaos of the trajectory.
+    fn curves_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+        const LR: f32 = 1e-3;
+        let m = random_model(rng, PauseAttention::Shared);
+        let c = m.config.clone();
+        let k = 3;
+        let obj = Objective::ap_default().resolve(k).map_err(err)?;
+        let mut cpu = m.clone();
+        let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
+        g.optimizer_mut().weight_decay = 0.1;
+        let mut opt = AdamW::new(0.9, 0.95, 1e-8, 0.1);
+        let mut grads = Params::zeros(&c);
+        let mut ws = Workspace::new();
+        let (mut lc, mut lg) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            let (tokens, targets, b, t) = batch(rng, &c);
+            let targets: Vec<i32> = tokens
+                .iter()
+                .zip(&targets)
+                .map(|(&x, &y)| {
+                    if y < 0 {
+                        -1
+                    } else {
+                        (3 * x + 1) % c.vocab as i32
+                    }
+                })
+                .collect();
+            let out = cpu
+                .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut grads)
+                .map_err(err)?;
+            clip_grad_norm(&mut grads, 1.0);
+            opt.step(&mut cpu.params, &grads, LR);
+            lc.push(out.loss);
+            let step = g
+                .forward_backward(&tokens, &targets, b, t, k, &obj)
+                .map_err(err)?;
+            g.step(LR, 1.0).map_err(err)?;
+            lg.push(step.loss().map_err(err)?);
+        }
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        if std::env::var("CYB_DEBUG_CURVES").is_ok() {
+            for i in 0..50 {
+                eprintln!("step {i}: f32 cpu {:.4} bf16 gpu {:.4}", lc[i], lg[i]);
+            }
+        }
+        if mean(&lg[45..]) >= mean(&lg[..5]) {
+            return Err(format!("the bf16 loss did not decrease: {lg:?}").into());
+        }
+        // Early steps: the bf16 loss differs from the f32 one by the forward's error
+        // (below BF16_LOSS_REL = 0.4% per step) plus what the updates so far add; Adam
+        // normalises the gradient, so a relative gradient error e (~BF16_STEP_REL/2 in
+        // practice) moves each update by about e of its size, and in this smooth regime
+        // those differences do not grow fast: 2% for the first 25 steps. Then only the
+        // level is compared, as c0de4d3 learned for f32: the mean of the last 10 losses
+        // within 5%. Seen on the emulator (seeds 1796167737499015260 and 11 among
+        // others): every step within 0.7%, the last-10 means within 0.5%; the margins
+        // leave room for the hardware's own rounding (tensor-core accumulation order,
+        // FMA). A wrong or stale gradient, or a bf16 copy not refreshed after a step,
+        // leaves the loss near its start (3.6) instead of ~0.3 and misses both.
+        close("bf16 loss curve", &lg[..25], &lc[..25], 2e-3, 2e-2)?;
+        close(
+            "bf16 late loss level",
+            &[mean(&lg[40..])],
+            &[mean(&lc[40..])],
+            2e-3,
+            5e-2,
         )
     }
 

@@ -2,7 +2,9 @@
 // host memory (device pointers are host addresses, see driver.cpp). Column-major as
 // cuBLAS; f32 (cublasSgemm, TF32 inputs under CUBLAS_TF32_TENSOR_OP_MATH or
 // CUBLAS_COMPUTE_32F_FAST_TF32) and bf16 inputs/outputs with f32 accumulation
-// (cublasGemmEx). Checks the arguments as cuBLAS does (CUBLAS_STATUS_INVALID_VALUE).
+// (cublasGemmEx, bf16 or f32 output). Checks the arguments as cuBLAS does
+// (CUBLAS_STATUS_INVALID_VALUE) and refuses type combinations that cuBLAS does not
+// support (CUBLAS_STATUS_NOT_SUPPORTED).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -53,6 +55,11 @@ void store(void *p, int type, size_t i, float v) {
 cublasStatus_t bad(const char *what) {
     fprintf(stderr, "cyb emulator (cuBLAS): %s\n", what);
     return INVALID_VALUE;
+}
+
+cublasStatus_t not_supported(const char *what) {
+    fprintf(stderr, "cyb emulator (cuBLAS): %s\n", what);
+    return NOT_SUPPORTED;
 }
 
 cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void *A, int at, int lda, const void *B,
@@ -135,6 +142,14 @@ API cublasGemmEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha
         if (t != R_32F && t != R_16BF) return bad("cublasGemmEx: data type not emulated");
     if (compute != COMPUTE_32F && compute != COMPUTE_32F_PEDANTIC && compute != COMPUTE_32F_FAST_TF32)
         return bad("cublasGemmEx: compute type not emulated");
+    // The combinations cuBLAS accepts among these (cublasGemmEx table of the cuBLAS
+    // documentation): A and B of one type; C of the same type or, for bf16 A/B, f32
+    // (f32 accumulation written in f32); FAST_TF32 for all-f32 only. Anything else is
+    // CUBLAS_STATUS_NOT_SUPPORTED on the GPU, so it is an error here too.
+    if (at != bt) return not_supported("cublasGemmEx: A and B of different types");
+    if (at == R_32F && ct != R_32F) return not_supported("cublasGemmEx: f32 A/B with a bf16 C");
+    if (compute == COMPUTE_32F_FAST_TF32 && at != R_32F)
+        return not_supported("cublasGemmEx: CUBLAS_COMPUTE_32F_FAST_TF32 with bf16 data");
     const bool t = at == R_32F && (compute == COMPUTE_32F_FAST_TF32 ||
                                    (compute == COMPUTE_32F && (static_cast<Handle *>(h)->math & 0xf) == 3));
     return gemm(ta, tb, m, n, k, *static_cast<const float *>(alpha), A, at, lda, B, bt, ldb,

@@ -95,7 +95,12 @@ impl GpuAdamW {
                 gpu,
                 images::ADAMW,
                 "adamw.cu",
-                &["grad_sq_partial", "grad_norm_finalize", "adamw_update"],
+                &[
+                    "grad_sq_partial",
+                    "grad_norm_finalize",
+                    "adamw_update",
+                    "cast_f32_to_bf16",
+                ],
             )?,
             segments,
             total,
@@ -203,6 +208,31 @@ impl GpuAdamW {
             unsafe { l.launch(elementwise_cfg(seg.len)) }
                 .map_err(cuda_err("launching adamw_update"))?;
         }
+        Ok(())
+    }
+
+    /// Queues `copy[i] = bf16(params[i])` (round to nearest even) over the whole flat
+    /// buffer: the bf16 working copy of the f32 master weights that a mixed-precision
+    /// step multiplies with, refreshed after every [`GpuAdamW::step`].
+    pub fn cast_to_bf16(
+        &self,
+        params: &CudaSlice<f32>,
+        copy: &mut CudaSlice<half::bf16>,
+    ) -> Result<()> {
+        check_len("parameters", params.len(), self.total)?;
+        check_len("bf16 parameter copy", copy.len(), self.total)?;
+        if self.total == 0 {
+            return Ok(());
+        }
+        let s = self.gpu.stream();
+        let n = self.total as i64;
+        let f = self.k.get("cast_f32_to_bf16")?;
+        let mut l = s.launch_builder(f);
+        l.arg(params).arg(copy).arg(&n);
+        // SAFETY: params and copy both hold >= total elements (checked); grid-stride
+        // below total.
+        unsafe { l.launch(elementwise_cfg(self.total)) }
+            .map_err(cuda_err("launching cast_f32_to_bf16"))?;
         Ok(())
     }
 

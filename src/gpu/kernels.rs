@@ -177,6 +177,7 @@ mod tests {
         ("adamw", "grad_sq_partial", "ppp"),
         ("adamw", "grad_norm_finalize", "pifp"),
         ("adamw", "adamw_update", "pppppfffffddp"),
+        ("adamw", "cast_f32_to_bf16", "ppp"),
     ];
 
     fn ptx_of(file: &str) -> &'static str {

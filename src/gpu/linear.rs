@@ -6,13 +6,19 @@
 //! so every product below is the transposed product of the row-major formula. Biases
 //! are added by [`super::residual::ResidualKernels`] (fused with the residual where
 //! there is one) and their gradients reduced there. f32 runs `cublasSgemm` in the
-//! default math mode (full f32, no TF32), so results are reproducible run to run.
+//! default math mode (full f32, no TF32), so results are reproducible run to run; bf16
+//! runs `cublasGemmEx` with bf16 inputs and `CUBLAS_COMPUTE_32F` (f32 accumulation).
+//! [`Linear::backward_weight_f32`] is the mixed-precision weight gradient: `T` inputs,
+//! an f32 gradient accumulated in f32 (the model uses it in both precisions: for f32 it
+//! is the same product as SGEMM). The `_ld` variants take the row stride of the
+//! `[N, OC]` side separately (the model's padded logits).
 
 use super::{GpuContext, LogitElem};
 use crate::error::{CybError, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
 use super::kernels::check_len;
@@ -20,6 +26,7 @@ use super::kernels::check_len;
 /// A cuBLAS handle on the context's stream.
 pub struct Linear {
     blas: CudaBlas,
+    stream: Arc<CudaStream>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -41,16 +48,43 @@ pub trait GemmElem: LogitElem {
     /// 1 and 0 in `T`.
     #[doc(hidden)]
     fn one_zero() -> (Self, Self);
+    /// The `cudaDataType` of `T` for `cublasGemmEx`.
+    #[doc(hidden)]
+    fn data_type() -> cudaDataType_t;
 }
 impl GemmElem for f32 {
     fn one_zero() -> (f32, f32) {
         (1.0, 0.0)
+    }
+    fn data_type() -> cudaDataType_t {
+        cudaDataType_t::CUDA_R_32F
     }
 }
 impl GemmElem for half::bf16 {
     fn one_zero() -> (half::bf16, half::bf16) {
         (half::bf16::ONE, half::bf16::ZERO)
     }
+    fn data_type() -> cudaDataType_t {
+        cudaDataType_t::CUDA_R_16BF
+    }
+}
+
+/// Elements a row-major `[rows, cols]` matrix with row stride `ld` spans.
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+fn check_ld(what: &str, ld: usize, cols: usize) -> Result<()> {
+    if ld < cols {
+        return Err(CybError::Shape(format!(
+            "{what}: row stride {ld} is smaller than the row ({cols} elements)"
+        )));
+    }
+    Ok(())
 }
 
 impl Linear {
@@ -67,17 +101,19 @@ impl Linear {
         }
         // cudarc panics when a symbol is missing (a library older than the bindings).
         let stream = gpu.stream().clone();
-        let blas = std::panic::catch_unwind(move || CudaBlas::new(stream))
+        let s2 = stream.clone();
+        let blas = std::panic::catch_unwind(move || CudaBlas::new(s2))
             .map_err(|_| {
                 CybError::Unavailable("cuBLAS could not be loaded (missing symbols)".into())
             })?
             .map_err(blas_err("creating a handle"))?;
-        Ok(Linear { blas })
+        Ok(Linear { blas, stream })
     }
 
     /// Lets f32 GEMMs use the TF32 tensor cores (inputs rounded to a 10-bit mantissa,
     /// f32 accumulation): several times faster, with relative errors near 3e-4 instead
-    /// of ~1e-6. Off by default: the CPU comparisons assume full f32.
+    /// of ~1e-6. Off by default: the CPU comparisons assume full f32. bf16 GEMMs are not
+    /// affected (they always run on the bf16 tensor cores with f32 accumulation).
     pub fn set_tf32(&self, on: bool) -> Result<()> {
         use cudarc::cublas::sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
         let mode = if on {
@@ -91,7 +127,9 @@ impl Linear {
             .map_err(blas_err("setting the math mode"))
     }
 
-    /// out: `[N, OC]` = inp `[N, C]` · weight `[OC, C]`^T (overwritten; no bias).
+    /// out: `[N, OC]` = inp `[N, C]` · weight `[OC, C]`^T (overwritten; no bias). For
+    /// bf16 this is `cublasGemmEx` with bf16 inputs and output and `CUBLAS_COMPUTE_32F`
+    /// (f32 accumulation, one rounding to bf16 at the end).
     pub fn forward<T: GemmElem>(
         &self,
         out: &mut impl DevicePtrMut<T>,
@@ -104,7 +142,27 @@ impl Linear {
     where
         CudaBlas: Gemm<T>,
     {
-        check_len("linear out", out.len(), n * oc)?;
+        self.forward_ld(out, inp, weight, n, c, oc, oc)
+    }
+
+    /// [`Linear::forward`] writing rows of `out` with stride `ld_out >= OC` (a padded
+    /// logits buffer; the padding is not written).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_ld<T: GemmElem>(
+        &self,
+        out: &mut impl DevicePtrMut<T>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+        ld_out: usize,
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        check_ld("linear out", ld_out, oc)?;
+        check_len("linear out", out.len(), span(n, oc, ld_out))?;
         check_len("linear inp", inp.len(), n * c)?;
         check_len("linear weight", weight.len(), oc * c)?;
         if n == 0 || oc == 0 {
@@ -121,10 +179,11 @@ impl Linear {
             lda: dim("C", c.max(1))?,
             ldb: dim("C", c.max(1))?,
             beta: zero,
-            ldc: dim("OC", oc)?,
+            ldc: dim("row stride", ld_out)?,
         };
-        // SAFETY: column-major Y^T [OC, N] (ld OC) = W^T' [OC, C] (W row-major read
-        // transposed, ld C) · X^T [C, N] (ld C); the three lengths were checked above.
+        // SAFETY: column-major Y^T [OC, N] (ld = the row stride) = W^T' [OC, C] (W
+        // row-major read transposed, ld C) · X^T [C, N] (ld C); the three spans were
+        // checked above.
         unsafe { self.blas.gemm(cfg, weight, inp, out) }.map_err(blas_err("linear forward"))
     }
 
@@ -141,8 +200,27 @@ impl Linear {
     where
         CudaBlas: Gemm<T>,
     {
+        self.backward_input_ld(dinp, dout, weight, n, c, oc, oc)
+    }
+
+    /// [`Linear::backward_input`] reading rows of `dout` with stride `ld_out >= OC`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input_ld<T: GemmElem>(
+        &self,
+        dinp: &mut impl DevicePtrMut<T>,
+        dout: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+        ld_out: usize,
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        check_ld("linear dout", ld_out, oc)?;
         check_len("linear dinp", dinp.len(), n * c)?;
-        check_len("linear dout", dout.len(), n * oc)?;
+        check_len("linear dout", dout.len(), span(n, oc, ld_out))?;
         check_len("linear weight", weight.len(), oc * c)?;
         if n == 0 || c == 0 {
             return Ok(());
@@ -156,12 +234,12 @@ impl Linear {
             k: dim("OC", oc)?,
             alpha: one,
             lda: dim("C", c)?,
-            ldb: dim("OC", oc.max(1))?,
+            ldb: dim("row stride", ld_out.max(1))?,
             beta: zero,
             ldc: dim("C", c)?,
         };
         // SAFETY: column-major dX^T [C, N] (ld C) = W^T [C, OC] (W row-major, ld C) ·
-        // dY^T [OC, N] (ld OC); lengths checked above.
+        // dY^T [OC, N] (ld = the row stride); spans checked above.
         unsafe { self.blas.gemm(cfg, weight, dout, dinp) }
             .map_err(blas_err("linear backward (input)"))
     }
@@ -202,5 +280,65 @@ impl Linear {
         // (dY^T stored [OC, N] with ld OC, read transposed); lengths checked above.
         unsafe { self.blas.gemm(cfg, inp, dout, dweight) }
             .map_err(blas_err("linear backward (weight)"))
+    }
+
+    /// Mixed precision: dweight (**f32**) `[OC, C]` **+=** dout `[N, OC]`^T · inp
+    /// `[N, C]` with `dout` and `inp` in `T` (bf16 activations) read with `dout`'s row
+    /// stride `ld_out >= OC`. One `cublasGemmEx` with `T` inputs, an f32 output and
+    /// `CUBLAS_COMPUTE_32F`: the products are accumulated in f32 and added to the f32
+    /// gradient without a rounding to bf16 in between.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weight_f32<T: GemmElem>(
+        &self,
+        dweight: &mut impl DevicePtrMut<f32>,
+        dout: &impl DevicePtr<T>,
+        inp: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+        ld_out: usize,
+    ) -> Result<()> {
+        check_ld("linear dout", ld_out, oc)?;
+        check_len("linear dweight", dweight.len(), oc * c)?;
+        check_len("linear dout", dout.len(), span(n, oc, ld_out))?;
+        check_len("linear inp", inp.len(), n * c)?;
+        if c == 0 || oc == 0 || n == 0 {
+            return Ok(());
+        }
+        let (m, nn, k) = (dim("C", c)?, dim("OC", oc)?, dim("N", n)?);
+        let (lda, ldb, ldc) = (dim("C", c)?, dim("row stride", ld_out)?, dim("C", c)?);
+        let (alpha, beta) = (1.0f32, 1.0f32);
+        let (a, _ga) = inp.device_ptr(&self.stream);
+        let (b, _gb) = dout.device_ptr(&self.stream);
+        let (cp, _gc) = dweight.device_ptr_mut(&self.stream);
+        // SAFETY: column-major dW^T [C, OC] (ld C, f32) += X^T [C, N] (ld C) · dY [N, OC]
+        // (dY^T stored [OC, N] with ld = the row stride, read transposed); spans checked
+        // above; alpha and beta are host f32 scalars, as CUBLAS_COMPUTE_32F requires;
+        // the pointers stay valid while the guards live (to the end of this call, the
+        // work is ordered on the handle's stream).
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                CUBLAS_OP_N,
+                CUBLAS_OP_T,
+                m,
+                nn,
+                k,
+                (&alpha) as *const f32 as *const _,
+                a as *const _,
+                T::data_type(),
+                lda,
+                b as *const _,
+                T::data_type(),
+                ldb,
+                (&beta) as *const f32 as *const _,
+                cp as *mut _,
+                cudaDataType_t::CUDA_R_32F,
+                ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(blas_err("linear backward (weight, f32 accumulation)"))
     }
 }

@@ -9,30 +9,44 @@
 //! never waits for the host: the loss, the statistics and the gradient norm are read
 //! back only when asked for ([`GpuStep::loss`], [`GpuModel::grad_norm`]).
 //!
-//! Precision: f32 storage and f32 arithmetic (cuBLAS SGEMM without TF32, f32
-//! elementwise kernels; the loss rows in f32 and per-position math in f64, as in
-//! `kernels/cyb_loss.cu`). Determinism: no float atomics anywhere; every reduction
-//! has a fixed shape, so a step gives the same bits on every run.
+//! Precision ([`Precision`], chosen at [`GpuModel::with_precision`]):
+//! - `F32`: f32 storage and f32 arithmetic (cuBLAS SGEMM without TF32, f32
+//!   elementwise kernels; the loss rows in f32 and per-position math in f64, as in
+//!   `kernels/cyb_loss.cu`), the twin of the CPU reference.
+//! - `Bf16` (mixed precision): the activations, their gradients and the logits are
+//!   bf16, and the GEMMs multiply a bf16 copy of the weights (`cublasGemmEx`, bf16
+//!   inputs, `CUBLAS_COMPUTE_32F`: f32 accumulation); attention runs on the bf16
+//!   tensor-core kernels (f32 softmax and logsumexp). LayerNorm statistics, GELU,
+//!   biases and the loss are computed in f32 from the bf16 values; LayerNorm gains,
+//!   biases and the embedding tables are read in f32. The parameters themselves stay
+//!   f32 (the masters), the gradients are f32 (weight-gradient GEMMs write f32 with
+//!   f32 accumulation, bias/LayerNorm/embedding gradients are f32 reductions), AdamW
+//!   updates the masters in f32, and the bf16 copy is refreshed from them after every
+//!   step (`cast_f32_to_bf16` in `kernels/adamw.cu`).
+//!
+//! Determinism: no float atomics anywhere; every reduction has a fixed shape, so a step
+//! gives the same bits on every run (in both precisions).
 
-// At the merge of the pause-attention kernels, replace the stub by the real module:
-// `use super::attention::{AttnDims, PauseAttention};`
 use super::attention::{AttnDims, PauseAttention};
 
 use super::adamw::{check_flat, segments, GpuAdamW, Segment};
 use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
 use super::gelu::GeluKernels;
 use super::layernorm::LayerNormKernels;
-use super::linear::Linear;
-use super::loss::{CybLoss, GpuLossForward, Upstream};
+use super::linear::{GemmElem, Linear};
+use super::loss::{padded_row_stride, CybLoss, GpuLossForward, Upstream};
 use super::residual::ResidualKernels;
 use super::{cuda_err, GpuContext};
 use crate::config::ModelConfig;
+pub use crate::config::Precision;
 use crate::cpu::embedding::StepShape;
 use crate::cpu::loss::{check_targets, LossShape, LossStats};
 use crate::cpu::model::{check_batch, Model, Params, StepOutput};
 use crate::error::{CybError, Result};
 use crate::objective::{Reduction, ResolvedObjective};
+use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{CudaSlice, DevicePtr};
+use half::bf16;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -98,65 +112,80 @@ struct Kernels {
     attn: PauseAttention,
 }
 
-/// What the forward of one block keeps for the backward (`N = B*(K+1)*T` rows).
-struct BlockActs {
-    ln1: CudaSlice<f32>,      // [N, d]
+/// What the forward of one block keeps for the backward (`N = B*(K+1)*T` rows):
+/// activations in the step's element type `T`, statistics always in f32.
+struct BlockActs<T> {
+    ln1: CudaSlice<T>,        // [N, d]
     ln1_mean: CudaSlice<f32>, // [N]
     ln1_rstd: CudaSlice<f32>, // [N]
-    qkv: CudaSlice<f32>,      // [N, 3d]
-    atty: CudaSlice<f32>,     // [N, d] attention output before W_o
+    qkv: CudaSlice<T>,        // [N, 3d]
+    atty: CudaSlice<T>,       // [N, d] attention output before W_o
     lse: CudaSlice<f32>,      // [B, H, K+1, T]
-    mid: CudaSlice<f32>,      // [N, d] residual after the attention half
-    ln2: CudaSlice<f32>,      // [N, d]
+    mid: CudaSlice<T>,        // [N, d] residual after the attention half
+    ln2: CudaSlice<T>,        // [N, d]
     ln2_mean: CudaSlice<f32>, // [N]
     ln2_rstd: CudaSlice<f32>, // [N]
-    fc: CudaSlice<f32>,       // [N, 4d] before gelu (bias included)
-    gelu: CudaSlice<f32>,     // [N, 4d]
+    fc: CudaSlice<T>,         // [N, 4d] before gelu (bias included)
+    gelu: CudaSlice<T>,       // [N, 4d]
 }
 
 /// Activations and backward scratch for one batch shape.
-struct Acts {
+struct Acts<T> {
     steps: StepShape,
     tokens: CudaSlice<i32>,  // [B, T]
     targets: CudaSlice<i32>, // [B, T]
     /// `resid[0]` = embeddings, `resid[l+1]` = output of block `l`; each `[N, d]`.
-    resid: Vec<CudaSlice<f32>>,
-    blocks: Vec<BlockActs>,
-    lnf: CudaSlice<f32>,      // [N, d]
+    resid: Vec<CudaSlice<T>>,
+    blocks: Vec<BlockActs<T>>,
+    lnf: CudaSlice<T>,        // [N, d]
     lnf_mean: CudaSlice<f32>, // [N]
     lnf_rstd: CudaSlice<f32>, // [N]
-    /// `[N, V+1]`; after a backward it holds `dlogits` (computed in place).
-    logits: CudaSlice<f32>,
-    dresid: CudaSlice<f32>, // [N, d]
-    dln: CudaSlice<f32>,    // [N, d]
-    datty: CudaSlice<f32>,  // [N, d]
-    dqkv: CudaSlice<f32>,   // [N, 3d]
-    dgelu: CudaSlice<f32>,  // [N, 4d]
-    dfc: CudaSlice<f32>,    // [N, 4d]
+    /// `[N, V+1]` with rows `logits_ld` apart (`N * logits_ld` elements, see
+    /// [`logits_row_stride`]); after a backward it holds `dlogits` (computed in place).
+    logits: CudaSlice<T>,
+    logits_ld: usize,
+    dresid: CudaSlice<T>, // [N, d]
+    dln: CudaSlice<T>,    // [N, d]
+    datty: CudaSlice<T>,  // [N, d]
+    dqkv: CudaSlice<T>,   // [N, 3d]
+    dgelu: CudaSlice<T>,  // [N, 4d]
+    dfc: CudaSlice<T>,    // [N, 4d]
 }
 
-impl Acts {
-    fn new(gpu: &GpuContext, c: &ModelConfig, steps: StepShape) -> Result<Acts> {
+/// The row stride of the logits buffer for `V+1` columns: padded to a multiple of 64
+/// elements ([`padded_row_stride`]), so that every row starts 128-byte aligned for the
+/// loss kernels' vector loads (`V+1 = 32001` would give a 64,002-byte bf16 stride). The
+/// logits GEMM writes columns `0..=V` with `ldc` = the stride; the padding columns stay
+/// zero from the allocation and the loss backward writes zeros there; the backward
+/// GEMMs read only columns `0..=V`.
+fn logits_row_stride(v1: usize) -> usize {
+    padded_row_stride(v1)
+}
+
+impl<T: GemmElem> Acts<T> {
+    fn new(gpu: &GpuContext, c: &ModelConfig, steps: StepShape) -> Result<Acts<T>> {
         let (n, d) = (steps.rows(), c.d_model);
-        let z = |len: usize| gpu.zeros::<f32>(len.max(1));
+        let z = |len: usize| gpu.zeros::<T>(len.max(1));
+        let zf = |len: usize| gpu.zeros::<f32>(len.max(1));
         let lse_len = steps.batch * c.n_head * (steps.pauses + 1) * steps.seq;
         let mut blocks = Vec::with_capacity(c.n_layer);
         for _ in 0..c.n_layer {
             blocks.push(BlockActs {
                 ln1: z(n * d)?,
-                ln1_mean: z(n)?,
-                ln1_rstd: z(n)?,
+                ln1_mean: zf(n)?,
+                ln1_rstd: zf(n)?,
                 qkv: z(n * 3 * d)?,
                 atty: z(n * d)?,
-                lse: z(lse_len)?,
+                lse: zf(lse_len)?,
                 mid: z(n * d)?,
                 ln2: z(n * d)?,
-                ln2_mean: z(n)?,
-                ln2_rstd: z(n)?,
+                ln2_mean: zf(n)?,
+                ln2_rstd: zf(n)?,
                 fc: z(n * 4 * d)?,
                 gelu: z(n * 4 * d)?,
             });
         }
+        let logits_ld = logits_row_stride(c.vocab + 1);
         Ok(Acts {
             steps,
             tokens: gpu.zeros(steps.batch * steps.seq)?,
@@ -164,9 +193,10 @@ impl Acts {
             resid: (0..=c.n_layer).map(|_| z(n * d)).collect::<Result<_>>()?,
             blocks,
             lnf: z(n * d)?,
-            lnf_mean: z(n)?,
-            lnf_rstd: z(n)?,
-            logits: z(n * (c.vocab + 1))?,
+            lnf_mean: zf(n)?,
+            lnf_rstd: zf(n)?,
+            logits: z(n * logits_ld)?,
+            logits_ld,
             dresid: z(n * d)?,
             dln: z(n * d)?,
             datty: z(n * d)?,
@@ -175,6 +205,37 @@ impl Acts {
             dfc: z(n * 4 * d)?,
         })
     }
+}
+
+/// The activations in the model's precision.
+enum AnyActs {
+    F32(Acts<f32>),
+    Bf16(Acts<bf16>),
+}
+
+impl AnyActs {
+    fn steps(&self) -> StepShape {
+        match self {
+            AnyActs::F32(a) => a.steps,
+            AnyActs::Bf16(a) => a.steps,
+        }
+    }
+    fn tokens_mut(&mut self) -> &mut CudaSlice<i32> {
+        match self {
+            AnyActs::F32(a) => &mut a.tokens,
+            AnyActs::Bf16(a) => &mut a.tokens,
+        }
+    }
+}
+
+/// The logits of [`GpuModel::forward`] on the device: `[B, K+1, T, V+1]` rows
+/// [`GpuModel::logits_row_stride`] elements apart, in the model's precision.
+#[derive(Debug)]
+pub enum GpuLogits<'a> {
+    /// [`Precision::F32`]
+    F32(&'a CudaSlice<f32>),
+    /// [`Precision::Bf16`]
+    Bf16(&'a CudaSlice<bf16>),
 }
 
 /// What [`GpuModel::forward_backward`] leaves on the device: the loss forward (loss,
@@ -217,12 +278,14 @@ impl GpuStep {
 /// A CYB model on the GPU: parameters, gradients, AdamW state and activations.
 ///
 /// ```no_run
-/// use cyb::{config::ModelConfig, cpu::model::Model, gpu::{GpuContext, model::GpuModel}};
+/// use cyb::{config::ModelConfig, cpu::model::Model, gpu::GpuContext};
+/// use cyb::gpu::model::{GpuModel, Precision};
 /// use cyb::{rng::Rng, Objective};
 /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
 /// let cpu: Model<f32> = Model::init(c, &mut Rng::new(0))?;
 /// let gpu = GpuContext::new(0)?;
-/// let mut m = GpuModel::from_cpu(&gpu, &cpu)?;
+/// // Mixed precision (bf16 activations and GEMMs, f32 masters); `from_cpu` is f32.
+/// let mut m = GpuModel::with_precision(&gpu, &cpu, Precision::Bf16)?;
 /// let obj = Objective::ap_default().resolve(1)?;
 /// let step = m.forward_backward(&[1, 2], &[2, 3], 1, 2, 1, &obj)?;
 /// m.step(1e-3, 1.0)?;
@@ -234,10 +297,14 @@ pub struct GpuModel {
     config: ModelConfig,
     k: Kernels,
     layout: Layout,
+    precision: Precision,
+    /// The f32 master weights.
     params: CudaSlice<f32>,
+    /// Their bf16 copy (round to nearest even), for [`Precision::Bf16`] only.
+    params_bf16: Option<CudaSlice<bf16>>,
     grads: CudaSlice<f32>,
     opt: GpuAdamW,
-    acts: Option<Acts>,
+    acts: Option<AnyActs>,
     loss: Option<CybLoss>,
 }
 
@@ -245,14 +312,27 @@ impl std::fmt::Debug for GpuModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuModel")
             .field("config", &self.config)
+            .field("precision", &self.precision)
             .finish()
     }
 }
 
 impl GpuModel {
-    /// Uploads a CPU model. The optimiser starts fresh (AdamW β = (0.9, 0.95),
-    /// ε = 1e-8, no weight decay; change them through [`GpuModel::optimizer_mut`]).
+    /// Uploads a CPU model for f32 steps ([`Precision::F32`], the CPU reference's
+    /// twin); [`GpuModel::with_precision`] chooses. The optimiser starts fresh (AdamW
+    /// β = (0.9, 0.95), ε = 1e-8, no weight decay; change them through
+    /// [`GpuModel::optimizer_mut`]).
     pub fn from_cpu(gpu: &Arc<GpuContext>, model: &Model<f32>) -> Result<Self> {
+        Self::with_precision(gpu, model, Precision::F32)
+    }
+
+    /// Uploads a CPU model (its f32 parameters become the master weights) for steps
+    /// in `precision`; with [`Precision::Bf16`] the bf16 copy is made on the device.
+    pub fn with_precision(
+        gpu: &Arc<GpuContext>,
+        model: &Model<f32>,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = model.config.clone();
         config.validate()?;
         model.params.check(&config)?;
@@ -272,19 +352,36 @@ impl GpuModel {
             emb: EmbeddingKernels::new(gpu)?,
             attn: PauseAttention::new(gpu)?,
         };
+        let params = gpu.htod(&flat)?;
+        let opt = GpuAdamW::new(gpu, &config, 0.9, 0.95, 1e-8, 0.0)?;
+        let params_bf16 = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let mut copy = gpu.zeros::<bf16>(total.max(1))?;
+                opt.cast_to_bf16(&params, &mut copy)?;
+                Some(copy)
+            }
+        };
         Ok(GpuModel {
             layout: Layout {
                 segs,
                 layers: config.n_layer,
             },
-            params: gpu.htod(&flat)?,
+            precision,
+            params,
+            params_bf16,
             grads: gpu.zeros(total)?,
-            opt: GpuAdamW::new(gpu, &config, 0.9, 0.95, 1e-8, 0.0)?,
+            opt,
             config,
             k,
             acts: None,
             loss: None,
         })
+    }
+
+    /// The precision of the steps.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The parameters copied back into a CPU model (waits for the stream).
@@ -321,9 +418,21 @@ impl GpuModel {
         &self.k.gpu
     }
 
-    /// The flat parameter buffer (fixed tensor order, see [`super::adamw::segments`]).
+    /// The flat parameter buffer, the f32 masters (fixed tensor order, see
+    /// [`super::adamw::segments`]).
     pub fn params_device(&self) -> &CudaSlice<f32> {
         &self.params
+    }
+
+    /// The bf16 copy of the masters that [`Precision::Bf16`] steps multiply with (same
+    /// layout; `None` in f32).
+    pub fn params_bf16_device(&self) -> Option<&CudaSlice<bf16>> {
+        self.params_bf16.as_ref()
+    }
+
+    /// Elements between consecutive rows of the logits (`>= V+1`).
+    pub fn logits_row_stride(&self) -> usize {
+        logits_row_stride(self.config.vocab + 1)
     }
 
     /// The flat gradient buffer, same layout.
@@ -344,32 +453,55 @@ impl GpuModel {
     /// Allocates the activations for `steps` unless they already fit, and uploads the
     /// tokens.
     fn prepare(&mut self, tokens: &[i32], steps: StepShape) -> Result<()> {
-        if self.acts.as_ref().map(|a| a.steps) != Some(steps) {
+        if self.acts.as_ref().map(|a| a.steps()) != Some(steps) {
             self.acts = None; // free the old buffers first
-            self.acts = Some(Acts::new(&self.k.gpu, &self.config, steps)?);
+            let (gpu, c) = (&self.k.gpu, &self.config);
+            self.acts = Some(match self.precision {
+                Precision::F32 => AnyActs::F32(Acts::new(gpu, c, steps)?),
+                Precision::Bf16 => AnyActs::Bf16(Acts::new(gpu, c, steps)?),
+            });
         }
         let acts = self.acts.as_mut().expect("allocated above");
-        self.k.gpu.copy_into(tokens, &mut acts.tokens)
+        self.k.gpu.copy_into(tokens, acts.tokens_mut())
     }
 
-    /// Logits `[B, K+1, T, V+1]` (depth-major) for tokens `[B, T]`, on the device (valid
-    /// until the next call on this model).
+    /// Logits `[B, K+1, T, V+1]` (depth-major, rows [`GpuModel::logits_row_stride`]
+    /// apart) for tokens `[B, T]`, on the device in the model's precision (valid until
+    /// the next call on this model).
     pub fn forward(
         &mut self,
         tokens: &[i32],
         batch: usize,
         seq: usize,
         pauses: usize,
-    ) -> Result<&CudaSlice<f32>> {
+    ) -> Result<GpuLogits<'_>> {
         check_batch(&self.config, tokens, batch, seq, pauses)?;
         let steps = StepShape { batch, pauses, seq };
         self.prepare(tokens, steps)?;
-        let acts = self.acts.as_mut().expect("prepared");
-        forward_acts(&self.k, &self.layout, &self.config, &self.params, acts)?;
-        Ok(&acts.logits)
+        let GpuModel {
+            config,
+            k,
+            layout,
+            params,
+            params_bf16,
+            acts,
+            ..
+        } = self;
+        match acts.as_mut().expect("prepared") {
+            AnyActs::F32(a) => {
+                forward_acts(k, layout, config, params, params, a)?;
+                Ok(GpuLogits::F32(&a.logits))
+            }
+            AnyActs::Bf16(a) => {
+                let w = params_bf16.as_ref().ok_or_else(missing_copy)?;
+                forward_acts(k, layout, config, params, w, a)?;
+                Ok(GpuLogits::Bf16(&a.logits))
+            }
+        }
     }
 
-    /// [`GpuModel::forward`] copied to the host.
+    /// [`GpuModel::forward`] copied to the host as f32 `[B, K+1, T, V+1]` (no padding;
+    /// bf16 logits widened exactly).
     pub fn forward_to_host(
         &mut self,
         tokens: &[i32],
@@ -378,8 +510,15 @@ impl GpuModel {
         pauses: usize,
     ) -> Result<Vec<f32>> {
         let gpu = self.k.gpu.clone();
-        let logits = self.forward(tokens, batch, seq, pauses)?;
-        gpu.dtoh(logits)
+        let (v1, ld) = (self.config.vocab + 1, self.logits_row_stride());
+        let padded: Vec<f32> = match self.forward(tokens, batch, seq, pauses)? {
+            GpuLogits::F32(l) => gpu.dtoh(l)?,
+            GpuLogits::Bf16(l) => gpu.dtoh(l)?.into_iter().map(bf16::to_f32).collect(),
+        };
+        let rows = StepShape { batch, pauses, seq }.rows();
+        Ok((0..rows)
+            .flat_map(|r| padded[r * ld..r * ld + v1].iter().copied())
+            .collect())
     }
 
     /// Loss (`Reduction::Mean`) and the gradients of every parameter (overwritten, on
@@ -413,32 +552,46 @@ impl GpuModel {
             k,
             layout,
             params,
+            params_bf16,
             grads,
             acts,
             loss,
             ..
         } = self;
-        let acts = acts.as_mut().expect("prepared");
         let loss = loss.as_ref().expect("created above");
-        k.gpu.copy_into(targets, &mut acts.targets)?;
-        forward_acts(k, layout, config, params, acts)?;
         let shape = LossShape {
             batch,
             pauses,
             seq,
             vocab: config.vocab,
         };
-        let fwd = loss.forward(&acts.logits, &acts.targets, shape, Reduction::Mean, None)?;
-        loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut acts.logits)?;
-        backward(k, layout, config, params, grads, acts, &index)?;
+        let fwd = match acts.as_mut().expect("prepared") {
+            AnyActs::F32(a) => {
+                k.gpu.copy_into(targets, &mut a.targets)?;
+                step_acts(
+                    k, layout, config, params, params, grads, a, &index, loss, shape,
+                )?
+            }
+            AnyActs::Bf16(a) => {
+                let w = params_bf16.as_ref().ok_or_else(missing_copy)?;
+                k.gpu.copy_into(targets, &mut a.targets)?;
+                step_acts(k, layout, config, params, w, grads, a, &index, loss, shape)?
+            }
+        };
         Ok(GpuStep { fwd })
     }
 
     /// One AdamW step with learning rate `lr`, the gradients clipped to global norm
-    /// `grad_clip` first (as `clip_grad_norm` then `AdamW::step` on the CPU). Queued.
+    /// `grad_clip` first (as `clip_grad_norm` then `AdamW::step` on the CPU), on the
+    /// f32 masters; in [`Precision::Bf16`] the bf16 copy is then refreshed from them.
+    /// Queued.
     pub fn step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
         self.opt
-            .step(&mut self.params, &self.grads, lr, Some(grad_clip))
+            .step(&mut self.params, &self.grads, lr, Some(grad_clip))?;
+        if let Some(copy) = self.params_bf16.as_mut() {
+            self.opt.cast_to_bf16(&self.params, copy)?;
+        }
+        Ok(())
     }
 
     /// The global gradient norm (before clipping) of the last [`GpuModel::step`]; waits
@@ -447,8 +600,8 @@ impl GpuModel {
         self.opt.grad_norm()
     }
 
-    /// Runs the GEMMs on the TF32 tensor cores (see [`Linear::set_tf32`]); off by
-    /// default.
+    /// Runs the f32 GEMMs on the TF32 tensor cores (see [`Linear::set_tf32`]); off by
+    /// default; no effect on the bf16 GEMMs of [`Precision::Bf16`].
     pub fn set_tf32(&self, on: bool) -> Result<()> {
         self.k.linear.set_tf32(on)
     }
@@ -480,15 +633,23 @@ fn table_dims(c: &ModelConfig) -> TableDims {
 }
 
 /// The forward on checked inputs (tokens already uploaded), keeping every activation.
-fn forward_acts(
+///
+/// `p` holds the f32 parameters (LayerNorm gains, biases and the embedding tables are
+/// read from it), `wt` the same flat layout in `T` (the GEMM weights are read from it:
+/// `p` itself in f32, the bf16 copy in bf16).
+fn forward_acts<T: GemmElem>(
     k: &Kernels,
     lay: &Layout,
     c: &ModelConfig,
     p: &CudaSlice<f32>,
-    a: &mut Acts,
-) -> Result<()> {
+    wt: &CudaSlice<T>,
+    a: &mut Acts<T>,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
     let st = a.steps;
-    let (n, d, v1) = (st.rows(), c.d_model, c.vocab + 1);
+    let (n, d, v1, ld) = (st.rows(), c.d_model, c.vocab + 1, a.logits_ld);
     let dims = attn_dims(c, st);
     k.emb.forward(
         &mut a.resid[0],
@@ -502,6 +663,7 @@ fn forward_acts(
         let (x, out) = (&done[l], &mut rest[0]);
         let b = &mut a.blocks[l];
         let w = |j: usize| p.slice(lay.block(l, j));
+        let wm = |j: usize| wt.slice(lay.block(l, j));
         // Attention half: mid = x + W_o · Attn(LN1(x) W_qkv + b_qkv) + b_o.
         k.ln.forward(
             &mut b.ln1,
@@ -514,10 +676,11 @@ fn forward_acts(
             d,
         )?;
         k.linear
-            .forward(&mut b.qkv, &b.ln1, &w(QKV_W), n, d, 3 * d)?;
+            .forward(&mut b.qkv, &b.ln1, &wm(QKV_W), n, d, 3 * d)?;
         k.resid.bias_add(&mut b.qkv, &w(QKV_B), n, 3 * d)?;
         k.attn.forward(&b.qkv, &mut b.atty, &mut b.lse, dims)?;
-        k.linear.forward(&mut b.mid, &b.atty, &w(PROJ_W), n, d, d)?;
+        k.linear
+            .forward(&mut b.mid, &b.atty, &wm(PROJ_W), n, d, d)?;
         k.resid.bias_residual(&mut b.mid, &w(PROJ_B), x, n, d)?;
         // MLP half: out = mid + W_2 · gelu(LN2(mid) W_1 + b_1) + b_2.
         k.ln.forward(
@@ -530,7 +693,8 @@ fn forward_acts(
             n,
             d,
         )?;
-        k.linear.forward(&mut b.fc, &b.ln2, &w(FC_W), n, d, 4 * d)?;
+        k.linear
+            .forward(&mut b.fc, &b.ln2, &wm(FC_W), n, d, 4 * d)?;
         let fc_bias = w(FC_B);
         k.gelu.bias_gelu_forward(
             &mut b.fc,
@@ -540,7 +704,7 @@ fn forward_acts(
             4 * d,
         )?;
         k.linear
-            .forward(&mut *out, &b.gelu, &w(MLP_PROJ_W), n, 4 * d, d)?;
+            .forward(&mut *out, &b.gelu, &wm(MLP_PROJ_W), n, 4 * d, d)?;
         k.resid
             .bias_residual(&mut *out, &w(MLP_PROJ_B), &b.mid, n, d)?;
     }
@@ -554,24 +718,68 @@ fn forward_acts(
         n,
         d,
     )?;
-    // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.
-    k.linear
-        .forward(&mut a.logits, &a.lnf, &p.slice(lay.tok_emb()), n, d, v1)
+    // Tied head: logits[N, V+1] (rows ld apart) = lnf[N, d] · tok_emb[V+1, d]^T.
+    k.linear.forward_ld(
+        &mut a.logits,
+        &a.lnf,
+        &wt.slice(lay.tok_emb()),
+        n,
+        d,
+        v1,
+        ld,
+    )
 }
 
-/// The backward from `a.logits` (holding dlogits) through the activations, overwriting
-/// the gradients.
-fn backward(
+/// Forward, loss, loss backward (in place) and backward of one step on checked inputs
+/// (tokens and targets already uploaded); `p` and `wt` as in [`forward_acts`].
+#[allow(clippy::too_many_arguments)]
+fn step_acts<T: GemmElem>(
     k: &Kernels,
     lay: &Layout,
     c: &ModelConfig,
     p: &CudaSlice<f32>,
+    wt: &CudaSlice<T>,
     g: &mut CudaSlice<f32>,
-    a: &mut Acts,
+    a: &mut Acts<T>,
     index: &TokenIndex,
-) -> Result<()> {
+    loss: &CybLoss,
+    shape: LossShape,
+) -> Result<GpuLossForward>
+where
+    CudaBlas: Gemm<T>,
+{
+    forward_acts(k, lay, c, p, wt, a)?;
+    let fwd = loss.forward_strided(
+        &a.logits,
+        a.logits_ld,
+        &a.targets,
+        shape,
+        Reduction::Mean,
+        None,
+    )?;
+    loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut a.logits)?;
+    backward(k, lay, c, p, wt, g, a, index)?;
+    Ok(fwd)
+}
+
+/// The backward from `a.logits` (holding dlogits) through the activations, overwriting
+/// the f32 gradients `g` (every weight-gradient GEMM accumulates in f32 into f32).
+#[allow(clippy::too_many_arguments)]
+fn backward<T: GemmElem>(
+    k: &Kernels,
+    lay: &Layout,
+    c: &ModelConfig,
+    p: &CudaSlice<f32>,
+    wt: &CudaSlice<T>,
+    g: &mut CudaSlice<f32>,
+    a: &mut Acts<T>,
+    index: &TokenIndex,
+) -> Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
     let st = a.steps;
-    let (n, d, v1) = (st.rows(), c.d_model, c.vocab + 1);
+    let (n, d, v1, ld) = (st.rows(), c.d_model, c.vocab + 1, a.logits_ld);
     let dims = attn_dims(c, st);
     let stream = k.gpu.stream();
     stream
@@ -582,11 +790,18 @@ fn backward(
         .map_err(cuda_err("zeroing the residual gradient"))?;
 
     // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
-    let e = p.slice(lay.tok_emb());
+    let e = wt.slice(lay.tok_emb());
     k.linear
-        .backward_input(&mut a.dln, &a.logits, &e, n, d, v1)?;
-    k.linear
-        .backward_weight(&mut g.slice_mut(lay.tok_emb()), &a.logits, &a.lnf, n, d, v1)?;
+        .backward_input_ld(&mut a.dln, &a.logits, &e, n, d, v1, ld)?;
+    k.linear.backward_weight_f32(
+        &mut g.slice_mut(lay.tok_emb()),
+        &a.logits,
+        &a.lnf,
+        n,
+        d,
+        v1,
+        ld,
+    )?;
     k.ln.backward(
         &mut a.dresid,
         &mut g.slice_mut(lay.ln_f()),
@@ -601,28 +816,31 @@ fn backward(
     for l in (0..c.n_layer).rev() {
         let b = &a.blocks[l];
         let w = |j: usize| p.slice(lay.block(l, j));
+        let wm = |j: usize| wt.slice(lay.block(l, j));
         // MLP half (dresid is ∂L/∂out; it becomes ∂L/∂mid).
         k.linear
-            .backward_input(&mut a.dgelu, &a.dresid, &w(MLP_PROJ_W), n, 4 * d, d)?;
-        k.linear.backward_weight(
+            .backward_input(&mut a.dgelu, &a.dresid, &wm(MLP_PROJ_W), n, 4 * d, d)?;
+        k.linear.backward_weight_f32(
             &mut g.slice_mut(lay.block(l, MLP_PROJ_W)),
             &a.dresid,
             &b.gelu,
             n,
             4 * d,
             d,
+            d,
         )?;
         k.resid
             .colsum(&mut g.slice_mut(lay.block(l, MLP_PROJ_B)), &a.dresid, n, d)?;
         k.gelu.backward(&mut a.dfc, &b.fc, &a.dgelu, n * 4 * d)?;
         k.linear
-            .backward_input(&mut a.dln, &a.dfc, &w(FC_W), n, d, 4 * d)?;
-        k.linear.backward_weight(
+            .backward_input(&mut a.dln, &a.dfc, &wm(FC_W), n, d, 4 * d)?;
+        k.linear.backward_weight_f32(
             &mut g.slice_mut(lay.block(l, FC_W)),
             &a.dfc,
             &b.ln2,
             n,
             d,
+            4 * d,
             4 * d,
         )?;
         k.resid
@@ -640,12 +858,13 @@ fn backward(
         )?;
         // Attention half (dresid becomes ∂L/∂x, the block input).
         k.linear
-            .backward_input(&mut a.datty, &a.dresid, &w(PROJ_W), n, d, d)?;
-        k.linear.backward_weight(
+            .backward_input(&mut a.datty, &a.dresid, &wm(PROJ_W), n, d, d)?;
+        k.linear.backward_weight_f32(
             &mut g.slice_mut(lay.block(l, PROJ_W)),
             &a.dresid,
             &b.atty,
             n,
+            d,
             d,
             d,
         )?;
@@ -654,13 +873,14 @@ fn backward(
         k.attn
             .backward(&b.qkv, &b.atty, &a.datty, &b.lse, &mut a.dqkv, dims)?;
         k.linear
-            .backward_input(&mut a.dln, &a.dqkv, &w(QKV_W), n, d, 3 * d)?;
-        k.linear.backward_weight(
+            .backward_input(&mut a.dln, &a.dqkv, &wm(QKV_W), n, d, 3 * d)?;
+        k.linear.backward_weight_f32(
             &mut g.slice_mut(lay.block(l, QKV_W)),
             &a.dqkv,
             &b.ln1,
             n,
             d,
+            3 * d,
             3 * d,
         )?;
         k.resid
@@ -684,6 +904,10 @@ fn backward(
         table_dims(c),
         st,
     )
+}
+
+fn missing_copy() -> CybError {
+    CybError::Cuda("the bf16 weight copy of a bf16 model is missing".into())
 }
 
 #[cfg(test)]
@@ -749,5 +973,21 @@ mod tests {
         assert_eq!(lay.tables().len(), table_dims(&c).len());
         let total: usize = lay.segs.iter().map(|s| s.len).sum();
         assert_eq!(lay.ln_f().end, total);
+    }
+
+    /// The logits rows are padded to a multiple of 64 elements (128-byte aligned bf16
+    /// rows), never narrower than `V+1`.
+    #[test]
+    fn logits_rows_are_padded_to_64() {
+        for (v1, want) in [
+            (1, 64),
+            (6, 64),
+            (38, 64),
+            (64, 64),
+            (65, 128),
+            (32001, 32064),
+        ] {
+            assert_eq!(logits_row_stride(v1), want, "V+1 = {v1}");
+        }
     }
 }
