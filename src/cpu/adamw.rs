@@ -10,9 +10,9 @@ use crate::cpu::params::{is_matrix, Params};
 /// AdamW hyper-parameters and state (first and second moments, step count).
 ///
 /// ```
-/// use cyb::{config::ModelConfig, cpu::{adamw::AdamW, params::Params}, rng::Rng};
+/// use cyb::{config::ModelConfig, cpu::{adamw::AdamW, params::Params}, rng::seeded};
 /// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
-/// let mut p: Params<f32> = Params::init(&c, &mut Rng::new(0));
+/// let mut p: Params<f32> = Params::init(&c, &mut seeded(0));
 /// let mut g = Params::zeros(&c);
 /// g.ln_f_bias[0] = 1.0;
 /// let mut opt = AdamW::new(0.9, 0.95, 1e-8, 0.1);
