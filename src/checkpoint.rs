@@ -165,13 +165,15 @@ fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, St
     let data = view.data();
     match view.dtype() {
         Dtype::F32 => Ok(pod_slice::<f32>(name, data)?.into_owned()),
-        Dtype::BF16 => Ok(pod_slice::<half::bf16>(name, data)?
+        // Half floats are viewed as their u16 bit patterns (half's own `bytemuck` feature
+        // would pull in bytemuck's derive macros for this one use).
+        Dtype::BF16 => Ok(pod_slice::<u16>(name, data)?
             .iter()
-            .map(|h| h.to_f32())
+            .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect()),
-        Dtype::F16 => Ok(pod_slice::<half::f16>(name, data)?
+        Dtype::F16 => Ok(pod_slice::<u16>(name, data)?
             .iter()
-            .map(|h| h.to_f32())
+            .map(|&b| half::f16::from_bits(b).to_f32())
             .collect()),
         other => Err(format!(
             "tensor {name} has dtype {other:?}; expected F32 (or BF16/F16)"

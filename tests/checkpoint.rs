@@ -201,8 +201,8 @@ fn bf16_weights_are_accepted() {
     let (_, shape, dt, data) = &mut tensors[0];
     let len: usize = shape.iter().product();
     *dt = Dtype::BF16;
-    let weights: Vec<half::bf16> = (0..len)
-        .map(|i| half::bf16::from_f32(if i % 2 == 0 { 1.5 } else { -0.375 }))
+    let weights: Vec<u16> = (0..len)
+        .map(|i| half::bf16::from_f32(if i % 2 == 0 { 1.5 } else { -0.375 }).to_bits())
         .collect();
     *data = bytemuck::cast_slice(&weights).to_vec();
     let m = checkpoint::from_bytes(&raw_file(&tensors, Some(&c.to_json()))).unwrap();
