@@ -28,7 +28,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::config::PauseAttention as Mode;
 use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use cyb::cpu::embedding::StepShape;
-use cyb::rng::Rng;
+use cyb::rng::seeded;
+use rand::RngExt;
+use rand_distr::StandardNormal;
 use std::time::Duration;
 
 fn cpu_reference(c: &mut Criterion) {
@@ -47,9 +49,13 @@ fn cpu_reference(c: &mut Criterion) {
             mode,
         };
         let rows = s.steps.rows();
-        let mut rng = Rng::new(11);
-        let qkv: Vec<f32> = (0..rows * 3 * s.d).map(|_| rng.normal() as f32).collect();
-        let dout: Vec<f32> = (0..rows * s.d).map(|_| rng.normal() as f32).collect();
+        let mut rng = seeded(11);
+        let qkv: Vec<f32> = (0..rows * 3 * s.d)
+            .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+            .collect();
+        let dout: Vec<f32> = (0..rows * s.d)
+            .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+            .collect();
         let mut out = vec![0.0f32; rows * s.d];
         let mut att = vec![0.0f32; s.att_len()];
         let mut dqkv = vec![0.0f32; qkv.len()];
@@ -74,14 +80,21 @@ mod gpu {
 
     const CEILING_TFLOPS: f64 = 766.0;
 
-    /// Roughly N(0, 1) from a SplitMix64 hash of the index (parallel, reproducible).
-    fn random(i: u64) -> bf16 {
-        let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let u = |k: u32| ((z >> (16 * k)) & 0xffff) as f32 / 65536.0;
-        bf16::from_f32((u(0) + u(1) + u(2) + u(3) - 2.0) * 1.7)
+    /// `n` draws of `scale * N(0, 1)` as bf16, generated in parallel: chunk `c` of 64 Ki
+    /// values has its own generator `seeded(salt << 32 | c)` (distinct seeds; rand_xoshiro
+    /// expands each through SplitMix64, so neighbouring seeds give unrelated streams), which
+    /// keeps the data reproducible whatever the number of threads.
+    fn random_bf16(n: usize, scale: f32, salt: u64) -> Vec<bf16> {
+        let mut host = vec![bf16::ZERO; n];
+        host.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut rng = seeded(salt << 32 | c as u64);
+                chunk.iter_mut().for_each(|x| {
+                    *x = bf16::from_f32(scale * rng.sample::<f32, _>(StandardNormal))
+                });
+            });
+        host
     }
 
     /// Useful FLOPs of forward + backward: visible pairs only (ANCHORS.md).
@@ -139,12 +152,7 @@ mod gpu {
                 d_head,
                 mode,
             };
-            let host = |n: usize, salt: u64| -> Vec<bf16> {
-                (0..n as u64)
-                    .into_par_iter()
-                    .map(|i| random(i ^ (salt << 40)))
-                    .collect()
-            };
+            let host = |n: usize, salt: u64| random_bf16(n, 1.0, salt);
             let qkv = gpu.htod(&host(d.qkv_len(), 1)).expect("qkv");
             let dout = gpu.htod(&host(d.out_len(), 2)).expect("dout");
             let mut out = gpu.zeros::<bf16>(d.out_len()).expect("out");

@@ -17,8 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::config::ModelConfig;
 use cyb::cpu::adamw::{clip_grad_norm, AdamW};
 use cyb::cpu::model::{Model, Params, Workspace};
-use cyb::rng::Rng;
+use cyb::rng::seeded;
 use cyb::Objective;
+use rand::RngExt;
 use std::time::Duration;
 
 fn cpu_step(c: &mut Criterion) {
@@ -33,10 +34,10 @@ fn cpu_step(c: &mut Criterion) {
         dk_bias: 0.0,
     };
     let (b, t, k) = (4, 16, 3);
-    let mut rng = Rng::new(3);
+    let mut rng = seeded(3);
     let mut model: Model<f32> = Model::init(config.clone(), &mut rng).expect("model");
-    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(64) as i32).collect();
-    let targets: Vec<i32> = (0..b * t).map(|_| rng.below(64) as i32).collect();
+    let tokens: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..64) as i32).collect();
+    let targets: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..64) as i32).collect();
     let obj = Objective::ap_default().resolve(k).expect("objective");
     let mut grads = Params::zeros(&config);
     let mut ws = Workspace::new();
@@ -88,10 +89,14 @@ mod gpu {
             dk_bias: 0.0,
         };
         let (b, t, k) = (8, 1024, 3);
-        let mut rng = Rng::new(11);
+        let mut rng = seeded(11);
         let cpu: Model<f32> = Model::init(config.clone(), &mut rng).expect("model");
-        let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(32000) as i32).collect();
-        let targets: Vec<i32> = (0..b * t).map(|_| rng.below(32000) as i32).collect();
+        let tokens: Vec<i32> = (0..b * t)
+            .map(|_| rng.random_range(0..32000) as i32)
+            .collect();
+        let targets: Vec<i32> = (0..b * t)
+            .map(|_| rng.random_range(0..32000) as i32)
+            .collect();
         let obj = Objective::ap_default().resolve(k).expect("objective");
         let step = |model: &mut GpuModel| -> cyb::Result<()> {
             model.forward_backward(&tokens, &targets, b, t, k, &obj)?;

@@ -5,8 +5,9 @@
 use cyb::config::ModelConfig;
 use cyb::cpu::adamw::AdamW;
 use cyb::cpu::model::{Model, Params, Workspace};
-use cyb::rng::Rng;
+use cyb::rng::seeded;
 use cyb::Objective;
+use rand::RngExt;
 use std::time::Instant;
 
 fn main() -> cyb::Result<()> {
@@ -26,13 +27,13 @@ fn main() -> cyb::Result<()> {
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
     };
-    let mut rng = Rng::new(0);
+    let mut rng = seeded(0);
     let mut model: Model<f32> = Model::init(config.clone(), &mut rng)?;
     let tokens: Vec<i32> = (0..batch * seq)
-        .map(|_| rng.below(config.vocab) as i32)
+        .map(|_| rng.random_range(0..config.vocab) as i32)
         .collect();
     let targets: Vec<i32> = (0..batch * seq)
-        .map(|_| rng.below(config.vocab) as i32)
+        .map(|_| rng.random_range(0..config.vocab) as i32)
         .collect();
     let obj = Objective::ap_default().resolve(pauses)?;
     let mut grads = Params::zeros(&config);

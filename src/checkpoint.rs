@@ -2,6 +2,11 @@
 //! little-endian f32 (bf16 and f16 weights are accepted on load), and
 //! `__metadata__ = {"config": <ModelConfig as JSON>}`.
 //!
+//! The tensor data are read and written as byte views of the `f32`/`bf16`/`f16` slices
+//! (`bytemuck`), which is the file's little-endian layout only on a little-endian host:
+//! on a big-endian host [`to_bytes`] and [`from_bytes`] return an error instead of
+//! writing or reading byte-swapped weights.
+//!
 //! `save` writes a temporary file next to the target and renames it into place, so a
 //! crash or error never leaves a half-written checkpoint under the real name.
 
@@ -10,7 +15,9 @@ use crate::config::ModelConfig;
 use crate::cpu::model::Model;
 use crate::cpu::params::{tensor_layout, Params};
 use crate::error::{CybError, Result};
+use bytemuck::PodCastError;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -25,22 +32,19 @@ fn err(path: &Path, msg: impl Into<String>) -> CybError {
 pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
     model.config.validate()?;
     model.params.check(&model.config)?;
+    little_endian_host().map_err(CybError::Shape)?;
     let tensors = model.params.tensors();
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, x)| x.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+    // The weights are viewed as bytes in place (no copy until `serialize`).
     let views = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
+        .map(|(name, shape, x)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(x))
                 .map(|v| (name.clone(), v))
                 .map_err(|e| CybError::Shape(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
-    safetensors::serialize(views, &Some(meta))
+    safetensors::serialize(views, Some(meta))
         .map_err(|e| CybError::Shape(format!("cannot serialise checkpoint: {e}")))
 }
 
@@ -48,9 +52,9 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
 /// is written, flushed to disk and renamed over `path`; on any error it is removed.
 ///
 /// ```
-/// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::Rng};
+/// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
 /// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
-/// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+/// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let path = std::env::temp_dir().join(format!("cyb_doc_{}.safetensors", std::process::id()));
 /// checkpoint::save(&path, &m).unwrap();
 /// assert_eq!(checkpoint::load(&path).unwrap(), m);
@@ -71,6 +75,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
 
 /// Parses checkpoint bytes; the error is the message [`load`] reports.
 pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
+    little_endian_host()?;
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let config_json = meta
@@ -89,8 +94,8 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
     let mut unknown: Vec<String> = st
         .names()
         .into_iter()
-        .filter(|n| !layout.iter().any(|(name, _)| name == *n))
-        .cloned()
+        .filter(|n| !layout.iter().any(|(name, _)| name == n))
+        .map(str::to_string)
         .collect();
     if !unknown.is_empty() {
         unknown.sort();
@@ -123,22 +128,53 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
     Model::new(config, params).map_err(|e| e.to_string())
 }
 
+/// The checkpoint format is little-endian; the byte views below are the host's layout.
+fn little_endian_host() -> std::result::Result<(), String> {
+    if cfg!(target_endian = "little") {
+        Ok(())
+    } else {
+        Err(
+            "checkpoints are little-endian safetensors and this build reads and writes \
+             them as in-memory byte views, which needs a little-endian host"
+                .into(),
+        )
+    }
+}
+
+/// `data` as a slice of `T`: borrowed when the bytes happen to be aligned for `T`,
+/// copied into an aligned vector when not (a `Vec<u8>` read from a file guarantees no
+/// alignment, and safetensors places tensors at arbitrary byte offsets).
+fn pod_slice<'a, T: bytemuck::Pod>(
+    name: &str,
+    data: &'a [u8],
+) -> std::result::Result<Cow<'a, [T]>, String> {
+    match bytemuck::try_cast_slice(data) {
+        Ok(s) => Ok(Cow::Borrowed(s)),
+        Err(PodCastError::TargetAlignmentGreaterAndInputNotAligned) => {
+            Ok(Cow::Owned(bytemuck::pod_collect_to_vec(data)))
+        }
+        Err(e) => Err(format!(
+            "tensor {name}: {} data bytes do not form whole elements ({e})",
+            data.len()
+        )),
+    }
+}
+
 /// Little-endian f32, bf16 or f16 data as f32.
 fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
     let data = view.data();
-    let halves = || {
-        data.chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
     match view.dtype() {
-        Dtype::F32 => Ok(data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Dtype::F32 => Ok(pod_slice::<f32>(name, data)?.into_owned()),
+        // Half floats are viewed as their u16 bit patterns (half's own `bytemuck` feature
+        // would pull in bytemuck's derive macros for this one use).
+        Dtype::BF16 => Ok(pod_slice::<u16>(name, data)?
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
             .collect()),
-        Dtype::BF16 => Ok(halves()
-            .map(|h| half::bf16::from_bits(h).to_f32())
+        Dtype::F16 => Ok(pod_slice::<u16>(name, data)?
+            .iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
             .collect()),
-        Dtype::F16 => Ok(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
         other => Err(format!(
             "tensor {name} has dtype {other:?}; expected F32 (or BF16/F16)"
         )),

@@ -26,7 +26,7 @@
 //! how much is visible in the input: exactly where pauses can pay off.
 
 use crate::error::{CybError, Result};
-use crate::rng::Rng;
+use rand::{Rng, RngExt};
 use std::path::Path;
 
 /// One batch: `tokens [B, T]`, `targets [B, T]`, and the difficulty class of every
@@ -70,8 +70,9 @@ pub trait DataSource: Send {
     fn class_names(&self) -> Vec<String>;
     /// Printable form of a token id.
     fn token_name(&self, id: usize) -> String;
-    /// A batch of `batch` sequences of length `seq` from `split`, drawn with `rng`.
-    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch;
+    /// A batch of `batch` sequences of length `seq` from `split`, drawn with `rng` (any
+    /// `rand::Rng`, as a trait object so that sources stay usable as `dyn DataSource`).
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch;
     /// Token ids of a prompt: by default whitespace-separated token names.
     fn encode(&self, text: &str) -> Result<Vec<usize>> {
         text.split_whitespace()
@@ -117,7 +118,7 @@ impl DataSource for Bytes {
             _ => format!("0x{id:02x}"),
         }
     }
-    fn sample(&self, _: Split, batch: usize, seq: usize, _: &mut Rng) -> Batch {
+    fn sample(&self, _: Split, batch: usize, seq: usize, _: &mut dyn Rng) -> Batch {
         // No text, no samples: every target ignored.
         Batch {
             batch,
@@ -204,18 +205,18 @@ impl ModSum {
 
     /// Tokens and the class of predicting each token, for one sequence of `len + 1`
     /// tokens (the extra one is the last target).
-    fn sequence(&self, len: usize, rng: &mut Rng) -> (Vec<i32>, Vec<u16>) {
+    fn sequence(&self, len: usize, rng: &mut dyn Rng) -> (Vec<i32>, Vec<u16>) {
         // Start inside the first problem so that positions are not aligned to problems.
-        let start = rng.below(self.max_span + 3);
+        let start = rng.random_range(0..self.max_span + 3);
         let mut toks = Vec::with_capacity(start + len + self.max_span + 3);
         let mut cls = Vec::with_capacity(toks.capacity());
         while toks.len() < start + len {
-            let span = 1 + rng.below(self.max_span);
+            let span = rng.random_range(1..=self.max_span);
             toks.push(self.marker(span) as i32);
             cls.push(Self::CLASS_MARKER);
             let mut sum = 0;
             for _ in 0..span {
-                let d = rng.below(self.modulus);
+                let d = rng.random_range(0..self.modulus);
                 sum += d;
                 toks.push(d as i32);
                 cls.push(Self::CLASS_DIGIT);
@@ -259,7 +260,7 @@ impl DataSource for ModSum {
             "<PAUSE>".into()
         }
     }
-    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
         // The data is an endless generated stream: train and validation differ only
         // by the generator the caller passes (see `train::validation_rng`).
         let _ = split;
@@ -333,12 +334,12 @@ fn windows<T>(
     items: &[T],
     batch: usize,
     seq: usize,
-    rng: &mut Rng,
+    rng: &mut dyn Rng,
     id: impl Fn(&T) -> (i32, u16),
 ) -> Batch {
     let mut out = Batch::with_capacity(batch, seq);
     for _ in 0..batch {
-        let start = rng.below(items.len() - seq);
+        let start = rng.random_range(0..items.len() - seq);
         let w = &items[start..=start + seq];
         out.tokens.extend(w[..seq].iter().map(|x| id(x).0));
         for x in &w[1..] {
@@ -383,7 +384,7 @@ impl DataSource for ByteText {
     fn token_text(&self, id: usize) -> String {
         Bytes.token_text(id)
     }
-    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
         let (lo, hi) = match split {
             Split::Train => (0, self.split_at),
             Split::Validation => (self.split_at, self.bytes.len()),
@@ -481,7 +482,7 @@ impl DataSource for TokenText {
     fn token_text(&self, id: usize) -> String {
         String::from_utf8_lossy(&self.bpe.tokens[id]).into_owned()
     }
-    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut Rng) -> Batch {
+    fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
         let (lo, hi) = match split {
             Split::Train => (0, self.split_at),
             Split::Validation => (self.split_at, self.ids.len()),

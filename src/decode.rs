@@ -21,7 +21,8 @@ use crate::cpu::loss::{halting_from_scalars, log_add_exp, row_scalar, RowScalar}
 use crate::cpu::model::Model;
 use crate::cpu::scalar::Scalar;
 use crate::error::{CybError, Result};
-use crate::rng::Rng;
+use crate::rng::{seeded, CybRng};
+use rand::RngExt;
 
 /// When to say DK and how to pick the answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,10 +88,10 @@ struct LayerKv<T> {
 /// `private` mode, every step in `shared` mode).
 ///
 /// ```
-/// use cyb::{config::ModelConfig, cpu::model::Model, rng::Rng};
+/// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded};
 /// use cyb::decode::{Decoder, Policy};
 /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
-/// let m: Model<f32> = Model::init(c, &mut Rng::new(0)).unwrap();
+/// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let mut dec = Decoder::new(&m, 2, Policy::Greedy { threshold: 0.5 }, 1).unwrap();
 /// let out = dec.generate(&[1, 2, 3], 4).unwrap();
 /// assert_eq!(out.len(), 4);
@@ -100,7 +101,7 @@ pub struct Decoder<'m, T: Scalar> {
     model: &'m Model<T>,
     pauses_max: usize,
     policy: Policy,
-    rng: Rng,
+    rng: CybRng,
     /// Keys/values per layer: real tokens (`private`), every step in stream order
     /// (`shared`).
     cache: Vec<LayerKv<T>>,
@@ -119,7 +120,9 @@ pub struct Decoder<'m, T: Scalar> {
 }
 
 impl<'m, T: Scalar> Decoder<'m, T> {
-    /// A decoder allowing up to `pauses` pause steps per token (`<= k_max`).
+    /// A decoder allowing up to `pauses` pause steps per token (`<= k_max`). `seed`
+    /// seeds the generator of the sampling policy ([`crate::rng::seeded`]; token and
+    /// halting draws are `rand`'s uniform `f64`s); the other policies draw nothing.
     pub fn new(model: &'m Model<T>, pauses: usize, policy: Policy, seed: u64) -> Result<Self> {
         model.config.validate()?;
         if pauses > model.config.k_max {
@@ -134,7 +137,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             model,
             pauses_max: pauses,
             policy,
-            rng: Rng::new(seed),
+            rng: seeded(seed),
             cache: vec![LayerKv::default(); layers],
             scratch: vec![LayerKv::default(); layers],
             ahead: Vec::new(),
@@ -249,7 +252,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             let say_dk = k < self.pauses_max
                 && match &self.policy {
                     Policy::Greedy { threshold } => dk > *threshold,
-                    Policy::Sample { .. } => self.rng.uniform() < dk,
+                    Policy::Sample { .. } => self.rng.random::<f64>() < dk,
                     Policy::ForcedK => true,
                 };
             if !say_dk {
@@ -473,7 +476,13 @@ fn argmax(x: &[f64]) -> usize {
 }
 
 /// Draw from `softmax(x / temperature)` restricted by top-k and top-p.
-fn sample(x: &[f64], temperature: f64, top_k: usize, top_p: f64, rng: &mut Rng) -> usize {
+fn sample<R: rand::Rng + ?Sized>(
+    x: &[f64],
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
+    rng: &mut R,
+) -> usize {
     let mut order: Vec<usize> = (0..x.len()).collect();
     order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
     if top_k > 0 {
@@ -495,7 +504,7 @@ fn sample(x: &[f64], temperature: f64, top_k: usize, top_p: f64, rng: &mut Rng) 
             break;
         }
     }
-    let u = rng.uniform() * mass;
+    let u = rng.random::<f64>() * mass;
     let mut acc = 0.0;
     for i in 0..keep {
         acc += probs[i];

@@ -16,7 +16,7 @@ use crate::data::DataSource;
 use crate::error::{CybError, Result};
 use crate::metrics::{EvalSummary, PositionOutcome};
 use crate::objective::Objective;
-use crate::rng::Rng;
+use crate::rng::seeded;
 use crate::train::{
     train_on, validation_detail, EvalPoint, PositionHalting, TrainConfig, TrainDevice,
 };
@@ -199,7 +199,7 @@ pub fn extend_depth(pre: &Model<f32>, config: &ModelConfig, seed: u64) -> Result
             pre.config, cfg
         )));
     }
-    let mut params = Params::init(&cfg, &mut Rng::new(seed ^ 0xDE97_0000_0000_0001));
+    let mut params = Params::init(&cfg, &mut seeded(seed ^ 0xDE97_0000_0000_0001));
     let old = pre.params.tensors();
     for ((name, _, dst), (_, _, src)) in params.tensors_mut().into_iter().zip(old) {
         let n = dst.len().min(src.len());

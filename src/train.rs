@@ -9,7 +9,7 @@ use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
 use crate::objective::{Objective, ResolvedObjective};
-use crate::rng::Rng;
+use crate::rng::{seeded, split, CybRng};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 
@@ -101,8 +101,8 @@ pub struct TrainOutcome {
 }
 
 /// Generator for validation batches: fixed by the seed, independent of training.
-pub fn validation_rng(seed: u64) -> Rng {
-    Rng::new(seed ^ 0x0005_EED0_F0A1_1DA7)
+pub fn validation_rng(seed: u64) -> CybRng {
+    seeded(seed ^ 0x0005_EED0_F0A1_1DA7)
 }
 
 /// Where the training steps run.
@@ -161,7 +161,7 @@ pub fn train_on(
         .objective
         .resolve(cfg.pauses)?
         .with_dk_bias(cfg.model.dk_bias)?;
-    let mut rng = Rng::new(cfg.seed);
+    let mut rng = seeded(cfg.seed);
     let model = match init {
         Some(m) => {
             if m.config != cfg.model {
@@ -174,10 +174,10 @@ pub fn train_on(
         }
         None => Model {
             config: cfg.model.clone(),
-            params: Params::init(&cfg.model, &mut rng.fork()),
+            params: Params::init(&cfg.model, &mut split(&mut rng)),
         },
     };
-    let data_rng = rng.fork();
+    let data_rng = split(&mut rng);
     match device {
         TrainDevice::Cpu => {
             let stepper = CpuStepper {
@@ -314,7 +314,7 @@ mod cuda {
         data: &dyn DataSource,
         objective: &ResolvedObjective,
         model: Model<f32>,
-        data_rng: Rng,
+        data_rng: CybRng,
         show_progress: bool,
         precision: Precision,
     ) -> Result<TrainOutcome> {
@@ -344,7 +344,7 @@ mod cuda {
         _data: &dyn DataSource,
         _objective: &ResolvedObjective,
         _model: Model<f32>,
-        _data_rng: Rng,
+        _data_rng: CybRng,
         _show_progress: bool,
         _precision: crate::config::Precision,
     ) -> Result<TrainOutcome> {
@@ -363,7 +363,7 @@ fn run_loop<S: Stepper>(
     data: &dyn DataSource,
     objective: &ResolvedObjective,
     mut stepper: S,
-    mut data_rng: Rng,
+    mut data_rng: CybRng,
     show_progress: bool,
 ) -> Result<TrainOutcome> {
     let bar = if show_progress {

@@ -111,9 +111,11 @@ mod gpu_tests {
     use cyb::gpu::model::{GpuModel, Precision};
     use cyb::gpu::residual::ResidualKernels;
     use cyb::gpu::GpuContext;
-    use cyb::rng::Rng;
+    use cyb::rng::{seeded, CybRng};
     use cyb::{CybError, Objective};
     use libtest_mimic::Failed;
+    use rand::RngExt;
+    use rand_distr::StandardNormal;
     use std::sync::Arc;
 
     type R = Result<(), Failed>;
@@ -153,7 +155,7 @@ mod gpu_tests {
     }
 
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         for (prefix, precision) in [
             ("model_step_matches_cpu::", Precision::F32),
             ("model_step_bf16_matches_cpu::", Precision::Bf16),
@@ -199,8 +201,10 @@ mod gpu_tests {
     // ---------------------------------------------------------------- helpers
 
     /// f32 values (so both sides see exactly the same inputs), as f32 and as f64.
-    fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
-        (0..n).map(|_| (scale * rng.normal()) as f32).collect()
+    fn randn(rng: &mut CybRng, n: usize, scale: f64) -> Vec<f32> {
+        (0..n)
+            .map(|_| (scale * rng.sample::<f64, _>(StandardNormal)) as f32)
+            .collect()
     }
 
     fn f64s(x: &[f32]) -> Vec<f64> {
@@ -217,7 +221,8 @@ mod gpu_tests {
         f64s(&v)
     }
 
-    /// Elementwise `|got - want| <= atol + rtol*|want|`; non-finite values reported.
+    /// Elementwise `approx::relative_eq!(got, want, epsilon = atol, max_relative = rtol)`
+    /// (`|got - want| <= atol` or `<= rtol * max(|got|, |want|)`); see common::assert_close.
     fn close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) -> R {
         common::assert_close(what, got, want, atol, rtol);
         Ok(())
@@ -234,7 +239,9 @@ mod gpu_tests {
         let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
         let den: f64 = want.iter().map(|w| w * w).sum();
         let e = num.sqrt() / den.sqrt().max(1e-30);
-        if (den == 0.0 && num.sqrt() > bound) || (den > 0.0 && e > bound) {
+        // The decision: ||got - want|| within `bound` times ||want|| (absolute when want = 0).
+        let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
+        if !approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
             let worst = got
                 .iter()
                 .zip(want)
@@ -257,7 +264,7 @@ mod gpu_tests {
 
     // ---------------------------------------------------------------- layernorm
 
-    fn layernorm_fwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn layernorm_fwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = LayerNormKernels::new(gpu).map_err(err)?;
         for &(n, c) in SHAPES {
             let x = randn(rng, n * c, 1.5);
@@ -304,7 +311,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn layernorm_bwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn layernorm_bwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = LayerNormKernels::new(gpu).map_err(err)?;
         for &(n, c) in SHAPES {
             let x = randn(rng, n * c, 1.5);
@@ -362,7 +369,7 @@ mod gpu_tests {
 
     // ---------------------------------------------------------------- gelu, bias
 
-    fn gelu_fwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn gelu_fwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = GeluKernels::new(gpu).map_err(err)?;
         for &(n, c) in SHAPES {
             for with_bias in [false, true] {
@@ -402,7 +409,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn gelu_bwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn gelu_bwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = GeluKernels::new(gpu).map_err(err)?;
         for &(n, c) in SHAPES {
             let x = randn(rng, n * c, 3.0);
@@ -439,7 +446,7 @@ mod gpu_tests {
         close("dgelu tail", &host(gpu, &dx, n), &want, OP_ATOL, OP_RTOL)
     }
 
-    fn bias_residual(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn bias_residual(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = ResidualKernels::new(gpu).map_err(err)?;
         for &(n, c) in SHAPES {
             let (y, b, r) = (
@@ -489,7 +496,7 @@ mod gpu_tests {
         (129, 96, 288),
     ];
 
-    fn linear_fwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn linear_fwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let lin = Linear::new(gpu).map_err(err)?;
         let res = ResidualKernels::new(gpu).map_err(err)?;
         for &(n, c, oc) in LINEAR_SHAPES {
@@ -518,7 +525,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn linear_bwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn linear_bwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let lin = Linear::new(gpu).map_err(err)?;
         let res = ResidualKernels::new(gpu).map_err(err)?;
         for &(n, c, oc) in LINEAR_SHAPES {
@@ -573,7 +580,7 @@ mod gpu_tests {
 
     /// logits = lnf · E^T and its backward, at a vocabulary that is not a multiple of
     /// anything (V+1 = 1001).
-    fn tied_head(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn tied_head(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let lin = Linear::new(gpu).map_err(err)?;
         let (n, d, v1) = (37, 48, 1001);
         let (h, e, dz) = (
@@ -653,7 +660,7 @@ mod gpu_tests {
         tables: Vec<f32>,
     }
 
-    fn emb_case(rng: &mut Rng, &(b, k, t, d, v): &(usize, usize, usize, usize, usize)) -> Emb {
+    fn emb_case(rng: &mut CybRng, &(b, k, t, d, v): &(usize, usize, usize, usize, usize)) -> Emb {
         let dims = TableDims {
             vocab: v,
             t_max: t + 2,
@@ -662,7 +669,7 @@ mod gpu_tests {
         };
         // Skewed tokens: some ids are frequent, some never appear.
         let tokens = (0..b * t)
-            .map(|_| (rng.below(v).min(rng.below(v))) as i32)
+            .map(|_| (rng.random_range(0..v).min(rng.random_range(0..v))) as i32)
             .collect();
         Emb {
             steps: StepShape {
@@ -683,7 +690,7 @@ mod gpu_tests {
         (a.to_vec(), p.to_vec(), dd.to_vec())
     }
 
-    fn embedding_fwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn embedding_fwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = EmbeddingKernels::new(gpu).map_err(err)?;
         for shape in EMB_SHAPES {
             let e = emb_case(rng, shape);
@@ -717,7 +724,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn embedding_bwd(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn embedding_bwd(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let k = EmbeddingKernels::new(gpu).map_err(err)?;
         for shape in EMB_SHAPES {
             let e = emb_case(rng, shape);
@@ -773,16 +780,16 @@ mod gpu_tests {
             .collect()
     }
 
-    fn random_params(c: &ModelConfig, rng: &mut Rng, scale: f64) -> Params<f32> {
+    fn random_params(c: &ModelConfig, rng: &mut CybRng, scale: f64) -> Params<f32> {
         let mut p = Params::zeros(c);
         for (_, _, x) in p.tensors_mut() {
             x.iter_mut()
-                .for_each(|v| *v = (scale * rng.normal()) as f32);
+                .for_each(|v| *v = (scale * rng.sample::<f64, _>(StandardNormal)) as f32);
         }
         p
     }
 
-    fn adamw(gpu: &Arc<GpuContext>, rng: &mut Rng, clip: bool) -> R {
+    fn adamw(gpu: &Arc<GpuContext>, rng: &mut CybRng, clip: bool) -> R {
         let c = small_config(PauseAttention::Shared);
         let mut p = random_params(&c, rng, 0.1);
         let mut pd = gpu.htod(&flat(&p)).map_err(err)?;
@@ -846,7 +853,7 @@ mod gpu_tests {
 
     /// LayerNorm forward, GELU forward and backward, bias + residual and the embedding
     /// forward with bf16 activations (f32 parameters, f32 math).
-    fn bf16_kernels(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn bf16_kernels(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let ln = LayerNormKernels::new(gpu).map_err(err)?;
         let ge = GeluKernels::new(gpu).map_err(err)?;
         let res = ResidualKernels::new(gpu).map_err(err)?;
@@ -958,26 +965,28 @@ mod gpu_tests {
     // ---------------------------------------------------------------- whole model
 
     /// A random model whose every tensor is perturbed (biases and LayerNorm gains too).
-    fn random_model(rng: &mut Rng, mode: PauseAttention) -> Model<f32> {
+    fn random_model(rng: &mut CybRng, mode: PauseAttention) -> Model<f32> {
         let c = small_config(mode);
         let mut m: Model<f32> = Model::init(c.clone(), rng).expect("init");
         for (_, _, x) in m.params.tensors_mut() {
             x.iter_mut()
-                .for_each(|v| *v += (0.02 * rng.normal()) as f32);
+                .for_each(|v| *v += (0.02 * rng.sample::<f64, _>(StandardNormal)) as f32);
         }
         m
     }
 
     /// (tokens, targets) for B = 3, T = 13, a few ignored targets.
-    fn batch(rng: &mut Rng, c: &ModelConfig) -> (Vec<i32>, Vec<i32>, usize, usize) {
+    fn batch(rng: &mut CybRng, c: &ModelConfig) -> (Vec<i32>, Vec<i32>, usize, usize) {
         let (b, t) = (3, 13);
-        let tokens = (0..b * t).map(|_| rng.below(c.vocab) as i32).collect();
+        let tokens = (0..b * t)
+            .map(|_| rng.random_range(0..c.vocab) as i32)
+            .collect();
         let targets = (0..b * t)
             .map(|i| {
                 if i % 7 == 3 {
                     -1
                 } else {
-                    rng.below(c.vocab) as i32
+                    rng.random_range(0..c.vocab) as i32
                 }
             })
             .collect();
@@ -993,7 +1002,7 @@ mod gpu_tests {
 
     fn model_step(
         gpu: &Arc<GpuContext>,
-        rng: &mut Rng,
+        rng: &mut CybRng,
         mode: PauseAttention,
         obj: &str,
         k: usize,
@@ -1031,7 +1040,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn forward(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn forward(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         for mode in [PauseAttention::Shared, PauseAttention::Private] {
             let m = random_model(rng, mode);
             let (tokens, _, b, t) = batch(rng, &m.config);
@@ -1050,7 +1059,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn deterministic(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn deterministic(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Shared);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = Objective::ap_default().resolve(3).map_err(err)?;
@@ -1080,7 +1089,7 @@ mod gpu_tests {
 
     /// 50 steps of AdamW with clipping on both backends from the same model and
     /// batches: the loss curves agree.
-    fn curves(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn curves(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Shared);
         let c = m.config.clone();
         let k = 3;
@@ -1177,7 +1186,7 @@ mod gpu_tests {
     /// out) and the f32-accumulated weight gradient (bf16 in, **+=** into f32), against
     /// an f64 reference on the same bf16 inputs. The padding of `out` is NaN before and
     /// must stay NaN (never written); the padding of `dout` is NaN and must not be read.
-    fn linear_bf16_strided(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn linear_bf16_strided(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let lin = Linear::new(gpu).map_err(err)?;
         for &(n, c, oc, ld) in &[(1, 1, 1, 1), (13, 47, 39, 64), (300, 33, 65, 128)] {
             let tag = format!("n{n} c{c} oc{oc} ld{ld}");
@@ -1316,7 +1325,7 @@ mod gpu_tests {
     /// The logits of the bf16 forward against the f32 CPU forward: both modes, K in
     /// {0, 1, 3}, T = 13 (not a multiple of the 64-row attention tiles), and a model
     /// with V = 38 (V + 1 = 39 logits per row, odd) at T = 5.
-    fn forward_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn forward_bf16(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         for mode in [PauseAttention::Shared, PauseAttention::Private] {
             let m = random_model(rng, mode);
             let (tokens, _, b, t) = batch(rng, &m.config);
@@ -1336,7 +1345,7 @@ mod gpu_tests {
         c.vocab = 38;
         let m: Model<f32> = Model::init(c.clone(), rng).map_err(err)?;
         let (b, t, k) = (2, 5, 2);
-        let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(c.vocab) as i32).collect();
+        let tokens: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..c.vocab) as i32).collect();
         let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
         let want = m.forward(&tokens, b, t, k).map_err(err)?;
         let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
@@ -1348,7 +1357,7 @@ mod gpu_tests {
         )
     }
 
-    fn deterministic_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn deterministic_bf16(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Private);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = Objective::ap_default().resolve(3).map_err(err)?;
@@ -1376,7 +1385,7 @@ mod gpu_tests {
     /// gradients (the CPU's AdamW applied to the GPU's own gradients gives the same
     /// parameters to f32 rounding), they are not rounded to bf16, and the bf16 copy is
     /// exactly round-to-nearest-even of the masters; a checkpoint holds the masters.
-    fn bf16_masters(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn bf16_masters(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Shared);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = Objective::ap_default().resolve(2).map_err(err)?;
@@ -1449,7 +1458,7 @@ mod gpu_tests {
     /// there. At 1e-3 the loss falls further and smoothly (3.6 to ~0.3 in 50 steps) and
     /// the same perturbation moved the last-10 mean by under 1% on five seeds: the
     /// comparison then measures bf16's arithmetic, not the chaos of the trajectory.
-    fn curves_bf16(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn curves_bf16(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         const LR: f32 = 1e-3;
         let m = random_model(rng, PauseAttention::Shared);
         let c = m.config.clone();
@@ -1526,7 +1535,7 @@ mod gpu_tests {
         ))
     }
 
-    fn ckpt_gpu_to_cpu(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn ckpt_gpu_to_cpu(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Shared);
         let g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
         let path = temp("g2c");
@@ -1539,7 +1548,7 @@ mod gpu_tests {
         Ok(())
     }
 
-    fn ckpt_cpu_to_gpu(gpu: &Arc<GpuContext>, rng: &mut Rng) -> R {
+    fn ckpt_cpu_to_gpu(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
         let m = random_model(rng, PauseAttention::Shared);
         let path = temp("c2g");
         checkpoint::save(&path, &m).map_err(err)?;

@@ -96,7 +96,7 @@ fn shapes_too_large_are_refused_with_the_estimate() {
 #[test]
 fn evaluation_and_experiment_refuse_bad_settings() {
     let cfg = tiny();
-    let model: Model<f32> = Model::init(cfg.model.clone(), &mut cyb::rng::Rng::new(1)).unwrap();
+    let model: Model<f32> = Model::init(cfg.model.clone(), &mut cyb::rng::seeded(1)).unwrap();
     let ok = EvalConfig {
         pauses: 2,
         batches: 1,
@@ -167,7 +167,7 @@ fn evaluation_and_experiment_refuse_bad_settings() {
 #[test]
 fn non_finite_checkpoint_weights_are_refused_at_load() {
     let cfg = tiny();
-    let mut model: Model<f32> = Model::init(cfg.model.clone(), &mut cyb::rng::Rng::new(1)).unwrap();
+    let mut model: Model<f32> = Model::init(cfg.model.clone(), &mut cyb::rng::seeded(1)).unwrap();
     let bytes = cyb::checkpoint::to_bytes(&model).unwrap();
     cyb::checkpoint::from_bytes(&bytes).unwrap();
     for (name, _, x) in model.params.tensors_mut() {

@@ -10,8 +10,10 @@ use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape, PauseAttention};
 use cyb::cpu::embedding::StepShape;
 use cyb::cpu::model::{Model, Params, Workspace};
-use cyb::rng::Rng;
+use cyb::rng::{seeded, CybRng};
 use cyb::{CybError, Objective};
+use rand::RngExt;
+use rand_distr::StandardNormal;
 
 /// The two SPEC v2 model cases: `model_case` (shared) and `model_case_private`.
 const MODEL_CASES: [&str; 2] = ["model_case", "model_case_private"];
@@ -129,7 +131,7 @@ fn tiny_config(pause_attention: PauseAttention) -> ModelConfig {
 /// A model whose parameters are far from the init (LayerNorm gains and biases not
 /// 1/0, larger weights), so that no gradient is trivially zero or linear.
 fn random_model(config: ModelConfig, seed: u64) -> Model<f64> {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut model: Model<f64> = Model::init(config, &mut rng).unwrap();
     for (name, _, x) in model.params.tensors_mut() {
         let (base, std) = if name.contains("ln") && name.ends_with(".weight") {
@@ -137,13 +139,14 @@ fn random_model(config: ModelConfig, seed: u64) -> Model<f64> {
         } else {
             (0.0, 0.3)
         };
-        x.iter_mut().for_each(|v| *v = base + std * rng.normal());
+        x.iter_mut()
+            .for_each(|v| *v = base + std * rng.sample::<f64, _>(StandardNormal));
     }
     model
 }
 
-fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
-    (0..n).map(|_| rng.below(vocab) as i32).collect()
+fn random_tokens(rng: &mut CybRng, n: usize, vocab: usize) -> Vec<i32> {
+    (0..n).map(|_| rng.random_range(0..vocab) as i32).collect()
 }
 
 #[test]
@@ -151,7 +154,7 @@ fn gradients_match_finite_differences() {
     for mode in MODES {
         let config = tiny_config(mode);
         let (b, t, k) = (2, 4, 2); // K < k_max and T < t_max: unused table rows get 0
-        let mut rng = Rng::new(11);
+        let mut rng = seeded(11);
         let tokens = random_tokens(&mut rng, b * t, config.vocab);
         let mut targets = random_tokens(&mut rng, b * t, config.vocab);
         targets[1] = -1;
@@ -177,7 +180,7 @@ fn gradients_match_finite_differences() {
                 .collect();
             for (ti, (name, g)) in analytic.iter().enumerate() {
                 // Up to 5 random coordinates per tensor, plus the first one.
-                let mut coords: Vec<usize> = (0..5).map(|_| rng.below(g.len())).collect();
+                let mut coords: Vec<usize> = (0..5).map(|_| rng.random_range(0..g.len())).collect();
                 coords.push(0);
                 for &i in &coords {
                     let h = 1e-5;
@@ -263,7 +266,7 @@ const MODES: [PauseAttention; 2] = [PauseAttention::Shared, PauseAttention::Priv
 
 #[test]
 fn pause_attention_equals_brute_force_masked_softmax() {
-    let mut rng = Rng::new(5);
+    let mut rng = seeded(5);
     for (mode, dims) in MODES.into_iter().flat_map(|m| {
         [
             (2, 3, 5, 2, 8),
@@ -276,7 +279,9 @@ fn pause_attention_equals_brute_force_masked_softmax() {
     }) {
         let s = attn_shape(mode, dims);
         let d = s.d;
-        let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
+        let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d)
+            .map(|_| rng.sample::<f64, _>(StandardNormal))
+            .collect();
         let mut out = vec![f64::NAN; s.steps.rows() * d];
         let mut att = vec![f64::NAN; s.att_len()];
         attention_forward(&mut out, &mut att, &qkv, s);
@@ -301,10 +306,12 @@ fn a_pause_step_changes_exactly_the_steps_that_see_it() {
 }
 
 fn a_pause_step_changes_exactly_the_steps_that_see_it_in(mode: PauseAttention) {
-    let mut rng = Rng::new(8);
+    let mut rng = seeded(8);
     let s = attn_shape(mode, (2, 3, 5, 2, 8));
     let d = s.d;
-    let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d).map(|_| rng.normal()).collect();
+    let qkv: Vec<f64> = (0..s.steps.rows() * 3 * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal))
+        .collect();
     let run = |x: &[f64]| {
         let mut out = vec![0.0; s.steps.rows() * d];
         let mut att = vec![0.0; s.att_len()];
@@ -316,7 +323,7 @@ fn a_pause_step_changes_exactly_the_steps_that_see_it_in(mode: PauseAttention) {
     let mut changed = qkv.clone();
     changed[s.steps.row(b0, k0, t0) * 3 * d..][..3 * d]
         .iter_mut()
-        .for_each(|x| *x += 1.0 + rng.normal());
+        .for_each(|x| *x += 1.0 + rng.sample::<f64, _>(StandardNormal));
     let after = run(&changed);
     for b in 0..2 {
         for k in 0..=3 {
@@ -338,7 +345,7 @@ fn private_real_plane_does_not_depend_on_pauses() {
     // so planes depend on K; see the next test for what holds in both modes.)
     let config = tiny_config(PauseAttention::Private);
     let model = random_model(config.clone(), 4);
-    let mut rng = Rng::new(2);
+    let mut rng = seeded(2);
     let (b, t) = (2, 5);
     let v1 = config.vocab + 1;
     let tokens = random_tokens(&mut rng, b * t, config.vocab);
@@ -367,7 +374,7 @@ fn changing_a_token_never_changes_earlier_positions() {
 fn changing_a_token_never_changes_earlier_positions_in(mode: PauseAttention) {
     let config = tiny_config(mode);
     let model = random_model(config.clone(), 6);
-    let mut rng = Rng::new(9);
+    let mut rng = seeded(9);
     let (b, t, kk) = (1, 5, 3);
     let v1 = config.vocab + 1;
     let tokens = random_tokens(&mut rng, b * t, config.vocab);
@@ -397,8 +404,8 @@ fn forward_backward_is_deterministic_across_thread_counts() {
         pause_attention: PauseAttention::Shared,
         dk_bias: 0.0,
     };
-    let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(1)).unwrap();
-    let mut rng = Rng::new(3);
+    let model: Model<f32> = Model::init(config.clone(), &mut seeded(1)).unwrap();
+    let mut rng = seeded(3);
     let (b, t, k) = (5, 9, 2);
     let tokens = random_tokens(&mut rng, b * t, config.vocab);
     let targets = random_tokens(&mut rng, b * t, config.vocab);
@@ -428,7 +435,7 @@ fn forward_backward_is_deterministic_across_thread_counts() {
 #[test]
 fn bad_inputs_are_errors() {
     let config = tiny_config(PauseAttention::Shared);
-    let model: Model<f32> = Model::init(config.clone(), &mut Rng::new(0)).unwrap();
+    let model: Model<f32> = Model::init(config.clone(), &mut seeded(0)).unwrap();
     let obj = Objective::CeFinal.resolve(1).unwrap();
     let mut g = Params::zeros(&config);
     let v = config.vocab as i32;
@@ -518,7 +525,7 @@ fn reused_workspace_matches_fresh_buffers_across_shapes() {
     for mode in MODES {
         let config = tiny_config(mode);
         let model = random_model(config.clone(), 12);
-        let mut rng = Rng::new(4);
+        let mut rng = seeded(4);
         let mut ws = Workspace::new();
         // Shrinking and growing B, T and K: stale buffer contents must never leak in.
         for (b, t, k) in [(3, 5, 3), (1, 2, 0), (2, 4, 2), (3, 5, 3)] {
@@ -632,7 +639,7 @@ fn without_pauses_the_model_is_a_plain_gpt() {
     for mode in MODES {
         let config = tiny_config(mode);
         let model = random_model(config.clone(), 21);
-        let mut rng = Rng::new(13);
+        let mut rng = seeded(13);
         let (b, t) = (2, 5);
         let tokens = random_tokens(&mut rng, b * t, config.vocab);
         let logits = model.forward(&tokens, b, t, 0).unwrap();
@@ -661,7 +668,7 @@ fn init_follows_spec_section_5() {
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
     };
-    let p: Params<f64> = Params::init(&config, &mut Rng::new(7));
+    let p: Params<f64> = Params::init(&config, &mut seeded(7));
     let std = |x: &[f64]| (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();
     let resid = 0.02 / (2.0 * config.n_layer as f64).sqrt();
     for (name, shape, x) in p.tensors() {
@@ -673,11 +680,11 @@ fn init_follows_spec_section_5() {
             None
         };
         match want {
-            Some(s) => assert!(
-                (std(x) / s - 1.0).abs() < 0.1,
-                "{name}: std {} want {s}",
-                std(x)
-            ),
+            // A sample standard deviation of n >= 64 normal draws has a relative spread of
+            // about 1/sqrt(2n) <= 9%; the smallest tensors here have a few hundred values
+            // (spread <= 4%), so 10% relative is > 2.5 sigma for every tensor, for any
+            // seed, and still catches a wrong init scale (e.g. resid vs 0.02 is 50% off).
+            Some(s) => approx::assert_relative_eq!(std(x), s, max_relative = 0.1),
             None if name.contains("ln") && name.ends_with(".weight") => {
                 assert!(x.iter().all(|&v| v == 1.0), "{name}")
             }
@@ -685,9 +692,9 @@ fn init_follows_spec_section_5() {
         }
     }
     // Same seed, same model; the f32 model is the f64 one rounded.
-    assert_eq!(p, Params::init(&config, &mut Rng::new(7)));
+    assert_eq!(p, Params::init(&config, &mut seeded(7)));
     assert_eq!(
-        Params::<f32>::init(&config, &mut Rng::new(7)),
+        Params::<f32>::init(&config, &mut seeded(7)),
         p.cast::<f32>()
     );
 }

@@ -6,7 +6,8 @@
 
 use crate::config::ModelConfig;
 use crate::cpu::scalar::Scalar;
-use crate::rng::Rng;
+use rand::RngExt;
+use rand_distr::StandardNormal;
 
 /// One transformer block (SPEC section 5); names follow `blocks.{i}.*` of SPEC section 7.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,15 +208,17 @@ impl<T: Scalar> Params<T> {
     /// SPEC section 5 initialisation: normal(0, 0.02) for every weight matrix and
     /// embedding table, `W_o` (`attn.proj.weight`) and `W_2` (`mlp.proj.weight`) also
     /// scaled by `1/sqrt(2L)`; zero biases; LayerNorm weight 1, bias 0. Tensors are
-    /// drawn in the fixed order, so a seed gives the same model everywhere.
+    /// drawn in the fixed order from `rng` (any `rand::Rng`; the normal draws are
+    /// `rand_distr::StandardNormal` in f64), so a seed of [`crate::rng::seeded`] gives the
+    /// same model everywhere (see [`crate::rng`] for what fixes the stream).
     ///
     /// ```
-    /// use cyb::{config::ModelConfig, cpu::params::Params, rng::Rng};
+    /// use cyb::{config::ModelConfig, cpu::params::Params, rng::seeded};
     /// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
-    /// let p: Params<f32> = Params::init(&c, &mut Rng::new(1));
+    /// let p: Params<f32> = Params::init(&c, &mut seeded(1));
     /// assert_eq!(p.blocks[0].ln1_weight, vec![1.0; 4]);
     /// ```
-    pub fn init(config: &ModelConfig, rng: &mut Rng) -> Params<T> {
+    pub fn init<R: rand::Rng + ?Sized>(config: &ModelConfig, rng: &mut R) -> Params<T> {
         let mut p = Params::zeros(config);
         let residual_scale = 1.0 / (2.0 * config.n_layer.max(1) as f64).sqrt();
         for (name, _, data) in p.tensors_mut() {
@@ -225,7 +228,8 @@ impl<T: Scalar> Params<T> {
                 } else {
                     0.02
                 };
-                data.iter_mut().for_each(|x| *x = T::of(std * rng.normal()));
+                data.iter_mut()
+                    .for_each(|x| *x = T::of(std * rng.sample::<f64, _>(StandardNormal)));
             } else if name.contains("ln") && name.ends_with(".weight") {
                 data.iter_mut().for_each(|x| *x = T::one());
             }

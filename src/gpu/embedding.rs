@@ -333,14 +333,15 @@ impl EmbeddingKernels {
 #[cfg(test)]
 mod tests {
     use super::token_csr;
-    use crate::rng::Rng;
+    use crate::rng::seeded;
+    use rand::RngExt;
 
     /// The CSR lists every position exactly once, under its own token, ascending.
     #[test]
     fn token_csr_partitions_positions_in_order() {
-        let mut rng = Rng::new(5);
+        let mut rng = seeded(5);
         for (n, vocab) in [(1, 1), (7, 3), (500, 40), (64, 1000)] {
-            let tokens: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+            let tokens: Vec<i32> = (0..n).map(|_| rng.random_range(0..vocab) as i32).collect();
             let (uniq, starts, order) = token_csr(&tokens, vocab).unwrap();
             assert_eq!(starts.len(), uniq.len() + 1);
             assert_eq!(*starts.last().unwrap() as usize, n);

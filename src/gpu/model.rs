@@ -280,9 +280,9 @@ impl GpuStep {
 /// ```no_run
 /// use cyb::{config::ModelConfig, cpu::model::Model, gpu::GpuContext};
 /// use cyb::gpu::model::{GpuModel, Precision};
-/// use cyb::{rng::Rng, Objective};
+/// use cyb::{rng::seeded, Objective};
 /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
-/// let cpu: Model<f32> = Model::init(c, &mut Rng::new(0))?;
+/// let cpu: Model<f32> = Model::init(c, &mut seeded(0))?;
 /// let gpu = GpuContext::new(0)?;
 /// // Mixed precision (bf16 activations and GEMMs, f32 masters); `from_cpu` is f32.
 /// let mut m = GpuModel::with_precision(&gpu, &cpu, Precision::Bf16)?;

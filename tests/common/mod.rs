@@ -107,21 +107,25 @@ pub fn i32s(v: &serde_json::Value) -> Vec<i32> {
         .collect()
 }
 
-/// Asserts `|got - want| <= atol + rtol*|want|` elementwise; NaN/inf are reported as
-/// such; prints the first mismatches with their index.
+/// Asserts `got ≈ want` elementwise with `approx::relative_eq!(g, w, epsilon = atol,
+/// max_relative = rtol)`: an element passes when `|g - w| <= atol` or
+/// `|g - w| <= rtol * max(|g|, |w|)` (equal infinities pass, NaN never does). The
+/// decision is approx's; this helper only loops, counts the failures and reports the
+/// first ones with their index.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut bad = Vec::new();
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if !g.is_finite() && w.is_finite() {
-            bad.push(format!("[{i}] got non-finite {g}, want {w}"));
-        } else if (g - w).abs() > atol + rtol * w.abs() {
-            bad.push(format!(
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| !approx::relative_eq!(**g, **w, epsilon = atol, max_relative = rtol))
+        .map(|(i, (g, w))| {
+            format!(
                 "[{i}] got {g:.12e}, want {w:.12e}, diff {:.3e}",
                 (g - w).abs()
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     assert!(
         bad.is_empty(),
         "{what}: {} of {} mismatch (atol {atol}, rtol {rtol}); first: {:#?}",
