@@ -27,16 +27,18 @@
 //!
 //! **Devices.** The op runs on candle's CPU device through [`crate::cpu::loss`] (the
 //! reference, f64 per-position math), for `f32` and `f64` logits. There is no CUDA path,
-//! and no buffer sharing with [`crate::gpu::loss`]: candle 0.11 is built on `cudarc`
-//! 0.19, the same release as this crate, so its `CudaStorage` holds the very
-//! `CudaSlice` type [`crate::gpu::CybLoss`] takes, but candle's `cuda` feature turns on
-//! cudarc's `dynamic-linking` while this crate's `cuda` feature uses
-//! `dynamic-loading` (nothing CUDA needed to build), and cudarc's build script refuses
-//! both at once ("Both `dynamic-loading` and `dynamic-linking` features are active"):
-//! the two features cannot be in one build, so the CUDA half of the op could not even
-//! be compiled. A tensor on a CUDA device therefore gets candle's own "no cuda
+//! and no buffer sharing with `cyb::gpu::loss` (feature `cuda`): candle 0.11 is built
+//! on `cudarc` 0.19.10, the same release as this crate, so its `CudaStorage`
+//! (`as_cuda_slice`, `wrap_cuda_slice`) holds the very `CudaSlice` type
+//! `cyb::gpu::CybLoss` takes, and a `cuda_fwd` could pass it without a copy. But
+//! candle's `cuda` feature turns on cudarc's `dynamic-linking` while this crate's
+//! `cuda` feature uses `dynamic-loading` (nothing CUDA needed to build), and cudarc's
+//! build script refuses both at once ("Both `dynamic-loading` and `dynamic-linking`
+//! features are active, this is a bug"; checked with a crate that asks for both): the
+//! two features cannot be in one build, so the CUDA half of the op cannot even be
+//! compiled. A tensor on a CUDA device therefore gets candle's own "no cuda
 //! implementation" error from [`CybLossOp`]. A trainer that owns its cudarc buffers
-//! calls [`crate::gpu::loss`] directly (see its module docs).
+//! calls `cyb::gpu::loss` directly (see the example in its module docs).
 
 use crate::cpu::loss::{
     check_targets, dlogits_from_row_grads, position_objectives, row_scalars, LossShape,
