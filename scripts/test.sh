@@ -2,7 +2,7 @@
 # The project's test command (README): formatting, lints, and every test, without and
 # with feature `cuda` (the kernels must compile everywhere; GPU tests report as
 # ignored on machines without a CUDA device, and run on the GPU where there is one),
-# then every GPU test again on the CPU emulator of the CUDA driver
+# the tests of feature `candle`, then every GPU test again on the CPU emulator of the CUDA driver
 # (scripts/test_emulated.sh; CYB_EMU_MODE=plain|asan|skip, default asan where possible).
 #
 # clippy runs with every lint; the CPU reference allows `needless_range_loop` in
@@ -20,6 +20,11 @@ cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --release
 cargo test --release --features cuda
+# Feature `candle` (the loss as a candle custom op, src/candle.rs; CPU only): its test,
+# its example trainer, and the doctests that use it (src/candle.rs and the README); the
+# rest of the crate is unchanged by the feature and tested above.
+cargo test --release --features candle --test candle --example candle_trainer
+cargo test --release --features candle --doc -- candle ReadmeDoctests
 if [[ "${CYB_EMU_MODE:-auto}" != skip ]]; then
   bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"
   # The race checker is ~20x slower than plain emulation: in every run on the attention

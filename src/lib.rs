@@ -7,6 +7,8 @@
 
 pub mod atomic_file;
 pub mod bpe;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

@@ -36,6 +36,65 @@
 //!
 //! Reductions are fixed-shape trees (no float atomics), so the same inputs give
 //! bit-for-bit the same loss and gradients on every run.
+//!
+//! **In another trainer.** A trainer that owns its `cudarc` context, stream and
+//! buffers (the same `cudarc` release, re-exported as [`crate::gpu::cudarc`]) hands
+//! its stream to [`GpuContext::with_stream`], so the loss kernels queue behind its
+//! LM head and before its own backward with no extra sync, and passes its buffers as
+//! they are: logits `[B, K+1, T, V+1]` (`f32` or `bf16`), targets `[B, T]` (`i32`,
+//! `-1` = ignored), optional weights `[B, T]` (`f32`). Nothing is copied.
+//!
+//! ```
+//! use cyb::cpu::loss::LossShape;
+//! use cyb::gpu::cudarc::driver::{CudaContext, CudaSlice};
+//! use cyb::gpu::{CybLoss, GpuContext, Upstream};
+//! use cyb::{Objective, Reduction};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! if !cyb::gpu::device_available() {
+//!     return Ok(()); // compiled everywhere, runs where there is a device
+//! }
+//! // The trainer's own context, stream and buffers: plain cudarc.
+//! let ctx = CudaContext::new(0)?;
+//! let stream = ctx.new_stream()?;
+//! let shape = LossShape { batch: 2, pauses: 2, seq: 8, vocab: 50 };
+//! let n_logits = shape.rows() * (shape.vocab + 1);
+//! let host: Vec<f32> = (0..n_logits).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let mut logits: CudaSlice<f32> = stream.clone_htod(&host)?; // its LM head's output
+//! let mut dlogits: CudaSlice<f32> = stream.alloc_zeros(n_logits)?;
+//! let targets: CudaSlice<i32> = stream.clone_htod(
+//!     &(0..shape.positions()).map(|i| if i % 5 == 4 { -1 } else { (i % 50) as i32 }).collect::<Vec<_>>(),
+//! )?;
+//! let weights: CudaSlice<f32> = stream.clone_htod(&vec![0.5f32; shape.positions()])?;
+//!
+//! // Once: the loss kernels on the trainer's stream, for one objective and K.
+//! let gpu = GpuContext::with_stream(stream.clone())?;
+//! let loss = CybLoss::new(&gpu, &Objective::dp_default().resolve(shape.pauses)?)?;
+//!
+//! // Every step. Forward: weighted mean over the positions with a target.
+//! let fwd = loss.forward(&logits, &targets, shape, Reduction::Mean, Some(&weights))?;
+//! // Per-position w_i * L_i and E[pauses], [B, T], stay on the device for the trainer.
+//! let _per_position: &CudaSlice<f32> = fwd.per_position();
+//! let _pauses: &CudaSlice<f32> = fwd.pauses();
+//! // Backward into the trainer's dlogits buffer (upstream gradient 1 of the mean) ...
+//! loss.backward(&fwd, Upstream::Scalar(1.0), &logits, &mut dlogits)?;
+//! // ... or in place, overwriting the logits with their gradient (one buffer less).
+//! loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut logits)?;
+//! // Reading anything back waits for the stream; errors in targets/weights show here.
+//! println!("loss {:.4}, mean pauses {:.3}", fwd.loss()?, fwd.stats()?.mean_pauses);
+//! assert_eq!(stream.clone_dtoh(&dlogits)?, stream.clone_dtoh(&logits)?);
+//!
+//! // Per-position losses with the trainer's own upstream gradient, [B, T] on the
+//! // device (e.g. a per-sequence weighting it computes itself).
+//! let upstream: CudaSlice<f32> = stream.clone_htod(&vec![1.0f32; shape.positions()])?;
+//! let logits: CudaSlice<f32> = stream.clone_htod(&host)?;
+//! let fwd = loss.forward(&logits, &targets, shape, Reduction::None, Some(&weights))?;
+//! loss.backward(&fwd, Upstream::Device(&upstream), &logits, &mut dlogits)?;
+//! let per_position: Vec<f32> = fwd.per_position_to_host()?;
+//! assert_eq!(per_position.len(), shape.positions());
+//! # Ok(())
+//! # }
+//! ```
 
 use super::{cuda_err, GpuContext};
 use crate::cpu::loss::{check_targets, LossShape, LossStats, RowScalar};
