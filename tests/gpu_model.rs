@@ -1345,7 +1345,9 @@ mod gpu_tests {
         c.vocab = 38;
         let m: Model<f32> = Model::init(c.clone(), rng).map_err(err)?;
         let (b, t, k) = (2, 5, 2);
-        let tokens: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..c.vocab) as i32).collect();
+        let tokens: Vec<i32> = (0..b * t)
+            .map(|_| rng.random_range(0..c.vocab) as i32)
+            .collect();
         let mut g = GpuModel::with_precision(gpu, &m, Precision::Bf16).map_err(err)?;
         let want = m.forward(&tokens, b, t, k).map_err(err)?;
         let got = g.forward_to_host(&tokens, b, t, k).map_err(err)?;
