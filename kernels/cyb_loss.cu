@@ -12,7 +12,8 @@
 //
 // Stages (one launch each, all on one stream, no host round trip in between):
 //   1. cyb_row_scalars_{f32,bf16}: one block per row, one read of every logit:
-//        r = logsumexp(z[0..V)) (online max/sum, f32), e = z[V] (raw), u = z[y]
+//        r = logsumexp(z[0..V)) (online max/sum in base 2, f32, four 16-byte loads in
+//        flight per thread), e = z[V] (raw), u = z[y]
 //      -> scalars [3, rows] f32 (r, then e, then u).
 //   2. cyb_position_objectives: one thread per position, f64, K <= CYB_K_MAX:
 //      e_k += b_DK (the DK bias, added where the row's DK logit is read in f64),
@@ -95,6 +96,115 @@ __device__ __forceinline__ int position_of_row(int row, int k1, int seq) {
 }
 
 // ---------------------------------------------------------------------------------
+// exp in base 2: exp(x - m) = 2^(x*L - m*L) with L = log2(e), so that each element
+// costs one FFMA and one MUFU.EX2 (expf is ~10 instructions: range reduction and a
+// two-constant L for accuracy, which the compensation below makes unnecessary).
+// ---------------------------------------------------------------------------------
+
+#define CYB_LOG2E 1.44269504088896341f
+
+// 2^x with subnormal results flushed to zero: `ex2.approx.ftz.f32`, one MUFU.EX2
+// (exp2f keeps subnormal results with a compare and two predicated multiplies around
+// the same MUFU, same accuracy otherwise: max 2 ulp). Every use adds the result to a
+// sum whose largest term is ~1, or multiplies a gradient, so a result below 2^-126 is
+// as good as 0. The emulator has no inline PTX: its twin is exp2f, then the flush.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#ifdef CYB_HOST_EMU
+    const float r = exp2f(x);
+    return r < 1.17549435e-38f ? 0.0f : r; // NaN compares false: stays NaN
+#else
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+
+// Per-thread logsumexp state in base 2: m is the largest x seen (exact, natural units),
+// m2 = rn(m*L), s = sum_i 2^(x_i*L - m2) (each exponent one FFMA: x_i*L exact, then
+// one rounding). Empty: (-inf, -inf, 0). Every term carries the same factor
+// 2^(m*L - m2), removed exactly by lse2_finish, so rounding m2 costs nothing.
+struct Lse2 {
+    float m;
+    float m2;
+    float s;
+};
+
+// Adds `n` values: one max per chunk, one rescale when the max grows, then one FFMA, one
+// MUFU.EX2 and one FADD per element (two partial sums for instruction-level
+// parallelism). NaN inputs make s NaN, as in the CPU reference.
+template <int N> __device__ __forceinline__ void lse2_add(Lse2 &a, const float (&x)[N]) {
+    float cm = x[0];
+#pragma unroll
+    for (int i = 1; i < N; ++i) cm = fmaxf(cm, x[i]);
+    if (cm > a.m) {
+        const float cm2 = cm * CYB_LOG2E;
+        a.s *= exp2_ftz(a.m2 - cm2); // 2^-inf = 0 for the empty state
+        a.m = cm;
+        a.m2 = cm2;
+    }
+    if (a.m == -INFINITY) { // all -inf (or NaN) so far: nothing to add
+        if (cm != cm) a.s = NAN;
+        return;
+    }
+    float s0 = exp2_ftz(fmaf(x[0], CYB_LOG2E, -a.m2)), s1 = 0.0f;
+#pragma unroll
+    for (int i = 1; i < N; i += 2) {
+        s1 += exp2_ftz(fmaf(x[i], CYB_LOG2E, -a.m2));
+        if (i + 1 < N) s0 += exp2_ftz(fmaf(x[i + 1], CYB_LOG2E, -a.m2));
+    }
+    a.s += s0 + s1;
+}
+
+// The natural-units state (sum of exp(x - m)) for the block merge: s times 2^-d with
+// d = m*L - m2, which an FMA gives exactly (the rounding error of a product is a float).
+__device__ __forceinline__ OnlineLse lse2_finish(const Lse2 &a) {
+    if (!(a.m > -INFINITY && a.m < INFINITY)) return OnlineLse{a.m, a.s};
+    return OnlineLse{a.m, a.s * exp2_ftz(-fmaf(a.m, CYB_LOG2E, -a.m2))};
+}
+
+// A 16-byte vector of -inf (4 f32 or 8 bf16).
+template <typename T> __device__ __forceinline__ uint4 neg_inf16();
+template <> __device__ __forceinline__ uint4 neg_inf16<float>() {
+    return make_uint4(0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u);
+}
+template <> __device__ __forceinline__ uint4 neg_inf16<__nv_bfloat16>() {
+    return make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u, 0xff80ff80u);
+}
+
+// 16-byte vectors each thread has in flight per iteration of the forward's main loop
+// (64 bytes: 32 bf16 or 16 f32 values), all loaded before any is used, so that the
+// memory system sees several independent loads per thread instead of one.
+#define CYB_FWD_UNROLL 4
+
+// One round of the forward's main loop: CYB_FWD_UNROLL vectors at p, p + stride_v, ...
+// loaded first, then added as one chunk. Guarded: only the first `left` exist, the
+// others are -inf.
+template <typename T, bool Guarded>
+__device__ __forceinline__ void lse2_round(Lse2 &acc, const uint4 *__restrict__ p, int stride_v,
+                                           int left) {
+    constexpr int N = Vec16<T>::N;
+    uint4 raw[CYB_FWD_UNROLL];
+#pragma unroll
+    for (int u = 0; u < CYB_FWD_UNROLL; ++u) {
+        if (Guarded) {
+            raw[u] = neg_inf16<T>();
+            if (u * stride_v < left) raw[u] = __ldg(p + u * stride_v);
+        } else {
+            raw[u] = __ldg(p + u * stride_v);
+        }
+    }
+    float x[CYB_FWD_UNROLL * N];
+#pragma unroll
+    for (int u = 0; u < CYB_FWD_UNROLL; ++u) {
+        float v[N];
+        unpack16(raw[u], v);
+#pragma unroll
+        for (int q = 0; q < N; ++q) x[u * N + q] = v[q];
+    }
+    lse2_add<CYB_FWD_UNROLL * N>(acc, x);
+}
+
+// ---------------------------------------------------------------------------------
 // Stage 1: row scalars.
 // ---------------------------------------------------------------------------------
 
@@ -115,18 +225,29 @@ __device__ __forceinline__ void row_scalars(const T *__restrict__ logits, const 
             continue;
         }
         const T *z = logits + (size_t)row * width;
-        OnlineLse acc = lse_empty();
+        Lse2 acc2{-INFINITY, -INFINITY, 0.0f};
         const int head = head_elems(z, vocab);
         const int nvec = (vocab - head) / N;
-        for (int i = threadIdx.x; i < head; i += blockDim.x) lse_add(acc, to_float(z[i]));
-        const uint4 *zv = reinterpret_cast<const uint4 *>(z + head);
-        for (int j = threadIdx.x; j < nvec; j += blockDim.x) {
-            float x[N];
-            unpack16(__ldg(zv + j), x);
-            lse_add_chunk<N>(acc, x);
+        for (int i = threadIdx.x; i < head; i += blockDim.x) {
+            const float one[1] = {to_float(z[i])};
+            lse2_add<1>(acc2, one);
         }
-        for (int i = head + nvec * N + threadIdx.x; i < vocab; i += blockDim.x) lse_add(acc, to_float(z[i]));
-        acc = block_lse(acc);
+        const uint4 *zv = reinterpret_cast<const uint4 *>(z + head);
+        // Main loop: CYB_FWD_UNROLL vectors per thread, blockDim apart (each load
+        // instruction stays coalesced across the warp), all issued before the math;
+        // then one guarded round for the rest, whose missing vectors are -inf and add
+        // nothing (2^-inf = 0, the max unchanged).
+        const int stride_v = blockDim.x; // vectors between a thread's loads
+        const int round = CYB_FWD_UNROLL * stride_v;
+        const uint4 *p = zv + threadIdx.x; // advanced by pointer, not recomputed per load
+        int j = threadIdx.x;
+        for (; j + round - stride_v < nvec; j += round, p += round) lse2_round<T, false>(acc2, p, stride_v, 0);
+        if (j < nvec) lse2_round<T, true>(acc2, p, stride_v, nvec - j);
+        for (int i = head + nvec * N + threadIdx.x; i < vocab; i += blockDim.x) {
+            const float one[1] = {to_float(z[i])};
+            lse2_add<1>(acc2, one);
+        }
+        OnlineLse acc = block_lse(lse2_finish(acc2));
         if (threadIdx.x == 0) {
             scalars[row] = acc.m + logf(acc.s);
             scalars[rows + row] = to_float(z[vocab]);
@@ -457,6 +578,11 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
         const float g_e = (float)(lscale * gl[1]);
         const float g_u = (float)(lscale * gl[2]);
         const float r = scalars[row];
+        // exp(z - r) = 2^(z*L - r2) * 2^-d with r2 = rn(r*L) and d = r*L - r2 (exact by
+        // FMA), the 2^-d folded into g_r once per row (d = 0 for a non-finite r, whose
+        // gradients are NaN or infinite either way).
+        const float r2 = r * CYB_LOG2E;
+        const float g_r2 = isfinite(r) ? g_r * exp2_ftz(-fmaf(r, CYB_LOG2E, -r2)) : g_r;
         // The real vocabulary [0, V) as scalar head, 16-byte body, scalar tail. Vectors
         // need z and dz equally misaligned (always so for whole cudarc allocations);
         // otherwise the whole row takes the scalar path.
@@ -465,7 +591,7 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
         const int h = same_align ? head_elems(dz, vocab) : vocab;
         const int nvec = (vocab - h) / N;
         for (int i = threadIdx.x; i < h; i += blockDim.x) {
-            float d = g_r * expf(to_float(z[i]) - r);
+            float d = g_r2 * exp2_ftz(fmaf(to_float(z[i]), CYB_LOG2E, -r2));
             if (i == y) d += g_u;
             dz[i] = from_float<T>(d);
         }
@@ -474,16 +600,18 @@ __device__ __forceinline__ void dlogits_rows(const T *z_all, T *dz_all, const in
         for (int j = threadIdx.x; j < nvec; j += blockDim.x) {
             float x[N];
             unpack16(zv[j], x);
-            const int base = h + j * N;
+            const int yo = y - (h + j * N); // the target's place in this vector, if any
 #pragma unroll
-            for (int q = 0; q < N; ++q) {
-                x[q] = g_r * expf(x[q] - r);
-                if (base + q == y) x[q] += g_u;
+            for (int q = 0; q < N; ++q) x[q] = g_r2 * exp2_ftz(fmaf(x[q], CYB_LOG2E, -r2));
+            if ((unsigned)yo < (unsigned)N) { // one compare per vector, not per element
+#pragma unroll
+                for (int q = 0; q < N; ++q)
+                    if (q == yo) x[q] += g_u;
             }
             dv[j] = pack16<T>(x);
         }
         for (int i = h + nvec * N + threadIdx.x; i < vocab; i += blockDim.x) {
-            float d = g_r * expf(to_float(z[i]) - r);
+            float d = g_r2 * exp2_ftz(fmaf(to_float(z[i]), CYB_LOG2E, -r2));
             if (i == y) d += g_u;
             dz[i] = from_float<T>(d);
         }

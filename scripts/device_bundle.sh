@@ -8,8 +8,13 @@
 #   device_bundle/testdata/       the repository's testdata/ (or $CYB_TESTDATA)
 #   device_bundle/run_all.sh      runs them all, prints a summary table, exits 1 on failure
 #
-# Executables are release builds (kernels compiled to PTX and embedded, cudarc loads
-# libcuda at run time) with debug info stripped; the bundle must stay under 64 MiB.
+# Executables are release builds (kernels compiled to fatbins, sm_90 SASS + compute_80
+# PTX, and embedded; cudarc loads libcuda at run time) stripped of debug info and
+# symbols (`strip --strip-all`: with the fatbins, --strip-debug left 70 MiB, --strip-all
+# 60.6 MiB; panics still print their messages, backtraces lose the function names); the
+# bundle must stay under 64 MiB. run_all.sh first loads every kernel module with the
+# PTX JIT disabled (tests/gpu_module_load.rs, CUDA_DISABLE_PTX_JIT=1, no JIT cache)
+# and prints the load times: on an sm_90 card that must pass, since the SASS is used.
 # Usage: bash scripts/device_bundle.sh   then, on the GPU machine: bash device_bundle/run_all.sh
 # (ONLY='gpu_model|train_step' bash device_bundle/run_all.sh runs just those executables)
 set -euo pipefail
@@ -44,7 +49,7 @@ copy() { # kinds-to-keep dir
     local dest="$2/$name"
     [[ "$kind" == "lib" ]] && dest="$2/lib_unit_tests"
     cp "$exe" "$dest"
-    strip --strip-debug "$dest" 2>/dev/null || true
+    strip --strip-all "$dest" 2>/dev/null || true
     echo "  $dest"
   done
 }
@@ -82,6 +87,18 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
 fi
 rows=()
 status=0
+# Kernel modules with the PTX JIT disabled and no JIT cache: on sm_90 every module must
+# load from its SASS (a module that needed a JIT would fail here); prints the cold load
+# times (milliseconds from SASS; a JIT takes seconds).
+if [[ -x "$HERE/tests/gpu_module_load" && ( -z "${ONLY:-}" || "gpu_module_load" =~ $ONLY ) ]]; then
+  echo "== module load, no JIT allowed (CUDA_DISABLE_PTX_JIT=1 CUDA_CACHE_DISABLE=1)"
+  CUDA_DISABLE_PTX_JIT=1 CUDA_CACHE_DISABLE=1 "$HERE/tests/gpu_module_load" --test-threads=1 \
+    >"$LOGS/gpu_module_load_nojit.log" 2>&1
+  rc=$?
+  grep -vE '^(running|$)' "$LOGS/gpu_module_load_nojit.log"
+  [[ $rc -ne 0 ]] && status=1
+  rows+=("$(printf '%-34s %6s %7s %7s %8s %7s' "test/gpu_module_load:no_jit" "$rc" "-" "-" "-" "-")")
+fi
 for exe in "$HERE"/tests/*; do
   # ONLY=regex runs just the executables whose name matches (e.g. ONLY='gpu_model|train_step').
   [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue

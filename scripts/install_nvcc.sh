@@ -13,9 +13,10 @@
 #   SYSTEM_INCLUDES += -isystem $(TOP)/include/cccl  (cuda/std, cub, thrust from -cccl)
 #   CICC_PATH        = $(TOP)/nvvm/bin               (cicc from nvidia-nvvm)
 #   PATH            += $(CICC_PATH):bin              (ptxas, fatbinary)
-# (`_TARGET_DIR_` is empty in this layout.) So `.nvcc/nvidia/cu13/bin/nvcc -ptx` works
-# as is, with the system gcc 12 as host compiler; the smoke test below proves it.
-# Only `-ptx` is needed by this crate (no linking, no libcudart at build time).
+# (`_TARGET_DIR_` is empty in this layout.) So `.nvcc/nvidia/cu13/bin/nvcc -fatbin`
+# works as is (cicc, ptxas for the sm_90 SASS, fatbinary), with the system gcc 12 as
+# host compiler; the smoke test below proves it with build.rs's targets.
+# Only `-fatbin` is needed by this crate (no linking, no libcudart at build time).
 # Idempotent: does nothing when the pinned versions are already there and work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +44,9 @@ extern "C" __global__ void cyb_smoke(float *x) {
   x[threadIdx.x] = __bfloat162float(b) + cuda::std::numeric_limits<float>::epsilon();
 }
 CU
-  if "$NVCC" -ptx -O3 -arch=compute_80 -ccbin "${CYB_HOST_CXX:-$(command -v g++-12 || command -v g++)}" \
-      -o "$tmp/t.ptx" "$tmp/t.cu" >"$tmp/log" 2>&1 && grep -q cyb_smoke "$tmp/t.ptx"; then
+  if "$NVCC" -fatbin -O3 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80 \
+      --compress-mode=none -ccbin "${CYB_HOST_CXX:-$(command -v g++-12 || command -v g++)}" \
+      -o "$tmp/t.fatbin" "$tmp/t.cu" >"$tmp/log" 2>&1 && grep -q '\.entry cyb_smoke' "$tmp/t.fatbin"; then
     rm -rf "$tmp"
     return 0
   fi

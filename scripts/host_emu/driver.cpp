@@ -7,9 +7,12 @@
 //   AddressSanitizer build puts redzones around every buffer). Copies and memsets check
 //   that the device range lies inside one live allocation.
 // - Streams and events exist but everything runs at once, in call order.
-// - cuModuleLoadData reads the kernel names (`.entry`), parameter counts, `.maxntid`
-//   and static `.shared` sizes from the PTX text; a kernel the emulator has not compiled,
-//   or whose parameter count differs, is an error.
+// - cuModuleLoadData takes PTX text or a fatbin (what build.rs embeds: sm_90 SASS plus
+//   compute_80 PTX); from a fatbin it reads the first uncompressed PTX entry (build.rs
+//   passes --compress-mode=none; a fatbin with only compressed PTX or none at all is
+//   CUDA_ERROR_INVALID_IMAGE with the reason). It reads the kernel names (`.entry`),
+//   parameter counts, `.maxntid` and static `.shared` sizes from the PTX text; a kernel
+//   the emulator has not compiled, or whose parameter count differs, is an error.
 // - cuLaunchKernel enforces sm_90's limits as the driver does (1024 threads per block,
 //   block 1024 x 1024 x 64, grid y and z <= 65535, 48 KB static shared memory, 48 KB in
 //   all without the opt-in, 227 KB with cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES))
@@ -19,6 +22,7 @@
 
 #include <cctype>
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -368,10 +372,68 @@ API cuMemFreeHost(void *p) {
 }
 
 // ---- modules and functions ----
+
+// The PTX text inside a fatbin image (see src/gpu/fatbin.rs for the layout): a 16-byte
+// container header (u32 magic 0xBA55ED50, u16 version, u16 header size, u64 size of the
+// entries), then entries (u16 kind: 1 PTX, 2 ELF; u16 version; u32 header size; u64
+// payload size; u32 compressed size at byte 16; u64 flags at byte 40, 0x2000 / 0x8000 =
+// LZ4 / zstd compressed). The driver API passes no length, so the sizes in the headers
+// are trusted as the driver trusts them, within a sanity cap. Returns "" and sets `why`
+// when there is no uncompressed PTX to read.
+constexpr uint32_t kFatbinMagic = 0xBA55ED50u;
+std::string fatbin_ptx(const unsigned char *img, std::string &why) {
+    auto rd = [](const unsigned char *p, int n) {
+        uint64_t v = 0;
+        memcpy(&v, p, n); // little-endian host, as the image
+        return v;
+    };
+    const uint64_t hsize = rd(img + 6, 2), size = rd(img + 8, 8);
+    if (hsize < 16 || size > (1ull << 30)) {
+        why = "a fatbin header with header size " + std::to_string(hsize) + " and size " + std::to_string(size);
+        return "";
+    }
+    const unsigned char *p = img + hsize, *end = img + hsize + size;
+    bool compressed_ptx = false;
+    int entries = 0;
+    while (p + 16 <= end) {
+        const uint64_t kind = rd(p, 2), ehs = rd(p + 4, 4), psize = rd(p + 8, 8);
+        if (ehs < 48 || psize > size || p + ehs + psize > end) {
+            why = "a malformed fatbin entry " + std::to_string(entries) + " (kind " + std::to_string(kind) +
+                  ", header " + std::to_string(ehs) + " B, payload " + std::to_string(psize) + " B)";
+            return "";
+        }
+        ++entries;
+        const bool compressed = rd(p + 16, 4) != 0 || (rd(p + 40, 8) & 0xA000u) != 0;
+        if (kind == 1 && compressed) compressed_ptx = true;
+        if (kind == 1 && !compressed) {
+            const char *text = reinterpret_cast<const char *>(p + ehs);
+            return std::string(text, strnlen(text, psize));
+        }
+        p += ehs + psize;
+    }
+    why = compressed_ptx ? "a fatbin whose PTX is compressed (build it with nvcc --compress-mode=none, as build.rs does)"
+                         : "a fatbin with no PTX entry among its " + std::to_string(entries) +
+                               " (CYB_CUDA_ARCH without a compute_NN target?); the emulator reads the kernels' "
+                               "metadata from PTX";
+    return "";
+}
+
 API cuModuleLoadData(void **mod, const void *image) {
-    const std::string ptx(static_cast<const char *>(image));
+    if (!image) return err(CUDA_ERROR_INVALID_VALUE, "cuModuleLoadData: null image");
+    // Byte by byte, so that a PTX string shorter than 4 bytes is not over-read.
+    const unsigned char *b = static_cast<const unsigned char *>(image);
+    const bool is_fatbin = b[0] == (kFatbinMagic & 0xff) && b[1] == ((kFatbinMagic >> 8) & 0xff) &&
+                           b[2] == ((kFatbinMagic >> 16) & 0xff) && b[3] == (kFatbinMagic >> 24);
+    std::string ptx;
+    if (is_fatbin) {
+        std::string why;
+        ptx = fatbin_ptx(static_cast<const unsigned char *>(image), why);
+        if (ptx.empty()) return err(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: %s", why.c_str());
+    } else {
+        ptx = static_cast<const char *>(image);
+    }
     if (ptx.find(".version") == std::string::npos)
-        return err(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the image is not PTX text");
+        return err(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the image is neither PTX text nor a fatbin with PTX");
     const auto decls = shared_decls(ptx);
     auto *m = new Module;
     std::vector<size_t> starts;

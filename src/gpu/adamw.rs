@@ -8,7 +8,7 @@
 //! copied back only when asked for ([`GpuAdamW::grad_norm`]).
 
 use super::kernels::{check_len, elementwise_cfg, f32_offset, KernelSet};
-use super::{cuda_err, ptx, GpuContext};
+use super::{cuda_err, images, GpuContext};
 use crate::config::ModelConfig;
 use crate::cpu::params::{is_matrix, tensor_layout};
 use crate::error::{CybError, Result};
@@ -93,7 +93,7 @@ impl GpuAdamW {
             gpu: gpu.clone(),
             k: KernelSet::load(
                 gpu,
-                ptx::ADAMW,
+                images::ADAMW,
                 "adamw.cu",
                 &[
                     "grad_sq_partial",

@@ -15,7 +15,6 @@ use super::{cuda_err, GpuContext, LogitElem};
 use crate::config::PauseAttention as Mode;
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
 
 /// Head dims the kernels are compiled for.
@@ -237,12 +236,9 @@ impl std::fmt::Debug for PauseAttention {
 }
 
 impl PauseAttention {
-    /// Loads the PTX of `kernels/pause_attention.cu` into the context of `gpu`.
+    /// Loads the kernels of `kernels/pause_attention.cu` into the context of `gpu`.
     pub fn new(gpu: &Arc<GpuContext>) -> Result<Self> {
-        let module = gpu
-            .context()
-            .load_module(Ptx::from_src(super::ptx::PAUSE_ATTENTION))
-            .map_err(cuda_err("loading the PTX of kernels/pause_attention.cu"))?;
+        let module = gpu.load_module(super::images::PAUSE_ATTENTION, "pause_attention.cu")?;
         let f = |name: String| {
             module
                 .load_function(&name)
@@ -442,7 +438,7 @@ mod tests {
     /// the PTX from build.rs so that a signature drifting from its launch fails without
     /// a GPU.
     fn params(name: &str) -> String {
-        let ptx = super::super::ptx::PAUSE_ATTENTION;
+        let ptx = super::super::kernels::image_ptx(super::super::images::PAUSE_ATTENTION);
         let start = ptx
             .find(&format!(".entry {name}("))
             .unwrap_or_else(|| panic!("no .entry {name} in the PTX"));

@@ -8,7 +8,7 @@
 
 use super::kernels::ROWS_PER_CHUNK;
 use super::kernels::{as_i32, both, check_len, elementwise_cfg, f32_offset, KernelSet};
-use super::{cuda_err, ptx, GpuContext, LogitElem};
+use super::{cuda_err, images, GpuContext, LogitElem};
 use crate::cpu::embedding::StepShape;
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -142,7 +142,7 @@ impl EmbeddingKernels {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         Ok(EmbeddingKernels {
             gpu: gpu.clone(),
-            k: KernelSet::load(gpu, ptx::EMBEDDING, "embedding.cu", &names)?,
+            k: KernelSet::load(gpu, images::EMBEDDING, "embedding.cu", &names)?,
         })
     }
 

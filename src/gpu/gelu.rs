@@ -2,7 +2,7 @@
 //! `kernels/gelu.cu`, the twin of [`crate::cpu::gelu`].
 
 use super::kernels::{as_i32, both, check_len, elementwise_cfg, KernelSet};
-use super::{cuda_err, ptx, GpuContext, LogitElem};
+use super::{cuda_err, images, GpuContext, LogitElem};
 use crate::error::Result;
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ impl GeluKernels {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         Ok(GeluKernels {
             gpu: gpu.clone(),
-            k: KernelSet::load(gpu, ptx::GELU, "gelu.cu", &names)?,
+            k: KernelSet::load(gpu, images::GELU, "gelu.cu", &names)?,
         })
     }
 

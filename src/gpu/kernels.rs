@@ -1,11 +1,10 @@
-//! Shared launch plumbing for the model's kernel wrappers: a loaded PTX module with its
+//! Shared launch plumbing for the model's kernel wrappers: a loaded kernel module with its
 //! functions by name, launch shapes, and the checks every wrapper makes before a launch
 //! (lengths against the shapes, sizes that fit the kernels' `int` indices).
 
 use super::{cuda_err, GpuContext};
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 
 /// Threads per block of the elementwise (grid-stride) kernels.
@@ -22,17 +21,15 @@ pub(crate) struct KernelSet {
 }
 
 impl KernelSet {
-    /// Loads `ptx` (the PTX of `kernels/{file}`) and the functions `names`.
+    /// Loads `image` (the fatbin of `kernels/{file}`, from [`super::images`]) and the
+    /// functions `names`.
     pub(crate) fn load(
         gpu: &GpuContext,
-        ptx: &'static str,
+        image: &'static [u8],
         file: &'static str,
         names: &[&str],
     ) -> Result<Self> {
-        let module = gpu
-            .context()
-            .load_module(Ptx::from_src(ptx))
-            .map_err(cuda_err(&format!("loading the PTX of kernels/{file}")))?;
+        let module = gpu.load_module(image, file)?;
         let mut funcs = HashMap::new();
         for &name in names {
             let f = module.load_function(name).map_err(cuda_err(&format!(
@@ -95,6 +92,12 @@ pub(crate) fn f32_offset(i: usize) -> u64 {
     (i * std::mem::size_of::<f32>()) as u64
 }
 
+/// The PTX text embedded in a fatbin of [`super::images`], for the signature tests.
+#[cfg(test)]
+pub(crate) fn image_ptx(image: &'static [u8]) -> &'static str {
+    super::fatbin::ptx(image).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Parameter types of kernel `name` in `ptx`, one letter each: `p` a 64-bit value (a
 /// pointer or a `long long`), `i` a 32-bit integer, `f` a `float`, `d` a `double`.
 /// Lets unit tests check, without a GPU, that a launch pushes what the kernel takes.
@@ -128,12 +131,12 @@ pub(crate) fn ptx_params(ptx: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ptx;
-    use super::ptx_params;
+    use super::super::images;
+    use super::{image_ptx, ptx_params};
 
     /// Parameter types of every model kernel in the order the wrappers push them:
     /// `p` a 64-bit value (a pointer or a `long long`), `i` an `int`, `f` a `float`,
-    /// `d` a `double`. Checked against the PTX that build.rs produced, so a kernel
+    /// `d` a `double`. Checked against the PTX in the fatbins that build.rs produced, so a kernel
     /// signature that drifts from its launch fails here, without a GPU.
     const SIGNATURES: &[(&str, &str, &str)] = &[
         ("layernorm", "layernorm_forward_f32", "ppppppii"),
@@ -178,14 +181,14 @@ mod tests {
     ];
 
     fn ptx_of(file: &str) -> &'static str {
-        match file {
-            "layernorm" => ptx::LAYERNORM,
-            "gelu" => ptx::GELU,
-            "residual" => ptx::RESIDUAL,
-            "embedding" => ptx::EMBEDDING,
-            "adamw" => ptx::ADAMW,
-            other => panic!("no PTX for {other}"),
-        }
+        image_ptx(match file {
+            "layernorm" => images::LAYERNORM,
+            "gelu" => images::GELU,
+            "residual" => images::RESIDUAL,
+            "embedding" => images::EMBEDDING,
+            "adamw" => images::ADAMW,
+            other => panic!("no kernels for {other}"),
+        })
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! partial sums, then a fixed-order pass), never with float atomics.
 
 use super::kernels::{as_i32, both, check_len, f32_offset, KernelSet, ROWS_PER_CHUNK};
-use super::{cuda_err, ptx, GpuContext, LogitElem};
+use super::{cuda_err, images, GpuContext, LogitElem};
 use crate::error::Result;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ impl LayerNormKernels {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         Ok(LayerNormKernels {
             gpu: gpu.clone(),
-            k: KernelSet::load(gpu, ptx::LAYERNORM, "layernorm.cu", &names)?,
+            k: KernelSet::load(gpu, images::LAYERNORM, "layernorm.cu", &names)?,
         })
     }
 

@@ -811,7 +811,7 @@ impl GpuLossForward {
 mod tests {
     /// Parameter types of every kernel in the order the launches above push them:
     /// `p` a pointer (a `CudaSlice` or the null `u64`), `i` an `i32`, `d` an `f64`.
-    /// Checked against the PTX that build.rs produced, so a kernel signature that
+    /// Checked against the PTX in the fatbin that build.rs produced, so a kernel signature that
     /// drifts from its launch fails here, without a GPU.
     const SIGNATURES: &[(&str, &str)] = &[
         ("cyb_row_scalars_f32", "ppiiiiip"),
@@ -826,10 +826,10 @@ mod tests {
 
     #[test]
     fn kernel_signatures_match_launches() {
-        use super::super::kernels::ptx_params;
+        use super::super::kernels::{image_ptx, ptx_params};
         for (name, want) in SIGNATURES {
             assert_eq!(
-                ptx_params(super::super::ptx::CYB_LOSS, name),
+                ptx_params(image_ptx(super::super::images::CYB_LOSS), name),
                 *want,
                 "parameters of {name}"
             );

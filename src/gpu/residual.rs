@@ -3,7 +3,7 @@
 //! fixed-order pass), never float atomics.
 
 use super::kernels::{as_i32, both, check_len, elementwise_cfg, KernelSet, ROWS_PER_CHUNK};
-use super::{cuda_err, ptx, GpuContext, LogitElem};
+use super::{cuda_err, images, GpuContext, LogitElem};
 use crate::error::Result;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ impl ResidualKernels {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         Ok(ResidualKernels {
             gpu: gpu.clone(),
-            k: KernelSet::load(gpu, ptx::RESIDUAL, "residual.cu", &names)?,
+            k: KernelSet::load(gpu, images::RESIDUAL, "residual.cu", &names)?,
         })
     }
 

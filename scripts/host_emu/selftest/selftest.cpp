@@ -2,6 +2,7 @@
 // the error a GPU would give, and never hang; the launch limits of sm_90 must hold.
 // Built and run by run.sh (plain, asan or race mode) against the same runtime.cpp and
 // driver.cpp as target/emu/libcuda.so.
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,6 +39,35 @@ static std::string ptx(const char *name, int shared = 0) {
     if (shared) s += "\tmov.u64 %rd1, big_" + std::string(name) + ";\n";
     s += "\tret;\n}\n";
     return s;
+}
+
+// A fatbin as nvcc writes it (src/gpu/fatbin.rs has the layout): a container header,
+// a stand-in sm_90 ELF entry, then a compute_80 PTX entry holding `text` (omitted when
+// `with_ptx` is false), its flags at byte 40 set to `ptx_flags` (0x8000: zstd).
+static std::string fatbin(const std::string &text, bool with_ptx = true, uint64_t ptx_flags = 0x11,
+                          uint64_t ptx_payload_extra = 0) {
+    auto put = [](std::string &s, size_t at, uint64_t v, int n) { memcpy(&s[at], &v, n); };
+    auto entry = [&](uint16_t kind, uint32_t arch, const std::string &payload, uint64_t flags, uint64_t extra) {
+        std::string h(64, '\0');
+        put(h, 0, kind, 2);
+        put(h, 2, 0x101, 2);
+        put(h, 4, 64, 4);
+        put(h, 8, payload.size() + extra, 8);
+        put(h, 28, arch, 4);
+        put(h, 40, flags, 8);
+        return h + payload;
+    };
+    std::string body = entry(2, 90, std::string("\x7f" "ELF") + std::string(60, '\0'), 0x11, 0);
+    if (with_ptx) {
+        std::string padded = text + std::string(8 - text.size() % 8, '\0');
+        body += entry(1, 80, padded, ptx_flags, ptx_payload_extra);
+    }
+    std::string head(16, '\0');
+    put(head, 0, 0xBA55ED50u, 4);
+    put(head, 4, 1, 2);
+    put(head, 6, 16, 2);
+    put(head, 8, body.size(), 8);
+    return head + body;
 }
 
 struct Bufs {
@@ -142,6 +172,25 @@ int main(int argc, char **argv) {
         check(cuModuleLoadData(&mod, big.c_str()) == 218, "49156 B static shared: module load fails (INVALID_PTX)");
         const std::string unknown = ptx("not_compiled");
         check(cuModuleLoadData(&mod, unknown.c_str()) == 500, "a kernel the emulator lacks: CUDA_ERROR_NOT_FOUND");
+    }
+    {
+        // Fatbins (what build.rs embeds): the PTX entry is read, the SASS skipped.
+        Bufs b(n, 1.0f);
+        void *mod = nullptr, *fn = nullptr;
+        const std::string fb = fatbin(ptx("shift_ok"));
+        bool ok = cuModuleLoadData(&mod, fb.data()) == 0 && cuModuleGetFunction(&fn, mod, "shift_ok") == 0;
+        void *args[] = {&b.out, &b.in};
+        ok = ok && cuLaunchKernel(fn, 1, 1, 1, n, 1, 1, 0, nullptr, args, nullptr) == 0;
+        check(ok, "fatbin (sm_90 ELF + compute_80 PTX): loads and launches");
+        const std::string zstd = fatbin(ptx("shift_ok"), true, 0x8011);
+        check(cuModuleLoadData(&mod, zstd.data()) == 200, "fatbin with compressed PTX: CUDA_ERROR_INVALID_IMAGE");
+        const std::string sass_only = fatbin(ptx("shift_ok"), false);
+        check(cuModuleLoadData(&mod, sass_only.data()) == 200, "fatbin without PTX: CUDA_ERROR_INVALID_IMAGE");
+        const std::string bad = fatbin(ptx("shift_ok"), true, 0x11, 4096);
+        check(cuModuleLoadData(&mod, bad.data()) == 200,
+              "fatbin entry larger than its container: CUDA_ERROR_INVALID_IMAGE");
+        const std::string big = fatbin(ptx("shift_ok", 48 * 1024 + 4));
+        check(cuModuleLoadData(&mod, big.data()) == 218, "fatbin: the PTX checks still apply (static shared)");
     }
     if (!strcmp(mode, "asan")) {
         // AddressSanitizer aborts the process: run the faulty launches in a child.
