@@ -118,7 +118,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
-    use super::common::{assert_close, base_seed, with_seed};
+    use super::common::{assert_close, base_seed, test_seed, with_seed};
     use super::*;
     use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
     use cyb::cpu::embedding::StepShape;
@@ -160,29 +160,29 @@ mod gpu_tests {
 
     pub fn trials() -> Vec<Trial> {
         let gpu = common::test_gpu("gpu_attention");
-        let seed = base_seed();
+        let base = base_seed();
         let ignored = gpu.is_none();
         let mut trials = vec![Trial::test(HOST_ONLY, || {
             validation_errors().map_err(Failed::from)
         })];
         for (i, case) in cases().into_iter().enumerate() {
             let gpu = gpu.clone();
-            let seed = seed.wrapping_add(i as u64 * 0x9E37_79B9);
+            let seed = test_seed(base, i as u64);
             trials.push(
                 Trial::test(case.name(), move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    with_seed(seed, || compare(&gpu, case, seed))
+                    with_seed(base, seed, || compare(&gpu, case, seed))
                 })
                 .with_ignored_flag(ignored),
             );
         }
         for (i, &name) in SPECIAL.iter().enumerate() {
             let gpu = gpu.clone();
-            let seed = seed.wrapping_add((1000 + i) as u64 * 0x9E37_79B9);
+            let seed = test_seed(base, (1000 + i) as u64);
             trials.push(
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    with_seed(seed, || special(&gpu, name, seed))
+                    with_seed(base, seed, || special(&gpu, name, seed))
                 })
                 .with_ignored_flag(ignored),
             );

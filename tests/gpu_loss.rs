@@ -278,28 +278,28 @@ mod gpu_tests {
 
     pub fn trials() -> Vec<Trial> {
         let gpu = common::test_gpu("gpu_loss");
-        let seed = common::base_seed();
+        let base = common::base_seed();
         let ignored = gpu.is_none();
         let mut trials = Vec::new();
         for (i, case) in cases().into_iter().enumerate() {
             let gpu = gpu.clone();
-            let seed = seed.wrapping_add(i as u64 * 0x9E37_79B9);
+            let seed = common::test_seed(base, i as u64);
             let name = case.name.clone();
             trials.push(
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    common::with_seed(seed, || run_case(&gpu, &case, seed))
+                    common::with_seed(base, seed, || run_case(&gpu, &case, seed))
                 })
                 .with_ignored_flag(ignored),
             );
         }
         for (i, &name) in SPECIAL.iter().enumerate() {
             let gpu = gpu.clone();
-            let seed = seed.wrapping_add((1000 + i) as u64 * 0x9E37_79B9);
+            let seed = common::test_seed(base, (1000 + i) as u64);
             trials.push(
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    common::with_seed(seed, || special(&gpu, name, seed))
+                    common::with_seed(base, seed, || special(&gpu, name, seed))
                 })
                 .with_ignored_flag(ignored),
             );

@@ -132,18 +132,18 @@ mod gpu_tests {
 
     pub fn trials() -> Vec<Trial> {
         let gpu = common::test_gpu("gpu_model");
-        let seed = common::base_seed();
+        let base = common::base_seed();
         let ignored = gpu.is_none();
         names()
             .into_iter()
             .enumerate()
             .map(|(i, name)| {
                 let gpu = gpu.clone();
-                let seed = seed.wrapping_add(i as u64 * 0x9E37_79B9);
+                let seed = common::test_seed(base, i as u64);
                 let n = name.clone();
                 Trial::test(name, move || {
                     let gpu = gpu.expect("ignored without a device")?;
-                    common::with_seed(seed, || run(&gpu, &n, seed))
+                    common::with_seed(base, seed, || run(&gpu, &n, seed))
                 })
                 .with_ignored_flag(ignored)
             })

@@ -149,21 +149,31 @@ pub fn base_seed() -> u64 {
         })
 }
 
-/// Runs a libtest-mimic test body, adding the seed to any failure or panic message.
+/// The seed of test number `index` of a run whose base seed is `base` (distinct per test;
+/// the test's generator is `cyb::rng::seeded(test_seed(..))`).
+pub fn test_seed(base: u64, index: u64) -> u64 {
+    base.wrapping_add(index.wrapping_mul(0x9E37_79B9))
+}
+
+/// Runs a libtest-mimic test body, adding the run's base seed to any failure or panic
+/// message: `CYB_TEST_SEED=<base>` repeats the run (every test derives its own `seed`
+/// from the base with [`test_seed`]; the derived seed is printed too, for reference).
 pub fn with_seed(
+    base: u64,
     seed: u64,
     f: impl FnOnce() -> Result<(), libtest_mimic::Failed>,
 ) -> Result<(), libtest_mimic::Failed> {
+    let tag = format!("CYB_TEST_SEED={base} repeats it; this test's seed {seed}");
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("{} (CYB_TEST_SEED={seed})", e.message().unwrap_or("")).into()),
+        Ok(Err(e)) => Err(format!("{} ({tag})", e.message().unwrap_or("")).into()),
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(format!("{msg} (CYB_TEST_SEED={seed})").into())
+            Err(format!("{msg} ({tag})").into())
         }
     }
 }
