@@ -1093,6 +1093,11 @@ mod gpu_tests {
         let m = random_model(rng, PauseAttention::Shared);
         let c = m.config.clone();
         let k = 3;
+        // lr 1e-3, not the trainer's 3e-3: at 3e-3 this 50-step run is chaotic (one bf16
+        // rounding of the initial weights moved the CPU curve's last-10 mean from 1.67 to
+        // 3.39), so f32 GEMM-order differences alone broke the 1% agreement by step 15
+        // (CYB_TEST_SEED=1796176187460660030); at 1e-3 that perturbation moves it < 1%.
+        const LR: f32 = 1e-3;
         let obj = Objective::ap_default().resolve(k).map_err(err)?;
         let mut cpu = m.clone();
         let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
@@ -1120,12 +1125,12 @@ mod gpu_tests {
                 .forward_backward_with(&mut ws, &tokens, &targets, b, t, k, &obj, &mut grads)
                 .map_err(err)?;
             clip_grad_norm(&mut grads, 1.0);
-            opt.step(&mut cpu.params, &grads, 3e-3);
+            opt.step(&mut cpu.params, &grads, LR);
             lc.push(out.loss);
             let step = g
                 .forward_backward(&tokens, &targets, b, t, k, &obj)
                 .map_err(err)?;
-            g.step(3e-3, 1.0).map_err(err)?;
+            g.step(LR, 1.0).map_err(err)?;
             lg.push(step.loss().map_err(err)?);
         }
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
