@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -115,6 +116,31 @@ bool in_alloc(CUdeviceptr p, size_t n) {
     return (uintptr_t)p >= it->first && (uintptr_t)p + n <= it->first + it->second;
 }
 
+} // namespace
+
+// The live allocation that `addr` lies in or just around (within 4 KB past its end or
+// before its start, where AddressSanitizer's redzones lie), for fault messages.
+bool cyb_emu_device_alloc(uintptr_t addr, uintptr_t *base, size_t *size) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto it = g_allocs.upper_bound(addr);
+    if (it != g_allocs.begin()) {
+        auto prev = std::prev(it);
+        if (addr < prev->first + prev->second + 4096) {
+            *base = prev->first;
+            *size = prev->second;
+            return true;
+        }
+    }
+    if (it != g_allocs.end() && it->first - addr <= 4096) {
+        *base = it->first;
+        *size = it->second;
+        return true;
+    }
+    return false;
+}
+
+namespace {
+
 bool ident(char c) { return isalnum((unsigned char)c) || c == '_' || c == '$' || c == '.'; }
 
 bool mentions(const std::string &text, const std::string &name) {
@@ -170,6 +196,48 @@ extern "C" void cyb_emu_register(const EmuKernel *table, int n, const char *) {
 }
 
 #define API extern "C" __attribute__((visibility("default"))) CUresult
+
+// ---- faults are sticky, as on the driver: after a kernel fault (illegal or misaligned
+// address, deadlock, any launch failure while running) the context is unusable and every
+// later call that needs it (launches, copies, memsets, synchronisation, streams, events,
+// module loads) returns the same error, until the primary context is reset or released
+// by its last user; allocation and free still work (the driver would refuse them too). ----
+namespace {
+std::mutex g_fault_mutex;
+CUresult g_fault = CUDA_SUCCESS;
+std::string g_fault_kernel;
+int g_fault_reports = 0;
+int g_ctx_refs = 0;
+
+CUresult sticky(const char *call) {
+    std::lock_guard<std::mutex> lock(g_fault_mutex);
+    if (g_fault == CUDA_SUCCESS) return CUDA_SUCCESS;
+    if (g_fault_reports < 3 && !quiet()) {
+        fprintf(stderr,
+                "cyb emulator: %s fails with error %d: the context is unusable since kernel %s faulted; every later "
+                "call fails the same way (as on the driver: the process must end)%s\n",
+                call, g_fault, g_fault_kernel.c_str(), g_fault_reports == 2 ? " [not repeated]" : "");
+    }
+    ++g_fault_reports;
+    return g_fault;
+}
+
+void set_fault(CUresult code, const char *kernel) {
+    std::lock_guard<std::mutex> lock(g_fault_mutex);
+    if (g_fault != CUDA_SUCCESS) return;
+    g_fault = code;
+    g_fault_kernel = kernel;
+    g_fault_reports = 0;
+}
+
+void clear_fault() {
+    std::lock_guard<std::mutex> lock(g_fault_mutex);
+    g_fault = CUDA_SUCCESS;
+    g_fault_kernel.clear();
+}
+} // namespace
+#define STICKY(call)                                                                                \
+    if (CUresult sticky_ = sticky(call)) return sticky_;
 
 API cuInit(unsigned) {
     g_init = true;
@@ -233,10 +301,23 @@ API cuDevicePrimaryCtxRetain(void **ctx, CUdevice d) {
     if (!g_init) return CUDA_ERROR_NOT_INITIALIZED;
     if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
     *ctx = &g_ctx_dummy;
+    std::lock_guard<std::mutex> lock(g_fault_mutex);
+    ++g_ctx_refs;
     return CUDA_SUCCESS;
 }
-API cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
-API cuDevicePrimaryCtxReset_v2(CUdevice) { return CUDA_SUCCESS; }
+// Releasing the last reference destroys the primary context (and with it a fault).
+API cuDevicePrimaryCtxRelease_v2(CUdevice) {
+    {
+        std::lock_guard<std::mutex> lock(g_fault_mutex);
+        if (g_ctx_refs > 0 && --g_ctx_refs > 0) return CUDA_SUCCESS;
+    }
+    clear_fault();
+    return CUDA_SUCCESS;
+}
+API cuDevicePrimaryCtxReset_v2(CUdevice) {
+    clear_fault();
+    return CUDA_SUCCESS;
+}
 API cuCtxSetCurrent(void *) { return CUDA_SUCCESS; }
 API cuCtxGetCurrent(void **ctx) {
     *ctx = &g_ctx_dummy;
@@ -246,7 +327,10 @@ API cuCtxGetDevice(CUdevice *d) {
     *d = 0;
     return CUDA_SUCCESS;
 }
-API cuCtxSynchronize() { return CUDA_SUCCESS; }
+API cuCtxSynchronize() {
+    STICKY("cuCtxSynchronize");
+    return CUDA_SUCCESS;
+}
 API cuCtxSetFlags(unsigned) { return CUDA_SUCCESS; }
 API cuCtxGetStreamPriorityRange(int *lo, int *hi) {
     if (lo) *lo = 0;
@@ -256,6 +340,7 @@ API cuCtxGetStreamPriorityRange(int *lo, int *hi) {
 
 // ---- streams and events: all work runs at once, so they only need to exist ----
 API cuStreamCreate(void **s, unsigned) {
+    STICKY("cuStreamCreate");
     *s = new int(0);
     return CUDA_SUCCESS;
 }
@@ -264,9 +349,18 @@ API cuStreamDestroy_v2(void *s) {
     delete static_cast<int *>(s);
     return CUDA_SUCCESS;
 }
-API cuStreamSynchronize(void *) { return CUDA_SUCCESS; }
-API cuStreamQuery(void *) { return CUDA_SUCCESS; }
-API cuStreamWaitEvent(void *, void *, unsigned) { return CUDA_SUCCESS; }
+API cuStreamSynchronize(void *) {
+    STICKY("cuStreamSynchronize");
+    return CUDA_SUCCESS;
+}
+API cuStreamQuery(void *) {
+    STICKY("cuStreamQuery");
+    return CUDA_SUCCESS;
+}
+API cuStreamWaitEvent(void *, void *, unsigned) {
+    STICKY("cuStreamWaitEvent");
+    return CUDA_SUCCESS;
+}
 API cuStreamIsCapturing(void *, int *status) {
     *status = 0;
     return CUDA_SUCCESS;
@@ -279,16 +373,30 @@ API cuEventDestroy_v2(void *e) {
     delete static_cast<int *>(e);
     return CUDA_SUCCESS;
 }
-API cuEventRecord(void *, void *) { return CUDA_SUCCESS; }
-API cuEventRecordWithFlags(void *, void *, unsigned) { return CUDA_SUCCESS; }
-API cuEventSynchronize(void *) { return CUDA_SUCCESS; }
-API cuEventQuery(void *) { return CUDA_SUCCESS; }
+API cuEventRecord(void *, void *) {
+    STICKY("cuEventRecord");
+    return CUDA_SUCCESS;
+}
+API cuEventRecordWithFlags(void *, void *, unsigned) {
+    STICKY("cuEventRecordWithFlags");
+    return CUDA_SUCCESS;
+}
+API cuEventSynchronize(void *) {
+    STICKY("cuEventSynchronize");
+    return CUDA_SUCCESS;
+}
+API cuEventQuery(void *) {
+    STICKY("cuEventQuery");
+    return CUDA_SUCCESS;
+}
 API cuEventElapsedTime(float *ms, void *, void *) {
+    STICKY("cuEventElapsedTime");
     *ms = 0.0f; // the emulator has no timing
     return CUDA_SUCCESS;
 }
 API cuEventElapsedTime_v2(float *ms, void *a, void *b) { return cuEventElapsedTime(ms, a, b); }
 API cuLaunchHostFunc(void *, void (*fn)(void *), void *user) {
+    STICKY("cuLaunchHostFunc");
     fn(user);
     return CUDA_SUCCESS;
 }
@@ -331,16 +439,19 @@ API cuMemGetInfo_v2(size_t *fr, size_t *total) {
                    what, (CUdeviceptr)(p), (size_t)(n));
 
 API cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
+    STICKY("cuMemcpyHtoD_v2");
     CHECK_DEV(dst, n, "cuMemcpyHtoD");
     if (n) memcpy((void *)dst, src, n);
     return CUDA_SUCCESS;
 }
 API cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
+    STICKY("cuMemcpyDtoH_v2");
     CHECK_DEV(src, n, "cuMemcpyDtoH");
     if (n) memcpy(dst, (const void *)src, n);
     return CUDA_SUCCESS;
 }
 API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    STICKY("cuMemcpyDtoD_v2");
     CHECK_DEV(dst, n, "cuMemcpyDtoD (destination)");
     CHECK_DEV(src, n, "cuMemcpyDtoD (source)");
     if (n) memmove((void *)dst, (const void *)src, n);
@@ -350,12 +461,14 @@ API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, void *) { r
 API cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, void *) { return cuMemcpyDtoH_v2(dst, src, n); }
 API cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void *) { return cuMemcpyDtoD_v2(dst, src, n); }
 API cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    STICKY("cuMemsetD8_v2");
     CHECK_DEV(dst, n, "cuMemsetD8");
     if (n) memset((void *)dst, v, n);
     return CUDA_SUCCESS;
 }
 API cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void *) { return cuMemsetD8_v2(dst, v, n); }
 API cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
+    STICKY("cuMemsetD32_v2");
     CHECK_DEV(dst, n * 4, "cuMemsetD32");
     if (dst % 4) return err(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32 to a misaligned address");
     for (size_t i = 0; i < n; ++i) ((unsigned *)dst)[i] = v;
@@ -419,6 +532,7 @@ std::string fatbin_ptx(const unsigned char *img, std::string &why) {
 }
 
 API cuModuleLoadData(void **mod, const void *image) {
+    STICKY("cuModuleLoadData");
     if (!image) return err(CUDA_ERROR_INVALID_VALUE, "cuModuleLoadData: null image");
     // Byte by byte, so that a PTX string shorter than 4 bytes is not over-read.
     const unsigned char *b = static_cast<const unsigned char *>(image);
@@ -507,6 +621,7 @@ API cuModuleUnload(void *mod) {
     return CUDA_SUCCESS;
 }
 API cuModuleGetFunction(void **fn, void *mod, const char *name) {
+    STICKY("cuModuleGetFunction");
     for (auto *f : static_cast<Module *>(mod)->funcs)
         if (f->name == name) {
             *fn = f;
@@ -528,6 +643,7 @@ API cuFuncGetAttribute(int *v, int attr, void *fn) {
     return CUDA_SUCCESS;
 }
 API cuFuncSetAttribute(void *fn, int attr, int value) {
+    STICKY("cuFuncSetAttribute");
     auto *f = static_cast<Function *>(fn);
     if (attr == 8) { // MAX_DYNAMIC_SHARED_SIZE_BYTES
         if (value < 0 || value + f->static_shared > kOptinShared)
@@ -542,6 +658,7 @@ API cuFuncSetCacheConfig(void *, int) { return CUDA_SUCCESS; }
 
 API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shmem, void *, void **params, void **extra) {
+    STICKY("cuLaunchKernel");
     auto *f = static_cast<Function *>(fn);
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     const char *n = f->name.c_str();
@@ -565,7 +682,9 @@ API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     if (shmem > 0)
         return err(CUDA_ERROR_NOT_SUPPORTED, "launch of %s: dynamic shared memory is not emulated", n);
     if (!params && f->k->nparams > 0) return err(CUDA_ERROR_INVALID_VALUE, "launch of %s: no kernelParams", n);
-    return cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz}, f->shared_vars);
+    const CUresult r = cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz}, f->shared_vars);
+    if (r != CUDA_SUCCESS) set_fault(r, n);
+    return r;
 }
 
 API cuGetErrorName(CUresult e, const char **s) {

@@ -21,7 +21,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cxxabi.h>
+#include <dlfcn.h>
 #include <mutex>
+#include <numeric>
+#include <unistd.h>
+#include <ctime>
 #include <pthread.h>
 #include <string>
 #include <sys/mman.h>
@@ -36,6 +41,9 @@ void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 void __asan_set_death_callback(void (*callback)(void));
 }
 #endif
+
+// Names the static __shared__ array around `addr` (defined below, from build_emu.sh's table).
+std::string cyb_emu_shared_name(uintptr_t addr, long *offset, size_t slack);
 
 extern "C" {
 EmuThread *emu_cur = nullptr;
@@ -88,6 +96,7 @@ void **g_params = nullptr;
 bool g_failed = false;
 int g_fail_code = 0;
 std::string g_fail_msg;
+std::string g_last_fault;
 volatile sig_atomic_t g_in_kernel = 0; // set while this thread runs kernel code
 pthread_t g_kernel_thread;
 sigjmp_buf g_sig_env;
@@ -215,8 +224,6 @@ std::string describe_waits() {
 // its last writer and up to two readers, each with its warp's collective count; an
 // access by another thread that no barrier (or, within a warp, no warp collective)
 // separates from a conflicting one is a race: the launch fails naming both threads. ----
-#include <cxxabi.h>
-#include <dlfcn.h>
 #include <unordered_map>
 namespace {
 struct Access {
@@ -234,22 +241,13 @@ bool ordered(int a, uint32_t a_epoch, int b) {
 }
 
 std::string describe_addr(uintptr_t addr) {
-    Dl_info info{};
-    if (dladdr((void *)addr, &info) && !info.dli_sname) {
-        char buf[96];
-        snprintf(buf, sizeof buf, "static __shared__ memory at 0x%lx", (unsigned long)addr);
-        return buf;
-    }
-    if (info.dli_sname) {
-        int st = 0;
-        char *dm = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &st);
-        std::string name = st == 0 && dm ? dm : info.dli_sname;
-        free(dm);
-        char buf[64];
-        snprintf(buf, sizeof buf, " + %ld", (long)(addr - (uintptr_t)info.dli_saddr));
-        return "__shared__ " + name + buf;
-    }
+    long off = 0;
+    const std::string name = cyb_emu_shared_name(addr, &off, 0);
     char buf[64];
+    if (!name.empty()) {
+        snprintf(buf, sizeof buf, "byte %ld of ", off);
+        return buf + name;
+    }
     snprintf(buf, sizeof buf, "device memory 0x%lx", (unsigned long)addr);
     return buf;
 }
@@ -352,7 +350,7 @@ bool run_block() {
             for (int i = 0; i < g_nthreads; ++i) {
                 if (!site) site = g_threads[i].site;
                 else if (strcmp(site, g_threads[i].site) != 0) {
-                    fail_block(719, "block " + where() + ": threads wait at different __syncthreads (" + site +
+                    fail_block(719, where() + ": threads wait at different __syncthreads (" + site +
                                         " and " + g_threads[i].site + "): divergent barrier");
                     return false;
                 }
@@ -522,33 +520,201 @@ void __ubsan_handle_out_of_bounds(OutOfBoundsData *d, uintptr_t i) { out_of_boun
 void __ubsan_handle_out_of_bounds_abort(OutOfBoundsData *d, uintptr_t i) { out_of_bounds(d, i); }
 }
 
-// The address and size of the kernels' static __shared__ variable `name` (mangled, as in
-// the PTX), from the table build_emu.sh writes next to the library; null if unknown.
-#include <dlfcn.h>
-#include <map>
-void *cyb_emu_shared_lookup(const char *name, size_t *size) {
-    static std::map<std::string, std::pair<void *, size_t>> table;
+#ifdef CYB_EMU_ASAN
+// ---- AddressSanitizer reports (asan build): the kernels' instrumented accesses call
+// __asan_report_{load,store}N when the shadow says an address is bad. These hidden
+// definitions take those calls within libcuda.so (the kernels, runtime.cpp and
+// driver.cpp), before the preloaded libasan's: inside a kernel the launch fails like a
+// GPU's (CUDA_ERROR_ILLEGAL_ADDRESS naming the kernel, block, thread and the array or
+// allocation), and the process goes on, so one bad kernel fails one test, not the whole
+// test binary; outside a kernel, ASan's own report (and abort) as usual. ----
+extern "C" {
+void __asan_report_error(void *pc, void *bp, void *sp, void *addr, int is_write, size_t size);
+const char *__asan_locate_address(void *addr, char *name, size_t name_size, void **region_address,
+                                  size_t *region_size);
+}
+bool cyb_emu_device_alloc(uintptr_t addr, uintptr_t *base, size_t *size); // driver.cpp
+namespace {
+// Where `addr` lies: the static __shared__ array whose redzone it hits, a live device
+// allocation, or what ASan knows of it.
+std::string describe_bad(uintptr_t addr) {
+    char buf[160];
+    long off = 0;
+    std::string name = cyb_emu_shared_name(addr, &off, 1 << 20);
+    uintptr_t base = 0;
+    size_t size = 0;
+    if (name.empty() && cyb_emu_device_alloc(addr, &base, &size)) {
+        off = (long)(addr - base);
+        snprintf(buf, sizeof buf, "a device allocation (%zu bytes at 0x%lx)", size, (unsigned long)base);
+        name = buf;
+    } else if (!name.empty()) {
+        size_t p = name.rfind('(');
+        size = strtoull(name.c_str() + p + 1, nullptr, 10);
+    } else {
+        char vname[256] = "";
+        void *region = nullptr;
+        const char *kind = __asan_locate_address((void *)addr, vname, sizeof vname, &region, &size);
+        snprintf(buf, sizeof buf, "%s memory%s%s (not a live device allocation: freed, or never allocated)",
+                 kind ? kind : "unknown", vname[0] ? " of " : "", vname);
+        return buf;
+    }
+    if (off < 0) snprintf(buf, sizeof buf, ", %ld bytes before its start", -off);
+    else if ((size_t)off >= size) snprintf(buf, sizeof buf, ", %zu bytes past its end", (size_t)off - size);
+    else snprintf(buf, sizeof buf, " (inside it: a partly bad access)");
+    return "byte " + std::to_string(off) + " of " + name + buf;
+}
+
+[[noreturn]] __attribute__((noinline)) void asan_bad(void *addr, size_t size, bool write) {
+    if (!g_in_kernel || !emu_cur || !pthread_equal(pthread_self(), g_kernel_thread)) {
+        int here = 0;
+        __asan_report_error(__builtin_return_address(0), __builtin_frame_address(0), &here, addr, write, size);
+        abort();
+    }
+    emu_fail(700, "out-of-bounds %s of %zu bytes at 0x%lx: %s", write ? "write" : "read", size, (unsigned long)addr,
+             describe_bad((uintptr_t)addr).c_str());
+}
+} // namespace
+
+#define CYB_ASAN_REPORT(n)                                                                         \
+    __attribute__((visibility("hidden"))) void __asan_report_load##n(void *p) { asan_bad(p, n, false); } \
+    __attribute__((visibility("hidden"))) void __asan_report_store##n(void *p) { asan_bad(p, n, true); }
+extern "C" {
+CYB_ASAN_REPORT(1)
+CYB_ASAN_REPORT(2)
+CYB_ASAN_REPORT(4)
+CYB_ASAN_REPORT(8)
+CYB_ASAN_REPORT(16)
+__attribute__((visibility("hidden"))) void __asan_report_load_n(void *p, size_t n) { asan_bad(p, n, false); }
+__attribute__((visibility("hidden"))) void __asan_report_store_n(void *p, size_t n) { asan_bad(p, n, true); }
+}
+#endif
+
+// The kernels' static __shared__ variables, from the table build_emu.sh writes next to
+// the library (address relative to `emu_cur`, size, demangled name without the unnamed
+// namespace the registry files wrap the kernels in).
+namespace {
+struct SharedVar {
+    char *addr;
+    size_t size;
+    std::string name;
+};
+const std::vector<SharedVar> &shared_table() {
+    static std::vector<SharedVar> table;
     static std::once_flag once;
     std::call_once(once, [] {
         Dl_info info{};
-        if (dladdr((void *)&emu_cur, &info) && info.dli_fname) {
-            char real[4096];
-            const char *lib = realpath(info.dli_fname, real) ? real : info.dli_fname; // not the symlink
-            std::string path = std::string(lib) + ".shared";
-            if (FILE *f = fopen(path.c_str(), "r")) {
-                char sym[1024];
-                unsigned long long addr, ref, sz;
-                while (fscanf(f, "%1023s %llx %llx %llx", sym, &addr, &ref, &sz) == 4)
-                    table[sym] = {(char *)&emu_cur + (long long)(addr - ref), (size_t)sz};
-                fclose(f);
-            }
+        if (!dladdr((void *)&emu_cur, &info) || !info.dli_fname) return;
+        char real[4096];
+        const char *lib = realpath(info.dli_fname, real) ? real : info.dli_fname; // not the symlink
+        std::string path = std::string(lib) + ".shared";
+        FILE *f = fopen(path.c_str(), "r");
+        if (!f) return;
+        char line[4096];
+        while (fgets(line, sizeof line, f)) {
+            unsigned long long addr, ref, sz;
+            int used = 0;
+            if (sscanf(line, "%llx\t%llx\t%llx\t%n", &addr, &ref, &sz, &used) != 3 || used == 0) continue;
+            std::string name(line + used);
+            while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+            table.push_back({(char *)&emu_cur + (long long)(addr - ref), (size_t)sz, name});
         }
+        fclose(f);
     });
-    auto it = table.find(name);
-    if (it == table.end()) return nullptr;
-    *size = it->second.second;
-    return it->second.first;
+    return table;
 }
+
+std::string demangle(const char *name) {
+    int st = 0;
+    char *dm = abi::__cxa_demangle(name, nullptr, nullptr, &st);
+    std::string out = st == 0 && dm ? dm : name;
+    free(dm);
+    return out;
+}
+} // namespace
+
+// The address and size of the kernels' static __shared__ variable `name` (mangled, as in
+// the PTX); null if unknown.
+void *cyb_emu_shared_lookup(const char *name, size_t *size) {
+    const std::string want = demangle(name);
+    for (const SharedVar &v : shared_table())
+        if (v.name == want) {
+            *size = v.size;
+            return v.addr;
+        }
+    return nullptr;
+}
+
+// Names the static __shared__ array at or just around `addr` (within `slack` bytes of
+// its ends, where AddressSanitizer's redzones lie): "__shared__ NAME (N bytes)" and the
+// offset of `addr` from its start; "" when there is none.
+std::string cyb_emu_shared_name(uintptr_t addr, long *offset, size_t slack) {
+    const SharedVar *best = nullptr;
+    long best_dist = 0;
+    for (const SharedVar &v : shared_table()) {
+        const uintptr_t lo = (uintptr_t)v.addr, hi = lo + v.size;
+        const long dist = addr < lo ? (long)(lo - addr) : addr >= hi ? (long)(addr - hi + 1) : 0;
+        if ((size_t)dist > slack) continue;
+        if (!best || dist < best_dist) {
+            best = &v;
+            best_dist = dist;
+        }
+    }
+    if (!best) return "";
+    *offset = (long)(addr - (uintptr_t)best->addr);
+    char buf[64];
+    snprintf(buf, sizeof buf, " (%zu bytes)", best->size);
+    return "__shared__ " + best->name + buf;
+}
+
+namespace {
+uint64_t splitmix(uint64_t &x) {
+    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// The base seed of the block order: CYB_EMU_BLOCK_SEED, or one drawn at start-up (the
+// test runner sets and prints it; a failing launch prints it too).
+uint64_t block_seed() {
+    static const uint64_t seed = [] {
+        if (const char *e = getenv("CYB_EMU_BLOCK_SEED")) return (uint64_t)strtoull(e, nullptr, 0);
+        uint64_t x = (uint64_t)time(nullptr) ^ ((uint64_t)getpid() << 32);
+        return splitmix(x);
+    }();
+    return seed;
+}
+
+// A launch's seed depends on the base seed, the kernel and its shape only, so a test
+// repeats its block orders whatever other tests run in parallel.
+uint64_t launch_seed(const char *kernel, dim3u grid, dim3u block) {
+    uint64_t h = block_seed();
+    for (const char *c = kernel; *c; ++c) h = (h ^ (unsigned char)*c) * 0x100000001B3ull;
+    for (unsigned v : {grid.x, grid.y, grid.z, block.x, block.y, block.z}) h = (h ^ v) * 0x100000001B3ull;
+    return splitmix(h);
+}
+
+// The order the blocks of a grid run in: a seeded shuffle (Fisher-Yates), so that a
+// kernel that depends on block order, or on another block's writes, fails here as it may
+// on a GPU (whose scheduling order is unspecified). Grids above 2^24 blocks take an
+// affine permutation instead of a table.
+struct BlockOrder {
+    std::vector<uint32_t> perm;
+    uint64_t n, a = 1, c = 0;
+    BlockOrder(uint64_t n_, uint64_t seed) : n(n_) {
+        uint64_t x = seed;
+        if (n <= (1u << 24)) {
+            perm.resize(n);
+            for (uint64_t i = 0; i < n; ++i) perm[i] = (uint32_t)i;
+            for (uint64_t i = n; i > 1; --i) std::swap(perm[i - 1], perm[splitmix(x) % i]);
+        } else {
+            do a = splitmix(x) % n | 1; while (std::gcd(a, n) != 1);
+            c = splitmix(x) % n;
+        }
+    }
+    uint64_t at(uint64_t i) const { return perm.empty() ? (unsigned __int128)(a * (unsigned __int128)i + c) % n : perm[i]; }
+};
+} // namespace
 
 // Runs a whole grid. Returns 0 or a CUDA error code, with the message on stderr.
 // `shared` lists the kernel's static __shared__ variables, filled with 0xff bytes
@@ -586,6 +752,8 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
         t.warp = i / 32;
         t.lane = i % 32;
     }
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+    const BlockOrder order(nblocks, launch_seed(kernel, grid, block)); // before sigsetjmp: no destructor skipped
     int sig = sigsetjmp(g_sig_env, 1);
     if (sig != 0) {
         const char *what = sig == SIGSEGV ? "segmentation fault (illegal address)"
@@ -594,20 +762,20 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
                                            : "illegal instruction";
         fail_block(700, where() + ": " + what);
     } else {
-        for (unsigned z = 0; z < grid.z && !g_failed; ++z)
-            for (unsigned y = 0; y < grid.y && !g_failed; ++y)
-                for (unsigned x = 0; x < grid.x && !g_failed; ++x) {
-                    emu_blockIdx = {x, y, z};
-                    for (const auto &[p, n] : shared) memset(p, 0xff, n);
-                    for (int i = 0; i < g_nthreads; ++i) {
-                        init_fiber(g_threads[i]);
-                        g_threads[i].site = nullptr;
-                    }
-                    RACE_EPOCH();
-                    g_in_kernel = 1;
-                    run_block();
-                    g_in_kernel = 0;
-                }
+        for (uint64_t n = 0; n < nblocks && !g_failed; ++n) {
+            const uint64_t b = order.at(n);
+            emu_blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                            (unsigned)(b / ((uint64_t)grid.x * grid.y))};
+            for (const auto &[p, size] : shared) memset(p, 0xff, size);
+            for (int i = 0; i < g_nthreads; ++i) {
+                init_fiber(g_threads[i]);
+                g_threads[i].site = nullptr;
+            }
+            RACE_EPOCH();
+            g_in_kernel = 1;
+            run_block();
+            g_in_kernel = 0;
+        }
     }
     g_in_kernel = 0;
     emu_cur = nullptr;
@@ -615,6 +783,13 @@ int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params,
 #ifdef CYB_EMU_ASAN
     for (int i = 0; i < g_nthreads; ++i) __asan_unpoison_memory_region(g_stacks[i] + kGuard, kStack - kGuard);
 #endif
-    fprintf(stderr, "cyb emulator: kernel %s failed: %s\n", kernel, g_fail_msg.c_str());
+    char seed[96];
+    snprintf(seed, sizeof seed, " (blocks in shuffled order: CYB_EMU_BLOCK_SEED=%llu repeats it)",
+             (unsigned long long)block_seed());
+    g_last_fault = std::string("kernel ") + kernel + " failed: " + g_fail_msg + seed;
+    fprintf(stderr, "cyb emulator: %s\n", g_last_fault.c_str());
     return g_fail_code;
 }
+
+// The message of the last failed launch (for the emulator's self-tests).
+extern "C" const char *cyb_emu_last_fault() { return g_last_fault.c_str(); }

@@ -73,3 +73,61 @@ extern "C" __global__ void shared_race(float *out, const float *in) {
     __syncthreads();
     out[threadIdx.x] = sh[0];
 }
+
+// ---- shared arrays declared and reached as the real kernels do: function-local statics
+// of templates and inline functions (COMDAT without the registry's unnamed namespace),
+// two tiles back to back, read and written through pointers (not array[i], which UBSan's
+// bounds check would see). ----
+template <int ROWS, int COLS> __device__ float tile_row(const float *in, int row_off, bool write) {
+    __shared__ __align__(16) float tile[ROWS * COLS];
+    __shared__ __align__(16) float next[ROWS * COLS];
+    const int t = threadIdx.x;
+    for (int i = t; i < ROWS * COLS; i += blockDim.x) {
+        tile[i] = in[i];
+        next[i] = 0.0f;
+    }
+    __syncthreads();
+    float *row = tile + (ROWS - 1 + row_off) * COLS; // row_off 1: the row past the tile
+    if (write && t < COLS) row[t] = 1.0f;
+    __syncthreads();
+    return row[t % COLS] + next[t];
+}
+
+// Reads one row past a 16 x 4 tile through a pointer (as a tile loop one chunk too far).
+extern "C" __global__ void tile_read_past(float *out, const float *in) {
+    out[threadIdx.x] = tile_row<16, 4>(in, 1, false);
+}
+
+// Writes one row past the tile through a pointer.
+extern "C" __global__ void tile_write_past(float *out, const float *in) {
+    out[threadIdx.x] = tile_row<16, 4>(in, 1, true);
+}
+
+// The same template inside the tile: correct.
+extern "C" __global__ void tile_in_bounds(float *out, const float *in) {
+    out[threadIdx.x] = tile_row<16, 4>(in, 0, true);
+}
+
+// A 16-byte vector load one row past a tile in an inline function (as attention's
+// `vs + (c0 + jj) * DH` with float4 loads).
+__device__ __forceinline__ float vec_past(const float *in) {
+    __shared__ __align__(16) float vt[8 * 4];
+    if (threadIdx.x < 32) vt[threadIdx.x] = in[threadIdx.x];
+    __syncthreads();
+    const float4 v = *reinterpret_cast<const float4 *>(vt + 8 * 4 + 4 * (threadIdx.x % 2));
+    return v.x;
+}
+extern "C" __global__ void vec_read_past(float *out, const float *in) { out[threadIdx.x] = vec_past(in); }
+
+// Depends on block order: each block reads the previous block's result (a prefix sum
+// when blocks run in index order; not guaranteed on a GPU).
+extern "C" __global__ void block_order_chain(float *out, const float *in) {
+    const unsigned b = blockIdx.x;
+    if (threadIdx.x == 0) out[b] = in[b] + (b > 0 ? out[b - 1] : 0.0f);
+}
+
+// Misaligned 16-byte load through __ldg: reported at this file's line, not the shim's.
+extern "C" __global__ void misaligned_ldg(float *out, const float *in) {
+    const float4 v = __ldg(reinterpret_cast<const float4 *>(in + 1 + 4 * threadIdx.x));
+    out[threadIdx.x] = v.x;
+}

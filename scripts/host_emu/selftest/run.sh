@@ -19,7 +19,10 @@ case "$MODE" in
 esac
 {
   echo "#include \"$PWD/$EMU/emu_registry.h\""
+  echo "#include <cuda_bf16.h>"
+  echo "namespace {" # as build_emu.sh: no COMDAT statics, so ASan guards every __shared__ array
   echo "#include \"$PWD/broken.cu\""
+  echo "}"
   echo "namespace {"
   echo "const EmuKernel table[] = {"
   for k in $(grep -oE 'extern "C" __global__ void [a-z_]+' broken.cu | awk '{print $5}'); do
@@ -33,4 +36,5 @@ g++ "${FLAGS[@]}" "${SAN[@]}" "${KSAN[@]}" -I "$EMU/shim" -c "$OUT/reg_broken.cp
 g++ "${FLAGS[@]}" "${SAN[@]}" -c "$EMU/runtime.cpp" -o "$OUT/runtime.o"
 g++ "${FLAGS[@]}" "${SAN[@]}" -c "$EMU/driver.cpp" -o "$OUT/driver.o"
 g++ "${FLAGS[@]}" "${SAN[@]}" selftest.cpp "$OUT/reg_broken.o" "$OUT/runtime.o" "$OUT/driver.o" -o "$OUT/selftest"
+bash "$EMU/shared_table.sh" "$OUT/selftest" "$OUT/reg_broken.o" >"$OUT/selftest.shared"
 CYB_EMU_SELFTEST_MODE=$MODE ASAN_OPTIONS=detect_leaks=0 "$OUT/selftest"

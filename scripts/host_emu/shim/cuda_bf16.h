@@ -63,7 +63,8 @@ inline int32_t __float_as_int(float f) { int32_t u; std::memcpy(&u, &f, 4); retu
 inline double __longlong_as_double(long long u) { double f; std::memcpy(&f, &u, 8); return f; }
 inline long long __double_as_longlong(double f) { long long u; std::memcpy(&u, &f, 8); return u; }
 
-template <class T> inline T __ldg(const T *p) { return *p; }
+// A macro, so that a misaligned load is reported at the kernel's line, not here.
+#define __ldg(p) (*(p))
 
 // ---- math (IEEE, no fast-math, no contraction: build_emu.sh passes -ffp-contract=off) ----
 inline float __fmul_rn(float a, float b) { return a * b; }
