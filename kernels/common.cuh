@@ -10,6 +10,10 @@
 #include <stdint.h>
 
 #define CYB_WARP 32
+// Threads per block of the elementwise kernels and of the `*_finalize` column sums: the
+// launches (src/gpu/kernels.rs ELEMENTWISE_THREADS, the finalize configs) use this many;
+// their __launch_bounds__.
+#define CYB_ELEMENTWISE_THREADS 256
 
 __host__ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 

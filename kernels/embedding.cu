@@ -118,13 +118,15 @@ __device__ void embedding_tok_backward(float *__restrict__ dtok, const T *__rest
 }
 
 #define EMB_INSTANTIATE(SUF, T)                                                                  \
-    extern "C" __global__ void embedding_forward_##SUF(                                          \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        embedding_forward_##SUF(                                                                 \
         T *out, const int *tokens, const float *tok_emb, const float *pos_emb,                   \
         const float *depth_emb, int batch, int k1, int seq, int d, int pause) {                  \
         embedding_forward<T>(out, tokens, tok_emb, pos_emb, depth_emb, batch, k1, seq, d,        \
                              pause);                                                             \
     }                                                                                            \
-    extern "C" __global__ void embedding_pos_backward_##SUF(float *dpos, const T *dout,          \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        embedding_pos_backward_##SUF(float *dpos, const T *dout,                                 \
                                                             int batch, int k1, int seq, int d) { \
         embedding_pos_backward<T>(dpos, dout, batch, k1, seq, d);                                \
     }                                                                                            \
@@ -144,8 +146,9 @@ EMB_INSTANTIATE(f32, float)
 EMB_INSTANTIATE(bf16, __nv_bfloat16)
 
 // partial [K+1, chunks, d]; ddepth [>= K+1, d] and the PAUSE row dpause [d] accumulated.
-extern "C" __global__ void embedding_depth_finalize(const float *partial, int k1, int chunks,
-                                                    int d, float *ddepth, float *dpause) {
+extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)
+embedding_depth_finalize(const float *partial, int k1, int chunks,
+                         int d, float *ddepth, float *dpause) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= d) return;
     float pause_sum = 0.0f;

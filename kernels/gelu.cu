@@ -48,11 +48,13 @@ __device__ void gelu_backward(T *dinp, const T *__restrict__ inp, const T *dout,
 }
 
 #define GELU_INSTANTIATE(SUF, T)                                                                 \
-    extern "C" __global__ void bias_gelu_forward_##SUF(T *pre, const float *bias, T *out,        \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        bias_gelu_forward_##SUF(T *pre, const float *bias, T *out,                               \
                                                        long long total, int c) {                 \
         bias_gelu_forward<T>(pre, bias, out, total, c);                                          \
     }                                                                                            \
-    extern "C" __global__ void gelu_backward_##SUF(T *dinp, const T *inp, const T *dout,         \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        gelu_backward_##SUF(T *dinp, const T *inp, const T *dout,                                \
                                                    long long total) {                            \
         gelu_backward<T>(dinp, inp, dout, total);                                                \
     }

@@ -22,6 +22,7 @@
 
 #define LN_EPS 1e-5f
 #define LN_PARTIAL_ROWS 8 // blockDim.y of the partial kernel
+#define LN_ROW_WARPS 8    // warps per block of forward, dinp (layernorm.rs WARPS_PER_BLOCK)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -123,12 +124,14 @@ __device__ void layernorm_backward_params_partial(const T *__restrict__ dout,
 }
 
 #define LN_INSTANTIATE(SUF, T)                                                                   \
-    extern "C" __global__ void layernorm_forward_##SUF(T *out, float *mean, float *rstd,         \
+    extern "C" __global__ void __launch_bounds__(CYB_WARP * LN_ROW_WARPS)                        \
+        layernorm_forward_##SUF(T *out, float *mean, float *rstd,                                \
                                                        const T *inp, const float *weight,        \
                                                        const float *bias, int n, int c) {        \
         layernorm_forward<T>(out, mean, rstd, inp, weight, bias, n, c);                          \
     }                                                                                            \
-    extern "C" __global__ void layernorm_backward_dinp_##SUF(                                    \
+    extern "C" __global__ void __launch_bounds__(CYB_WARP * LN_ROW_WARPS)                        \
+        layernorm_backward_dinp_##SUF(                                                           \
         T *dinp, const T *dout, const T *inp, const float *weight, const float *mean,           \
         const float *rstd, int n, int c) {                                                       \
         layernorm_backward_dinp<T>(dinp, dout, inp, weight, mean, rstd, n, c);                   \
@@ -145,9 +148,10 @@ LN_INSTANTIATE(f32, float)
 LN_INSTANTIATE(bf16, __nv_bfloat16)
 
 // partial [chunks, 2, C]; dweight, dbias [C] accumulated. One thread per (which, col).
-extern "C" __global__ void layernorm_backward_params_finalize(const float *partial, int chunks,
-                                                              int c, float *dweight,
-                                                              float *dbias) {
+extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)
+layernorm_backward_params_finalize(const float *partial, int chunks,
+                                   int c, float *dweight,
+                                   float *dbias) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= 2 * c) return;
     float s = 0.0f;

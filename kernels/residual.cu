@@ -59,10 +59,12 @@ __device__ void colsum_partial(const T *__restrict__ x, int n, int c, int rows_p
 }
 
 #define RESIDUAL_INSTANTIATE(SUF, T)                                                             \
-    extern "C" __global__ void bias_add_##SUF(T *y, const float *bias, long long total, int c) { \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        bias_add_##SUF(T *y, const float *bias, long long total, int c) {                        \
         bias_add<T>(y, bias, total, c);                                                          \
     }                                                                                            \
-    extern "C" __global__ void bias_residual_##SUF(T *y, const float *bias, const T *resid,      \
+    extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)                        \
+        bias_residual_##SUF(T *y, const float *bias, const T *resid,                             \
                                                    long long total, int c) {                     \
         bias_residual<T>(y, bias, resid, total, c);                                              \
     }                                                                                            \
@@ -75,7 +77,8 @@ RESIDUAL_INSTANTIATE(f32, float)
 RESIDUAL_INSTANTIATE(bf16, __nv_bfloat16)
 
 // partial [chunks, C] -> out [C] += sum over chunks, in chunk order.
-extern "C" __global__ void colsum_finalize(const float *partial, int chunks, int c, float *out) {
+extern "C" __global__ void __launch_bounds__(CYB_ELEMENTWISE_THREADS)
+colsum_finalize(const float *partial, int chunks, int c, float *out) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= c) return;
     float s = 0.0f;

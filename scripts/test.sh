@@ -3,7 +3,7 @@
 # with feature `cuda` (the kernels must compile everywhere; GPU tests report as
 # ignored on machines without a CUDA device, and run on the GPU where there is one),
 # the tests of feature `candle`, then every GPU test again on the CPU emulator of the CUDA driver
-# (scripts/test_emulated.sh; CYB_EMU_MODE=plain|asan|skip, default asan where possible).
+# (scripts/test_emulated.sh: under asan where possible, and under the race checker).
 #
 # clippy runs with every lint; the CPU reference allows `needless_range_loop` in
 # src/cpu only (its loops index like the SPEC formulas on purpose).
@@ -25,11 +25,17 @@ cargo test --release --features cuda
 # rest of the crate is unchanged by the feature and tested above.
 cargo test --release --features candle --test candle --example candle_trainer
 cargo test --release --features candle --doc -- candle ReadmeDoctests
-if [[ "${CYB_EMU_MODE:-auto}" != skip ]]; then
-  bash scripts/test_emulated.sh "${CYB_EMU_MODE:-auto}"
-  # The race checker is ~20x slower than plain emulation: in every run on the attention
-  # kernels (the most shared memory and warp-level code); everything with
-  # `bash scripts/test_emulated.sh race` (README).
-  [[ "${CYB_EMU_MODE:-auto}" == race ]] ||
-    CYB_EMU_TESTS="${CYB_EMU_RACE_TESTS:-gpu_attention}" bash scripts/test_emulated.sh race
-fi
+# Every GPU test binary under AddressSanitizer and under the race checker, the runs side
+# by side on the cores (scripts/test_emulated.sh; CYB_EMU_MODE=plain|asan|race|skip runs
+# one mode only; CYB_EMU_RACE_TESTS="gpu_attention" narrows the race checker's binaries).
+case "${CYB_EMU_MODE:-auto}" in
+  skip) ;;
+  auto)
+    if [[ -f "$(gcc -print-file-name=libasan.so)" ]]; then
+      bash scripts/test_emulated.sh asan race
+    else
+      bash scripts/test_emulated.sh plain race
+    fi
+    ;;
+  *) bash scripts/test_emulated.sh "$CYB_EMU_MODE" ;;
+esac

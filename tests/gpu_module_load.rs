@@ -9,8 +9,13 @@
 //! loads. On the CPU emulator the modules load (its PTX is read) but the times say
 //! nothing about a GPU.
 //!
-//! `harness = false` (libtest-mimic): without a device (or feature `cuda`) the tests
-//! are reported as ignored.
+//! `every_kernel_declares_launch_bounds` needs no device: every `.entry` of every
+//! image's PTX must carry `.maxntid` (from `__launch_bounds__`), so ptxas allots each
+//! kernel at most the registers that let its largest block launch; without it a
+//! register-hungry kernel can fail on hardware with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
+//!
+//! `harness = false` (libtest-mimic): without a device (or feature `cuda`) the device
+//! tests are reported as ignored.
 
 mod common;
 
@@ -25,8 +30,8 @@ fn main() {
 
 #[cfg(not(feature = "cuda"))]
 fn trials() -> Vec<Trial> {
-    TESTS
-        .iter()
+    std::iter::once(&"every_kernel_declares_launch_bounds")
+        .chain(TESTS)
         .map(|name| Trial::test(*name, || Ok(())).with_ignored_flag(true))
         .collect()
 }
@@ -35,9 +40,11 @@ fn trials() -> Vec<Trial> {
 fn trials() -> Vec<Trial> {
     let gpu = common::test_gpu("gpu_module_load");
     let ignored = gpu.is_none();
-    TESTS
-        .iter()
-        .map(|&name| {
+    let host = Trial::test("every_kernel_declares_launch_bounds", || {
+        gpu_tests::every_kernel_declares_launch_bounds()
+    });
+    std::iter::once(host)
+        .chain(TESTS.iter().map(|&name| {
             let gpu = gpu.clone();
             Trial::test(name, move || {
                 let gpu = gpu.expect("ignored without a device")?;
@@ -48,7 +55,7 @@ fn trials() -> Vec<Trial> {
                 }
             })
             .with_ignored_flag(ignored)
-        })
+        }))
         .collect()
 }
 
@@ -63,6 +70,49 @@ mod gpu_tests {
             std::env::var("CUDA_DISABLE_PTX_JIT").unwrap_or_else(|_| "unset".into()),
             std::env::var("CUDA_CACHE_DISABLE").unwrap_or_else(|_| "unset".into())
         )
+    }
+
+    /// Every kernel (`.entry`) in the PTX of every image declares `.maxntid`, i.e. its
+    /// source has `__launch_bounds__`.
+    pub fn every_kernel_declares_launch_bounds() -> Result<(), Failed> {
+        let mut missing = Vec::new();
+        let mut kernels = 0;
+        for (file, image) in images::ALL {
+            let ptx = fatbin::ptx(image).map_err(|e| format!("{file}: {e}"))?;
+            for (name, directives) in entries(ptx) {
+                kernels += 1;
+                if !directives.contains(".maxntid") {
+                    missing.push(format!("{file}: {name}"));
+                }
+            }
+        }
+        if kernels == 0 {
+            return Err("no .entry in any image's PTX".into());
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} of {kernels} kernels lack __launch_bounds__ (.maxntid): {}",
+                missing.len(),
+                missing.join(", ")
+            )
+            .into());
+        }
+        println!("{kernels} kernels, each with .maxntid");
+        Ok(())
+    }
+
+    /// `(name, directives)` of every `.entry` in `ptx`: the text between the closing
+    /// parenthesis of its parameter list and its body's opening brace (where
+    /// `.maxntid`, `.minnctapersm` and friends are).
+    fn entries(ptx: &str) -> Vec<(&str, &str)> {
+        ptx.split(".entry ")
+            .skip(1)
+            .filter_map(|rest| {
+                let name = rest.split('(').next()?.trim();
+                let after = &rest[rest.find(')')? + 1..];
+                Some((name, &after[..after.find('{')?]))
+            })
+            .collect()
     }
 
     /// Loads every module again (the context loaded cyb_loss.cu at creation) and prints

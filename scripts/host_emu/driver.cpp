@@ -58,7 +58,7 @@ enum {
 
 int cyb_emu_run_grid(const char *kernel, void (*invoke)(void **), void **params, dim3u grid, dim3u block,
                      const std::vector<std::pair<void *, size_t>> &shared);
-void *cyb_emu_shared_lookup(const char *name, size_t *size);
+std::vector<std::pair<void *, size_t>> cyb_emu_shared_lookup(const char *name);
 
 namespace {
 
@@ -592,8 +592,7 @@ API cuModuleLoadData(void **mod, const void *image) {
         for (const auto &d : decls) {
             if (!mentions(body, d.name)) continue;
             shared = (shared + d.align - 1) / d.align * d.align + d.size;
-            size_t n = 0;
-            if (void *p = cyb_emu_shared_lookup(d.name.c_str(), &n)) {
+            for (auto [p, n] : cyb_emu_shared_lookup(d.name.c_str())) {
                 if ((int)n != d.size)
                     fprintf(stderr, "cyb emulator: __shared__ %s of %s: %d bytes in the PTX, %zu on the host\n",
                             d.name.c_str(), name.c_str(), d.size, n);
@@ -682,6 +681,12 @@ API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     if (shmem > 0)
         return err(CUDA_ERROR_NOT_SUPPORTED, "launch of %s: dynamic shared memory is not emulated", n);
     if (!params && f->k->nparams > 0) return err(CUDA_ERROR_INVALID_VALUE, "launch of %s: no kernelParams", n);
+    // A fault on demand (tests/gpu_fault.rs: what a user sees after a kernel fault).
+    if (const char *inject = getenv("CYB_EMU_FAULT_KERNEL"); inject && f->name == inject) {
+        fprintf(stderr, "cyb emulator: kernel %s failed: an illegal address, injected by CYB_EMU_FAULT_KERNEL\n", n);
+        set_fault(CUDA_ERROR_ILLEGAL_ADDRESS, n);
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
     const CUresult r = cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz}, f->shared_vars);
     if (r != CUDA_SUCCESS) set_fault(r, n);
     return r;

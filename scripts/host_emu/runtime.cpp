@@ -632,16 +632,15 @@ std::string demangle(const char *name) {
 }
 } // namespace
 
-// The address and size of the kernels' static __shared__ variable `name` (mangled, as in
-// the PTX); null if unknown.
-void *cyb_emu_shared_lookup(const char *name, size_t *size) {
+// Every copy (address, size) of the kernels' static __shared__ variable `name` (mangled,
+// as in the PTX): one per kernel file that defines it (an inline function of a shared
+// header, e.g. block_lse in common.cuh, has one copy in each file's unnamed namespace).
+std::vector<std::pair<void *, size_t>> cyb_emu_shared_lookup(const char *name) {
     const std::string want = demangle(name);
+    std::vector<std::pair<void *, size_t>> out;
     for (const SharedVar &v : shared_table())
-        if (v.name == want) {
-            *size = v.size;
-            return v.addr;
-        }
-    return nullptr;
+        if (v.name == want) out.push_back({v.addr, v.size});
+    return out;
 }
 
 // Names the static __shared__ array at or just around `addr` (within `slack` bytes of
