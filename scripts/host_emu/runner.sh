@@ -35,7 +35,7 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 [[ $rc == 0 ]] && exit 0
-mapfile -t failed < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$log")
+mapfile -t failed < <(sed -n 's/^test \(.*[^ ]\) *\.\.\. FAILED$/\1/p' "$log") # names are padded
 [[ ${#failed[@]} == 0 ]] && exit "$rc"
 echo "runner: $name: ${#failed[@]} tests failed. A kernel fault loses the context for the rest of the"
 echo "  process (as on a GPU), so each failed test runs again alone (at most $max):"
