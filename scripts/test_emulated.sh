@@ -80,7 +80,8 @@ for m in race asan plain; do
     jobs+=("$m:$t")
   done
 done
-logs=$ROOT/target/emu-logs
+# One folder per set of modes, so that runs of other modes at the same time keep theirs.
+logs=$ROOT/target/emu-logs/$(IFS=-; echo "${modes[*]}")
 rm -rf "$logs" && mkdir -p "$logs"
 cores=$(nproc 2>/dev/null || echo 2)
 njobs=${CYB_EMU_JOBS:-$((cores > 4 ? 4 : cores))}
