@@ -219,6 +219,30 @@ pub fn train_with(
             cfg.batch, cfg.seq, cfg.model.t_max
         )));
     }
+    // A resumed run must be the snapshot's run: checked first, so the error names
+    // every difference (the model shape included).
+    let fingerprint = run_fingerprint(cfg, data, device);
+    if let Some(state) = &control.resume {
+        if init.is_none() {
+            return Err(CybError::Param(
+                "resuming needs the snapshot's model as `init`".into(),
+            ));
+        }
+        let diff = crate::train_state::differences(&state.fingerprint, &fingerprint);
+        if !diff.is_empty() {
+            return Err(CybError::Param(format!(
+                "cannot resume: this run's settings differ from the snapshot's (step {}): {}",
+                state.step,
+                diff.join("; ")
+            )));
+        }
+        if state.step > cfg.steps {
+            return Err(CybError::Param(format!(
+                "cannot resume: the snapshot is at step {}, past the run's {} steps",
+                state.step, cfg.steps
+            )));
+        }
+    }
     // The loss reads d_k with the model's DK bias, as decoding and the metrics do.
     let objective = cfg
         .objective
@@ -241,23 +265,6 @@ pub fn train_with(
         },
     };
     let data_rng = split(&mut rng);
-    let fingerprint = run_fingerprint(cfg, data, device);
-    if let Some(state) = &control.resume {
-        let diff = crate::train_state::differences(&state.fingerprint, &fingerprint);
-        if !diff.is_empty() {
-            return Err(CybError::Param(format!(
-                "cannot resume: this run's settings differ from the snapshot's (step {}): {}",
-                state.step,
-                diff.join("; ")
-            )));
-        }
-        if state.step > cfg.steps {
-            return Err(CybError::Param(format!(
-                "cannot resume: the snapshot is at step {}, past the run's {} steps",
-                state.step, cfg.steps
-            )));
-        }
-    }
     let run = RunLoop {
         cfg,
         data,

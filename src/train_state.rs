@@ -261,7 +261,7 @@ pub fn load_snapshot(path: &Path) -> Result<(Model<f32>, TrainState)> {
         ));
     }
     let tensors = model.params.tensors();
-    let mut moments = |which: &str| -> Result<Vec<Vec<f32>>> {
+    let moments = |which: &str| -> Result<Vec<Vec<f32>>> {
         if meta.adamw_step == 0 {
             return Ok(Vec::new());
         }
