@@ -202,8 +202,8 @@ impl AtomicWriter {
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take();
         let done = (|| {
-            let file = file
-                .ok_or_else(|| std::io::Error::other("the writer was already committed"))?;
+            let file =
+                file.ok_or_else(|| std::io::Error::other("the writer was already committed"))?;
             let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             std::fs::rename(&self.tmp, &self.path)

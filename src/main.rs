@@ -13,7 +13,9 @@ use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
-use cyb::train::{curve_csv, evaluate, train_with, EvalConfig, RunControl, TrainConfig, TrainDevice};
+use cyb::train::{
+    curve_csv, evaluate, train_with, EvalConfig, RunControl, TrainConfig, TrainDevice,
+};
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -537,7 +539,9 @@ fn run_train(a: TrainArgs) -> Result<()> {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
     if a.keep == 0 {
-        return Err(CybError::Param("--keep 0: keep at least one snapshot".into()));
+        return Err(CybError::Param(
+            "--keep 0: keep at least one snapshot".into(),
+        ));
     }
     let (init, resume) = match (&a.load, &a.resume) {
         (Some(p), _) => (Some(checkpoint::load(p)?), None),
@@ -687,8 +691,7 @@ fn resume_command(snapshot: &std::path::Path) -> String {
     args.push(snapshot.display().to_string());
     let quote = |a: &String| {
         if !a.is_empty()
-            && a
-                .chars()
+            && a.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-".contains(c))
         {
             a.clone()
@@ -857,7 +860,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         Some(n) => {
             let spec = a.data.data.as_deref().unwrap_or_default();
             let shards = cyb::shard_data::ShardData::open(spec, a.data.vocab, seq)?;
-            (stream_eval(&model, &shards, &cfg, n)?, format!(", {n} validation tokens in order"))
+            (
+                stream_eval(&model, &shards, &cfg, n)?,
+                format!(", {n} validation tokens in order"),
+            )
         }
     };
     let desc = RunDescription {
@@ -890,16 +896,11 @@ fn stream_eval(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let batches = shards
-        .validation_stream(cfg.batch, cfg.seq, tokens)
-        .map(Ok);
-    let (outcomes, _) = cyb::train::batches_detail(
-        model,
-        cfg.pauses,
-        cfg.threshold,
-        batches,
-        &mut |n| bar.inc(n as u64),
-    )?;
+    let batches = shards.validation_stream(cfg.batch, cfg.seq, tokens).map(Ok);
+    let (outcomes, _) =
+        cyb::train::batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |n| {
+            bar.inc(n as u64)
+        })?;
     bar.finish();
     if outcomes.is_empty() {
         return Err(CybError::Data(format!(

@@ -461,7 +461,9 @@ mod tests {
         assert_eq!(TokenWidth::for_vocab(50257, None).unwrap(), TokenWidth::U16);
         assert_eq!(TokenWidth::for_vocab(65535, None).unwrap(), TokenWidth::U16);
         assert_eq!(TokenWidth::for_vocab(65536, None).unwrap(), TokenWidth::U32);
-        let e = TokenWidth::for_vocab(100_000, Some(1)).unwrap_err().to_string();
+        let e = TokenWidth::for_vocab(100_000, Some(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("65535") && e.contains("100000"), "{e}");
         assert!(TokenWidth::for_vocab(10, Some(3)).is_err());
     }

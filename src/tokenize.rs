@@ -124,9 +124,11 @@ impl Sink {
     fn push(&mut self, mut tokens: &[u32]) -> Result<()> {
         while !tokens.is_empty() {
             let val = self.val_left > 0;
-            if self.current.as_ref().is_some_and(|(v, w)| {
-                *v != val || w.count() >= self.shard_tokens
-            }) {
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|(v, w)| *v != val || w.count() >= self.shard_tokens)
+            {
                 self.close()?;
             }
             let w = match &mut self.current {
@@ -218,7 +220,9 @@ fn for_each_window(
 /// Tokenizes `cfg.inputs` into shards in `cfg.out` (see the module docs).
 pub fn tokenize(cfg: &TokenizeConfig, show_progress: bool) -> Result<TokenizeSummary> {
     if cfg.inputs.is_empty() {
-        return Err(CybError::Param("tokenize: give at least one input file".into()));
+        return Err(CybError::Param(
+            "tokenize: give at least one input file".into(),
+        ));
     }
     if cfg.shard_tokens == 0 || cfg.shard_tokens > i32::MAX as usize {
         return Err(CybError::Param(format!(
@@ -244,7 +248,10 @@ pub fn tokenize(cfg: &TokenizeConfig, show_progress: bool) -> Result<TokenizeSum
     for p in &cfg.inputs {
         let m = std::fs::metadata(p).map_err(|e| CybError::io(p, e))?;
         if !m.is_file() {
-            return Err(CybError::Data(format!("{} is not a regular file", p.display())));
+            return Err(CybError::Data(format!(
+                "{} is not a regular file",
+                p.display()
+            )));
         }
         total_bytes += m.len();
     }

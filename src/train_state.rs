@@ -73,7 +73,11 @@ pub fn differences(saved: &Fingerprint, now: &Fingerprint) -> Vec<String> {
         .filter(|k| saved.get(*k) != now.get(*k))
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("(absent)".to_string(), |v| v.clone());
-            format!("{k}: snapshot {}, now {}", show(saved.get(k)), show(now.get(k)))
+            format!(
+                "{k}: snapshot {}, now {}",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
         })
         .collect()
 }
@@ -252,8 +256,8 @@ pub fn load_snapshot(path: &Path) -> Result<(Model<f32>, TrainState)> {
         .as_ref()
         .and_then(|m| m.get(META_KEY))
         .ok_or_else(|| state_err(&spath, format!("no `{META_KEY}` metadata")))?;
-    let meta: StateMeta = serde_json::from_str(json)
-        .map_err(|e| state_err(&spath, format!("`{META_KEY}`: {e}")))?;
+    let meta: StateMeta =
+        serde_json::from_str(json).map_err(|e| state_err(&spath, format!("`{META_KEY}`: {e}")))?;
     if meta.format != FORMAT {
         return Err(state_err(
             &spath,

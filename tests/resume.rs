@@ -65,7 +65,10 @@ fn byte_shards(dir: &Path) -> PathBuf {
 fn resumed_run_is_bitwise_equal(cfg: &TrainConfig, data: &dyn DataSource, name: &str) {
     let n = cfg.steps / 2;
     let dir = tmpdir(name);
-    let (a_base, b_base) = (dir.join("a/model.safetensors"), dir.join("b/model.safetensors"));
+    let (a_base, b_base) = (
+        dir.join("a/model.safetensors"),
+        dir.join("b/model.safetensors"),
+    );
     std::fs::create_dir_all(a_base.parent().unwrap()).unwrap();
     std::fs::create_dir_all(b_base.parent().unwrap()).unwrap();
     let a = run(cfg, data, None, control(&a_base, n, 10));
@@ -153,7 +156,11 @@ fn resuming_other_settings_is_refused_and_old_snapshots_go() {
     let mut data_cfg = cfg.clone();
     data_cfg.seed = 3;
     for (changed, data, needle) in [
-        (&shape, &ModSum::default(), "model shape: snapshot vocab 10 d_model 16"),
+        (
+            &shape,
+            &ModSum::default(),
+            "model shape: snapshot vocab 10 d_model 16",
+        ),
         (&batch, &ModSum::default(), "batch: snapshot 4, now 8"),
         (&objective, &ModSum::default(), "objective: snapshot ap("),
         (&data_cfg, &other_data, "seed: snapshot 9, now 3"),
@@ -173,7 +180,10 @@ fn resuming_other_settings_is_refused_and_old_snapshots_go() {
         .err()
         .expect("refused")
         .to_string();
-        assert!(e.contains("cannot resume") && e.contains(needle), "{needle}: {e}");
+        assert!(
+            e.contains("cannot resume") && e.contains(needle),
+            "{needle}: {e}"
+        );
     }
     // Other data (same vocabulary, other description) is refused too.
     let dir2 = tmpdir("refuse-data");
