@@ -356,7 +356,7 @@ fn a_second_sigint_exits_at_once() {
     let dir = tmpdir("sigint2");
     let shards = shards_for_training(&dir);
     let save = dir.join("model.safetensors");
-    // Steps of ~0.1 s or more, so both signals land inside one step.
+    // Steps of ~1 s (0.5 s on an idle machine), so both signals land inside one step.
     let big = [
         "--batch",
         "16",
@@ -373,6 +373,8 @@ fn a_second_sigint_exits_at_once() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     wait_for_line(&mut lines, "step 1/");
     signal(&child, "-INT");
+    // Two signals sent at once may merge into one pending signal: let the first land.
+    std::thread::sleep(Duration::from_millis(200));
     signal(&child, "-INT");
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert_eq!(child.wait().unwrap().code(), Some(130));
