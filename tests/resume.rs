@@ -119,7 +119,7 @@ fn resuming_other_settings_is_refused_and_old_snapshots_go() {
     // A model file without its state beside it is no snapshot.
     let lone = dir.join("lone.safetensors");
     std::fs::copy(&snap, &lone).unwrap();
-    let e = load_snapshot(&lone).err().expect("no state").to_string();
+    let e = load_snapshot(&lone).expect_err("no state").to_string();
     assert!(e.contains("train-state"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&dir2).unwrap();
