@@ -588,7 +588,8 @@ impl RunLoop<'_> {
                 let snap = self.snapshot(&mut stepper, step + 1, &data_rng, &history, &curve)?;
                 // Saving is not training: its time stays out of tokens/s.
                 eval_time += t0.elapsed().as_secs_f64();
-                if stop {
+                // A stop at the last step is a finished run.
+                if stop && !last {
                     stopped = Some(Stopped {
                         step: step + 1,
                         snapshot: snap,

@@ -203,6 +203,14 @@ fn version_1_refuses_a_vocabulary_above_65535() {
     assert_eq!(bytes[4], 2, "version 2 (u32 tokens)");
     assert_eq!(bytes.len(), HEADER_BYTES + 4 * 4);
     assert_eq!(read_tokens(&dir.join("b"), 70_002), vec![0, 2, 70_001, 7]);
+    // A folder with shards already is refused (they would mix with the new ones).
+    let o = Command::new(CYB)
+        .args(["tokenize", s(&input), "--tokenizer", s(&tok), "--out"])
+        .arg(dir.join("b"))
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("already holds token shards"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
