@@ -210,7 +210,10 @@ fn version_1_refuses_a_vocabulary_above_65535() {
         .output()
         .unwrap();
     let e = stderr(&o);
-    assert!(!o.status.success() && e.contains("already holds token shards"), "{e}");
+    assert!(
+        !o.status.success() && e.contains("already holds token shards"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -446,6 +449,51 @@ fn sigkill_during_saves_leaves_a_resumable_snapshot() {
     assert!(
         resumed_from.windows(2).all(|w| w[0] < w[1]),
         "{resumed_from:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `eval --data --tokens N` reads N validation tokens in order and reports; shards
+/// without `shards.json` need `--vocab`; a broken shard is named with its byte offset.
+#[test]
+fn eval_streams_validation_tokens_and_shards_are_checked() {
+    let dir = tmpdir("eval");
+    let shards = shards_for_training(&dir);
+    let save = dir.join("model.safetensors");
+    let o = Command::new(CYB)
+        .args(["train", "--data", s(&shards), "--save", s(&save)])
+        .args(["--steps", "3", "--eval-batches", "1"])
+        .args(SMALL)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval = |extra: &[&str]| {
+        Command::new(CYB)
+            .args(["eval", "--load", s(&save), "--data", s(&shards)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = eval(&["--tokens", "4000", "--batch", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("4000 validation tokens in order"), "{out}");
+    assert!(out.contains("marginal NLL"), "{out}");
+    // Without shards.json the vocabulary must be given.
+    std::fs::remove_file(shards.join("shards.json")).unwrap();
+    let o = eval(&[]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("--vocab"), "{e}");
+    assert!(eval(&["--vocab", "256"]).status.success());
+    // A truncated shard: its name and the offset of the count that does not match.
+    let val = shards.join("val_000000.bin");
+    let bytes = std::fs::read(&val).unwrap();
+    std::fs::write(&val, &bytes[..bytes.len() - 3]).unwrap();
+    let o = eval(&["--vocab", "256"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("val_000000.bin") && e.contains("byte offset 8"),
+        "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
