@@ -43,7 +43,10 @@ fn trials() -> Vec<Trial> {
                 };
                 // The modsum run of tests/resume.rs, every objective term exercised
                 // (CYB-AP, K = 2).
-                let cfg = common::tiny_train(cyb::Objective::ap_default(), 2, 8);
+                let mut cfg = common::tiny_train(cyb::Objective::ap_default(), 2, 8);
+                // The attention kernels take heads of 64 or 128 channels.
+                cfg.model.d_model = 64;
+                cfg.model.n_head = 1;
                 common::resume::resumed_run_is_bitwise_equal(
                     &cfg,
                     &cyb::data::ModSum::default(),
