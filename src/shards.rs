@@ -84,7 +84,8 @@ impl TokenWidth {
 /// ```
 /// use cyb::shards::{header, TokenWidth};
 /// let h = header(TokenWidth::U16, 3).unwrap();
-/// assert_eq!(&h[..12], &[0x38, 0x2c, 0x35, 0x01, 1, 0, 0, 0, 3, 0, 0, 0]);
+/// // 20240520 = 0x0134D888, little-endian; version 1; 3 tokens.
+/// assert_eq!(&h[..12], &[0x88, 0xD8, 0x34, 0x01, 1, 0, 0, 0, 3, 0, 0, 0]);
 /// assert!(h[12..].iter().all(|&b| b == 0));
 /// ```
 pub fn header(width: TokenWidth, count: usize) -> Result<[u8; HEADER_BYTES]> {
@@ -433,8 +434,8 @@ mod tests {
             w.write(&tokens[1..]).unwrap();
             assert_eq!(w.finish().unwrap(), tokens.len());
             let mut want = vec![0u8; 1024];
-            // 20240520 = 0x01352C38, little-endian.
-            want[..4].copy_from_slice(&[0x38, 0x2C, 0x35, 0x01]);
+            // 20240520 = 0x0134D888, little-endian.
+            want[..4].copy_from_slice(&[0x88, 0xD8, 0x34, 0x01]);
             want[4] = width.version() as u8;
             want[8] = tokens.len() as u8;
             for &t in &tokens {
