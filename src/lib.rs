@@ -6,10 +6,10 @@
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
 pub mod atomic_file;
-pub mod bpe;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod checkpoint;
+pub mod checkpoint_tokenizer;
 pub mod config;
 pub mod cpu;
 pub mod data;
@@ -25,6 +25,7 @@ pub mod objective;
 pub mod plot;
 pub mod report;
 pub mod rng;
+pub mod tokenizer;
 pub mod train;
 
 pub use config::ModelConfig;

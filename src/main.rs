@@ -2,9 +2,9 @@
 //! model is issue #4).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cyb::checkpoint;
+use cyb::checkpoint_tokenizer;
 use cyb::config::{ModelConfig, Precision};
-use cyb::data::{task_by_name, ByteText, DataSource};
+use cyb::data::{task_by_name, ByteText, DataSource, TokenText};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
@@ -13,10 +13,11 @@ use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
+use cyb::tokenizer::{same_tokenizer, TextTokenizer};
 use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -54,10 +55,15 @@ struct GenerateArgs {
     /// The saved model.
     #[arg(long)]
     load: PathBuf,
-    /// The prompt: text for byte-level models (V = 256), else space-separated token
-    /// names of --task (e.g. "[L3] 1 2 4 =").
+    /// The prompt: text for text models (bytes, or the model's tokenizer), else
+    /// space-separated token names of --task (e.g. "[L3] 1 2 4 =").
     #[arg(long)]
     prompt: String,
+    /// Hugging Face tokenizer.json for the prompt and the output, for a model saved
+    /// without one (a model saved with a tokenizer uses its own; giving a different one
+    /// is an error).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Built-in task whose token names the prompt uses (models with V != 256).
     #[arg(long, default_value = "modsum")]
     task: String,
@@ -130,17 +136,134 @@ struct DataArgs {
     /// Built-in synthetic task (ignored when --text is given).
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// Train on a UTF-8 text file, byte-level (V = 256).
+    /// A UTF-8 text file: byte-level (V = 256) unless a tokenizer is given (--tokenizer,
+    /// --bpe) or the loaded model was saved with one.
     #[arg(long)]
     text: Option<PathBuf>,
+    /// With --text: encode it with this Hugging Face tokenizer.json (e.g. GPT-2's). Not
+    /// needed for a model saved with a tokenizer (it uses its own; a different one is an
+    /// error).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+/// Which tokenizer encodes `--text`.
+enum TokenizerChoice {
+    /// Bytes, a given tokenizer.json, or the loaded model's own.
+    Fixed(TextTokenizer),
+    /// `--bpe N`: a byte-level BPE trained on the text's first 90%.
+    TrainBpe(usize),
 }
 
 impl DataArgs {
-    fn source(&self, seq: usize) -> Result<Box<dyn DataSource>> {
-        match &self.text {
-            Some(path) => Ok(Box::new(ByteText::from_file(path, seq)?)),
-            None => task_by_name(&self.task),
+    /// The tokenizer for `--text`, from the flags (`bpe`: `--bpe` where the command has
+    /// it) and the loaded model's saved tokenizer (`saved`, of the checkpoint `load`).
+    /// Contradictions are errors: a tokenizer flag without text, both flags, `--bpe`
+    /// for a model that has its tokenizer, `--tokenizer` different from the model's.
+    fn tokenizer(
+        &self,
+        bpe: Option<usize>,
+        saved: Option<TextTokenizer>,
+        load: Option<&Path>,
+    ) -> Result<TokenizerChoice> {
+        if self.text.is_none() {
+            for (given, flag) in [
+                (self.tokenizer.is_some(), "--tokenizer"),
+                (bpe.is_some(), "--bpe"),
+            ] {
+                if given {
+                    return Err(CybError::Param(format!("{flag} needs --text FILE")));
+                }
+            }
         }
+        if self.tokenizer.is_some() && bpe.is_some() {
+            return Err(CybError::Param(
+                "--tokenizer and --bpe: give one tokenizer (a file, or one trained on the text)"
+                    .into(),
+            ));
+        }
+        let given = match &self.tokenizer {
+            Some(p) => Some(TextTokenizer::from_file(p)?),
+            None => None,
+        };
+        let load = load.map_or(String::new(), |p| p.display().to_string());
+        match (saved, given, bpe) {
+            (Some(_), _, Some(n)) => Err(CybError::Param(format!(
+                "--bpe {n}: the model {load} was saved with its tokenizer, which it keeps \
+                 (leave --bpe out)"
+            ))),
+            (Some(saved), Some(given), None) => {
+                if same_tokenizer(&saved, &given)? {
+                    Ok(TokenizerChoice::Fixed(saved))
+                } else {
+                    Err(CybError::Param(format!(
+                        "--tokenizer {} differs from the tokenizer saved with the model {load} \
+                         (leave --tokenizer out to use the model's)",
+                        self.tokenizer.as_deref().unwrap_or(Path::new("")).display()
+                    )))
+                }
+            }
+            (Some(saved), None, None) => Ok(TokenizerChoice::Fixed(saved)),
+            (None, Some(given), _) => Ok(TokenizerChoice::Fixed(given)),
+            (None, None, Some(n)) => Ok(TokenizerChoice::TrainBpe(n)),
+            (None, None, None) => Ok(TokenizerChoice::Fixed(TextTokenizer::Bytes)),
+        }
+    }
+
+    /// The data (`--text` encoded by `choice`, or `--task`) and the tokenizer to save
+    /// with a model trained on it (bytes for tasks and byte-level text: no file).
+    fn source(
+        &self,
+        seq: usize,
+        choice: TokenizerChoice,
+    ) -> Result<(Box<dyn DataSource>, TextTokenizer)> {
+        let Some(path) = &self.text else {
+            return Ok((task_by_name(&self.task)?, TextTokenizer::Bytes));
+        };
+        let text = match choice {
+            TokenizerChoice::Fixed(TextTokenizer::Bytes) => {
+                return Ok((
+                    Box::new(ByteText::from_file(path, seq)?),
+                    TextTokenizer::Bytes,
+                ))
+            }
+            TokenizerChoice::Fixed(tok) => TokenText::from_file_with(path, tok, seq)?,
+            TokenizerChoice::TrainBpe(n) => {
+                eprintln!("training a {n}-token byte-level BPE on {}", path.display());
+                TokenText::from_file(path, n, seq)?
+            }
+        };
+        let tok = text.tokenizer().clone();
+        Ok((Box::new(text), tok))
+    }
+}
+
+/// The data's vocabulary fits a model of `model_vocab` tokens: equal, or (a Hugging
+/// Face tokenizer) smaller, since a model may have unused ids; never larger.
+fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: usize) -> Result<()> {
+    let v = data.vocab();
+    if v > model_vocab {
+        return Err(CybError::Data(format!(
+            "the data ({}) has vocabulary {v}, more than the model's {model_vocab}",
+            data.describe()
+        )));
+    }
+    if v < model_vocab && tokenizer.is_bytes() {
+        return Err(CybError::Data(format!(
+            "the data has vocabulary {v} but the model was trained with {model_vocab} (a model \
+             saved without its tokenizer needs --tokenizer)"
+        )));
+    }
+    Ok(())
+}
+
+/// `--bpe N` in the range it supports.
+fn check_bpe(bpe: Option<usize>) -> Result<()> {
+    match bpe {
+        Some(n) if !(256..=65536).contains(&n) => Err(CybError::Param(format!(
+            "--bpe {n}: a byte-level BPE vocabulary of 256..=65536 tokens"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -214,9 +337,15 @@ struct TrainArgs {
     /// Save the trained model (safetensors, SPEC section 7).
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start from a saved model (its shape overrides --layers/--d-model/...).
+    /// Start from a saved model (its shape overrides --layers/--d-model/...; its saved
+    /// tokenizer, if any, encodes --text).
     #[arg(long)]
     load: Option<PathBuf>,
+    /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
+    /// GPT-2's byte-level setup) on the file's first 90% instead of bytes; --save writes
+    /// it beside the checkpoint as NAME.tokenizer.json.
+    #[arg(long)]
+    bpe: Option<usize>,
     /// Write report.md and curve.csv into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -315,8 +444,8 @@ struct ExperimentArgs {
     /// CYB-AP on r times the data for every r > 1.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
     regimes: Vec<usize>,
-    /// With --text: train an N-token byte-level BPE vocabulary on the file (nothing
-    /// downloaded) instead of bytes.
+    /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer)
+    /// on the file's first 90% instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
 }
@@ -479,13 +608,19 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
-    let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
+    check_bpe(a.bpe)?;
+    let (init, saved) = match &a.load {
+        Some(p) => {
+            let (m, t) = checkpoint_tokenizer::load(p)?;
+            (Some(m), t)
+        }
+        None => (None, None),
     };
-    let data = a.data.source(a.run.ctx)?;
+    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let (data, tokenizer) = a.data.source(a.run.ctx, choice)?;
     let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
     if let Some(m) = &init {
+        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         cfg.model = m.config.clone();
     }
     limits::check_train(&cfg)?;
@@ -505,7 +640,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     );
     let out = train_on(&cfg, data.as_ref(), init, true, device)?;
     if let Some(path) = &a.save {
-        checkpoint::save(path, &out.model)?;
+        checkpoint_tokenizer::save(path, &out.model, &tokenizer)?;
         eprintln!("saved {}", path.display());
     }
     let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
@@ -568,40 +703,29 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     if let Some(&r) = a.regimes.iter().find(|&&r| r == 0 || r > 10) {
         return Err(CybError::Param(format!("--regimes: {r} is not in 1..=10")));
     }
-    if a.bpe.is_some() && a.data.text.is_none() {
-        return Err(CybError::Param("--bpe needs --text FILE".into()));
-    }
-    if let Some(n) = a.bpe {
-        if !(256..=8192).contains(&n) {
-            return Err(CybError::Param(format!(
-                "--bpe {n}: a BPE vocabulary of 256..=8192 tokens"
-            )));
-        }
+    check_bpe(a.bpe)?;
+    if a.data.text.is_none() && (a.bpe.is_some() || a.data.tokenizer.is_some()) {
+        a.data.tokenizer(a.bpe, None, None)?; // the error that says which flag needs --text
     }
     cyb::atomic_file::check_writable_dir(&a.out)?;
-    let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
+    let (init, saved) = match &a.load {
+        Some(p) => {
+            let (m, t) = checkpoint_tokenizer::load(p)?;
+            (Some(m), t)
+        }
+        None => (None, None),
     };
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
         .map_or(a.run.ctx, |m| m.config.t_max.min(a.run.ctx));
-    let data: Box<dyn DataSource> = match (&a.data.text, a.bpe) {
-        (Some(path), Some(n)) => Box::new(cyb::data::TokenText::from_file(path, n, seq)?),
-        _ => a.data.source(seq)?,
-    };
+    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let (data, tokenizer) = a.data.source(seq, choice)?;
     let mut base =
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
     if let Some(m) = &init {
-        if m.config.vocab != data.vocab() {
-            return Err(CybError::Data(format!(
-                "the data has vocabulary {} but the loaded model {}",
-                data.vocab(),
-                m.config.vocab
-            )));
-        }
+        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         let pa = base.model.pause_attention;
         base.model = m.config.clone();
         base.model.pause_attention = pa;
@@ -658,17 +782,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let model = checkpoint::load(&a.load)?;
+    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
-    let data = a.data.source(seq)?;
-    if data.vocab() != model.config.vocab {
-        return Err(CybError::Data(format!(
-            "the data has vocabulary {} but the model was trained with {}",
-            data.vocab(),
-            model.config.vocab
-        )));
-    }
+    let choice = a.data.tokenizer(None, saved, Some(&a.load))?;
+    let (data, tokenizer) = a.data.source(seq, choice)?;
+    check_vocab(data.as_ref(), &tokenizer, model.config.vocab)?;
     let cfg = EvalConfig {
         pauses,
         batches: a.eval_batches,
@@ -696,13 +815,37 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
     limits::threshold(a.threshold)?;
-    let model = checkpoint::load(&a.load)?;
-    let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
-        Box::new(cyb::data::Bytes)
-    } else {
-        task_by_name(&a.task)?
+    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
+    let given = match &a.tokenizer {
+        Some(p) => Some(TextTokenizer::from_file(p)?),
+        None => None,
     };
-    if vocab.vocab() != model.config.vocab {
+    let tokenizer = match (saved, given) {
+        (Some(saved), Some(given)) if !same_tokenizer(&saved, &given)? => {
+            return Err(CybError::Param(format!(
+                "--tokenizer differs from the tokenizer saved with the model {} (leave \
+                 --tokenizer out to use the model's)",
+                a.load.display()
+            )))
+        }
+        (saved, given) => saved.or(given),
+    };
+    if let Some(t) = &tokenizer {
+        if t.vocab() > model.config.vocab {
+            return Err(CybError::Data(format!(
+                "the tokenizer ({}) has more tokens than the model's vocabulary {}",
+                t.describe(),
+                model.config.vocab
+            )));
+        }
+    }
+    let text_model = tokenizer.is_some() || model.config.vocab == 256;
+    let vocab: Box<dyn DataSource> = match &tokenizer {
+        Some(t) => Box::new(TokenText::without_text(t.clone())),
+        None if model.config.vocab == 256 => Box::new(cyb::data::Bytes),
+        None => task_by_name(&a.task)?,
+    };
+    if !text_model && vocab.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
             "the model has vocabulary {} but --task {} has {}",
             model.config.vocab,
@@ -711,6 +854,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         )));
     }
     let prompt = vocab.encode(&a.prompt)?;
+    if prompt.is_empty() {
+        return Err(CybError::Data(format!(
+            "--prompt {:?} encodes to no tokens: give at least one",
+            a.prompt
+        )));
+    }
     let policy = match a.policy {
         PolicyName::Greedy => Policy::Greedy {
             threshold: a.threshold,
@@ -728,11 +877,16 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
     let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
-    let pieces = generated_text::pieces(
-        &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
-        model.config.vocab == 256,
-        |t| vocab.token_text(t),
-    );
+    let emitted: Vec<(usize, usize)> = out.iter().map(|e| (e.token, e.pauses)).collect();
+    let pieces = match &tokenizer {
+        Some(t) => {
+            let ids: Vec<u32> = emitted.iter().map(|&(t, _)| t as u32).collect();
+            generated_text::grouped(&emitted, &t.pieces(&ids)?)
+        }
+        None => {
+            generated_text::pieces(&emitted, model.config.vocab == 256, |t| vocab.token_text(t))
+        }
+    };
     let n_out = out.len().max(1) as f64;
     let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
     let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
@@ -766,7 +920,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let tty = std::io::stdout().is_terminal();
     let mut text = a.prompt.clone();
-    if model.config.vocab != 256 {
+    if !text_model {
         text.push(' ');
     }
     let marks = if tty { Marks::Tty } else { Marks::Plain };
