@@ -297,7 +297,7 @@ fn tokenizer_travels_with_the_checkpoint() {
         sha256_hex(json.as_bytes())
     );
     cyb::checkpoint::save_with_metadata(
-        &dir.join("s.safetensors"),
+        dir.join("s.safetensors"),
         &small,
         &[(METADATA_KEY, entry)],
     )
