@@ -1,4 +1,5 @@
-//! Training data: the built-in synthetic tasks and byte-level text.
+//! Training data: the built-in synthetic tasks and text (bytes, or the tokens of a
+//! [`TextTokenizer`]).
 //!
 //! Every source yields batches of `tokens [B, T]`, `targets [B, T]` (`-1` = ignored)
 //! and a *difficulty class* per target, so reports can show where a model pauses.

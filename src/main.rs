@@ -250,8 +250,8 @@ fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: us
     }
     if v < model_vocab && tokenizer.is_bytes() {
         return Err(CybError::Data(format!(
-            "the data has vocabulary {v} but the model was trained with {model_vocab} (a model \
-             saved without its tokenizer needs --tokenizer)"
+            "the data has vocabulary {v} but the model was trained with {model_vocab} (a text \
+             model needs --text, and one saved without its tokenizer also --tokenizer)"
         )));
     }
     Ok(())

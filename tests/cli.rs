@@ -941,6 +941,19 @@ fn tokenizer_flag_and_its_errors() {
         "3",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The original file names the same tokenizer as the copy saved beside the model.
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&ckpt),
+        "--text",
+        s(&text),
+        "--tokenizer",
+        hf,
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let train = |extra: &[&str]| {
         let mut args = vec!["train", "--text", s(&text)];
