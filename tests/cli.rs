@@ -981,16 +981,10 @@ fn tokenizer_flag_and_its_errors() {
         "--tokenizer needs --text",
     );
     // A tokenizer that only knows `a` and `b` drops every other character.
-    let letters = dir.join("letters.json");
-    std::fs::write(
-        &letters,
-        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
-        "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
-        "model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,
-        "end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"ignore_merges":false,
-        "vocab":{"a":0,"b":1},"merges":[]}}"#,
-    )
-    .unwrap();
+    let letters = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/tokenizer/letters_ab.json"
+    );
     let xyz = dir.join("xyz.txt");
     std::fs::write(&xyz, "xyz ".repeat(100)).unwrap();
     fails_with(
@@ -999,7 +993,7 @@ fn tokenizer_flag_and_its_errors() {
             "--text",
             s(&xyz),
             "--tokenizer",
-            s(&letters),
+            letters,
             "--steps",
             "1",
         ]),

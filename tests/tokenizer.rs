@@ -186,12 +186,12 @@ fn bad_tokenizer_input_is_a_clear_error() {
 
     // A tokenizer without byte fallback or unknown token drops characters it does not
     // know: text made only of those encodes to nothing.
-    let letters = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
-        "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
-        "model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,
-        "end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"ignore_merges":false,
-        "vocab":{"a":0,"b":1},"merges":[]}}"#;
-    let tok = TextTokenizer::from_json_bytes(letters.as_bytes()).unwrap();
+    let letters = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/tokenizer/letters_ab.json"
+    ))
+    .unwrap();
+    let tok = TextTokenizer::from_json_bytes(&letters).unwrap();
     assert_eq!(tok.vocab(), 2);
     let e = TokenText::with_tokenizer("xyz.txt".into(), &"xyz ".repeat(50), tok, 4)
         .unwrap_err()
