@@ -155,6 +155,29 @@ enum TokenizerChoice {
     TrainBpe(usize),
 }
 
+/// The loaded model's saved tokenizer, or else the `--tokenizer` file `given`; both
+/// given and different is an error (a model reads text as it was trained).
+fn saved_or_given(
+    saved: Option<TextTokenizer>,
+    given: Option<&Path>,
+    load: Option<&Path>,
+) -> Result<Option<TextTokenizer>> {
+    let Some(path) = given else {
+        return Ok(saved);
+    };
+    let given = TextTokenizer::from_file(path)?;
+    match saved {
+        Some(saved) if !same_tokenizer(&saved, &given)? => Err(CybError::Param(format!(
+            "--tokenizer {} differs from the tokenizer saved with the model {} (leave \
+             --tokenizer out to use the model's)",
+            path.display(),
+            load.unwrap_or(Path::new("")).display()
+        ))),
+        Some(saved) => Ok(Some(saved)),
+        None => Ok(Some(given)),
+    }
+}
+
 impl DataArgs {
     /// The tokenizer for `--text`, from the flags (`bpe`: `--bpe` where the command has
     /// it) and the loaded model's saved tokenizer (`saved`, of the checkpoint `load`).
@@ -182,31 +205,17 @@ impl DataArgs {
                     .into(),
             ));
         }
-        let given = match &self.tokenizer {
-            Some(p) => Some(TextTokenizer::from_file(p)?),
-            None => None,
-        };
-        let load = load.map_or(String::new(), |p| p.display().to_string());
-        match (saved, given, bpe) {
-            (Some(_), _, Some(n)) => Err(CybError::Param(format!(
-                "--bpe {n}: the model {load} was saved with its tokenizer, which it keeps \
-                 (leave --bpe out)"
-            ))),
-            (Some(saved), Some(given), None) => {
-                if same_tokenizer(&saved, &given)? {
-                    Ok(TokenizerChoice::Fixed(saved))
-                } else {
-                    Err(CybError::Param(format!(
-                        "--tokenizer {} differs from the tokenizer saved with the model {load} \
-                         (leave --tokenizer out to use the model's)",
-                        self.tokenizer.as_deref().unwrap_or(Path::new("")).display()
-                    )))
-                }
-            }
-            (Some(saved), None, None) => Ok(TokenizerChoice::Fixed(saved)),
-            (None, Some(given), _) => Ok(TokenizerChoice::Fixed(given)),
-            (None, None, Some(n)) => Ok(TokenizerChoice::TrainBpe(n)),
-            (None, None, None) => Ok(TokenizerChoice::Fixed(TextTokenizer::Bytes)),
+        if let (Some(_), Some(n)) = (&saved, bpe) {
+            return Err(CybError::Param(format!(
+                "--bpe {n}: the model {} was saved with its tokenizer, which it keeps \
+                 (leave --bpe out)",
+                load.unwrap_or(Path::new("")).display()
+            )));
+        }
+        match (saved_or_given(saved, self.tokenizer.as_deref(), load)?, bpe) {
+            (Some(t), _) => Ok(TokenizerChoice::Fixed(t)),
+            (None, Some(n)) => Ok(TokenizerChoice::TrainBpe(n)),
+            (None, None) => Ok(TokenizerChoice::Fixed(TextTokenizer::Bytes)),
         }
     }
 
@@ -816,20 +825,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     require_cpu(a.device)?;
     limits::threshold(a.threshold)?;
     let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
-    let given = match &a.tokenizer {
-        Some(p) => Some(TextTokenizer::from_file(p)?),
-        None => None,
-    };
-    let tokenizer = match (saved, given) {
-        (Some(saved), Some(given)) if !same_tokenizer(&saved, &given)? => {
-            return Err(CybError::Param(format!(
-                "--tokenizer differs from the tokenizer saved with the model {} (leave \
-                 --tokenizer out to use the model's)",
-                a.load.display()
-            )))
-        }
-        (saved, given) => saved.or(given),
-    };
+    let tokenizer = saved_or_given(saved, a.tokenizer.as_deref(), Some(&a.load))?;
     if let Some(t) = &tokenizer {
         if t.vocab() > model.config.vocab {
             return Err(CybError::Data(format!(
