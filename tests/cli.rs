@@ -6,6 +6,8 @@ use cyb::config::PauseAttention;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 fn cyb(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cyb"))
         .args(args)
@@ -909,11 +911,9 @@ fn bpe_model_carries_its_tokenizer() {
 fn tokenizer_flag_and_its_errors() {
     let dir = tmpdir("tokflag");
     let text = corpus_file(&dir);
-    let hf = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/hf/tiny-gpt2/tokenizer.json"
-    );
-    let hf_vocab = cyb::tokenizer::TextTokenizer::from_file(Path::new(hf))
+    let hf_path = common::testdata_dir().join("hf/tiny-gpt2/tokenizer.json");
+    let hf = s(&hf_path);
+    let hf_vocab = cyb::tokenizer::TextTokenizer::from_file(&hf_path)
         .unwrap()
         .vocab();
     let ckpt = dir.join("hf.safetensors");
@@ -981,10 +981,8 @@ fn tokenizer_flag_and_its_errors() {
         "--tokenizer needs --text",
     );
     // A tokenizer that only knows `a` and `b` drops every other character.
-    let letters = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/tokenizer/letters_ab.json"
-    );
+    let letters_path = common::testdata_dir().join("tokenizer/letters_ab.json");
+    let letters = s(&letters_path);
     let xyz = dir.join("xyz.txt");
     std::fs::write(&xyz, "xyz ".repeat(100)).unwrap();
     fails_with(

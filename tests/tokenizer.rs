@@ -8,9 +8,14 @@ use cyb::cpu::model::Model;
 use cyb::data::{DataSource, TokenText};
 use cyb::tokenizer::TextTokenizer;
 use cyb::CybError;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/hf/tiny-gpt2");
+mod common;
+
+/// Hugging Face's tiny GPT-2 folder (`$CYB_TESTDATA` or the repository's `testdata/`).
+fn fixture() -> PathBuf {
+    common::testdata_dir().join("hf/tiny-gpt2")
+}
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cyb-tok-{name}-{}", std::process::id()));
@@ -49,7 +54,7 @@ struct StoredCase {
 
 /// `tokenizer_ids.json`: `{"cases": [{"text", "ids", "tokens", "decoded"}, ...]}`.
 fn stored_cases() -> Vec<StoredCase> {
-    let path = Path::new(FIXTURE).join("tokenizer_ids.json");
+    let path = fixture().join("tokenizer_ids.json");
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("JSON");
     let str_of = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
@@ -72,7 +77,7 @@ fn stored_cases() -> Vec<StoredCase> {
 
 #[test]
 fn hugging_face_ids_for_every_stored_string() {
-    let tok = TextTokenizer::from_file(&Path::new(FIXTURE).join("tokenizer.json")).unwrap();
+    let tok = TextTokenizer::from_file(&fixture().join("tokenizer.json")).unwrap();
     let cases = stored_cases();
     assert!(cases.len() >= 6, "{} stored strings", cases.len());
     assert!(cases.iter().any(|c| c.text.is_empty()), "the empty string");
@@ -186,11 +191,7 @@ fn bad_tokenizer_input_is_a_clear_error() {
 
     // A tokenizer without byte fallback or unknown token drops characters it does not
     // know: text made only of those encodes to nothing.
-    let letters = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/tokenizer/letters_ab.json"
-    ))
-    .unwrap();
+    let letters = std::fs::read(common::testdata_dir().join("tokenizer/letters_ab.json")).unwrap();
     let tok = TextTokenizer::from_json_bytes(&letters).unwrap();
     assert_eq!(tok.vocab(), 2);
     let e = TokenText::with_tokenizer("xyz.txt".into(), &"xyz ".repeat(50), tok, 4)
