@@ -238,8 +238,15 @@ impl DataArgs {
             }
             TokenizerChoice::Fixed(tok) => TokenText::from_file_with(path, tok, seq)?,
             TokenizerChoice::TrainBpe(n) => {
-                eprintln!("training a {n}-token byte-level BPE on {}", path.display());
-                TokenText::from_file(path, n, seq)?
+                let what = format!("training a {n}-token byte-level BPE on {}", path.display());
+                eprintln!("{what}");
+                // The trainer reports no progress of its own (no `progressbar` feature):
+                // a spinner shows that it runs (hidden when stderr is not a terminal).
+                let spinner = indicatif::ProgressBar::new_spinner().with_message(what);
+                spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                let text = TokenText::from_file(path, n, seq);
+                spinner.finish_and_clear();
+                text?
             }
         };
         let tok = text.tokenizer().clone();
