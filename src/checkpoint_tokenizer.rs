@@ -82,9 +82,21 @@ fn folder_of(checkpoint: &Path) -> PathBuf {
 /// checkpoint never names a file that is not there. Bytes need no file: a plain
 /// [`checkpoint::save`].
 pub fn save(checkpoint: &Path, model: &Model<f32>, tokenizer: &TextTokenizer) -> Result<()> {
-    let Some(json) = tokenizer.to_json()? else {
-        return checkpoint::save(checkpoint, model);
-    };
+    match tokenizer.to_json()? {
+        None => checkpoint::save(checkpoint, model),
+        Some(json) => save_with_tokenizer_file(checkpoint, model, json.as_bytes()),
+    }
+}
+
+/// [`save`] with the tokenizer given as the bytes of its `tokenizer.json`, written
+/// verbatim (e.g. a Hugging Face model's own file, so that its hash is the original's).
+/// The bytes must parse as a tokenizer whose vocabulary fits the model's.
+pub fn save_with_tokenizer_file(
+    checkpoint: &Path,
+    model: &Model<f32>,
+    tokenizer_json: &[u8],
+) -> Result<()> {
+    let tokenizer = TextTokenizer::from_json_bytes(tokenizer_json)?;
     if tokenizer.vocab() > model.config.vocab {
         return Err(CybError::Param(format!(
             "a tokenizer of {} tokens cannot go with a model of vocabulary {}",
@@ -93,10 +105,10 @@ pub fn save(checkpoint: &Path, model: &Model<f32>, tokenizer: &TextTokenizer) ->
         )));
     }
     let file = tokenizer_file_name(checkpoint)?;
-    crate::atomic_file::write_atomic(&folder_of(checkpoint).join(&file), json.as_bytes())?;
+    crate::atomic_file::write_atomic(&folder_of(checkpoint).join(&file), tokenizer_json)?;
     let entry = TokenizerRef {
         file,
-        sha256: sha256_hex(json.as_bytes()),
+        sha256: sha256_hex(tokenizer_json),
     };
     let value = serde_json::to_string(&entry)
         .map_err(|e| CybError::Param(format!("cannot write the tokenizer entry: {e}")))?;

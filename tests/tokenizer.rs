@@ -248,6 +248,29 @@ fn tokenizer_travels_with_the_checkpoint() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 
+    // Hugging Face's own file is written verbatim: its hash is the original's.
+    let hf_bytes = std::fs::read(fixture().join("tokenizer.json")).unwrap();
+    let hf_vocab = TextTokenizer::from_json_bytes(&hf_bytes).unwrap().vocab();
+    let hf_ckpt = dir.join("hf.safetensors");
+    checkpoint_tokenizer::save_with_tokenizer_file(&hf_ckpt, &tiny_model(hf_vocab), &hf_bytes)
+        .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("hf.tokenizer.json")).unwrap(),
+        hf_bytes
+    );
+    assert_eq!(
+        checkpoint_tokenizer::load(&hf_ckpt)
+            .unwrap()
+            .1
+            .unwrap()
+            .vocab(),
+        hf_vocab
+    );
+    let e = checkpoint_tokenizer::save_with_tokenizer_file(&hf_ckpt, &model, b"{}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a tokenizer.json"), "{e}");
+
     // A byte model has no tokenizer entry and no file.
     let plain = dir.join("bytes.safetensors");
     checkpoint_tokenizer::save(&plain, &tiny_model(256), &TextTokenizer::Bytes).unwrap();
