@@ -125,6 +125,15 @@ mod tests {
     }
 
     #[test]
+    fn groups_carry_the_pauses_of_their_tokens() {
+        // Tokens 7, 8, 9 of which 8 and 9 make one character (a tokenizer's pieces).
+        let toks = [(7, 0), (8, 1), (9, 3)];
+        let p = grouped(&toks, &[("a".into(), 1), ("東".into(), 2)]);
+        assert_eq!(p[1].pauses, vec![1, 3]);
+        assert_eq!(render(&p, Marks::Plain), "a東{1,3}");
+    }
+
+    #[test]
     fn bytes_decode_as_characters() {
         let text = "é€!";
         let mut toks: Vec<(usize, usize)> = text.bytes().map(|b| (b as usize, 0)).collect();
