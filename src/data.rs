@@ -1,4 +1,5 @@
-//! Training data: the built-in synthetic tasks and byte-level text.
+//! Training data: the built-in synthetic tasks and text (bytes, or the tokens of a
+//! [`TextTokenizer`]).
 //!
 //! Every source yields batches of `tokens [B, T]`, `targets [B, T]` (`-1` = ignored)
 //! and a *difficulty class* per target, so reports can show where a model pauses.
@@ -26,6 +27,7 @@
 //! how much is visible in the input: exactly where pauses can pay off.
 
 use crate::error::{CybError, Result};
+use crate::tokenizer::TextTokenizer;
 use rand::{Rng, RngExt};
 use std::path::Path;
 
@@ -396,35 +398,76 @@ impl DataSource for ByteText {
     }
 }
 
-/// Text as BPE tokens ([`crate::bpe::Bpe`] trained on the same file): the first 90% of
-/// the tokens train, the last 10% validate. Classes: the kind of a token's first
-/// visible character (word, number, space, punctuation, other), as for bytes.
+/// Text as the tokens of a [`TextTokenizer`] (a Hugging Face tokenizer.json, or a
+/// byte-level BPE trained on the same file for `--bpe`): the first 90% of the text
+/// trains, the last 10% validates, each encoded on its own. Classes: the kind of a
+/// token's first visible character (word, number, space, punctuation, other), as for
+/// bytes. Without text ([`TokenText::without_text`]) it only names and encodes tokens.
 #[derive(Clone, Debug)]
 pub struct TokenText {
     name: String,
-    bpe: crate::bpe::Bpe,
+    tokenizer: TextTokenizer,
     ids: Vec<u32>,
     split_at: usize,
+    /// The class of every token id (decoding per sampled token would be slow).
+    classes: Vec<u16>,
+}
+
+/// The first 90% of `text`, cut on a char boundary, and the rest.
+fn split_text(text: &str) -> (&str, &str) {
+    let mut cut = text.len() * 9 / 10;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.split_at(cut)
+}
+
+fn read_utf8(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+    String::from_utf8(bytes)
+        .map_err(|e| CybError::Data(format!("{} is not UTF-8 text: {e}", path.display())))
 }
 
 impl TokenText {
-    /// Read a UTF-8 file and train a `vocab`-token BPE vocabulary on its training part.
+    /// Read a UTF-8 file and train a `vocab`-token byte-level BPE on its training part.
     pub fn from_file(path: &Path, vocab: usize, seq: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| CybError::Data(format!("{} is not UTF-8 text: {e}", path.display())))?;
+        let text = read_utf8(path)?;
         Self::from_text(path.display().to_string(), &text, vocab, seq)
     }
 
     /// Text already in memory. The vocabulary is learnt from the first 90% (on a char
     /// boundary) only, so validation text is unseen by the tokenizer too.
     pub fn from_text(name: String, text: &str, vocab: usize, seq: usize) -> Result<Self> {
-        let mut cut = text.len() * 9 / 10;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+        let tokenizer = TextTokenizer::train_bpe(split_text(text).0, vocab)?;
+        Self::with_tokenizer(name, text, tokenizer, seq)
+    }
+
+    /// Read a UTF-8 file and encode it with `tokenizer`.
+    pub fn from_file_with(path: &Path, tokenizer: TextTokenizer, seq: usize) -> Result<Self> {
+        let text = read_utf8(path)?;
+        Self::with_tokenizer(path.display().to_string(), &text, tokenizer, seq)
+    }
+
+    /// `text` encoded with `tokenizer`: an error if either split encodes to nothing or to
+    /// fewer than `seq + 1` tokens.
+    pub fn with_tokenizer(
+        name: String,
+        text: &str,
+        tokenizer: TextTokenizer,
+        seq: usize,
+    ) -> Result<Self> {
+        let (train_text, valid_text) = split_text(text);
+        let (train, valid) = (tokenizer.encode(train_text)?, tokenizer.encode(valid_text)?);
+        if train.is_empty() || valid.is_empty() {
+            return Err(CybError::Data(format!(
+                "{name}: the text encodes to nothing with the tokenizer ({}; {} + {} tokens \
+                 from {} bytes): empty text, or characters the tokenizer drops",
+                tokenizer.describe(),
+                train.len(),
+                valid.len(),
+                text.len()
+            )));
         }
-        let bpe = crate::bpe::Bpe::train(&text[..cut], vocab)?;
-        let (train, valid) = (bpe.encode(&text[..cut]), bpe.encode(&text[cut..]));
         if train.len().min(valid.len()) < seq + 1 {
             return Err(CybError::Data(format!(
                 "{name}: {} + {} tokens are too few for context {seq}",
@@ -435,59 +478,86 @@ impl TokenText {
         let split_at = train.len();
         let mut ids = train;
         ids.extend(valid);
-        Ok(TokenText {
-            name,
-            bpe,
-            ids,
-            split_at,
-        })
+        Ok(Self::build(name, tokenizer, ids, split_at))
     }
 
-    fn class_of(&self, id: u32) -> u16 {
-        let b = &self.bpe.tokens[id as usize];
-        let first = b.iter().find(|c| !c.is_ascii_whitespace()).copied();
-        match first {
-            Some(c) => byte_class(c),
-            None => 2,
+    /// A vocabulary with no text: what `cyb generate` needs to encode a prompt and show
+    /// tokens (samples have every target ignored).
+    pub fn without_text(tokenizer: TextTokenizer) -> Self {
+        Self::build("(no text)".into(), tokenizer, Vec::new(), 0)
+    }
+
+    fn build(name: String, tokenizer: TextTokenizer, ids: Vec<u32>, split_at: usize) -> Self {
+        let classes = (0..tokenizer.vocab() as u32)
+            .map(|id| {
+                let text = tokenizer.token_text(id);
+                match text.bytes().find(|c| !c.is_ascii_whitespace()) {
+                    Some(c) => byte_class(c),
+                    None => 2,
+                }
+            })
+            .collect();
+        TokenText {
+            name,
+            tokenizer,
+            ids,
+            split_at,
+            classes,
         }
+    }
+
+    /// The difficulty class of token `id` (an index into `class_names`).
+    pub fn class_of(&self, id: u32) -> u16 {
+        self.classes.get(id as usize).copied().unwrap_or(4)
+    }
+
+    /// The tokenizer (to save beside a checkpoint).
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
     }
 }
 
 impl DataSource for TokenText {
     fn vocab(&self) -> usize {
-        self.bpe.len()
+        self.tokenizer.vocab()
     }
     fn describe(&self) -> String {
         format!(
-            "text {} ({} BPE tokens, byte-level BPE trained on its first 90%, V = {})",
+            "text {} ({} tokens, {})",
             self.name,
             self.ids.len(),
-            self.bpe.len()
+            self.tokenizer.describe()
         )
     }
     fn class_names(&self) -> Vec<String> {
         Bytes.class_names()
     }
     fn token_name(&self, id: usize) -> String {
-        let s = String::from_utf8_lossy(&self.bpe.tokens[id]).into_owned();
-        s.replace(' ', "␣").replace('\n', "⏎").replace('\t', "⇥")
+        if id >= self.vocab() {
+            return "<PAUSE>".into();
+        }
+        self.tokenizer.display(id as u32)
     }
     fn encode(&self, text: &str) -> Result<Vec<usize>> {
         Ok(self
-            .bpe
-            .encode(text)
+            .tokenizer
+            .encode(text)?
             .into_iter()
             .map(|i| i as usize)
             .collect())
     }
     fn token_text(&self, id: usize) -> String {
-        String::from_utf8_lossy(&self.bpe.tokens[id]).into_owned()
+        self.tokenizer.token_text(id as u32)
     }
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
         let (lo, hi) = match split {
             Split::Train => (0, self.split_at),
             Split::Validation => (self.split_at, self.ids.len()),
         };
+        if hi - lo <= seq {
+            // No text (a vocabulary only): every target ignored, as for `Bytes`.
+            return Bytes.sample(split, batch, seq, rng);
+        }
         windows(&self.ids[lo..hi], batch, seq, rng, |&b| {
             (b as i32, self.class_of(b))
         })

@@ -39,24 +39,36 @@ pub fn pieces(
             .collect();
     }
     let bytes: Vec<u8> = tokens.iter().map(|&(t, _)| t as u8).collect();
-    let mut out = Vec::new();
-    let mut at = 0;
-    let mut take = |text: String, len: usize, at: &mut usize| {
-        out.push(Piece {
-            text,
-            pauses: tokens[*at..*at + len].iter().map(|&(_, p)| p).collect(),
-        });
-        *at += len;
-    };
+    let mut groups = Vec::new();
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            take(c.to_string(), c.len_utf8(), &mut at);
+            groups.push((c.to_string(), c.len_utf8()));
         }
         if !chunk.invalid().is_empty() {
-            take('\u{FFFD}'.to_string(), chunk.invalid().len(), &mut at);
+            groups.push(('\u{FFFD}'.to_string(), chunk.invalid().len()));
         }
     }
-    out
+    grouped(tokens, &groups)
+}
+
+/// The pieces of generated `(token, pauses)` pairs cut into `groups` of `(text, number
+/// of tokens)` (in order, covering every token once; e.g.
+/// [`crate::tokenizer::TextTokenizer::pieces`]): each piece has its group's text and
+/// the pauses of its tokens.
+pub fn grouped(tokens: &[(usize, usize)], groups: &[(String, usize)]) -> Vec<Piece> {
+    let mut at = 0;
+    groups
+        .iter()
+        .map(|(text, len)| {
+            let end = (at + len).min(tokens.len());
+            let piece = Piece {
+                text: text.clone(),
+                pauses: tokens[at..end].iter().map(|&(_, p)| p).collect(),
+            };
+            at = end;
+            piece
+        })
+        .collect()
 }
 
 /// Superscript digits of `n`.
@@ -110,6 +122,15 @@ mod tests {
         let p = pieces(&[(3, 0), (7, 2), (1, 0)], false, |t| format!("{t} "));
         assert_eq!(render(&p, Marks::Plain), "3 7{2} 1 ");
         assert_eq!(render(&p, Marks::Tty), "3 \x1b[33m7²\x1b[0m 1 ");
+    }
+
+    #[test]
+    fn groups_carry_the_pauses_of_their_tokens() {
+        // Tokens 7, 8, 9 of which 8 and 9 make one character (a tokenizer's pieces).
+        let toks = [(7, 0), (8, 1), (9, 3)];
+        let p = grouped(&toks, &[("a".into(), 1), ("東".into(), 2)]);
+        assert_eq!(p[1].pauses, vec![1, 3]);
+        assert_eq!(render(&p, Marks::Plain), "a東{1,3}");
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
 pub mod atomic_file;
-pub mod bpe;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod checkpoint;
+pub mod checkpoint_tokenizer;
 pub mod config;
 pub mod cpu;
 pub mod data;
@@ -28,6 +28,7 @@ pub mod rng;
 pub mod shard_data;
 pub mod shards;
 pub mod tokenize;
+pub mod tokenizer;
 pub mod train;
 pub mod train_state;
 

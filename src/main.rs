@@ -2,9 +2,9 @@
 //! model is issue #4).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cyb::checkpoint;
+use cyb::checkpoint_tokenizer;
 use cyb::config::{ModelConfig, Precision};
-use cyb::data::{task_by_name, ByteText, DataSource};
+use cyb::data::{task_by_name, ByteText, DataSource, TokenText};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
@@ -13,12 +13,13 @@ use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
+use cyb::tokenizer::{same_tokenizer, TextTokenizer};
 use cyb::train::{
     curve_csv, evaluate, train_with, EvalConfig, RunControl, TrainConfig, TrainDevice,
 };
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -85,10 +86,15 @@ struct GenerateArgs {
     /// The saved model.
     #[arg(long)]
     load: PathBuf,
-    /// The prompt: text for byte-level models (V = 256), else space-separated token
-    /// names of --task (e.g. "[L3] 1 2 4 =").
+    /// The prompt: text for text models (bytes, or the model's tokenizer), else
+    /// space-separated token names of --task (e.g. "[L3] 1 2 4 =").
     #[arg(long)]
     prompt: String,
+    /// Hugging Face tokenizer.json for the prompt and the output, for a model saved
+    /// without one (a model saved with a tokenizer uses its own; giving a different one
+    /// is an error).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Built-in task whose token names the prompt uses (models with V != 256).
     #[arg(long, default_value = "modsum")]
     task: String,
@@ -161,9 +167,15 @@ struct DataArgs {
     /// Built-in synthetic task (ignored when --text or --data is given).
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// Train on a UTF-8 text file, byte-level (V = 256).
+    /// A UTF-8 text file: byte-level (V = 256) unless a tokenizer is given (--tokenizer,
+    /// --bpe) or the loaded model was saved with one.
     #[arg(long, conflicts_with = "data")]
     text: Option<PathBuf>,
+    /// With --text: encode it with this Hugging Face tokenizer.json (e.g. GPT-2's). Not
+    /// needed for a model saved with a tokenizer (it uses its own; a different one is an
+    /// error).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Token shards (from `cyb tokenize` or llm.c): a folder of .bin files or a glob.
     /// Files with a part `val` in their name validate, the others train; memory-mapped,
     /// windows drawn by the seeded generator.
@@ -174,15 +186,143 @@ struct DataArgs {
     vocab: Option<usize>,
 }
 
+/// Which tokenizer encodes `--text`.
+enum TokenizerChoice {
+    /// Bytes, a given tokenizer.json, or the loaded model's own.
+    Fixed(TextTokenizer),
+    /// `--bpe N`: a byte-level BPE trained on the text's first 90%.
+    TrainBpe(usize),
+}
+
+/// The loaded model's saved tokenizer, or else the `--tokenizer` file `given`; both
+/// given and different is an error (a model reads text as it was trained).
+fn saved_or_given(
+    saved: Option<TextTokenizer>,
+    given: Option<&Path>,
+    load: Option<&Path>,
+) -> Result<Option<TextTokenizer>> {
+    let Some(path) = given else {
+        return Ok(saved);
+    };
+    let given = TextTokenizer::from_file(path)?;
+    match saved {
+        Some(saved) if !same_tokenizer(&saved, &given)? => Err(CybError::Param(format!(
+            "--tokenizer {} differs from the tokenizer saved with the model {} (leave \
+             --tokenizer out to use the model's)",
+            path.display(),
+            load.unwrap_or(Path::new("")).display()
+        ))),
+        Some(saved) => Ok(Some(saved)),
+        None => Ok(Some(given)),
+    }
+}
+
 impl DataArgs {
-    fn source(&self, seq: usize) -> Result<Box<dyn DataSource>> {
-        match (&self.text, &self.data) {
-            (Some(path), _) => Ok(Box::new(ByteText::from_file(path, seq)?)),
-            (None, Some(spec)) => Ok(Box::new(cyb::shard_data::ShardData::open(
-                spec, self.vocab, seq,
-            )?)),
-            (None, None) => task_by_name(&self.task),
+    /// The tokenizer for `--text`, from the flags (`bpe`: `--bpe` where the command has
+    /// it) and the loaded model's saved tokenizer (`saved`, of the checkpoint `load`).
+    /// Contradictions are errors: a tokenizer flag without text, both flags, `--bpe`
+    /// for a model that has its tokenizer, `--tokenizer` different from the model's.
+    fn tokenizer(
+        &self,
+        bpe: Option<usize>,
+        saved: Option<TextTokenizer>,
+        load: Option<&Path>,
+    ) -> Result<TokenizerChoice> {
+        if self.text.is_none() {
+            for (given, flag) in [
+                (self.tokenizer.is_some(), "--tokenizer"),
+                (bpe.is_some(), "--bpe"),
+            ] {
+                if given {
+                    return Err(CybError::Param(format!("{flag} needs --text FILE")));
+                }
+            }
         }
+        if self.tokenizer.is_some() && bpe.is_some() {
+            return Err(CybError::Param(
+                "--tokenizer and --bpe: give one tokenizer (a file, or one trained on the text)"
+                    .into(),
+            ));
+        }
+        if let (Some(_), Some(n)) = (&saved, bpe) {
+            return Err(CybError::Param(format!(
+                "--bpe {n}: the model {} was saved with its tokenizer, which it keeps \
+                 (leave --bpe out)",
+                load.unwrap_or(Path::new("")).display()
+            )));
+        }
+        match (saved_or_given(saved, self.tokenizer.as_deref(), load)?, bpe) {
+            (Some(t), _) => Ok(TokenizerChoice::Fixed(t)),
+            (None, Some(n)) => Ok(TokenizerChoice::TrainBpe(n)),
+            (None, None) => Ok(TokenizerChoice::Fixed(TextTokenizer::Bytes)),
+        }
+    }
+
+    /// The data (`--text` encoded by `choice`, or `--task`) and the tokenizer to save
+    /// with a model trained on it (bytes for tasks and byte-level text: no file).
+    fn source(
+        &self,
+        seq: usize,
+        choice: TokenizerChoice,
+    ) -> Result<(Box<dyn DataSource>, TextTokenizer)> {
+        let Some(path) = &self.text else {
+            let data: Box<dyn DataSource> = match &self.data {
+                Some(spec) => Box::new(cyb::shard_data::ShardData::open(spec, self.vocab, seq)?),
+                None => task_by_name(&self.task)?,
+            };
+            return Ok((data, TextTokenizer::Bytes));
+        };
+        let text = match choice {
+            TokenizerChoice::Fixed(TextTokenizer::Bytes) => {
+                return Ok((
+                    Box::new(ByteText::from_file(path, seq)?),
+                    TextTokenizer::Bytes,
+                ))
+            }
+            TokenizerChoice::Fixed(tok) => TokenText::from_file_with(path, tok, seq)?,
+            TokenizerChoice::TrainBpe(n) => {
+                let what = format!("training a {n}-token byte-level BPE on {}", path.display());
+                eprintln!("{what}");
+                // The trainer reports no progress of its own (no `progressbar` feature):
+                // a spinner shows that it runs (hidden when stderr is not a terminal).
+                let spinner = indicatif::ProgressBar::new_spinner().with_message(what);
+                spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                let text = TokenText::from_file(path, n, seq);
+                spinner.finish_and_clear();
+                text?
+            }
+        };
+        let tok = text.tokenizer().clone();
+        Ok((Box::new(text), tok))
+    }
+}
+
+/// The data's vocabulary fits a model of `model_vocab` tokens: equal, or (a Hugging
+/// Face tokenizer) smaller, since a model may have unused ids; never larger.
+fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: usize) -> Result<()> {
+    let v = data.vocab();
+    if v > model_vocab {
+        return Err(CybError::Data(format!(
+            "the data ({}) has vocabulary {v}, more than the model's {model_vocab}",
+            data.describe()
+        )));
+    }
+    if v < model_vocab && tokenizer.is_bytes() {
+        return Err(CybError::Data(format!(
+            "the data has vocabulary {v} but the model was trained with {model_vocab} (a text \
+             model needs --text, and one saved without its tokenizer also --tokenizer)"
+        )));
+    }
+    Ok(())
+}
+
+/// `--bpe N` in the range it supports.
+fn check_bpe(bpe: Option<usize>) -> Result<()> {
+    match bpe {
+        Some(n) if !(256..=65536).contains(&n) => Err(CybError::Param(format!(
+            "--bpe {n}: a byte-level BPE vocabulary of 256..=65536 tokens"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -256,9 +396,15 @@ struct TrainArgs {
     /// Save the trained model (safetensors, SPEC section 7).
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start from a saved model (its shape overrides --layers/--d-model/...).
+    /// Start from a saved model (its shape overrides --layers/--d-model/...; its saved
+    /// tokenizer, if any, encodes --text).
     #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
+    /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
+    /// GPT-2's byte-level setup) on the file's first 90% instead of bytes; --save writes
+    /// it beside the checkpoint as NAME.tokenizer.json.
+    #[arg(long)]
+    bpe: Option<usize>,
     /// Every N steps write a snapshot beside --save: NAME.stepNNNNNN.safetensors (the
     /// model) and NAME.stepNNNNNN.train-state.safetensors (optimiser, generator, data
     /// position, settings), for --resume. With --save, SIGINT/SIGTERM save one and stop
@@ -370,8 +516,8 @@ struct ExperimentArgs {
     /// CYB-AP on r times the data for every r > 1.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
     regimes: Vec<usize>,
-    /// With --text: train an N-token byte-level BPE vocabulary on the file (nothing
-    /// downloaded) instead of bytes.
+    /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer)
+    /// on the file's first 90% instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
 }
@@ -538,24 +684,30 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
+    check_bpe(a.bpe)?;
     if a.keep == 0 {
         return Err(CybError::Param(
             "--keep 0: keep at least one snapshot".into(),
         ));
     }
-    let (init, resume) = match (&a.load, &a.resume) {
-        (Some(p), _) => (Some(checkpoint::load(p)?), None),
+    let (init, resume, saved) = match (&a.load, &a.resume) {
+        (Some(p), _) => {
+            let (m, t) = checkpoint_tokenizer::load(p)?;
+            (Some(m), None, t)
+        }
         (None, Some(p)) => {
             let (model, state) = cyb::train_state::load_snapshot(p)?;
-            (Some(model), Some(state))
+            (Some(model), Some(state), None)
         }
-        (None, None) => (None, None),
+        (None, None) => (None, None, None),
     };
-    let data = a.data.source(a.run.ctx)?;
+    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let (data, tokenizer) = a.data.source(a.run.ctx, choice)?;
     let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
     // A loaded model's shape overrides the flags; a resumed one's must equal them
     // (a difference is refused, named).
     if let (Some(m), None) = (&init, &resume) {
+        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         cfg.model = m.config.clone();
     }
     let stop = match &a.save {
@@ -602,7 +754,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         std::process::exit(STOPPED_EXIT);
     }
     if let Some(path) = &a.save {
-        checkpoint::save(path, &out.model)?;
+        checkpoint_tokenizer::save(path, &out.model, &tokenizer)?;
         eprintln!("saved {}", path.display());
     }
     let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
@@ -746,40 +898,29 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     if let Some(&r) = a.regimes.iter().find(|&&r| r == 0 || r > 10) {
         return Err(CybError::Param(format!("--regimes: {r} is not in 1..=10")));
     }
-    if a.bpe.is_some() && a.data.text.is_none() {
-        return Err(CybError::Param("--bpe needs --text FILE".into()));
-    }
-    if let Some(n) = a.bpe {
-        if !(256..=8192).contains(&n) {
-            return Err(CybError::Param(format!(
-                "--bpe {n}: a BPE vocabulary of 256..=8192 tokens"
-            )));
-        }
+    check_bpe(a.bpe)?;
+    if a.data.text.is_none() && (a.bpe.is_some() || a.data.tokenizer.is_some()) {
+        a.data.tokenizer(a.bpe, None, None)?; // the error that says which flag needs --text
     }
     cyb::atomic_file::check_writable_dir(&a.out)?;
-    let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
+    let (init, saved) = match &a.load {
+        Some(p) => {
+            let (m, t) = checkpoint_tokenizer::load(p)?;
+            (Some(m), t)
+        }
+        None => (None, None),
     };
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
         .map_or(a.run.ctx, |m| m.config.t_max.min(a.run.ctx));
-    let data: Box<dyn DataSource> = match (&a.data.text, a.bpe) {
-        (Some(path), Some(n)) => Box::new(cyb::data::TokenText::from_file(path, n, seq)?),
-        _ => a.data.source(seq)?,
-    };
+    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let (data, tokenizer) = a.data.source(seq, choice)?;
     let mut base =
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
     if let Some(m) = &init {
-        if m.config.vocab != data.vocab() {
-            return Err(CybError::Data(format!(
-                "the data has vocabulary {} but the loaded model {}",
-                data.vocab(),
-                m.config.vocab
-            )));
-        }
+        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         let pa = base.model.pause_attention;
         base.model = m.config.clone();
         base.model.pause_attention = pa;
@@ -836,17 +977,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let model = checkpoint::load(&a.load)?;
+    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
-    let data = a.data.source(seq)?;
-    if data.vocab() != model.config.vocab {
-        return Err(CybError::Data(format!(
-            "the data has vocabulary {} but the model was trained with {}",
-            data.vocab(),
-            model.config.vocab
-        )));
-    }
+    let choice = a.data.tokenizer(None, saved, Some(&a.load))?;
+    let (data, tokenizer) = a.data.source(seq, choice)?;
+    check_vocab(data.as_ref(), &tokenizer, model.config.vocab)?;
     let cfg = EvalConfig {
         pauses,
         batches: a.eval_batches,
@@ -919,13 +1055,24 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
     limits::threshold(a.threshold)?;
-    let model = checkpoint::load(&a.load)?;
-    let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
-        Box::new(cyb::data::Bytes)
-    } else {
-        task_by_name(&a.task)?
+    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
+    let tokenizer = saved_or_given(saved, a.tokenizer.as_deref(), Some(&a.load))?;
+    if let Some(t) = &tokenizer {
+        if t.vocab() > model.config.vocab {
+            return Err(CybError::Data(format!(
+                "the tokenizer ({}) has more tokens than the model's vocabulary {}",
+                t.describe(),
+                model.config.vocab
+            )));
+        }
+    }
+    let text_model = tokenizer.is_some() || model.config.vocab == 256;
+    let vocab: Box<dyn DataSource> = match &tokenizer {
+        Some(t) => Box::new(TokenText::without_text(t.clone())),
+        None if model.config.vocab == 256 => Box::new(cyb::data::Bytes),
+        None => task_by_name(&a.task)?,
     };
-    if vocab.vocab() != model.config.vocab {
+    if !text_model && vocab.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
             "the model has vocabulary {} but --task {} has {}",
             model.config.vocab,
@@ -934,6 +1081,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         )));
     }
     let prompt = vocab.encode(&a.prompt)?;
+    if prompt.is_empty() {
+        return Err(CybError::Data(format!(
+            "--prompt {:?} encodes to no tokens: give at least one",
+            a.prompt
+        )));
+    }
     let policy = match a.policy {
         PolicyName::Greedy => Policy::Greedy {
             threshold: a.threshold,
@@ -951,11 +1104,16 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
     let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
-    let pieces = generated_text::pieces(
-        &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
-        model.config.vocab == 256,
-        |t| vocab.token_text(t),
-    );
+    let emitted: Vec<(usize, usize)> = out.iter().map(|e| (e.token, e.pauses)).collect();
+    let pieces = match &tokenizer {
+        Some(t) => {
+            let ids: Vec<u32> = emitted.iter().map(|&(t, _)| t as u32).collect();
+            generated_text::grouped(&emitted, &t.pieces(&ids)?)
+        }
+        None => {
+            generated_text::pieces(&emitted, model.config.vocab == 256, |t| vocab.token_text(t))
+        }
+    };
     let n_out = out.len().max(1) as f64;
     let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
     let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
@@ -989,7 +1147,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let tty = std::io::stdout().is_terminal();
     let mut text = a.prompt.clone();
-    if model.config.vocab != 256 {
+    if !text_model {
         text.push(' ');
     }
     let marks = if tty { Marks::Tty } else { Marks::Plain };

@@ -6,6 +6,8 @@ use cyb::config::PauseAttention;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 fn cyb(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cyb"))
         .args(args)
@@ -732,5 +734,320 @@ fn experiment_grid_regimes_and_load() {
     );
     fails_with(&cyb(&["experiment", "--regimes", "0"]), "--regimes");
     fails_with(&cyb(&["experiment", "--bpe", "300"]), "--bpe needs --text");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A corpus file for the tokenizer tests.
+fn corpus_file(dir: &Path) -> PathBuf {
+    let text = dir.join("corpus.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat. the dog sat on the log.\n".repeat(30),
+    )
+    .unwrap();
+    text
+}
+
+/// A model trained with `--bpe` saves its tokenizer beside the checkpoint; `eval`,
+/// `generate` and `train --load` use it without being told; `--tokenizer` naming the
+/// same one is accepted, a different one, `--bpe` again, or a changed file are errors.
+#[test]
+fn bpe_model_carries_its_tokenizer() {
+    use cyb::tokenizer::TextTokenizer;
+    let dir = tmpdir("bpe");
+    let text = corpus_file(&dir);
+    let ckpt = dir.join("m.safetensors");
+    let report = ok_tiny(&[
+        "train",
+        "--text",
+        s(&text),
+        "--bpe",
+        "300",
+        "--pauses",
+        "1",
+        "--save",
+        s(&ckpt),
+    ]);
+    assert!(report.contains("BPE tokenizer"), "{report}");
+    let tok_file = dir.join("m.tokenizer.json");
+    let tok = TextTokenizer::from_file(&tok_file).unwrap();
+    let (model, meta) = checkpoint::load_with_metadata(&ckpt).unwrap();
+    assert!(tok.vocab() > 256 && model.config.vocab == tok.vocab());
+    assert!(meta["tokenizer"].contains("\"file\":\"m.tokenizer.json\""));
+
+    // eval reads the text with the model's tokenizer: its target tokens are words.
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--load",
+            s(&ckpt),
+            "--text",
+            s(&text),
+            "--eval-batches",
+            "1",
+            "--pauses-by-token",
+        ];
+        args.extend_from_slice(extra);
+        cyb(&args)
+    };
+    let o = eval(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("␣sat") || out.contains("␣the"), "{out}");
+    let o = eval(&["--tokenizer", s(&tok_file)]);
+    assert!(
+        o.status.success(),
+        "the same tokenizer again: {}",
+        stderr(&o)
+    );
+
+    // generate: the prompt is encoded and the output decoded with the same tokenizer.
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "the cat",
+        "--max-new",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u32> = doc["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.iter().all(|&i| (i as usize) < tok.vocab()));
+    assert_eq!(doc["text"], tok.decode(&ids).unwrap());
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "the",
+        "--max-new",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("the"));
+
+    // A different tokenizer is refused (eval and generate), --bpe for this model too.
+    let other_text = dir.join("other.txt");
+    std::fs::write(&other_text, "a different text, other words.\n".repeat(30)).unwrap();
+    let other_ckpt = dir.join("other.safetensors");
+    ok_tiny(&[
+        "train",
+        "--text",
+        s(&other_text),
+        "--bpe",
+        "280",
+        "--save",
+        s(&other_ckpt),
+    ]);
+    let other = dir.join("other.tokenizer.json");
+    fails_with(
+        &eval(&["--tokenizer", s(&other)]),
+        "differs from the tokenizer saved",
+    );
+    fails_with(
+        &cyb(&[
+            "generate",
+            "--load",
+            s(&ckpt),
+            "--prompt",
+            "the",
+            "--tokenizer",
+            s(&other),
+        ]),
+        "differs from the tokenizer saved",
+    );
+    let mut args = vec![
+        "train",
+        "--text",
+        s(&text),
+        "--load",
+        s(&ckpt),
+        "--bpe",
+        "300",
+    ];
+    args.extend_from_slice(TINY);
+    fails_with(&cyb(&args), "saved with its tokenizer");
+
+    // train --load continues with the model's tokenizer and saves it with the new model.
+    let next = dir.join("next.safetensors");
+    ok_tiny(&[
+        "train",
+        "--text",
+        s(&text),
+        "--load",
+        s(&ckpt),
+        "--pauses",
+        "1",
+        "--save",
+        s(&next),
+    ]);
+    assert_eq!(
+        std::fs::read(dir.join("next.tokenizer.json")).unwrap(),
+        std::fs::read(&tok_file).unwrap()
+    );
+
+    // A changed or missing tokenizer file is an error, never another tokenization.
+    let mut bytes = std::fs::read(&tok_file).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(&tok_file, &bytes).unwrap();
+    fails_with(&eval(&[]), "SHA-256");
+    std::fs::remove_file(&tok_file).unwrap();
+    fails_with(&eval(&[]), "m.tokenizer.json cannot be read");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--tokenizer FILE` (here Hugging Face's own, from the fixture) trains, evaluates and
+/// generates; bad tokenizer input is a clear error.
+#[test]
+fn tokenizer_flag_and_its_errors() {
+    let dir = tmpdir("tokflag");
+    let text = corpus_file(&dir);
+    let hf_path = common::testdata_dir().join("hf/tiny-gpt2/tokenizer.json");
+    let hf = s(&hf_path);
+    let hf_vocab = cyb::tokenizer::TextTokenizer::from_file(&hf_path)
+        .unwrap()
+        .vocab();
+    let ckpt = dir.join("hf.safetensors");
+    let report = ok_tiny(&[
+        "train",
+        "--text",
+        s(&text),
+        "--tokenizer",
+        hf,
+        "--pauses",
+        "1",
+        "--save",
+        s(&ckpt),
+    ]);
+    assert!(report.contains(&format!("V = {hf_vocab}")), "{report}");
+    assert_eq!(checkpoint::load(&ckpt).unwrap().config.vocab, hf_vocab);
+    assert!(dir.join("hf.tokenizer.json").exists());
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&ckpt),
+        "--prompt",
+        "the",
+        "--max-new",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The original file names the same tokenizer as the copy saved beside the model.
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&ckpt),
+        "--text",
+        s(&text),
+        "--tokenizer",
+        hf,
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--text", s(&text)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(TINY);
+        cyb(&args)
+    };
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"model\": 3}").unwrap();
+    fails_with(
+        &train(&["--tokenizer", s(&bad)]),
+        "not a usable Hugging Face tokenizer.json",
+    );
+    fails_with(
+        &train(&["--tokenizer", hf, "--bpe", "300"]),
+        "give one tokenizer",
+    );
+    fails_with(&train(&["--bpe", "100"]), "256..=65536");
+    fails_with(
+        &cyb(&["train", "--tokenizer", hf, "--steps", "1"]),
+        "--tokenizer needs --text",
+    );
+    fails_with(
+        &cyb(&["experiment", "--tokenizer", hf, "--steps", "1"]),
+        "--tokenizer needs --text",
+    );
+    // A tokenizer that only knows `a` and `b` drops every other character.
+    let letters_path = common::testdata_dir().join("tokenizer/letters_ab.json");
+    let letters = s(&letters_path);
+    let xyz = dir.join("xyz.txt");
+    std::fs::write(&xyz, "xyz ".repeat(100)).unwrap();
+    fails_with(
+        &cyb(&[
+            "train",
+            "--text",
+            s(&xyz),
+            "--tokenizer",
+            letters,
+            "--steps",
+            "1",
+        ]),
+        "encodes to nothing",
+    );
+    // A tokenizer larger than the model: a byte-level model (V = 256) and HF's tokenizer.
+    let bytes_model = dir.join("bytes.safetensors");
+    ok_tiny(&["train", "--text", s(&text), "--save", s(&bytes_model)]);
+    assert!(!dir.join("bytes.tokenizer.json").exists());
+    fails_with(
+        &cyb(&[
+            "eval",
+            "--load",
+            s(&bytes_model),
+            "--text",
+            s(&text),
+            "--tokenizer",
+            hf,
+        ]),
+        "more than the model's 256",
+    );
+    fails_with(
+        &cyb(&[
+            "generate",
+            "--load",
+            s(&bytes_model),
+            "--prompt",
+            "the",
+            "--tokenizer",
+            hf,
+        ]),
+        "more tokens than the model's vocabulary 256",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `experiment --text --bpe` trains every arm on BPE tokens.
+#[test]
+fn experiment_on_bpe_text() {
+    let dir = tmpdir("expbpe");
+    let text = corpus_file(&dir);
+    let out = dir.join("e");
+    let report = ok_tiny(&[
+        "experiment",
+        "--text",
+        s(&text),
+        "--bpe",
+        "300",
+        "--seeds",
+        "1",
+        "--pretrain",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert!(report.contains("BPE tokenizer"), "{report}");
+    assert!(out.join("report.md").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

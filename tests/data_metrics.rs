@@ -205,38 +205,38 @@ fn metrics_and_decoding_read_dk_with_the_dk_bias() {
 
 #[test]
 fn bpe_learns_words_and_encodes_back_to_the_text() {
+    use cyb::tokenizer::TextTokenizer;
     let text = "the cat sat on the mat. the cat ate the rat, then the cat sat again.\n".repeat(20);
-    let bpe = cyb::bpe::Bpe::train(&text, 300).unwrap();
-    assert!(bpe.len() > 256 && bpe.len() <= 300);
-    let ids = bpe.encode(&text);
+    let bpe = TextTokenizer::train_bpe(&text, 300).unwrap();
+    assert!(
+        bpe.vocab() > 256 && bpe.vocab() <= 300,
+        "V = {}",
+        bpe.vocab()
+    );
+    let ids = bpe.encode(&text).unwrap();
     assert!(
         ids.len() < text.len() / 2,
         "{} tokens for {} bytes",
         ids.len(),
         text.len()
     );
-    let back: Vec<u8> = ids
-        .iter()
-        .flat_map(|&i| bpe.tokens[i as usize].clone())
-        .collect();
-    assert_eq!(back, text.as_bytes());
-    assert!(
-        bpe.tokens.iter().any(|t| t == b" cat"),
-        "a word with its space"
-    );
-    assert!(cyb::bpe::Bpe::train(&text, 100).is_err());
-    assert_eq!(
-        cyb::bpe::words("a  b,c 12"),
-        vec!["a", " ", " b", ",", "c", " 12"]
-    );
+    assert_eq!(bpe.decode(&ids).unwrap(), text);
+    let cat = (0..bpe.vocab() as u32)
+        .find(|&i| bpe.token_text(i) == " cat")
+        .expect("a word with its space");
+    assert!(TextTokenizer::train_bpe(&text, 100).is_err());
     use cyb::data::{DataSource, Split, TokenText};
     let src = TokenText::from_text("t".into(), &text, 300, 8).unwrap();
-    assert_eq!(src.vocab(), bpe.len());
+    assert_eq!(src.vocab(), bpe.vocab());
     let b = src.sample(Split::Validation, 2, 8, &mut cyb::rng::seeded(1));
     assert_eq!(b.tokens.len(), 16);
     assert!(b.targets.iter().all(|&t| (t as usize) < src.vocab()));
-    assert_eq!(
-        src.token_name(bpe.tokens.iter().position(|t| t == b" cat").unwrap()),
-        "␣cat"
-    );
+    // Trained on the first 90% of the same text: the same vocabulary here.
+    assert_eq!(src.token_name(cat as usize), "␣cat");
+    assert_eq!(src.token_name(src.vocab()), "<PAUSE>");
+    // Classes by the first visible character: " cat" a letter, "." punctuation.
+    let names = src.class_names();
+    assert_eq!(names[src.class_of(cat) as usize], "letter");
+    let dot = bpe.encode(".").unwrap()[0];
+    assert_eq!(names[src.class_of(dot) as usize], "punctuation");
 }
