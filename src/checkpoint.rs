@@ -69,7 +69,11 @@ pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
 /// which tensor or field is wrong.
 pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+    let bytes = crate::input_file::read_bounded(
+        path,
+        "the checkpoint",
+        crate::input_file::MAX_INPUT_BYTES,
+    )?;
     from_bytes(&bytes).map_err(|msg| err(path, msg))
 }
 

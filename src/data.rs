@@ -295,7 +295,11 @@ pub struct ByteText {
 impl ByteText {
     /// Read a UTF-8 text file; empty, non-UTF-8 or too-short files are errors.
     pub fn from_file(path: &Path, seq: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        let bytes = crate::input_file::read_bounded(
+            path,
+            "the text file",
+            crate::input_file::MAX_INPUT_BYTES,
+        )?;
         if bytes.is_empty() {
             return Err(CybError::Data(format!("{} is empty", path.display())));
         }
@@ -409,7 +413,11 @@ pub struct TokenText {
 impl TokenText {
     /// Read a UTF-8 file and train a `vocab`-token BPE vocabulary on its training part.
     pub fn from_file(path: &Path, vocab: usize, seq: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        let bytes = crate::input_file::read_bounded(
+            path,
+            "the text file",
+            crate::input_file::MAX_INPUT_BYTES,
+        )?;
         let text = String::from_utf8(bytes)
             .map_err(|e| CybError::Data(format!("{} is not UTF-8 text: {e}", path.display())))?;
         Self::from_text(path.display().to_string(), &text, vocab, seq)

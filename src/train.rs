@@ -8,6 +8,7 @@ use crate::cpu::model::{Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
+use crate::number::Num;
 use crate::objective::{Objective, ResolvedObjective};
 use crate::rng::{seeded, split, CybRng};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -379,7 +380,7 @@ fn run_loop<S: Stepper>(
         ProgressBar::hidden()
     };
     let tokens_per_step = cfg.batch * cfg.seq;
-    let mut lines = ProgressLines::new(show_progress, cfg.steps);
+    let mut lines = ProgressLines::new(show_progress, cfg.steps)?;
     let mut history = Vec::with_capacity(cfg.steps);
     let mut curve = Vec::new();
     let start = Instant::now();
@@ -396,7 +397,11 @@ fn run_loop<S: Stepper>(
         let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
         if !loss.is_finite() {
             return Err(CybError::Param(format!(
-                "loss became {loss} at step {step}; try a lower --lr"
+                "loss became {loss} at step {step} with --lr {} and --grad-clip {}; try a \
+                 lower --lr (e.g. {})",
+                Num::from(cfg.lr),
+                Num::from(cfg.grad_clip),
+                Num::from(cfg.lr / 10.0)
             )));
         }
         history.push(StepLog {
@@ -426,7 +431,9 @@ fn run_loop<S: Stepper>(
         let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
         let tok_s = (step + 1) as f64 * tokens_per_step as f64 / secs;
         bar.set_message(format!(
-            "loss {loss:.4}  pauses {mean_pauses:.2}  {tok_s:.0} tok/s"
+            "loss {:.4}  pauses {:.2}  {tok_s:.0} tok/s",
+            Num(loss),
+            Num(mean_pauses)
         ));
         lines.step(
             step + 1,
@@ -460,19 +467,15 @@ struct ProgressLines {
 }
 
 impl ProgressLines {
-    fn new(show_progress: bool, steps: usize) -> Self {
+    fn new(show_progress: bool, steps: usize) -> Result<Self> {
         use std::io::IsTerminal;
-        let every = std::env::var("CYB_PROGRESS_SECS")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| *v >= 0.0)
-            .unwrap_or(10.0);
-        ProgressLines {
+        let every = crate::limits::progress_secs()?;
+        Ok(ProgressLines {
             on: show_progress && !std::io::stderr().is_terminal(),
             every,
             next: every,
             steps,
-        }
+        })
     }
 
     fn step(&mut self, done: usize, loss: f64, pauses: f64, tok_s: f64, elapsed: f64) {
@@ -481,13 +484,15 @@ impl ProgressLines {
         }
         self.next = elapsed + self.every;
         let eta = elapsed / done as f64 * (self.steps - done) as f64;
-        eprintln!(
-            "step {done}/{}  loss {loss:.4}  pauses {pauses:.2}  {tok_s:.0} tok/s  \
+        crate::console::note(format!(
+            "step {done}/{}  loss {:.4}  pauses {:.2}  {tok_s:.0} tok/s  \
              elapsed {}  ETA {}",
             self.steps,
+            Num(loss),
+            Num(pauses),
             clock(elapsed),
             clock(eta)
-        );
+        ));
     }
 }
 
