@@ -1,6 +1,8 @@
 //! Checkpoints (SPEC section 7): safetensors with the SPEC tensor names and shapes,
 //! little-endian f32 (bf16 and f16 weights are accepted on load), and
-//! `__metadata__ = {"config": <ModelConfig as JSON>}`.
+//! `__metadata__ = {"config": <ModelConfig as JSON>}`, plus `"data"`: what the model was
+//! trained on ([`crate::data::DataSource::identity`], written by `cyb train`), so that
+//! evaluating or fine-tuning it on another task is refused instead of scored.
 //!
 //! The tensor data are read and written as byte views of the `f32`/`bf16`/`f16` slices
 //! (`bytemuck`), which is the file's little-endian layout only on a little-endian host:
@@ -28,8 +30,17 @@ fn err(path: &Path, msg: impl Into<String>) -> CybError {
     }
 }
 
+/// The `__metadata__` key that records the data a model was trained on.
+pub const DATA_KEY: &str = "data";
+
 /// The serialised bytes of a model (what [`save`] writes).
 pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
+    to_bytes_with(model, &[])
+}
+
+/// [`to_bytes`] with `extra` entries in `__metadata__` besides `config` (which they
+/// cannot replace).
+pub fn to_bytes_with(model: &Model<f32>, extra: &[(&str, &str)]) -> Result<Vec<u8>> {
     model.config.validate()?;
     model.params.check(&model.config)?;
     little_endian_host().map_err(CybError::Shape)?;
@@ -43,7 +54,11 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
                 .map_err(|e| CybError::Shape(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
+    let mut meta: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    meta.insert("config".to_string(), model.config.to_json());
     safetensors::serialize(views, Some(meta))
         .map_err(|e| CybError::Shape(format!("cannot serialise checkpoint: {e}")))
 }
@@ -64,17 +79,47 @@ pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
     write_atomic(path.as_ref(), &to_bytes(model)?)
 }
 
+/// [`save`] with the identity of the training data under [`DATA_KEY`].
+///
+/// ```
+/// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
+/// let path = std::env::temp_dir().join(format!("cyb_doc_data_{}.safetensors", std::process::id()));
+/// checkpoint::save_with_data(&path, &m, "task modsum:5:4").unwrap();
+/// let (loaded, meta) = checkpoint::load_with_metadata(&path).unwrap();
+/// assert_eq!(loaded, m);
+/// assert_eq!(meta[checkpoint::DATA_KEY], "task modsum:5:4");
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn save_with_data(path: impl AsRef<Path>, model: &Model<f32>, data: &str) -> Result<()> {
+    write_atomic(path.as_ref(), &to_bytes_with(model, &[(DATA_KEY, data)])?)
+}
+
 /// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),
 /// f32/bf16/f16 data, and a `config` that parses and validates. Errors say exactly
 /// which tensor or field is wrong.
 pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
+    load_with_metadata(path).map(|(model, _)| model)
+}
+
+/// [`load`], and every `__metadata__` entry of the file (`config`, [`DATA_KEY`] where
+/// the writer recorded it).
+pub fn load_with_metadata(path: impl AsRef<Path>) -> Result<(Model<f32>, HashMap<String, String>)> {
     let path = path.as_ref();
     let bytes = crate::input_file::read_bounded(
         path,
         "the checkpoint",
         crate::input_file::MAX_INPUT_BYTES,
     )?;
-    from_bytes(&bytes).map_err(|msg| err(path, msg))
+    let model = from_bytes(&bytes).map_err(|msg| err(path, msg))?;
+    let meta = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?
+        .1
+        .metadata()
+        .clone()
+        .unwrap_or_default();
+    Ok((model, meta))
 }
 
 /// Parses checkpoint bytes; the error is the message [`load`] reports.

@@ -300,6 +300,15 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         if prompt.len().saturating_add(n) > c.t_max + 1 {
             // The last new token is emitted, never fed back: t_max + 1 in all.
             let fit = (c.t_max + 1).saturating_sub(prompt.len());
+            if fit == 0 {
+                return Err(CybError::Shape(format!(
+                    "the prompt has {} tokens and fills the model's context t_max = {}: \
+                     shorten it to at most {} tokens so that a new token fits",
+                    prompt.len(),
+                    c.t_max,
+                    c.t_max
+                )));
+            }
             return Err(CybError::Shape(format!(
                 "prompt ({} tokens) plus {n} new tokens exceed the context t_max = {}: \
                  {fit} new tokens fit (pass --max-new {fit} or a shorter prompt)",

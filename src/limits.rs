@@ -90,8 +90,8 @@ pub fn check_schedule(
              must be below {} (the default 0.1 works)",
             Num(weight_decay),
             Num(lr),
-            Num(1.0 - shrink),
-            Num(1.0 / lr)
+            crate::number::sig(1.0 - shrink, 4),
+            crate::number::sig(1.0 / lr, 4)
         )));
     }
     at_least_one("--steps", steps)?;

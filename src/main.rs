@@ -1,22 +1,27 @@
 //! `cyb`: train and evaluate pause-capable language models (CPU reference; the GPU
 //! model is issue #4).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use cyb::checkpoint;
 use cyb::config::{ModelConfig, Precision};
+use cyb::console::{note, out};
 use cyb::data::{task_by_name, ByteText, DataSource};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
 use cyb::generated_text::{self, Marks};
 use cyb::limits;
+use cyb::number::Num;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
-use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
+use cyb::train::{
+    curve_csv, evaluate, evaluate_shown, train_on, EvalConfig, TrainConfig, TrainDevice,
+};
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
+use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -58,9 +63,10 @@ struct GenerateArgs {
     /// names of --task (e.g. "[L3] 1 2 4 =").
     #[arg(long)]
     prompt: String,
-    /// Built-in task whose token names the prompt uses (models with V != 256).
-    #[arg(long, default_value = "modsum")]
-    task: String,
+    /// Built-in task whose token names the prompt uses (models with V != 256)
+    /// [default: the task the model was trained on, else modsum].
+    #[arg(long)]
+    task: Option<String>,
     /// Tokens to generate [default: 16, or as many as fit the model's context].
     #[arg(long)]
     max_new: Option<usize>,
@@ -127,10 +133,11 @@ fn train_device(device: Device, precision: Option<PrecisionArg>) -> Result<Train
 
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Built-in synthetic task (ignored when --text is given).
+    /// Built-in synthetic task: modsum, or modsum:MODULUS:MAX_SPAN (e.g. modsum:7:3);
+    /// not with --text.
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// Train on a UTF-8 text file, byte-level (V = 256).
+    /// A UTF-8 text file as the data instead of --task, byte-level (V = 256).
     #[arg(long)]
     text: Option<PathBuf>,
 }
@@ -144,7 +151,8 @@ impl DataArgs {
     }
 }
 
-/// Parameters of the CYB objectives (SPEC section 4); the defaults are the paper's best.
+/// Parameters of the CYB objectives (docs/MATH.md, "The five objectives"); the defaults
+/// are the paper's best.
 #[derive(Args, Clone)]
 struct ObjectiveParams {
     /// CYB-AP deadline distribution omega over the steps 0..K: exactly K+1 ratios
@@ -203,7 +211,7 @@ impl ObjectiveParams {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Training objective (SPEC section 4): ap (CYB-AP, the paper's best), dp (CYB-DP),
+    /// Training objective (docs/MATH.md): ap (CYB-AP, the paper's best), dp (CYB-DP),
     /// va (CYB-VA), marginal, or ce_final (pause + CE; with --pauses 0 plain CE).
     #[arg(long, value_enum, default_value = "ap")]
     objective: ObjectiveName,
@@ -211,10 +219,13 @@ struct TrainArgs {
     params: ObjectiveParams,
     #[command(flatten)]
     run: RunArgs,
-    /// Save the trained model (safetensors, SPEC section 7).
+    /// Save the trained model (safetensors, docs/MATH.md "Checkpoints"; records the data
+    /// it was trained on).
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start from a saved model (its shape overrides --layers/--d-model/...).
+    /// Start from a saved model trained on the same data: its shape is kept (--layers,
+    /// --d-model, --heads, --pause-attention and --dk-prior must match or be left out),
+    /// and --ctx and --pauses default to its own.
     #[arg(long)]
     load: Option<PathBuf>,
     /// Write report.md and curve.csv into this folder.
@@ -236,7 +247,7 @@ struct RunArgs {
     /// Pause steps K per position (0 = a plain GPT).
     #[arg(long, default_value_t = 3)]
     pauses: usize,
-    /// Attention over pause steps (SPEC section 3): `shared` (the paper's Recipe 1:
+    /// Attention over pause steps (docs/MATH.md): `shared` (the paper's Recipe 1:
     /// causal over the interleaved stream) or `private` (no position sees another's
     /// pauses; adaptive inference with a cache of real tokens).
     #[arg(long, default_value = "shared")]
@@ -250,7 +261,7 @@ struct RunArgs {
     /// Context length T.
     #[arg(long, default_value_t = 16)]
     ctx: usize,
-    /// Optimizer steps (default: 4000 for `train`, 2000 per run for `experiment`).
+    /// Optimizer steps (per arm for `experiment`).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 32)]
@@ -281,8 +292,7 @@ struct RunArgs {
 struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Parameters of the three CYB variants (SPEC v2 defaults, the paper's best, unless
-    /// given).
+    /// Parameters of the three CYB variants (the paper's best unless given).
     #[command(flatten)]
     params: ObjectiveParams,
     #[command(flatten)]
@@ -303,8 +313,9 @@ struct ExperimentArgs {
     /// paper's protocol; 0 = every arm from scratch).
     #[arg(long, default_value_t = DEFAULT_PRETRAIN)]
     pretrain: usize,
-    /// Fine-tune every arm from this model instead (its shape overrides
-    /// --layers/--d-model/--heads/--ctx; its DK bias is kept).
+    /// Fine-tune every arm from this model instead of pretraining (trained on the same
+    /// data; its shape and DK bias are kept: --layers, --d-model, --heads must match or
+    /// be left out, --ctx at most its context, no --dk-prior or --pretrain).
     #[arg(long)]
     load: Option<PathBuf>,
     /// `paper`: add the paper's hyperparameter grid (AP 4 settings, VA 3, DP 6, K = 3)
@@ -326,6 +337,8 @@ enum GridName {
     Paper,
 }
 
+/// Default steps of `train`.
+const DEFAULT_TRAIN_STEPS: usize = 4000;
 /// Default steps of `experiment`: per arm, and of the no-pause pretraining.
 const DEFAULT_EXPERIMENT_STEPS: usize = 600;
 const DEFAULT_PRETRAIN: usize = 2000;
@@ -469,10 +482,234 @@ impl RunArgs {
     }
 }
 
-fn run_train(a: TrainArgs) -> Result<()> {
+/// The `cyb` command line: the derived parser plus what derive cannot say. Each
+/// command's own default and help for the flags it shares (`--steps`, `--pauses`), and
+/// every flag's value read as a value even when it starts with `-`, so that
+/// `--steps -1` is an invalid value of `--steps` (named, with a value that works), not
+/// an "unexpected argument '-1'".
+fn cli() -> clap::Command {
+    Cli::command()
+        .mut_subcommands(|c| {
+            c.mut_args(|a| {
+                if a.get_action().takes_values() {
+                    a.allow_negative_numbers(true)
+                } else {
+                    a
+                }
+            })
+        })
+        .mut_subcommand("train", |c| {
+            c.mut_arg("steps", |a| {
+                a.default_value(DEFAULT_TRAIN_STEPS.to_string())
+            })
+        })
+        .mut_subcommand("experiment", |c| {
+            c.mut_arg("steps", |a| {
+                a.default_value(DEFAULT_EXPERIMENT_STEPS.to_string())
+                    .help("Optimizer steps of every arm (fine-tuning after --pretrain)")
+            })
+            .mut_arg("pauses", |a| {
+                a.help(
+                    "Pause steps K of the pause arms, at least 1 (the experiment trains its \
+                     own no-pause baseline)",
+                )
+            })
+        })
+}
+
+/// Adds to a clap error about a bad value the flag's value that works: its default,
+/// or an example where it has none.
+fn explain(mut err: clap::Error, cmd: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let long = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--");
+    let invoked = std::env::args().nth(1).unwrap_or_default();
+    let found = cmd
+        .get_subcommands()
+        .filter(|c| c.get_name() == invoked)
+        .chain(cmd.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long));
+    let Some(found) = found else { return err };
+    let example = match found.get_default_values().first() {
+        Some(d) => format!("--{long} {} (the default)", d.to_string_lossy()),
+        None => match found.get_value_names().and_then(|v| v.first()) {
+            Some(name) => format!("see `cyb {invoked} --help` for --{long} {name}"),
+            None => return err,
+        },
+    };
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![format!("a value that works: {example}").into()]),
+    );
+    err
+}
+
+/// The flags given on the command line (not filled in by a default) of the chosen
+/// command, by clap id (`top_k` for `--top-k`).
+struct Given(Vec<String>);
+
+impl Given {
+    fn new(matches: &ArgMatches) -> Self {
+        let ids = match matches.subcommand() {
+            Some((_, sub)) => sub
+                .ids()
+                .filter(|id| {
+                    sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| id.as_str().to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        Given(ids)
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.0.iter().any(|g| g == id)
+    }
+
+    /// A flag given where it cannot take effect is an error saying why, never silently
+    /// ignored: each rule is (clap id, the flag cannot take effect, why).
+    fn refuse(&self, rules: &[(&str, bool, String)]) -> Result<()> {
+        match rules
+            .iter()
+            .find(|(id, ignored, _)| *ignored && self.has(id))
+        {
+            Some((id, _, why)) => Err(CybError::Param(format!(
+                "{} cannot take effect: {why}",
+                flag(id)
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `--top-k` for the clap id `top_k`.
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// The environment variables the program reads, checked before any work (a bad value
+/// is an error, not a silent default).
+fn check_environment() -> Result<()> {
+    limits::progress_secs()?;
+    limits::memory_limit().map(|_| ())
+}
+
+/// A list flag (`--seeds 1,2,3`) without repeats: a repeated seed would be a run
+/// counted twice (a spread of 0 from one run).
+fn no_repeats<T: PartialEq + std::fmt::Display>(flag: &str, xs: &[T]) -> Result<()> {
+    match xs.iter().enumerate().find(|(i, x)| xs[..*i].contains(x)) {
+        Some((_, x)) => Err(CybError::Param(format!(
+            "{flag}: {x} is given twice; every value counts once (e.g. {flag} 1,2,3)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A checkpoint trained on other data than `data` is refused (where the checkpoint
+/// records its data: older ones do not).
+fn same_data(path: &Path, meta: &HashMap<String, String>, data: &dyn DataSource) -> Result<()> {
+    match meta.get(checkpoint::DATA_KEY) {
+        Some(trained) if *trained != data.identity() => Err(CybError::Data(format!(
+            "{} was trained on {trained}, but this run's data is {}: give the --task or \
+             --text it was trained on (or train a new model)",
+            path.display(),
+            data.identity()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The loaded model's shape flags: a given `--layers`, `--d-model`, `--heads` that
+/// differs from the model's, or a `--ctx` beyond its context, cannot take effect.
+fn shape_rules(run: &RunArgs, m: &ModelConfig) -> Vec<(&'static str, bool, String)> {
+    let keeps = |what: &str, v: usize| {
+        format!("the loaded model has {what} {v} and keeps its shape (leave the flag out)")
+    };
+    vec![
+        (
+            "layers",
+            run.layers != m.n_layer,
+            keeps("layers", m.n_layer),
+        ),
+        (
+            "d_model",
+            run.d_model != m.d_model,
+            keeps("d_model", m.d_model),
+        ),
+        ("heads", run.heads != m.n_head, keeps("heads", m.n_head)),
+        (
+            "ctx",
+            run.ctx > m.t_max,
+            format!(
+                "the loaded model's context is {} positions (use at most that)",
+                m.t_max
+            ),
+        ),
+        (
+            "dk_prior",
+            true,
+            format!(
+                "a loaded model keeps its own DK bias ({:.4})",
+                Num(m.dk_bias)
+            ),
+        ),
+    ]
+}
+
+fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
     let objective = objective(&a)?;
-    check_params(std::slice::from_ref(&objective), &a.run, 4000)?;
+    let reads_discount = matches!(
+        a.objective,
+        ObjectiveName::Ap | ObjectiveName::Va | ObjectiveName::Dp
+    );
+    let name = objective.name();
+    given.refuse(&[
+        (
+            "task",
+            a.data.text.is_some(),
+            "--text gives the data; leave out --task or --text".into(),
+        ),
+        (
+            "gamma",
+            !reads_discount,
+            format!("--objective {name} has no discount (a parameter of ap, va and dp)"),
+        ),
+        (
+            "discount",
+            !reads_discount,
+            format!("--objective {name} has no discount (a parameter of ap, va and dp)"),
+        ),
+        (
+            "beta",
+            a.objective != ObjectiveName::Va,
+            format!("it weighs CYB-VA's KL term (--objective va), not a term of {name}"),
+        ),
+        (
+            "alpha",
+            a.objective != ObjectiveName::Dp,
+            format!("it weighs CYB-DP's KL term (--objective dp), not a term of {name}"),
+        ),
+    ])?;
+    check_params(
+        std::slice::from_ref(&objective),
+        &a.run,
+        DEFAULT_TRAIN_STEPS,
+    )?;
     if let Some(p) = &a.save {
         cyb::atomic_file::check_writable_file(p)?;
     }
@@ -480,18 +717,44 @@ fn run_train(a: TrainArgs) -> Result<()> {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
     let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
+        Some(p) => Some(checkpoint::load_with_metadata(p)?),
         None => None,
     };
-    let data = a.data.source(a.run.ctx)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
+    let mut run = a.run.clone();
+    if let Some((m, _)) = &init {
+        let m = &m.config;
+        let mut rules = shape_rules(&run, m);
+        rules.push((
+            "pause_attention",
+            run.pause_attention != m.pause_attention,
+            format!(
+                "the loaded model has {} pauses and keeps them (leave the flag out, or train \
+                 a new model)",
+                m.pause_attention.name()
+            ),
+        ));
+        given.refuse(&rules)?;
+        // Unless given, the context and the pauses are the loaded model's own.
+        if !given.has("ctx") {
+            run.ctx = m.t_max;
+        }
+        if !given.has("pauses") {
+            run.pauses = m.k_max;
+        }
+    }
+    let data = a.data.source(run.ctx)?;
+    if let (Some((_, meta)), Some(path)) = (&init, &a.load) {
+        same_data(path, meta, data.as_ref())?;
+    }
+    let mut cfg = run.train_config(data.vocab(), objective, DEFAULT_TRAIN_STEPS)?;
+    let init = init.map(|(m, _)| m);
     if let Some(m) = &init {
         cfg.model = m.config.clone();
     }
     limits::check_train(&cfg)?;
     let m = &cfg.model;
-    eprintln!(
-        "training {} on {} | d={} L={} H={} T={} K={} | {} steps x {} x {}",
+    note(format!(
+        "training {} on {} | d={} L={} H={} T={} K={} ({} pauses) | {} steps x {} x {}",
         cfg.objective,
         data.describe(),
         m.d_model,
@@ -499,16 +762,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
         m.n_head,
         cfg.seq,
         cfg.pauses,
+        m.pause_attention.name(),
         cfg.steps,
         cfg.batch,
         cfg.seq
-    );
-    let out = train_on(&cfg, data.as_ref(), init, true, device)?;
+    ));
+    let trained = train_on(&cfg, data.as_ref(), init, true, device)?;
     if let Some(path) = &a.save {
-        checkpoint::save(path, &out.model)?;
-        eprintln!("saved {}", path.display());
+        checkpoint::save_with_data(path, &trained.model, &data.identity())?;
+        note(format!("saved {}", path.display()));
     }
-    let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
+    let summary = evaluate(&trained.model, data.as_ref(), &cfg.eval_config())?;
     let desc = RunDescription {
         lines: vec![
             format!(
@@ -517,8 +781,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
             ),
             format!("data: {}", data.describe()),
             format!(
-                "model: d_model {} layers {} heads {} context {} (V = {}), DK bias {:.4}",
-                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab, m.dk_bias
+                "model: d_model {} layers {} heads {} context {} (V = {}), {} pause attention, \
+                 DK bias {:.4}",
+                m.d_model,
+                m.n_layer,
+                m.n_head,
+                cfg.seq,
+                m.vocab,
+                m.pause_attention.name(),
+                Num(m.dk_bias)
             ),
             format!(
                 "training: {} steps x {} sequences x {} tokens = {} real tokens, lr {} seed {}",
@@ -526,36 +797,59 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 cfg.batch,
                 cfg.seq,
                 cfg.steps * cfg.batch * cfg.seq,
-                cfg.lr,
+                Num::from(cfg.lr),
                 cfg.seed
             ),
             match device {
                 TrainDevice::Cpu => format!(
                     "speed: {:.0} real tokens/s on {} CPU threads, {:.1} s in all",
-                    out.tokens_per_sec,
+                    Num(trained.tokens_per_sec),
                     rayon::current_num_threads(),
-                    out.seconds
+                    Num(trained.seconds)
                 ),
                 TrainDevice::Cuda(precision) => format!(
                     "speed: {:.0} real tokens/s on CUDA device 0 ({precision}), {:.1} s in all",
-                    out.tokens_per_sec, out.seconds
+                    Num(trained.tokens_per_sec),
+                    Num(trained.seconds)
                 ),
             },
         ],
     };
     let report = render(&desc, &summary, data.as_ref());
-    println!("{report}");
+    // The files first: a reader that closes standard output early (`| head`) must not
+    // cost them.
     if let Some(dir) = &a.out {
-        let csv = curve_csv(&out.curve);
+        let csv = curve_csv(&trained.curve);
         write_outputs(dir, &[("report.md", &report), ("curve.csv", &csv)])?;
         plot::plot_pauses(&dir.join("pauses.png"), &summary)?;
-        eprintln!("wrote {}", dir.display());
+        note(format!("wrote {}", dir.display()));
     }
-    Ok(())
+    out(&report)
 }
 
-fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
+fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
+    given.refuse(&[
+        (
+            "task",
+            a.data.text.is_some(),
+            "--text gives the data; leave out --task or --text".into(),
+        ),
+        (
+            "eval_every",
+            a.run.eval_every == Some(0),
+            "the experiment compares learning curves, which need points: leave it out \
+             (a tenth of --steps) or give a number of steps"
+                .into(),
+        ),
+        (
+            "pretrain",
+            a.load.is_some(),
+            "--load gives the model every arm is fine-tuned from (nothing is pretrained)".into(),
+        ),
+    ])?;
+    no_repeats("--seeds", &a.seeds)?;
+    no_repeats("--regimes", &a.regimes)?;
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
@@ -566,7 +860,9 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         )));
     }
     if let Some(&r) = a.regimes.iter().find(|&&r| r == 0 || r > 10) {
-        return Err(CybError::Param(format!("--regimes: {r} is not in 1..=10")));
+        return Err(CybError::Param(format!(
+            "--regimes: {r} is not in 1..=10 (e.g. --regimes 1,2,3)"
+        )));
     }
     if a.bpe.is_some() && a.data.text.is_none() {
         return Err(CybError::Param("--bpe needs --text FILE".into()));
@@ -574,23 +870,30 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     if let Some(n) = a.bpe {
         if !(256..=8192).contains(&n) {
             return Err(CybError::Param(format!(
-                "--bpe {n}: a BPE vocabulary of 256..=8192 tokens"
+                "--bpe {n}: a BPE vocabulary of 256..=8192 tokens (e.g. --bpe 512)"
             )));
         }
     }
     cyb::atomic_file::check_writable_dir(&a.out)?;
     let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
+        Some(p) => Some(checkpoint::load_with_metadata(p)?),
         None => None,
     };
+    if let Some((m, _)) = &init {
+        given.refuse(&shape_rules(&a.run, &m.config))?;
+    }
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
-        .map_or(a.run.ctx, |m| m.config.t_max.min(a.run.ctx));
+        .map_or(a.run.ctx, |(m, _)| m.config.t_max.min(a.run.ctx));
     let data: Box<dyn DataSource> = match (&a.data.text, a.bpe) {
         (Some(path), Some(n)) => Box::new(cyb::data::TokenText::from_file(path, n, seq)?),
         _ => a.data.source(seq)?,
     };
+    if let (Some((_, meta)), Some(path)) = (&init, &a.load) {
+        same_data(path, meta, data.as_ref())?;
+    }
+    let init = init.map(|(m, _)| m);
     let mut base =
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
@@ -627,41 +930,49 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
-        eprintln!("[{}/{n}] {label}", i + 1)
+        note(format!("[{}/{n}] {label}", i + 1))
     })?;
     let report = render_report(&res, &command.join(" "));
-    // The report first, then every file that can be written (a failed one does not
-    // stop the others); the first failure is the error.
-    println!("{report}");
+    // Every file that can be written (a failed one does not stop the others), then the
+    // report, then the first failure as the error: a reader that closes standard
+    // output early (`| head`) does not cost the files, and a failed file does not cost
+    // the report.
     let mut files = vec![("report.md", report.clone())];
     files.extend(csv_files(&res));
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let written = [write_outputs(&a.out, &files), plot_experiment(&a.out, &res)];
+    out(&report)?;
     let failed: Vec<_> = written.into_iter().filter_map(|r| r.err()).collect();
     for e in failed.iter().skip(1) {
-        eprintln!("error: {e}");
+        note(format!("error: {e}"));
     }
     match failed.into_iter().next() {
         Some(e) => Err(e),
         None => {
-            eprintln!("wrote {}", a.out.display());
+            note(format!("wrote {}", a.out.display()));
             Ok(())
         }
     }
 }
 
-fn run_eval(a: EvalArgs) -> Result<()> {
+fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
     require_cpu(a.device)?;
+    given.refuse(&[(
+        "task",
+        a.data.text.is_some(),
+        "--text gives the data; leave out --task or --text".into(),
+    )])?;
     limits::at_least_one("--eval-batches", a.eval_batches)?;
     limits::at_least_one("--batch", a.batch)?;
     limits::threshold(a.threshold)?;
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let model = checkpoint::load(&a.load)?;
+    let (model, meta) = checkpoint::load_with_metadata(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
     let data = a.data.source(seq)?;
+    same_data(&a.load, &meta, data.as_ref())?;
     if data.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
             "the data has vocabulary {} but the model was trained with {}",
@@ -677,36 +988,79 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         threshold: a.threshold,
         seed: a.seed,
     };
-    let summary = evaluate(&model, data.as_ref(), &cfg)?;
+    let summary = evaluate_shown(&model, data.as_ref(), &cfg, true)?;
     let desc = RunDescription {
         lines: vec![
             format!("model: {} ({:?})", a.load.display(), model.config),
             format!("data: {}", data.describe()),
-            format!("evaluation: K = {pauses}, threshold {}", a.threshold),
+            format!("evaluation: K = {pauses}, threshold {}", Num(a.threshold)),
         ],
     };
-    println!("{}", render(&desc, &summary, data.as_ref()));
+    out(render(&desc, &summary, data.as_ref()))?;
     if a.pauses_by_token {
-        println!("{}", render_by_token(&summary, data.as_ref()));
+        out(render_by_token(&summary, data.as_ref()))?;
     }
     Ok(())
 }
 
-fn run_generate(a: GenerateArgs) -> Result<()> {
+fn run_generate(a: GenerateArgs, given: &Given) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
+    let sample = a.policy == PolicyName::Sample;
+    let greedy = a.policy == PolicyName::Greedy;
+    let sample_only = "it is read by --policy sample only";
+    given.refuse(&[
+        ("temperature", !sample, sample_only.into()),
+        ("top_k", !sample, sample_only.into()),
+        ("top_p", !sample, sample_only.into()),
+        (
+            "seed",
+            !sample,
+            "only --policy sample draws at random".into(),
+        ),
+        (
+            "threshold",
+            !greedy,
+            "it is read by --policy greedy only".into(),
+        ),
+    ])?;
     limits::threshold(a.threshold)?;
-    let model = checkpoint::load(&a.load)?;
+    if let Some(n) = a.max_new {
+        limits::at_least_one("--max-new", n)?;
+    }
+    let (model, meta) = checkpoint::load_with_metadata(&a.load)?;
+    let trained_task = meta
+        .get(checkpoint::DATA_KEY)
+        .and_then(|d| d.strip_prefix("task "))
+        .map(str::to_string);
+    given.refuse(&[(
+        "task",
+        model.config.vocab == 256,
+        "the model is byte-level (V = 256): the prompt is plain text".into(),
+    )])?;
+    let task = a
+        .task
+        .clone()
+        .or(trained_task.clone())
+        .unwrap_or_else(|| "modsum".into());
     let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
         Box::new(cyb::data::Bytes)
     } else {
-        task_by_name(&a.task)?
+        task_by_name(&task)?
     };
+    if let Some(trained) = &trained_task {
+        if vocab.identity() != format!("task {trained}") {
+            return Err(CybError::Data(format!(
+                "{} was trained on task {trained}, not --task {task}: leave --task out (the \
+                 model's own task is the default)",
+                a.load.display()
+            )));
+        }
+    }
     if vocab.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
-            "the model has vocabulary {} but --task {} has {}",
+            "the model has vocabulary {} but --task {task} has {}",
             model.config.vocab,
-            a.task,
             vocab.vocab()
         )));
     }
@@ -727,19 +1081,23 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     // private mode that costs the remaining pause steps (shared mode runs them anyway).
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
-    let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
+    let out_tokens = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
     let pieces = generated_text::pieces(
-        &out.iter().map(|e| (e.token, e.pauses)).collect::<Vec<_>>(),
+        &out_tokens
+            .iter()
+            .map(|e| (e.token, e.pauses))
+            .collect::<Vec<_>>(),
         model.config.vocab == 256,
         |t| vocab.token_text(t),
     );
-    let n_out = out.len().max(1) as f64;
-    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
+    let n_out = out_tokens.len().max(1) as f64;
+    // Means start from +0.0: a sum of no f64 values is -0.0 in Rust.
+    let mean = out_tokens.iter().fold(0.0, |acc, e| acc + e.pauses as f64) / n_out;
     let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
-    let mean_expected = out.iter().map(expected).sum::<f64>() / n_out;
+    let mean_expected = out_tokens.iter().fold(0.0, |acc, e| acc + expected(e)) / n_out;
     let mode = model.config.pause_attention;
     if a.json {
-        let tokens: Vec<serde_json::Value> = out
+        let tokens: Vec<serde_json::Value> = out_tokens
             .iter()
             .map(|e| {
                 serde_json::json!({
@@ -761,8 +1119,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             "mean_expected_pauses": mean_expected,
             "tokens": tokens,
         });
-        println!("{doc:#}");
-        return Ok(());
+        return out(format!("{doc:#}"));
     }
     let tty = std::io::stdout().is_terminal();
     let mut text = a.prompt.clone();
@@ -771,25 +1128,25 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let marks = if tty { Marks::Tty } else { Marks::Plain };
     text.push_str(&generated_text::render(&pieces, marks));
-    println!("{text}");
+    out(text)?;
     // Per token: its readout step S and E[pauses] under the model's halting distribution.
-    let steps: Vec<String> = out
+    let steps: Vec<String> = out_tokens
         .iter()
         .map(|e| {
             format!(
                 "{}:S={},E={:.2}",
                 vocab.token_text(e.token).trim(),
                 e.pauses,
-                expected(e)
+                Num(expected(e))
             )
         })
         .collect();
-    println!("readout: {}", steps.join(" "));
-    eprintln!(
+    out(format!("readout: {}", steps.join(" ")))?;
+    note(format!(
         "{} tokens, {:.2} pauses per token, E[pauses] {:.2} (K = {pauses}, {mode} pauses{}){}",
-        out.len(),
-        mean,
-        mean_expected,
+        out_tokens.len(),
+        Num(mean),
+        Num(mean_expected),
         match mode {
             cyb::config::PauseAttention::Shared => ": every step computed, S picks the readout",
             cyb::config::PauseAttention::Private => "",
@@ -799,20 +1156,26 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         } else {
             "; {n} after a token = n pauses"
         }
-    );
+    ));
     Ok(())
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Train(a) => run_train(a),
-        Command::Eval(a) => run_eval(a),
-        Command::Experiment(a) => run_experiment_cmd(a),
-        Command::Generate(a) => run_generate(a),
-    };
+    let cmd = cli();
+    let matches = cmd
+        .clone()
+        .try_get_matches()
+        .unwrap_or_else(|e| explain(e, &cmd).exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = Given::new(&matches);
+    let result = check_environment().and_then(|()| match cli.command {
+        Command::Train(a) => run_train(a, &given),
+        Command::Eval(a) => run_eval(a, &given),
+        Command::Experiment(a) => run_experiment_cmd(a, &given),
+        Command::Generate(a) => run_generate(a, &given),
+    });
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        note(format!("error: {e}"));
         std::process::exit(1);
     }
 }

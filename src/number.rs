@@ -50,3 +50,16 @@ impl From<f32> for Num {
         Num(x.to_string().parse().unwrap_or(f64::from(x)))
     }
 }
+
+/// `x` rounded to `digits` significant digits, for messages (`333.3`, `-3e27`, not
+/// `333.3333333333333` or `-3.0000000000000003e27`).
+///
+/// ```
+/// use cyb::number::sig;
+/// assert_eq!(sig(1.0 / 0.003, 4).to_string(), "333.3");
+/// assert_eq!(sig(1.0 - 0.003 * 1e30, 4).to_string(), "-3e27");
+/// ```
+pub fn sig(x: f64, digits: usize) -> Num {
+    let text = format!("{x:.*e}", digits.saturating_sub(1));
+    Num(text.parse().unwrap_or(x))
+}

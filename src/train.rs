@@ -496,6 +496,67 @@ impl ProgressLines {
     }
 }
 
+/// Progress of an evaluation: a bar on a terminal, plain lines otherwise.
+struct EvalProgress {
+    bar: ProgressBar,
+    lines: bool,
+    every: f64,
+    next: f64,
+    batches: usize,
+    start: Instant,
+}
+
+impl EvalProgress {
+    fn new(show_progress: bool, batches: usize) -> Result<Self> {
+        use std::io::IsTerminal;
+        let every = crate::limits::progress_secs()?;
+        let tty = std::io::stderr().is_terminal();
+        let bar = if show_progress && tty {
+            let bar = ProgressBar::new(batches as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "evaluating {bar:30} {pos}/{len} batches  {elapsed_precise} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(EvalProgress {
+            bar,
+            lines: show_progress && !tty,
+            every,
+            next: every,
+            batches,
+            start: Instant::now(),
+        })
+    }
+
+    /// Called before batch `done` (0-based) is evaluated.
+    fn batch(&mut self, done: usize) {
+        self.bar.set_position(done as u64);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        if !self.lines || done == 0 || elapsed < self.next {
+            return;
+        }
+        self.next = elapsed + self.every;
+        let eta = elapsed / done as f64 * (self.batches - done) as f64;
+        crate::console::note(format!(
+            "evaluating batch {done}/{}  elapsed {}  ETA {}",
+            self.batches,
+            clock(elapsed),
+            clock(eta)
+        ));
+    }
+}
+
+impl Drop for EvalProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// Seconds as `1h02m03s`, `2m03s` or `3s`.
 fn clock(secs: f64) -> String {
     let s = secs.round() as u64;
@@ -545,7 +606,19 @@ pub fn validation_detail(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
+    validation_detail_shown(model, data, cfg, false)
+}
+
+/// [`validation_detail`] showing its progress on stderr when `show_progress`: a bar on
+/// a terminal, else a plain line every `$CYB_PROGRESS_SECS` seconds (as training).
+fn validation_detail_shown(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+    show_progress: bool,
+) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     crate::limits::check_eval(&model.config, cfg)?;
+    let mut progress = EvalProgress::new(show_progress, cfg.batches)?;
     let mut rng = validation_rng(cfg.seed);
     let shape = LossShape {
         batch: cfg.batch,
@@ -555,7 +628,8 @@ pub fn validation_detail(
     };
     let width = shape.vocab + 1;
     let (mut outcomes, mut detail) = (Vec::new(), Vec::new());
-    for _ in 0..cfg.batches {
+    for done in 0..cfg.batches {
+        progress.batch(done);
         let b = data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng);
         let logits = model.forward(&b.tokens, cfg.batch, cfg.seq, cfg.pauses)?;
         outcomes.extend(greedy_outcomes(
@@ -597,7 +671,18 @@ pub fn evaluate(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<EvalSummary> {
-    let outcomes = validation_outcomes(model, data, cfg)?;
+    evaluate_shown(model, data, cfg, false)
+}
+
+/// [`evaluate`], showing its progress on stderr when `show_progress` (`cyb eval`: a
+/// long `--eval-batches` is not silent).
+pub fn evaluate_shown(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+    show_progress: bool,
+) -> Result<EvalSummary> {
+    let (outcomes, _) = validation_detail_shown(model, data, cfg, show_progress)?;
     Ok(EvalSummary::from_outcomes(
         &outcomes,
         cfg.pauses,
