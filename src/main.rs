@@ -486,12 +486,15 @@ impl RunArgs {
 /// command's own default and help for the flags it shares (`--steps`, `--pauses`), and
 /// every flag's value read as a value even when it starts with `-`, so that
 /// `--steps -1` is an invalid value of `--steps` (named, with a value that works), not
-/// an "unexpected argument '-1'".
+/// an "unexpected argument '-1'", and `--lr -1e-3` reaches the range check.
 fn cli() -> clap::Command {
     Cli::command()
         .mut_subcommands(|c| {
             c.mut_args(|a| {
-                if a.get_action().takes_values() {
+                if a.is_allow_negative_numbers_set() {
+                    // The real-valued flags: clap's number test knows no `-1e-3`.
+                    a.allow_hyphen_values(true)
+                } else if a.get_action().takes_values() {
                     a.allow_negative_numbers(true)
                 } else {
                     a
@@ -543,12 +546,18 @@ fn explain(mut err: clap::Error, cmd: &clap::Command) -> clap::Error {
         .flat_map(|c| c.get_arguments())
         .find(|a| a.get_long() == Some(long));
     let Some(found) = found else { return err };
-    let example = match found.get_default_values().first() {
-        Some(d) => format!("--{long} {} (the default)", d.to_string_lossy()),
-        None => match found.get_value_names().and_then(|v| v.first()) {
+    let defaults: Vec<String> = found
+        .get_default_values()
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    let example = if defaults.is_empty() {
+        match found.get_value_names().and_then(|v| v.first()) {
             Some(name) => format!("see `cyb {invoked} --help` for --{long} {name}"),
             None => return err,
-        },
+        }
+    } else {
+        format!("--{long} {} (the default)", defaults.join(","))
     };
     err.insert(
         ContextKind::Suggested,

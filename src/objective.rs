@@ -37,7 +37,7 @@ impl StepWeights {
             StepWeights::Explicit(v) => {
                 if v.len() != k + 1 {
                     return Err(CybError::Param(format!(
-                        "{what} needs exactly K+1 = {} ratios for K = {k}, got {} ({})",
+                        "{what} (--{what}) needs exactly K+1 = {} ratios for K = {k}, got {} ({})",
                         k + 1,
                         v.len(),
                         self
@@ -48,19 +48,19 @@ impl StepWeights {
         };
         if raw.iter().any(|x| !x.is_finite() || *x < 0.0) {
             return Err(CybError::Param(format!(
-                "{what} ratios must be finite and >= 0, got {self}"
+                "{what} (--{what}) ratios must be finite and >= 0, got {self}"
             )));
         }
         let sum: f64 = raw.iter().sum();
         if !sum.is_finite() {
             return Err(CybError::Param(format!(
-                "{what} ratios {self} sum to more than the largest number ({sum}); only \
+                "{what} (--{what}) ratios {self} sum to more than the largest number ({sum}); only \
                  their proportions matter, so scale them down (e.g. 1:1:1:1)"
             )));
         }
         if sum <= 0.0 {
             return Err(CybError::Param(format!(
-                "{what} ratios are all zero ({self}); at least one must be > 0"
+                "{what} (--{what}) ratios are all zero ({self}); at least one must be > 0 (e.g. 1:1:1:1)"
             )));
         }
         Ok(raw.iter().map(|x| x / sum).collect())
