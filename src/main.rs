@@ -1188,3 +1188,6 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod cli_docs;
