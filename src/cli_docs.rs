@@ -113,6 +113,56 @@ fn every_flag_readme_names_exists_in_help() {
     assert!(checked > 50, "only {checked} flags found in README.md");
 }
 
+/// README's synopsis shows a flag with its default as `[--flag VALUE]`: a literal value
+/// there (not a placeholder like `N`, not a choice like `exp|linear`) is the parser's
+/// default of that flag for that command.
+#[test]
+fn defaults_in_the_readme_synopsis_are_the_parsers() {
+    let cmd = cli();
+    let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    let mut current: Option<&str> = None;
+    let mut checked = 0;
+    for line in README.lines() {
+        let continues = line.starts_with(' ') && line.trim_start().starts_with('[');
+        current = match command_of_line(line, &names) {
+            Some(name) => Some(name),
+            None if continues => current,
+            None => None,
+        };
+        let Some(name) = current else { continue };
+        let sub = cmd.find_subcommand(name).unwrap();
+        for part in line.split("[--").skip(1) {
+            let Some((long, value)) = part.split_once(' ') else {
+                continue;
+            };
+            let value = value.split(']').next().unwrap_or("");
+            let literal = !value.is_empty()
+                && !value.contains(['|', ' ', '['])
+                && !value.contains("..")
+                && !value.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            let arg = sub.get_arguments().find(|a| a.get_long() == Some(long));
+            let (Some(arg), true) = (arg, literal) else {
+                continue;
+            };
+            let parser: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if parser.is_empty() {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(
+                value,
+                parser.join(","),
+                "README shows `[--{long} {value}]` for `cyb {name}`; the parser's default is {parser:?}"
+            );
+        }
+    }
+    assert!(checked >= 5, "only {checked} synopsis defaults found");
+}
+
 /// The text after each "default" in `help`: `[default: X]`, `(default: X)`, `default X`.
 fn stated_defaults(help: &str) -> Vec<String> {
     let mut out = Vec::new();
