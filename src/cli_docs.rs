@@ -260,6 +260,25 @@ fn defaults_named_in_messages_are_the_parsers() {
         default("eval", "threshold"),
         default("generate", "threshold")
     );
+    let sample = |temperature, top_p| cyb::decode::Policy::Sample {
+        temperature,
+        top_k: 0,
+        top_p,
+    };
+    for (e, sub, id) in [
+        (msg(sample(-1.0, 1.0).check()), "generate", "temperature"),
+        (msg(sample(1.0, 2.0).check()), "generate", "top_p"),
+        (
+            msg(cyb::objective::dk_bias_from_prior(2.0, 5).map(|_| ())),
+            "train",
+            "dk_prior",
+        ),
+    ] {
+        assert!(
+            e.contains(&format!("the default {} works", default(sub, id))),
+            "{e}"
+        );
+    }
     let wd = msg(cyb::limits::check_schedule(3e-3, 1e30, 1.0, 1, 1, 1, 1));
     assert!(wd.contains(&format!(
         "the default {} works",

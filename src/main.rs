@@ -1034,6 +1034,15 @@ fn run_generate(a: GenerateArgs, given: &Given) -> Result<()> {
         ),
     ])?;
     limits::threshold(a.threshold)?;
+    if sample {
+        // The sampling numbers are checked before the model is read, as the others.
+        Policy::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        }
+        .check()?;
+    }
     if let Some(n) = a.max_new {
         limits::at_least_one("--max-new", n)?;
     }

@@ -176,7 +176,9 @@ impl FromStr for Discount {
 pub fn dk_bias_from_prior(psi: f64, vocab: usize) -> Result<f64> {
     if !(psi.is_finite() && (0.0..1.0).contains(&psi)) {
         return Err(CybError::Param(format!(
-            "the DK prior psi must be in [0, 1) (0 = no bias), got {psi}"
+            "--dk-prior = {}: the DK prior psi must be in [0, 1) (0 = no bias; the default \
+             0.9 works)",
+            Num(psi)
         )));
     }
     if vocab == 0 {

@@ -1238,6 +1238,34 @@ fn messages_name_the_flag_and_a_value_that_works() {
             "--threshold",
             "0.5 works",
         ),
+        (
+            vec![
+                "generate",
+                "--load",
+                "x",
+                "--prompt",
+                "1",
+                "--policy",
+                "sample",
+                "--temperature",
+                "-1e-300",
+            ],
+            "--temperature = -1e-300",
+            "the default 1 works",
+        ),
+        (
+            vec![
+                "generate", "--load", "x", "--prompt", "1", "--policy", "sample", "--top-p",
+                "1e-400",
+            ],
+            "--top-p = 0",
+            "the default 1 works",
+        ),
+        (
+            vec!["train", "--dk-prior", "1e300"],
+            "--dk-prior = 1e300",
+            "the default 0.9 works",
+        ),
     ];
     for (args, flag, works) in cases {
         let o = cyb(&args);
