@@ -14,7 +14,7 @@ use cyb::limits;
 use cyb::number::Num;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
-use cyb::report::{render, render_by_token, RunDescription};
+use cyb::report::{render, render_at, render_by_token, RunDescription};
 use cyb::train::{
     curve_csv, evaluate, evaluate_shown, train_on, EvalConfig, TrainConfig, TrainDevice,
 };
@@ -1005,7 +1005,7 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
             format!("evaluation: K = {pauses}, threshold {}", Num(a.threshold)),
         ],
     };
-    out(render(&desc, &summary, data.as_ref()))?;
+    out(render_at(&desc, &summary, data.as_ref(), a.threshold))?;
     if a.pauses_by_token {
         out(render_by_token(&summary, data.as_ref()))?;
     }

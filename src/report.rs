@@ -39,6 +39,17 @@ const GROUP_HEADER: &str = "| group        |  count |    acc |  acc@0 | pauses |
 
 /// Render the report as Markdown (readable in a terminal too).
 pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSource) -> String {
+    render_at(desc, summary, data, 0.5)
+}
+
+/// [`render`] of an evaluation whose greedy policy said DK when `p(DK) > threshold`
+/// (`cyb eval --threshold`): the report names the threshold it was measured with.
+pub fn render_at(
+    desc: &RunDescription,
+    summary: &EvalSummary,
+    data: &dyn DataSource,
+    threshold: f64,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# cyb report\n");
     for l in &desc.lines {
@@ -47,8 +58,9 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
     let o = &summary.overall;
     let _ = writeln!(
         s,
-        "\n## Validation ({} positions, greedy policy: DK when p(DK) > 0.5)\n",
-        o.count
+        "\n## Validation ({} positions, greedy policy: DK when p(DK) > {})\n",
+        o.count,
+        Num(threshold)
     );
     let uniform = (data.vocab() as f64).ln();
     let rows = [
@@ -71,7 +83,10 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
         (
             "accuracy, greedy policy",
             format!("{:.4}", Num(o.accuracy)),
-            "argmax answer at the first step with p(DK) <= 0.5 (step K at the latest)".into(),
+            format!(
+                "argmax answer at the first step with p(DK) <= {} (step K at the latest)",
+                Num(threshold)
+            ),
         ),
         (
             "accuracy answering at step 0",

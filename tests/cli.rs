@@ -133,6 +133,25 @@ fn train_save_eval_generate() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("Pauses by target token"));
+    // The report names the threshold it was measured with.
+    for threshold in ["0.5", "0.25", "1"] {
+        let o = cyb(&[
+            "eval",
+            "--load",
+            s(&ckpt),
+            "--eval-batches",
+            "1",
+            "--threshold",
+            threshold,
+        ]);
+        let report = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success()
+                && report.contains(&format!("DK when p(DK) > {threshold})"))
+                && report.contains(&format!("p(DK) <= {threshold} (step K")),
+            "{report}"
+        );
+    }
 
     let o = cyb(&[
         "generate",
