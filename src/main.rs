@@ -412,6 +412,20 @@ fn check_params(objectives: &[Objective], run: &RunArgs, default_steps: usize) -
         r.eval_batches,
     )?;
     limits::eval_every(r.eval_every.unwrap_or(0), steps)?;
+    limits::at_least_one("--layers", r.layers)?;
+    limits::at_least_one("--d-model", r.d_model)?;
+    limits::at_least_one("--heads", r.heads)?;
+    if r.d_model % r.heads != 0 {
+        // The largest head count up to the one asked for that divides the width.
+        let works = (1..=r.heads)
+            .rev()
+            .find(|h| r.d_model % h == 0)
+            .unwrap_or(1);
+        return Err(CybError::Param(format!(
+            "--heads = {}: --d-model {} must be a multiple of --heads (e.g. --heads {works})",
+            r.heads, r.d_model
+        )));
+    }
     for o in objectives {
         o.resolve(run.pauses)?;
     }

@@ -401,7 +401,7 @@ fn run_loop<S: Stepper>(
                  lower --lr (e.g. {})",
                 Num::from(cfg.lr),
                 Num::from(cfg.grad_clip),
-                Num::from(cfg.lr / 10.0)
+                Num::from((cfg.lr / 10.0).min(3e-3))
             )));
         }
         history.push(StepLog {

@@ -1285,6 +1285,23 @@ fn messages_name_the_flag_and_a_value_that_works() {
             "--dk-prior = 1e300",
             "the default 0.9 works",
         ),
+        (
+            vec!["train", "--heads", "3"],
+            "--heads = 3",
+            "e.g. --heads 2",
+        ),
+        (
+            vec!["experiment", "--d-model", "48", "--heads", "5"],
+            "--heads = 5",
+            "e.g. --heads 4",
+        ),
+        (vec!["train", "--heads", "0"], "--heads = 0", "at least 1"),
+        (vec!["train", "--layers", "0"], "--layers = 0", "at least 1"),
+        (
+            vec!["train", "--d-model", "0"],
+            "--d-model = 0",
+            "at least 1",
+        ),
     ];
     for (args, flag, works) in cases {
         let o = cyb(&args);
