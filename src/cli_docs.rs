@@ -2,7 +2,8 @@
 //! README.md and `--help` agree with the parser. Generic over the commands and flags,
 //! so that a command or flag added later is covered as well.
 
-use super::{cli, DEFAULT_EXPERIMENT_STEPS, DEFAULT_TRAIN_STEPS};
+use super::cli_rules::cli;
+use super::{DEFAULT_EXPERIMENT_STEPS, DEFAULT_TRAIN_STEPS};
 use clap::Command;
 
 const README: &str = include_str!("../README.md");
