@@ -59,6 +59,12 @@ fn flags_in(text: &str) -> Vec<String> {
 /// The `cyb` command a README line runs (`cyb train ...`, `cargo run --release --
 /// train ...`), if any.
 fn command_of_line<'a>(line: &str, names: &[&'a str]) -> Option<&'a str> {
+    // Only command lines (`cyb train ...`, `cargo run ... -- train ...`), not prose that
+    // names a command beside other commands' flags.
+    let trimmed = line.trim_start();
+    if !(trimmed.starts_with("cyb ") || trimmed.starts_with("cargo run")) {
+        return None;
+    }
     names
         .iter()
         .copied()
