@@ -22,6 +22,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let resolved = resolve_link(path)?;
     let path = resolved.as_path();
     let tmp = temp_path(path)?;
+    remove_stale_temps(path);
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -95,20 +96,42 @@ pub fn check_writable_file(path: &Path) -> Result<()> {
     })
 }
 
-/// `dir` is (or can be created as) a folder that takes new files. The folder is
-/// created here, so that a later write cannot fail on it.
+/// `dir` is, or can be created as, a folder that takes new files: it exists as a
+/// folder that takes new files, or its nearest existing ancestor is one (and nothing
+/// on the way is a file). Nothing is created here: the folder is made when the first
+/// output is written, so a run refused later leaves no empty folder behind.
 pub fn check_writable_dir(dir: &Path) -> Result<()> {
-    if let Ok(m) = std::fs::metadata(dir) {
-        if !m.is_dir() {
-            return Err(refuse(
-                dir,
-                std::io::ErrorKind::InvalidInput,
-                "exists and is not a directory",
-            ));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for ancestor in dir.ancestors() {
+        let here = if ancestor.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            ancestor
+        };
+        match std::fs::metadata(here) {
+            Ok(m) if m.is_dir() => {
+                return check_writable_dir_exists(here).map_err(|e| match e {
+                    CybError::Io { source, .. } if here != dir => CybError::io(dir, source),
+                    other => other,
+                })
+            }
+            Ok(_) => {
+                let msg = if here == dir {
+                    "exists and is not a directory".to_string()
+                } else {
+                    format!("{} exists and is not a directory", here.display())
+                };
+                return Err(refuse(dir, std::io::ErrorKind::InvalidInput, &msg));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(CybError::io(here, e)),
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| CybError::io(dir, e))?;
-    check_writable_dir_exists(dir)
+    Ok(())
 }
 
 fn check_writable_dir_exists(dir: &Path) -> Result<()> {
@@ -150,6 +173,43 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     Ok(path.with_file_name(tmp_name))
 }
 
+/// Removes `.<name>.tmp.<pid>` files next to `path` left by a save that was killed
+/// before its rename: only those of our own naming for this file, and only where the
+/// process `<pid>` is gone (checked in /proc; where there is no /proc nothing is
+/// removed). Failures are ignored: the stale file only takes space.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(pid) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let ours = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        if ours
+            && pid != std::process::id().to_string()
+            && !Path::new("/proc").join(pid).exists()
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A file written piece by piece and renamed into place only by [`AtomicWriter::commit`]:
 /// for outputs too large to hold in memory (token shards). Until the commit the data
 /// sits in `.<name>.tmp.<pid>` beside `path`; dropping the writer without committing
@@ -178,6 +238,7 @@ impl AtomicWriter {
         check_writable_file(path)?;
         let path = resolve_link(path)?;
         let tmp = temp_path(&path)?;
+        remove_stale_temps(&path);
         let file = std::fs::File::create(&tmp).map_err(|e| CybError::io(&tmp, e))?;
         Ok(AtomicWriter {
             path,

@@ -1,7 +1,10 @@
 //! Checkpoints (SPEC section 7): safetensors with the SPEC tensor names and shapes,
 //! little-endian f32 (bf16 and f16 weights are accepted on load), and
 //! `__metadata__ = {"config": <ModelConfig as JSON>}`, plus `"tokenizer"` for a model
-//! whose tokenizer file travels with it (see [`crate::checkpoint_tokenizer`]).
+//! whose tokenizer file travels with it (see [`crate::checkpoint_tokenizer`]), and
+//! `"data"`: what the model was trained on ([`crate::data::DataSource::identity`],
+//! written by `cyb train`), so that evaluating or fine-tuning it on another task is
+//! refused instead of scored.
 //!
 //! The tensor data are read and written as byte views of the `f32`/`bf16`/`f16` slices
 //! (`bytemuck`), which is the file's little-endian layout only on a little-endian host:
@@ -28,6 +31,9 @@ fn err(path: &Path, msg: impl Into<String>) -> CybError {
         msg: msg.into(),
     }
 }
+
+/// The `__metadata__` key that records the data a model was trained on.
+pub const DATA_KEY: &str = "data";
 
 /// The serialised bytes of a model (what [`save`] writes).
 pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
@@ -87,6 +93,23 @@ pub fn save_with_metadata(
     write_atomic(path.as_ref(), &to_bytes_with_metadata(model, extra)?)
 }
 
+/// [`save`] with the identity of the training data under [`DATA_KEY`].
+///
+/// ```
+/// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
+/// let path = std::env::temp_dir().join(format!("cyb_doc_data_{}.safetensors", std::process::id()));
+/// checkpoint::save_with_data(&path, &m, "task modsum:5:4").unwrap();
+/// let (loaded, meta) = checkpoint::load_with_metadata(&path).unwrap();
+/// assert_eq!(loaded, m);
+/// assert_eq!(meta[checkpoint::DATA_KEY], "task modsum:5:4");
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn save_with_data(path: impl AsRef<Path>, model: &Model<f32>, data: &str) -> Result<()> {
+    save_with_metadata(path, model, &[(DATA_KEY, data.to_string())])
+}
+
 /// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),
 /// f32/bf16/f16 data, and a `config` that parses and validates. Errors say exactly
 /// which tensor or field is wrong.
@@ -97,7 +120,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
 /// [`load`], also returning every `__metadata__` entry (`config` included).
 pub fn load_with_metadata(path: impl AsRef<Path>) -> Result<(Model<f32>, HashMap<String, String>)> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+    let bytes = crate::input_file::read_bounded(
+        path,
+        "the checkpoint",
+        crate::input_file::MAX_INPUT_BYTES,
+    )?;
     from_bytes_with_metadata(&bytes).map_err(|msg| err(path, msg))
 }
 

@@ -32,6 +32,7 @@ use crate::error::{CybError, Result};
 use crate::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 /// The `__metadata__` key that names the tokenizer file.
@@ -82,9 +83,20 @@ fn folder_of(checkpoint: &Path) -> PathBuf {
 /// checkpoint never names a file that is not there. Bytes need no file: a plain
 /// [`checkpoint::save`].
 pub fn save(checkpoint: &Path, model: &Model<f32>, tokenizer: &TextTokenizer) -> Result<()> {
+    save_with(checkpoint, model, tokenizer, &[])
+}
+
+/// [`save`] with `extra` `__metadata__` entries besides `config` and `tokenizer` (e.g.
+/// [`checkpoint::DATA_KEY`]).
+pub fn save_with(
+    checkpoint: &Path,
+    model: &Model<f32>,
+    tokenizer: &TextTokenizer,
+    extra: &[(&str, String)],
+) -> Result<()> {
     match tokenizer.to_json()? {
-        None => checkpoint::save(checkpoint, model),
-        Some(json) => save_with_tokenizer_file(checkpoint, model, json.as_bytes()),
+        None => checkpoint::save_with_metadata(checkpoint, model, extra),
+        Some(json) => tokenizer_file_with(checkpoint, model, json.as_bytes(), extra),
     }
 }
 
@@ -95,6 +107,15 @@ pub fn save_with_tokenizer_file(
     checkpoint: &Path,
     model: &Model<f32>,
     tokenizer_json: &[u8],
+) -> Result<()> {
+    tokenizer_file_with(checkpoint, model, tokenizer_json, &[])
+}
+
+fn tokenizer_file_with(
+    checkpoint: &Path,
+    model: &Model<f32>,
+    tokenizer_json: &[u8],
+    extra: &[(&str, String)],
 ) -> Result<()> {
     let tokenizer = TextTokenizer::from_json_bytes(tokenizer_json)?;
     if tokenizer.vocab() > model.config.vocab {
@@ -112,19 +133,28 @@ pub fn save_with_tokenizer_file(
     };
     let value = serde_json::to_string(&entry)
         .map_err(|e| CybError::Param(format!("cannot write the tokenizer entry: {e}")))?;
-    checkpoint::save_with_metadata(checkpoint, model, &[(METADATA_KEY, value)])
+    let mut meta = vec![(METADATA_KEY, value)];
+    meta.extend(extra.iter().cloned());
+    checkpoint::save_with_metadata(checkpoint, model, &meta)
 }
 
 /// Loads a checkpoint and the tokenizer its metadata names (`None`: no `tokenizer`
 /// entry, a byte-level or task model). The file must exist beside the checkpoint and
 /// have the recorded hash.
 pub fn load(checkpoint: &Path) -> Result<(Model<f32>, Option<TextTokenizer>)> {
+    load_with_metadata(checkpoint).map(|(model, tokenizer, _)| (model, tokenizer))
+}
+
+/// [`load`], also returning every `__metadata__` entry of the checkpoint.
+pub fn load_with_metadata(
+    checkpoint: &Path,
+) -> Result<(Model<f32>, Option<TextTokenizer>, HashMap<String, String>)> {
     let (model, meta) = checkpoint::load_with_metadata(checkpoint)?;
     let tokenizer = match meta.get(METADATA_KEY) {
         None => None,
         Some(value) => Some(resolve(checkpoint, value, model.config.vocab)?),
     };
-    Ok((model, tokenizer))
+    Ok((model, tokenizer, meta))
 }
 
 fn ckpt_err(checkpoint: &Path, msg: String) -> CybError {

@@ -68,6 +68,14 @@ pub trait DataSource: Send {
     fn vocab(&self) -> usize;
     /// A short human-readable description (goes into reports).
     fn describe(&self) -> String;
+    /// What a model trained on this source learned, as recorded in its checkpoint
+    /// (`__metadata__["data"]`, see [`crate::checkpoint::DATA_KEY`]): two sources with
+    /// the same identity pose the same task. By default [`DataSource::describe`]; a
+    /// source whose description names something incidental (a file's path) says what
+    /// matters instead (its size and checksum).
+    fn identity(&self) -> String {
+        self.describe()
+    }
     /// Names of the difficulty classes, indexed by `Batch::classes`.
     fn class_names(&self) -> Vec<String>;
     /// Printable form of a token id.
@@ -163,6 +171,12 @@ pub fn task_by_name(name: &str) -> Result<Box<dyn DataSource>> {
             };
             task.modulus = num("modulus", task.modulus, 2)?;
             task.max_span = num("max span", task.max_span, 1)?;
+            if parts.next().is_some() {
+                return Err(CybError::Data(format!(
+                    "task '{name}' has more fields than modsum:MODULUS:MAX_SPAN (e.g. \
+                     modsum:5:4)"
+                )));
+            }
             Ok(Box::new(task))
         }
         _ => Err(CybError::Data(format!(
@@ -235,6 +249,9 @@ impl ModSum {
 }
 
 impl DataSource for ModSum {
+    fn identity(&self) -> String {
+        format!("task modsum:{}:{}", self.modulus, self.max_span)
+    }
     fn vocab(&self) -> usize {
         self.modulus + 1 + self.max_span
     }
@@ -297,7 +314,11 @@ pub struct ByteText {
 impl ByteText {
     /// Read a UTF-8 text file; empty, non-UTF-8 or too-short files are errors.
     pub fn from_file(path: &Path, seq: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        let bytes = crate::input_file::read_bounded(
+            path,
+            "the text file",
+            crate::input_file::MAX_INPUT_BYTES,
+        )?;
         if bytes.is_empty() {
             return Err(CybError::Data(format!("{} is empty", path.display())));
         }
@@ -365,6 +386,13 @@ pub(crate) fn byte_class(b: u8) -> u16 {
 }
 
 impl DataSource for ByteText {
+    fn identity(&self) -> String {
+        format!(
+            "byte-level text of {} bytes with CRC-32 {:08x}",
+            self.bytes.len(),
+            crc32fast::hash(&self.bytes)
+        )
+    }
     fn vocab(&self) -> usize {
         256
     }
@@ -423,7 +451,8 @@ fn split_text(text: &str) -> (&str, &str) {
 }
 
 fn read_utf8(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+    let bytes =
+        crate::input_file::read_bounded(path, "the text file", crate::input_file::MAX_INPUT_BYTES)?;
     String::from_utf8(bytes)
         .map_err(|e| CybError::Data(format!("{} is not UTF-8 text: {e}", path.display())))
 }

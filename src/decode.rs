@@ -21,6 +21,7 @@ use crate::cpu::loss::{halting_from_scalars, log_add_exp, row_scalar, RowScalar}
 use crate::cpu::model::Model;
 use crate::cpu::scalar::Scalar;
 use crate::error::{CybError, Result};
+use crate::number::Num;
 use crate::rng::{seeded, CybRng};
 use rand::RngExt;
 
@@ -42,19 +43,26 @@ pub enum Policy {
 }
 
 impl Policy {
-    fn check(&self) -> Result<()> {
+    /// The policy's numbers in range: a greedy threshold that is a number, a sampling
+    /// temperature finite and `> 0`, `top_p` in `(0, 1]`.
+    pub fn check(&self) -> Result<()> {
         match self {
             Policy::Greedy { threshold } if threshold.is_nan() => {
                 Err(CybError::Param("threshold is NaN".into()))
             }
-            Policy::Sample {
-                temperature,
-                top_p,
-                ..
-            } if !(temperature.is_finite() && *temperature > 0.0 && *top_p > 0.0 && *top_p <= 1.0) =>
+            Policy::Sample { temperature, .. }
+                if !(temperature.is_finite() && *temperature > 0.0) =>
             {
                 Err(CybError::Param(format!(
-                    "sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}"
+                    "--temperature = {}: sampling needs a finite temperature > 0 (the default 1 \
+                     works)",
+                    Num(*temperature)
+                )))
+            }
+            Policy::Sample { top_p, .. } if !(*top_p > 0.0 && *top_p <= 1.0) => {
+                Err(CybError::Param(format!(
+                    "--top-p = {}: sampling needs top_p in (0, 1] (the default 1 works)",
+                    Num(*top_p)
                 )))
             }
             _ => Ok(()),
@@ -300,6 +308,15 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         if prompt.len().saturating_add(n) > c.t_max + 1 {
             // The last new token is emitted, never fed back: t_max + 1 in all.
             let fit = (c.t_max + 1).saturating_sub(prompt.len());
+            if fit == 0 {
+                return Err(CybError::Shape(format!(
+                    "the prompt has {} tokens and fills the model's context t_max = {}: \
+                     shorten it to at most {} tokens so that a new token fits",
+                    prompt.len(),
+                    c.t_max,
+                    c.t_max
+                )));
+            }
             return Err(CybError::Shape(format!(
                 "prompt ({} tokens) plus {n} new tokens exceed the context t_max = {}: \
                  {fit} new tokens fit (pass --max-new {fit} or a shorter prompt)",

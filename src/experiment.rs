@@ -15,6 +15,7 @@ use crate::cpu::model::{Model, Params};
 use crate::data::DataSource;
 use crate::error::{CybError, Result};
 use crate::metrics::{EvalSummary, PositionOutcome};
+use crate::number::Num;
 use crate::objective::Objective;
 use crate::rng::seeded;
 use crate::train::{
@@ -541,9 +542,9 @@ pub fn run_experiment(
 fn mean_pm(xs: &[f64], prec: usize) -> String {
     let (m, sd) = mean_std(xs);
     if xs.len() < 2 {
-        format!("{m:.prec$}")
+        format!("{:.prec$}", Num(m))
     } else {
-        format!("{m:.prec$} ± {sd:.prec$}")
+        format!("{:.prec$} ± {:.prec$}", Num(m), Num(sd))
     }
 }
 
@@ -858,7 +859,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
         s,
         "- seeds: {:?}; wall time {:.1} min",
         cfg.seeds,
-        res.seconds / 60.0
+        Num(res.seconds / 60.0)
     );
     let _ = writeln!(
         s,
@@ -890,7 +891,9 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             if let Some(bp) = ppl(base) {
                 let _ = writeln!(
                     s,
-                    "| CYB-AP perplexity below {base} (fig. 4) | yes | {ap:.4} vs {bp:.4} | {} |",
+                    "| CYB-AP perplexity below {base} (fig. 4) | yes | {:.4} vs {:.4} | {} |",
+                    Num(ap),
+                    Num(bp),
                     holds(ap < bp)
                 );
             }
@@ -901,10 +904,14 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             .collect();
         if !others.is_empty() {
             let best = others.iter().all(|(_, p)| ap <= *p);
-            let txt: Vec<String> = others.iter().map(|(n, p)| format!("{n} {p:.4}")).collect();
+            let txt: Vec<String> = others
+                .iter()
+                .map(|(n, p)| format!("{n} {:.4}", Num(*p)))
+                .collect();
             let _ = writeln!(
                 s,
-                "| CYB-AP best CYB variant (fig. 4; DP close, VA worst) | yes | {ap:.4} vs {} | {} |",
+                "| CYB-AP best CYB variant (fig. 4; DP close, VA worst) | yes | {:.4} vs {} | {} |",
+                Num(ap),
                 txt.join(", "),
                 holds(best)
             );
@@ -916,7 +923,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let bn = &cfg.variants[bi].name;
             let (here, v) = if got.len() == fr.len() && !got.is_empty() {
                 let m = mean_of(&got);
-                (format!("{m:.3}"), holds(m <= want))
+                (format!("{:.3}", Num(m)), holds(m <= want))
             } else {
                 (
                     format!(
@@ -952,7 +959,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
         }
         if let Some(ai) = res.arm("cyb-ap") {
             let cal = mean_calibration(res, ai);
-            let txt: Vec<String> = cal.iter().map(|c| format!("{c:.3}")).collect();
+            let txt: Vec<String> = cal.iter().map(|c| format!("{:.3}", Num(*c))).collect();
             let _ = writeln!(
                 s,
                 "| d_k positively correlated with t_(k+1) - t_k, every k (fig. 10) | 0.383, 0.157, 0.271 | {} | {} |",
@@ -968,7 +975,8 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let m = mean_of(&lat);
             let _ = writeln!(
                 s,
-                "| CYB-AP does not take every pause (\"not lazy\", fig. 7) | yes | mean E[pauses] {m:.3} of K = {k} | {} |",
+                "| CYB-AP does not take every pause (\"not lazy\", fig. 7) | yes | mean E[pauses] {:.3} of K = {k} | {} |",
+                Num(m),
                 holds(m < k as f64 - 0.05)
             );
         }
@@ -999,7 +1007,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             mean_pm(&q, 4),
             mean_pm(&p, 3),
             mean_pm(&acc, 4),
-            mean_of(&pau)
+            Num(mean_of(&pau))
         );
     }
 
@@ -1018,7 +1026,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let per: Vec<String> = fr
                 .iter()
                 .map(|(seed, f)| match f {
-                    Some(x) => format!("{seed}: {x:.3}"),
+                    Some(x) => format!("{seed}: {:.3}", Num(*x)),
                     None => format!("{seed}: not reached"),
                 })
                 .collect();
@@ -1140,7 +1148,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             if xs.is_empty() {
                 row.push_str(" — |");
             } else {
-                let _ = write!(row, " {:.3} |", mean_of(&xs));
+                let _ = write!(row, " {:.3} |", Num(mean_of(&xs)));
             }
         }
         if let Some(r) = res.run(vi, cfg.seeds[0]) {
@@ -1148,10 +1156,10 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let _ = write!(
                 row,
                 " {:.3} | {:.3} | {:.3} | {:.3} |",
-                mean_of(&e),
-                quantile(&e, 0.1),
-                quantile(&e, 0.5),
-                quantile(&e, 0.9)
+                Num(mean_of(&e)),
+                Num(quantile(&e, 0.1)),
+                Num(quantile(&e, 0.5)),
+                Num(quantile(&e, 0.9))
             );
         }
         let _ = writeln!(s, "{row}");
@@ -1176,7 +1184,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
         let mut row = format!("| {} |", v.name);
         for (_, g) in &run.summary.by_class {
             if g.count > 0 {
-                let _ = write!(row, " {:.2} |", g.mean_pauses);
+                let _ = write!(row, " {:.2} |", Num(g.mean_pauses));
             } else {
                 row.push_str(" — |");
             }
@@ -1188,7 +1196,12 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
             let n = paused.len() as f64;
             let a = paused.iter().filter(|o| o.correct).count() as f64 / n;
             let a0 = paused.iter().filter(|o| o.correct_at_0).count() as f64 / n;
-            format!("{a:.3} / {a0:.3} ({} positions)", paused.len())
+            format!(
+                "{:.3} / {:.3} ({} positions)",
+                Num(a),
+                Num(a0),
+                paused.len()
+            )
         };
         let _ = writeln!(s, "{row} {helped} |");
     }
@@ -1211,8 +1224,8 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
                             format!(
                                 "`{}` {:.2}/{:.3}",
                                 n.replace('`', "'").replace('|', "¦"),
-                                x.2,
-                                x.3
+                                Num(x.2),
+                                Num(x.3)
                             )
                         })
                         .collect();

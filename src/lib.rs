@@ -11,6 +11,7 @@ pub mod candle;
 pub mod checkpoint;
 pub mod checkpoint_tokenizer;
 pub mod config;
+pub mod console;
 pub mod cpu;
 pub mod data;
 pub mod decode;
@@ -19,8 +20,10 @@ pub mod experiment;
 pub mod generated_text;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod input_file;
 pub mod limits;
 pub mod metrics;
+pub mod number;
 pub mod objective;
 pub mod plot;
 pub mod report;

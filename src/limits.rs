@@ -10,6 +10,7 @@
 use crate::config::{ModelConfig, PauseAttention};
 use crate::error::{CybError, Result};
 use crate::metrics::PositionOutcome;
+use crate::number::Num;
 use crate::train::{EvalConfig, EvalPoint, StepLog, TrainConfig};
 
 fn bad(msg: String) -> CybError {
@@ -21,7 +22,10 @@ pub fn positive(name: &str, x: f64) -> Result<()> {
     if x.is_finite() && x > 0.0 {
         Ok(())
     } else {
-        Err(bad(format!("{name} = {x}: must be a finite number > 0")))
+        Err(bad(format!(
+            "{name} = {}: must be a finite number > 0",
+            Num(x)
+        )))
     }
 }
 
@@ -30,7 +34,10 @@ pub fn non_negative(name: &str, x: f64) -> Result<()> {
     if x.is_finite() && x >= 0.0 {
         Ok(())
     } else {
-        Err(bad(format!("{name} = {x}: must be a finite number >= 0")))
+        Err(bad(format!(
+            "{name} = {}: must be a finite number >= 0",
+            Num(x)
+        )))
     }
 }
 
@@ -49,7 +56,8 @@ pub fn threshold(x: f64) -> Result<()> {
         Ok(())
     } else {
         Err(bad(format!(
-            "--threshold = {x}: must be a probability in [0, 1]"
+            "--threshold = {}: must be a probability in [0, 1] (the default 0.5 works)",
+            Num(x)
         )))
     }
 }
@@ -68,9 +76,24 @@ pub fn check_schedule(
     seq: usize,
     eval_batches: usize,
 ) -> Result<()> {
-    positive("--lr", lr as f64)?;
-    non_negative("--weight-decay", weight_decay as f64)?;
-    positive("--grad-clip", grad_clip as f64)?;
+    let (lr, weight_decay) = (Num::from(lr).0, Num::from(weight_decay).0);
+    positive("--lr", lr)?;
+    non_negative("--weight-decay", weight_decay)?;
+    positive("--grad-clip", Num::from(grad_clip).0)?;
+    // Decoupled weight decay multiplies every weight by 1 - lr * weight_decay per step:
+    // at 1 or more it zeroes or flips the weights, whatever the gradients say.
+    let shrink = lr * weight_decay;
+    if shrink >= 1.0 {
+        return Err(bad(format!(
+            "--weight-decay = {} with --lr = {}: AdamW multiplies every weight by \
+             1 - lr * weight_decay = {} each step; it must stay above 0, so --weight-decay \
+             must be below {} (the default 0.1 works)",
+            Num(weight_decay),
+            Num(lr),
+            crate::number::sig(1.0 - shrink, 4),
+            crate::number::sig(1.0 / lr, 4)
+        )));
+    }
     at_least_one("--steps", steps)?;
     at_least_one("--batch", batch)?;
     at_least_one("--ctx", seq)?;
@@ -205,14 +228,37 @@ pub fn experiment_pauses(pauses: usize) -> Result<()> {
     Ok(())
 }
 
-/// The memory a run may use: `$CYB_MEMORY_LIMIT` (bytes) if set, else the machine's
-/// available memory (`MemAvailable` of /proc/meminfo, or less where the process's
-/// cgroup allows less: `memory.max - memory.current`); `None` where neither is known.
-pub fn memory_limit() -> Option<f64> {
-    if let Ok(v) = std::env::var("CYB_MEMORY_LIMIT") {
-        if let Ok(n) = v.trim().parse::<f64>() {
-            return Some(n);
-        }
+/// An environment variable the program reads, as a number `>= min`: `None` when unset;
+/// a value that does not parse, is not finite or is below `min` is an error naming the
+/// variable and a value that works (`example`), never a silent fall-back to the default.
+pub fn env_number(name: &str, min: f64, example: &str) -> Result<Option<f64>> {
+    let Some(raw) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= min => Ok(Some(x)),
+        _ => Err(bad(format!(
+            "environment variable {name}={text:?}: must be a finite number >= {}, e.g. \
+             {name}={example} (or unset it for the default)",
+            Num(min)
+        ))),
+    }
+}
+
+/// Seconds between the plain progress lines written when stderr is not a terminal:
+/// `$CYB_PROGRESS_SECS` (a number `>= 0`), default 10.
+pub fn progress_secs() -> Result<f64> {
+    Ok(env_number("CYB_PROGRESS_SECS", 0.0, "30")?.unwrap_or(10.0))
+}
+
+/// The memory a run may use: `$CYB_MEMORY_LIMIT` (bytes, at least 1) if set, else the
+/// machine's available memory (`MemAvailable` of /proc/meminfo, or less where the
+/// process's cgroup allows less: `memory.max - memory.current`); `None` where neither
+/// is known. A bad `$CYB_MEMORY_LIMIT` is an error.
+pub fn memory_limit() -> Result<Option<f64>> {
+    if let Some(n) = env_number("CYB_MEMORY_LIMIT", 1.0, "8000000000")? {
+        return Ok(Some(n));
     }
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let available = read("/proc/meminfo").and_then(|info| {
@@ -223,10 +269,10 @@ pub fn memory_limit() -> Option<f64> {
     let number = |p: &str| read(p).and_then(|v| v.trim().parse::<f64>().ok());
     let cgroup = number("/sys/fs/cgroup/memory.max")
         .map(|max| (max - number("/sys/fs/cgroup/memory.current").unwrap_or(0.0)).max(0.0));
-    match (available, cgroup) {
+    Ok(match (available, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
-    }
+    })
 }
 
 /// Bytes as B, KiB, MiB, GiB, TiB or in powers of ten beyond.
@@ -245,7 +291,7 @@ pub fn human_bytes(x: f64) -> String {
 /// Refuses `need` bytes when it exceeds [`memory_limit`]; where the limit is unknown
 /// only sizes no machine has (over 2^60 bytes) are refused.
 pub fn check_memory(what: &str, need: f64) -> Result<()> {
-    let limit = memory_limit().unwrap_or(2f64.powi(60));
+    let limit = memory_limit()?.unwrap_or(2f64.powi(60));
     if need.is_finite() && need <= limit {
         return Ok(());
     }

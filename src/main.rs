@@ -1,25 +1,35 @@
 //! `cyb`: train and evaluate pause-capable language models (CPU reference; the GPU
 //! model is issue #4).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use cyb::checkpoint;
 use cyb::checkpoint_tokenizer;
 use cyb::config::{ModelConfig, Precision};
+use cyb::console::{note, out};
 use cyb::data::{task_by_name, ByteText, DataSource, TokenText};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
 use cyb::generated_text::{self, Marks};
 use cyb::limits;
+use cyb::number::Num;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
-use cyb::report::{render, render_by_token, RunDescription};
+use cyb::report::{render, render_at, render_by_token, RunDescription};
 use cyb::tokenizer::{same_tokenizer, TextTokenizer};
 use cyb::train::{
-    curve_csv, evaluate, train_with, EvalConfig, RunControl, TrainConfig, TrainDevice,
+    curve_csv, evaluate, evaluate_shown, train_with, EvalConfig, RunControl, TrainConfig,
+    TrainDevice,
 };
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+#[cfg(test)]
+mod cli_docs;
+mod cli_rules;
+
+use cli_rules::{check_environment, cli, explain, no_repeats, same_data, shape_rules, Given};
 
 #[derive(Parser)]
 #[command(
@@ -95,9 +105,10 @@ struct GenerateArgs {
     /// is an error).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Built-in task whose token names the prompt uses (models with V != 256).
-    #[arg(long, default_value = "modsum")]
-    task: String,
+    /// Built-in task whose token names the prompt uses (models with V != 256)
+    /// [default: the task the model was trained on, else modsum].
+    #[arg(long)]
+    task: Option<String>,
     /// Tokens to generate [default: 16, or as many as fit the model's context].
     #[arg(long)]
     max_new: Option<usize>,
@@ -164,11 +175,12 @@ fn train_device(device: Device, precision: Option<PrecisionArg>) -> Result<Train
 
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Built-in synthetic task (ignored when --text or --data is given).
+    /// Built-in synthetic task: modsum, or modsum:MODULUS:MAX_SPAN (e.g. modsum:7:3);
+    /// not with --text or --data.
     #[arg(long, default_value = "modsum")]
     task: String,
-    /// A UTF-8 text file: byte-level (V = 256) unless a tokenizer is given (--tokenizer,
-    /// --bpe) or the loaded model was saved with one.
+    /// A UTF-8 text file as the data instead of --task: byte-level (V = 256) unless a
+    /// tokenizer is given (--tokenizer, --bpe) or the loaded model was saved with one.
     #[arg(long, conflicts_with = "data")]
     text: Option<PathBuf>,
     /// With --text: encode it with this Hugging Face tokenizer.json (e.g. GPT-2's). Not
@@ -316,6 +328,24 @@ fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: us
     Ok(())
 }
 
+/// A loaded model fits the data: its vocabulary ([`check_vocab`]) and the data it was
+/// trained on ([`same_data`]). A tokenizer's vocabulary is checked first (a tokenizer
+/// larger than the model can never work, whatever the data); for tasks and bytes the
+/// data's identity first, since its message names both tasks.
+fn check_loaded(
+    path: &std::path::Path,
+    meta: &std::collections::HashMap<String, String>,
+    data: &dyn DataSource,
+    tokenizer: &TextTokenizer,
+    model_vocab: usize,
+) -> Result<()> {
+    if !tokenizer.is_bytes() {
+        check_vocab(data, tokenizer, model_vocab)?;
+    }
+    same_data(path, meta, data)?;
+    check_vocab(data, tokenizer, model_vocab)
+}
+
 /// `--bpe N` in the range it supports.
 fn check_bpe(bpe: Option<usize>) -> Result<()> {
     match bpe {
@@ -326,7 +356,8 @@ fn check_bpe(bpe: Option<usize>) -> Result<()> {
     }
 }
 
-/// Parameters of the CYB objectives (SPEC section 4); the defaults are the paper's best.
+/// Parameters of the CYB objectives (docs/MATH.md, "The five objectives"); the defaults
+/// are the paper's best.
 #[derive(Args, Clone)]
 struct ObjectiveParams {
     /// CYB-AP deadline distribution omega over the steps 0..K: exactly K+1 ratios
@@ -385,7 +416,7 @@ impl ObjectiveParams {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Training objective (SPEC section 4): ap (CYB-AP, the paper's best), dp (CYB-DP),
+    /// Training objective (docs/MATH.md): ap (CYB-AP, the paper's best), dp (CYB-DP),
     /// va (CYB-VA), marginal, or ce_final (pause + CE; with --pauses 0 plain CE).
     #[arg(long, value_enum, default_value = "ap")]
     objective: ObjectiveName,
@@ -393,11 +424,14 @@ struct TrainArgs {
     params: ObjectiveParams,
     #[command(flatten)]
     run: RunArgs,
-    /// Save the trained model (safetensors, SPEC section 7).
+    /// Save the trained model (safetensors, docs/MATH.md "Checkpoints"; records the data
+    /// it was trained on).
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start from a saved model (its shape overrides --layers/--d-model/...; its saved
-    /// tokenizer, if any, encodes --text).
+    /// Start from a saved model trained on the same data: its shape is kept (--layers,
+    /// --d-model, --heads, --pause-attention and --dk-prior must match or be left out),
+    /// --ctx and --pauses default to its own, and its saved tokenizer, if any, encodes
+    /// --text.
     #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
@@ -437,7 +471,7 @@ struct RunArgs {
     /// Pause steps K per position (0 = a plain GPT).
     #[arg(long, default_value_t = 3)]
     pauses: usize,
-    /// Attention over pause steps (SPEC section 3): `shared` (the paper's Recipe 1:
+    /// Attention over pause steps (docs/MATH.md): `shared` (the paper's Recipe 1:
     /// causal over the interleaved stream) or `private` (no position sees another's
     /// pauses; adaptive inference with a cache of real tokens).
     #[arg(long, default_value = "shared")]
@@ -451,7 +485,7 @@ struct RunArgs {
     /// Context length T.
     #[arg(long, default_value_t = 16)]
     ctx: usize,
-    /// Optimizer steps (default: 4000 for `train`, 2000 per run for `experiment`).
+    /// Optimizer steps (per arm for `experiment`).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 32)]
@@ -482,8 +516,7 @@ struct RunArgs {
 struct ExperimentArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Parameters of the three CYB variants (SPEC v2 defaults, the paper's best, unless
-    /// given).
+    /// Parameters of the three CYB variants (the paper's best unless given).
     #[command(flatten)]
     params: ObjectiveParams,
     #[command(flatten)]
@@ -504,8 +537,9 @@ struct ExperimentArgs {
     /// paper's protocol; 0 = every arm from scratch).
     #[arg(long, default_value_t = DEFAULT_PRETRAIN)]
     pretrain: usize,
-    /// Fine-tune every arm from this model instead (its shape overrides
-    /// --layers/--d-model/--heads/--ctx; its DK bias is kept).
+    /// Fine-tune every arm from this model instead of pretraining (trained on the same
+    /// data; its shape and DK bias are kept: --layers, --d-model, --heads must match or
+    /// be left out, --ctx at most its context, no --dk-prior or --pretrain).
     #[arg(long)]
     load: Option<PathBuf>,
     /// `paper`: add the paper's hyperparameter grid (AP 4 settings, VA 3, DP 6, K = 3)
@@ -527,6 +561,8 @@ enum GridName {
     Paper,
 }
 
+/// Default steps of `train`.
+const DEFAULT_TRAIN_STEPS: usize = 4000;
 /// Default steps of `experiment`: per arm, and of the no-pause pretraining.
 const DEFAULT_EXPERIMENT_STEPS: usize = 600;
 const DEFAULT_PRETRAIN: usize = 2000;
@@ -604,6 +640,20 @@ fn check_params(objectives: &[Objective], run: &RunArgs, default_steps: usize) -
         r.eval_batches,
     )?;
     limits::eval_every(r.eval_every.unwrap_or(0), steps)?;
+    limits::at_least_one("--layers", r.layers)?;
+    limits::at_least_one("--d-model", r.d_model)?;
+    limits::at_least_one("--heads", r.heads)?;
+    if r.d_model % r.heads != 0 {
+        // The largest head count up to the one asked for that divides the width.
+        let works = (1..=r.heads)
+            .rev()
+            .find(|h| r.d_model % h == 0)
+            .unwrap_or(1);
+        return Err(CybError::Param(format!(
+            "--heads = {}: --d-model {} must be a multiple of --heads (e.g. --heads {works})",
+            r.heads, r.d_model
+        )));
+    }
     for o in objectives {
         o.resolve(run.pauses)?;
     }
@@ -674,10 +724,46 @@ impl RunArgs {
     }
 }
 
-fn run_train(a: TrainArgs) -> Result<()> {
+fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
     let objective = objective(&a)?;
-    check_params(std::slice::from_ref(&objective), &a.run, 4000)?;
+    let reads_discount = matches!(
+        a.objective,
+        ObjectiveName::Ap | ObjectiveName::Va | ObjectiveName::Dp
+    );
+    let name = objective.name();
+    given.refuse(&[
+        (
+            "task",
+            a.data.text.is_some(),
+            "--text gives the data; leave out --task or --text".into(),
+        ),
+        (
+            "gamma",
+            !reads_discount,
+            format!("--objective {name} has no discount (a parameter of ap, va and dp)"),
+        ),
+        (
+            "discount",
+            !reads_discount,
+            format!("--objective {name} has no discount (a parameter of ap, va and dp)"),
+        ),
+        (
+            "beta",
+            a.objective != ObjectiveName::Va,
+            format!("it weighs CYB-VA's KL term (--objective va), not a term of {name}"),
+        ),
+        (
+            "alpha",
+            a.objective != ObjectiveName::Dp,
+            format!("it weighs CYB-DP's KL term (--objective dp), not a term of {name}"),
+        ),
+    ])?;
+    check_params(
+        std::slice::from_ref(&objective),
+        &a.run,
+        DEFAULT_TRAIN_STEPS,
+    )?;
     if let Some(p) = &a.save {
         cyb::atomic_file::check_writable_file(p)?;
     }
@@ -687,23 +773,49 @@ fn run_train(a: TrainArgs) -> Result<()> {
     check_bpe(a.bpe)?;
     if a.keep == 0 {
         return Err(CybError::Param(
-            "--keep 0: keep at least one snapshot".into(),
+            "--keep 0: keep at least one snapshot (e.g. --keep 3, the default)".into(),
         ));
     }
     let (init, resume, saved) = match (&a.load, &a.resume) {
         (Some(p), _) => {
-            let (m, t) = checkpoint_tokenizer::load(p)?;
-            (Some(m), None, t)
+            let (m, t, meta) = checkpoint_tokenizer::load_with_metadata(p)?;
+            (Some((m, meta)), None, t)
         }
         (None, Some(p)) => {
             let (model, state) = cyb::train_state::load_snapshot(p)?;
-            (Some(model), Some(state), None)
+            (Some((model, Default::default())), Some(state), None)
         }
         (None, None) => (None, None, None),
     };
+    let mut run = a.run.clone();
+    if let (Some((m, _)), None) = (&init, &resume) {
+        let m = &m.config;
+        let mut rules = shape_rules(&run, m);
+        rules.push((
+            "pause_attention",
+            run.pause_attention != m.pause_attention,
+            format!(
+                "the loaded model has {} pauses and keeps them (leave the flag out, or train \
+                 a new model)",
+                m.pause_attention.name()
+            ),
+        ));
+        given.refuse(&rules)?;
+        // Unless given, the context and the pauses are the loaded model's own.
+        if !given.has("ctx") {
+            run.ctx = m.t_max;
+        }
+        if !given.has("pauses") {
+            run.pauses = m.k_max;
+        }
+    }
     let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
-    let (data, tokenizer) = a.data.source(a.run.ctx, choice)?;
-    let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
+    let (data, tokenizer) = a.data.source(run.ctx, choice)?;
+    if let (Some((m, meta)), Some(path)) = (&init, &a.load) {
+        check_loaded(path, meta, data.as_ref(), &tokenizer, m.config.vocab)?;
+    }
+    let mut cfg = run.train_config(data.vocab(), objective, DEFAULT_TRAIN_STEPS)?;
+    let init = init.map(|(m, _)| m);
     // A loaded model's shape overrides the flags; a resumed one's must equal them
     // (a difference is refused, named).
     if let (Some(m), None) = (&init, &resume) {
@@ -723,8 +835,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
     };
     limits::check_train(&cfg)?;
     let m = &cfg.model;
-    eprintln!(
-        "training {} on {} | d={} L={} H={} T={} K={} | {} steps x {} x {}",
+    note(format!(
+        "training {} on {} | d={} L={} H={} T={} K={} ({} pauses) | {} steps x {} x {}",
         cfg.objective,
         data.describe(),
         m.d_model,
@@ -732,32 +844,38 @@ fn run_train(a: TrainArgs) -> Result<()> {
         m.n_head,
         cfg.seq,
         cfg.pauses,
+        m.pause_attention.name(),
         cfg.steps,
         cfg.batch,
         cfg.seq
-    );
+    ));
     if let Some(state) = &control.resume {
-        eprintln!("resuming at step {} of {}", state.step, cfg.steps);
+        note(format!("resuming at step {} of {}", state.step, cfg.steps));
     }
-    let out = train_with(&cfg, data.as_ref(), init, true, device, control)?;
-    if let Some(stopped) = &out.stopped {
+    let trained = train_with(&cfg, data.as_ref(), init, true, device, control)?;
+    if let Some(stopped) = &trained.stopped {
         match &stopped.snapshot {
-            Some(snap) => eprintln!(
+            Some(snap) => note(format!(
                 "stopped at step {} of {}: saved {}\nresume with: {}",
                 stopped.step,
                 cfg.steps,
                 snap.display(),
                 resume_command(snap)
-            ),
-            None => eprintln!("stopped at step {} of {}", stopped.step, cfg.steps),
+            )),
+            None => note(format!("stopped at step {} of {}", stopped.step, cfg.steps)),
         }
         std::process::exit(STOPPED_EXIT);
     }
     if let Some(path) = &a.save {
-        checkpoint_tokenizer::save(path, &out.model, &tokenizer)?;
-        eprintln!("saved {}", path.display());
+        checkpoint_tokenizer::save_with(
+            path,
+            &trained.model,
+            &tokenizer,
+            &[(checkpoint::DATA_KEY, data.identity())],
+        )?;
+        note(format!("saved {}", path.display()));
     }
-    let summary = evaluate(&out.model, data.as_ref(), &cfg.eval_config())?;
+    let summary = evaluate(&trained.model, data.as_ref(), &cfg.eval_config())?;
     let desc = RunDescription {
         lines: vec![
             format!(
@@ -766,8 +884,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
             ),
             format!("data: {}", data.describe()),
             format!(
-                "model: d_model {} layers {} heads {} context {} (V = {}), DK bias {:.4}",
-                m.d_model, m.n_layer, m.n_head, cfg.seq, m.vocab, m.dk_bias
+                "model: d_model {} layers {} heads {} context {} (V = {}), {} pause attention, \
+                 DK bias {:.4}",
+                m.d_model,
+                m.n_layer,
+                m.n_head,
+                cfg.seq,
+                m.vocab,
+                m.pause_attention.name(),
+                Num(m.dk_bias)
             ),
             format!(
                 "training: {} steps x {} sequences x {} tokens = {} real tokens, lr {} seed {}",
@@ -775,32 +900,34 @@ fn run_train(a: TrainArgs) -> Result<()> {
                 cfg.batch,
                 cfg.seq,
                 cfg.steps * cfg.batch * cfg.seq,
-                cfg.lr,
+                Num::from(cfg.lr),
                 cfg.seed
             ),
             match device {
                 TrainDevice::Cpu => format!(
                     "speed: {:.0} real tokens/s on {} CPU threads, {:.1} s in all",
-                    out.tokens_per_sec,
+                    Num(trained.tokens_per_sec),
                     rayon::current_num_threads(),
-                    out.seconds
+                    Num(trained.seconds)
                 ),
                 TrainDevice::Cuda(precision) => format!(
                     "speed: {:.0} real tokens/s on CUDA device 0 ({precision}), {:.1} s in all",
-                    out.tokens_per_sec, out.seconds
+                    Num(trained.tokens_per_sec),
+                    Num(trained.seconds)
                 ),
             },
         ],
     };
     let report = render(&desc, &summary, data.as_ref());
-    println!("{report}");
+    // The files first: a reader that closes standard output early (`| head`) must not
+    // cost them.
     if let Some(dir) = &a.out {
-        let csv = curve_csv(&out.curve);
+        let csv = curve_csv(&trained.curve);
         write_outputs(dir, &[("report.md", &report), ("curve.csv", &csv)])?;
         plot::plot_pauses(&dir.join("pauses.png"), &summary)?;
-        eprintln!("wrote {}", dir.display());
+        note(format!("wrote {}", dir.display()));
     }
-    Ok(())
+    out(&report)
 }
 
 /// Exit status of a run stopped by SIGINT/SIGTERM after saving (128 + SIGINT, as a
@@ -884,8 +1011,29 @@ fn run_tokenize(a: TokenizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
+fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
+    given.refuse(&[
+        (
+            "task",
+            a.data.text.is_some(),
+            "--text gives the data; leave out --task or --text".into(),
+        ),
+        (
+            "eval_every",
+            a.run.eval_every == Some(0),
+            "the experiment compares learning curves, which need points: leave it out \
+             (a tenth of --steps) or give a number of steps"
+                .into(),
+        ),
+        (
+            "pretrain",
+            a.load.is_some(),
+            "--load gives the model every arm is fine-tuned from (nothing is pretrained)".into(),
+        ),
+    ])?;
+    no_repeats("--seeds", &a.seeds)?;
+    no_repeats("--regimes", &a.regimes)?;
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
@@ -896,7 +1044,9 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         )));
     }
     if let Some(&r) = a.regimes.iter().find(|&&r| r == 0 || r > 10) {
-        return Err(CybError::Param(format!("--regimes: {r} is not in 1..=10")));
+        return Err(CybError::Param(format!(
+            "--regimes: {r} is not in 1..=10 (e.g. --regimes 1,2,3)"
+        )));
     }
     check_bpe(a.bpe)?;
     if a.data.text.is_none() && (a.bpe.is_some() || a.data.tokenizer.is_some()) {
@@ -905,17 +1055,24 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     cyb::atomic_file::check_writable_dir(&a.out)?;
     let (init, saved) = match &a.load {
         Some(p) => {
-            let (m, t) = checkpoint_tokenizer::load(p)?;
-            (Some(m), t)
+            let (m, t, meta) = checkpoint_tokenizer::load_with_metadata(p)?;
+            (Some((m, meta)), t)
         }
         None => (None, None),
     };
+    if let Some((m, _)) = &init {
+        given.refuse(&shape_rules(&a.run, &m.config))?;
+    }
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
-        .map_or(a.run.ctx, |m| m.config.t_max.min(a.run.ctx));
+        .map_or(a.run.ctx, |(m, _)| m.config.t_max.min(a.run.ctx));
     let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
     let (data, tokenizer) = a.data.source(seq, choice)?;
+    if let (Some((m, meta)), Some(path)) = (&init, &a.load) {
+        check_loaded(path, meta, data.as_ref(), &tokenizer, m.config.vocab)?;
+    }
+    let init = init.map(|(m, _)| m);
     let mut base =
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
@@ -946,43 +1103,56 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
-        eprintln!("[{}/{n}] {label}", i + 1)
+        note(format!("[{}/{n}] {label}", i + 1))
     })?;
     let report = render_report(&res, &command.join(" "));
-    // The report first, then every file that can be written (a failed one does not
-    // stop the others); the first failure is the error.
-    println!("{report}");
+    // Every file that can be written (a failed one does not stop the others), then the
+    // report, then the first failure as the error: a reader that closes standard
+    // output early (`| head`) does not cost the files, and a failed file does not cost
+    // the report.
     let mut files = vec![("report.md", report.clone())];
     files.extend(csv_files(&res));
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let written = [write_outputs(&a.out, &files), plot_experiment(&a.out, &res)];
+    out(&report)?;
     let failed: Vec<_> = written.into_iter().filter_map(|r| r.err()).collect();
     for e in failed.iter().skip(1) {
-        eprintln!("error: {e}");
+        note(format!("error: {e}"));
     }
     match failed.into_iter().next() {
         Some(e) => Err(e),
         None => {
-            eprintln!("wrote {}", a.out.display());
+            note(format!("wrote {}", a.out.display()));
             Ok(())
         }
     }
 }
 
-fn run_eval(a: EvalArgs) -> Result<()> {
+fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
     require_cpu(a.device)?;
+    given.refuse(&[(
+        "task",
+        a.data.text.is_some(),
+        "--text gives the data; leave out --task or --text".into(),
+    )])?;
     limits::at_least_one("--eval-batches", a.eval_batches)?;
     limits::at_least_one("--batch", a.batch)?;
     limits::threshold(a.threshold)?;
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
+    let (model, saved, meta) = checkpoint_tokenizer::load_with_metadata(&a.load)?;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
     let choice = a.data.tokenizer(None, saved, Some(&a.load))?;
     let (data, tokenizer) = a.data.source(seq, choice)?;
-    check_vocab(data.as_ref(), &tokenizer, model.config.vocab)?;
+    check_loaded(
+        &a.load,
+        &meta,
+        data.as_ref(),
+        &tokenizer,
+        model.config.vocab,
+    )?;
     let cfg = EvalConfig {
         pauses,
         batches: a.eval_batches,
@@ -992,7 +1162,10 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         seed: a.seed,
     };
     let (summary, what) = match a.tokens {
-        None => (evaluate(&model, data.as_ref(), &cfg)?, String::new()),
+        None => (
+            evaluate_shown(&model, data.as_ref(), &cfg, true)?,
+            String::new(),
+        ),
         Some(n) => {
             let spec = a.data.data.as_deref().unwrap_or_default();
             let shards = cyb::shard_data::ShardData::open(spec, a.data.vocab, seq)?;
@@ -1006,12 +1179,15 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         lines: vec![
             format!("model: {} ({:?})", a.load.display(), model.config),
             format!("data: {}", data.describe()),
-            format!("evaluation: K = {pauses}, threshold {}{what}", a.threshold),
+            format!(
+                "evaluation: K = {pauses}, threshold {}{what}",
+                Num(a.threshold)
+            ),
         ],
     };
-    println!("{}", render(&desc, &summary, data.as_ref()));
+    out(render_at(&desc, &summary, data.as_ref(), a.threshold))?;
     if a.pauses_by_token {
-        println!("{}", render_by_token(&summary, data.as_ref()));
+        out(render_by_token(&summary, data.as_ref()))?;
     }
     Ok(())
 }
@@ -1051,11 +1227,41 @@ fn stream_eval(
     ))
 }
 
-fn run_generate(a: GenerateArgs) -> Result<()> {
+fn run_generate(a: GenerateArgs, given: &Given) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
+    let sample = a.policy == PolicyName::Sample;
+    let greedy = a.policy == PolicyName::Greedy;
+    let sample_only = "it is read by --policy sample only";
+    given.refuse(&[
+        ("temperature", !sample, sample_only.into()),
+        ("top_k", !sample, sample_only.into()),
+        ("top_p", !sample, sample_only.into()),
+        (
+            "seed",
+            !sample,
+            "only --policy sample draws at random".into(),
+        ),
+        (
+            "threshold",
+            !greedy,
+            "it is read by --policy greedy only".into(),
+        ),
+    ])?;
     limits::threshold(a.threshold)?;
-    let (model, saved) = checkpoint_tokenizer::load(&a.load)?;
+    if sample {
+        // The sampling numbers are checked before the model is read, as the others.
+        Policy::Sample {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        }
+        .check()?;
+    }
+    if let Some(n) = a.max_new {
+        limits::at_least_one("--max-new", n)?;
+    }
+    let (model, saved, meta) = checkpoint_tokenizer::load_with_metadata(&a.load)?;
     let tokenizer = saved_or_given(saved, a.tokenizer.as_deref(), Some(&a.load))?;
     if let Some(t) = &tokenizer {
         if t.vocab() > model.config.vocab {
@@ -1067,16 +1273,38 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         }
     }
     let text_model = tokenizer.is_some() || model.config.vocab == 256;
+    let trained_task = meta
+        .get(checkpoint::DATA_KEY)
+        .and_then(|d| d.strip_prefix("task "))
+        .map(str::to_string);
+    given.refuse(&[(
+        "task",
+        text_model,
+        "the model reads text (byte-level or with a tokenizer): the prompt is plain text".into(),
+    )])?;
+    let task = a
+        .task
+        .clone()
+        .or(trained_task.clone())
+        .unwrap_or_else(|| "modsum".into());
     let vocab: Box<dyn DataSource> = match &tokenizer {
         Some(t) => Box::new(TokenText::without_text(t.clone())),
         None if model.config.vocab == 256 => Box::new(cyb::data::Bytes),
-        None => task_by_name(&a.task)?,
+        None => task_by_name(&task)?,
     };
+    if let (Some(trained), false) = (&trained_task, text_model) {
+        if vocab.identity() != format!("task {trained}") {
+            return Err(CybError::Data(format!(
+                "{} was trained on task {trained}, not --task {task}: leave --task out (the \
+                 model's own task is the default)",
+                a.load.display()
+            )));
+        }
+    }
     if !text_model && vocab.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
-            "the model has vocabulary {} but --task {} has {}",
+            "the model has vocabulary {} but --task {task} has {}",
             model.config.vocab,
-            a.task,
             vocab.vocab()
         )));
     }
@@ -1103,8 +1331,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     // private mode that costs the remaining pause steps (shared mode runs them anyway).
     let mut dec = Decoder::new(&model, pauses, policy, a.seed)?.with_full_halting();
     let fit = (model.config.t_max + 1).saturating_sub(prompt.len());
-    let out = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
-    let emitted: Vec<(usize, usize)> = out.iter().map(|e| (e.token, e.pauses)).collect();
+    let out_tokens = dec.generate(&prompt, a.max_new.unwrap_or(fit.clamp(1, 16)))?;
+    let emitted: Vec<(usize, usize)> = out_tokens.iter().map(|e| (e.token, e.pauses)).collect();
     let pieces = match &tokenizer {
         Some(t) => {
             let ids: Vec<u32> = emitted.iter().map(|&(t, _)| t as u32).collect();
@@ -1114,13 +1342,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             generated_text::pieces(&emitted, model.config.vocab == 256, |t| vocab.token_text(t))
         }
     };
-    let n_out = out.len().max(1) as f64;
-    let mean = out.iter().map(|e| e.pauses as f64).sum::<f64>() / n_out;
+    let n_out = out_tokens.len().max(1) as f64;
+    // Means start from +0.0: a sum of no f64 values is -0.0 in Rust.
+    let mean = out_tokens.iter().fold(0.0, |acc, e| acc + e.pauses as f64) / n_out;
     let expected = |e: &cyb::decode::Emitted| e.expected_pauses.unwrap_or(f64::NAN);
-    let mean_expected = out.iter().map(expected).sum::<f64>() / n_out;
+    let mean_expected = out_tokens.iter().fold(0.0, |acc, e| acc + expected(e)) / n_out;
     let mode = model.config.pause_attention;
     if a.json {
-        let tokens: Vec<serde_json::Value> = out
+        let tokens: Vec<serde_json::Value> = out_tokens
             .iter()
             .map(|e| {
                 serde_json::json!({
@@ -1142,8 +1371,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             "mean_expected_pauses": mean_expected,
             "tokens": tokens,
         });
-        println!("{doc:#}");
-        return Ok(());
+        return out(format!("{doc:#}"));
     }
     let tty = std::io::stdout().is_terminal();
     let mut text = a.prompt.clone();
@@ -1152,25 +1380,25 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let marks = if tty { Marks::Tty } else { Marks::Plain };
     text.push_str(&generated_text::render(&pieces, marks));
-    println!("{text}");
+    out(text)?;
     // Per token: its readout step S and E[pauses] under the model's halting distribution.
-    let steps: Vec<String> = out
+    let steps: Vec<String> = out_tokens
         .iter()
         .map(|e| {
             format!(
                 "{}:S={},E={:.2}",
                 vocab.token_text(e.token).trim(),
                 e.pauses,
-                expected(e)
+                Num(expected(e))
             )
         })
         .collect();
-    println!("readout: {}", steps.join(" "));
-    eprintln!(
+    out(format!("readout: {}", steps.join(" ")))?;
+    note(format!(
         "{} tokens, {:.2} pauses per token, E[pauses] {:.2} (K = {pauses}, {mode} pauses{}){}",
-        out.len(),
-        mean,
-        mean_expected,
+        out_tokens.len(),
+        Num(mean),
+        Num(mean_expected),
         match mode {
             cyb::config::PauseAttention::Shared => ": every step computed, S picks the readout",
             cyb::config::PauseAttention::Private => "",
@@ -1180,21 +1408,27 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         } else {
             "; {n} after a token = n pauses"
         }
-    );
+    ));
     Ok(())
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Train(a) => run_train(a),
-        Command::Eval(a) => run_eval(a),
-        Command::Experiment(a) => run_experiment_cmd(a),
-        Command::Generate(a) => run_generate(a),
+    let cmd = cli();
+    let matches = cmd
+        .clone()
+        .try_get_matches()
+        .unwrap_or_else(|e| explain(e, &cmd).exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = Given::new(&matches);
+    let result = check_environment().and_then(|()| match cli.command {
+        Command::Train(a) => run_train(a, &given),
+        Command::Eval(a) => run_eval(a, &given),
+        Command::Experiment(a) => run_experiment_cmd(a, &given),
+        Command::Generate(a) => run_generate(a, &given),
         Command::Tokenize(a) => run_tokenize(a),
-    };
+    });
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        note(format!("error: {e}"));
         std::process::exit(1);
     }
 }

@@ -7,8 +7,13 @@
 //! which also checks every parameter.
 
 use crate::error::{CybError, Result};
+use crate::number::Num;
 use std::fmt;
 use std::str::FromStr;
+
+/// The largest `beta` (CYB-VA) and `alpha` (CYB-DP): KL weights beyond it make the
+/// loss or its f32 gradient overflow (the paper's values are at most 1).
+pub const MAX_KL_WEIGHT: f64 = 1e6;
 
 /// A distribution over the steps `0..=K`, described independently of `K`.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +37,7 @@ impl StepWeights {
             StepWeights::Explicit(v) => {
                 if v.len() != k + 1 {
                     return Err(CybError::Param(format!(
-                        "{what} needs exactly K+1 = {} ratios for K = {k}, got {} ({})",
+                        "{what} (--{what}) needs exactly K+1 = {} ratios for K = {k}, got {} ({})",
                         k + 1,
                         v.len(),
                         self
@@ -43,13 +48,19 @@ impl StepWeights {
         };
         if raw.iter().any(|x| !x.is_finite() || *x < 0.0) {
             return Err(CybError::Param(format!(
-                "{what} ratios must be finite and >= 0, got {self}"
+                "{what} (--{what}) ratios must be finite and >= 0, got {self}"
             )));
         }
         let sum: f64 = raw.iter().sum();
+        if !sum.is_finite() {
+            return Err(CybError::Param(format!(
+                "{what} (--{what}) ratios {self} sum to more than the largest number ({sum}); only \
+                 their proportions matter, so scale them down (e.g. 1:1:1:1)"
+            )));
+        }
         if sum <= 0.0 {
             return Err(CybError::Param(format!(
-                "{what} ratios are all zero ({self}); at least one must be > 0"
+                "{what} (--{what}) ratios are all zero ({self}); at least one must be > 0 (e.g. 1:1:1:1)"
             )));
         }
         Ok(raw.iter().map(|x| x / sum).collect())
@@ -62,7 +73,7 @@ impl fmt::Display for StepWeights {
             StepWeights::Uniform => write!(f, "uniform"),
             StepWeights::Last => write!(f, "delta_K"),
             StepWeights::Explicit(v) => {
-                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                let parts: Vec<String> = v.iter().map(|x| Num(*x).to_string()).collect();
                 write!(f, "{}", parts.join(":"))
             }
         }
@@ -107,7 +118,8 @@ impl Discount {
     pub fn log_steps(self, gamma: f64, k: usize) -> Result<Vec<f64>> {
         if !(gamma.is_finite() && gamma > 0.0 && gamma <= 1.0) {
             return Err(CybError::Param(format!(
-                "gamma must be in (0, 1], got {gamma}"
+                "gamma (--gamma) must be in (0, 1] (1 = no discount, the default), got {}",
+                Num(gamma)
             )));
         }
         let steps: Vec<f64> = (0..=k)
@@ -118,9 +130,10 @@ impl Discount {
             .collect();
         if let Some(i) = steps.iter().position(|g| *g <= 0.0 || !g.is_finite()) {
             return Err(CybError::Param(format!(
-                "the {self} discount with gamma = {gamma} reaches {:.4} at step {i} <= K = {k}; \
-                 every gamma_k must be > 0",
-                steps[i]
+                "the {self} discount with gamma = {} reaches {} at step {i} <= K = {k}; \
+                 every gamma_k must be > 0 (a larger --gamma, e.g. 0.9)",
+                Num(gamma),
+                Num(steps[i])
             )));
         }
         Ok(steps.iter().map(|g| g.ln()).collect())
@@ -163,7 +176,9 @@ impl FromStr for Discount {
 pub fn dk_bias_from_prior(psi: f64, vocab: usize) -> Result<f64> {
     if !(psi.is_finite() && (0.0..1.0).contains(&psi)) {
         return Err(CybError::Param(format!(
-            "the DK prior psi must be in [0, 1) (0 = no bias), got {psi}"
+            "--dk-prior = {}: the DK prior psi must be in [0, 1) (0 = no bias; the default \
+             0.9 works)",
+            Num(psi)
         )));
     }
     if vocab == 0 {
@@ -263,12 +278,16 @@ impl Objective {
     /// Check the parameters and fix every `K`-dependent vector for this `K`, with no
     /// DK bias (see [`ResolvedObjective::with_dk_bias`]).
     pub fn resolve(&self, k: usize) -> Result<ResolvedObjective> {
-        let nonneg = |name: &str, x: f64| {
-            if x.is_finite() && x >= 0.0 {
+        // A KL weight beyond MAX_KL_WEIGHT only overflows the loss or its gradient.
+        let nonneg = |name: &str, x: f64, default: f64| {
+            if x.is_finite() && (0.0..=MAX_KL_WEIGHT).contains(&x) {
                 Ok(x)
             } else {
                 Err(CybError::Param(format!(
-                    "{name} must be finite and >= 0, got {x}"
+                    "{name} (--{name}) must be a number in [0, {}], got {} (the default is {})",
+                    Num(MAX_KL_WEIGHT),
+                    Num(x),
+                    Num(default)
                 )))
             }
         };
@@ -308,7 +327,7 @@ impl Objective {
                          rho is 0), got {rho}"
                     )));
                 }
-                r.beta = nonneg("beta", *beta)?;
+                r.beta = nonneg("beta", *beta, 1.0)?;
                 r.log_gamma = discount.log_steps(*gamma, k)?;
             }
             Objective::Dp {
@@ -319,7 +338,7 @@ impl Objective {
             } => {
                 r.kind = ObjectiveKind::Dp;
                 r.rho = rho.resolve(k, "rho")?;
-                r.alpha = nonneg("alpha", *alpha)?;
+                r.alpha = nonneg("alpha", *alpha, 0.01)?;
                 r.log_gamma = discount.log_steps(*gamma, k)?;
             }
         }
@@ -335,7 +354,11 @@ impl fmt::Display for Objective {
                 omega,
                 gamma,
                 discount,
-            } => write!(f, "ap(omega={omega}, gamma={gamma}, discount={discount})"),
+            } => write!(
+                f,
+                "ap(omega={omega}, gamma={}, discount={discount})",
+                Num(*gamma)
+            ),
             Objective::Va {
                 rho,
                 beta,
@@ -343,7 +366,9 @@ impl fmt::Display for Objective {
                 discount,
             } => write!(
                 f,
-                "va(rho={rho}, beta={beta}, gamma={gamma}, discount={discount})"
+                "va(rho={rho}, beta={}, gamma={}, discount={discount})",
+                Num(*beta),
+                Num(*gamma)
             ),
             Objective::Dp {
                 rho,
@@ -352,7 +377,9 @@ impl fmt::Display for Objective {
                 discount,
             } => write!(
                 f,
-                "dp(rho={rho}, alpha={alpha}, gamma={gamma}, discount={discount})"
+                "dp(rho={rho}, alpha={}, gamma={}, discount={discount})",
+                Num(*alpha),
+                Num(*gamma)
             ),
         }
     }

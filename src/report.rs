@@ -3,6 +3,7 @@
 
 use crate::data::DataSource;
 use crate::metrics::{EvalSummary, GroupStats};
+use crate::number::Num;
 use std::fmt::Write as _;
 
 /// Free-form lines describing the run (objective, model, data, speed), printed first.
@@ -25,12 +26,12 @@ fn group_row(name: &str, g: &GroupStats) -> String {
     format!(
         "| {name:<12} | {:>6} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>7.4} |",
         g.count,
-        g.accuracy,
-        g.accuracy_at_0,
-        g.mean_pauses,
-        g.pause_variance,
-        g.mean_expected_pauses,
-        g.nll
+        Num(g.accuracy),
+        Num(g.accuracy_at_0),
+        Num(g.mean_pauses),
+        Num(g.pause_variance),
+        Num(g.mean_expected_pauses),
+        Num(g.nll)
     )
 }
 
@@ -38,6 +39,17 @@ const GROUP_HEADER: &str = "| group        |  count |    acc |  acc@0 | pauses |
 
 /// Render the report as Markdown (readable in a terminal too).
 pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSource) -> String {
+    render_at(desc, summary, data, 0.5)
+}
+
+/// [`render`] of an evaluation whose greedy policy said DK when `p(DK) > threshold`
+/// (`cyb eval --threshold`): the report names the threshold it was measured with.
+pub fn render_at(
+    desc: &RunDescription,
+    summary: &EvalSummary,
+    data: &dyn DataSource,
+    threshold: f64,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# cyb report\n");
     for l in &desc.lines {
@@ -46,44 +58,49 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
     let o = &summary.overall;
     let _ = writeln!(
         s,
-        "\n## Validation ({} positions, greedy policy: DK when p(DK) > 0.5)\n",
-        o.count
+        "\n## Validation ({} positions, greedy policy: DK when p(DK) > {})\n",
+        o.count,
+        Num(threshold)
     );
     let uniform = (data.vocab() as f64).ln();
     let rows = [
         (
             "marginal NLL (nats/token)",
-            format!("{:.4}", o.nll),
+            format!("{:.4}", Num(o.nll)),
             format!(
                 "-log sum_k h_k p(y given an answer at k): the model's own mix of answer steps, the \
-                 training and perplexity measure (a uniform guess scores ln V = {uniform:.4})"
+                 training and perplexity measure (a uniform guess scores ln V = {:.4})",
+                Num(uniform)
             ),
         ),
         (
             "forced-final NLL (step K)",
-            format!("{:.4}", summary.nll_final),
+            format!("{:.4}", Num(summary.nll_final)),
             "-log p(y given an answer at step K): always answer after every pause. A model that \
              learned to stop early trains step K little, so this can exceed ln V"
                 .to_string(),
         ),
         (
             "accuracy, greedy policy",
-            format!("{:.4}", o.accuracy),
-            "argmax answer at the first step with p(DK) <= 0.5 (step K at the latest)".into(),
+            format!("{:.4}", Num(o.accuracy)),
+            format!(
+                "argmax answer at the first step with p(DK) <= {} (step K at the latest)",
+                Num(threshold)
+            ),
         ),
         (
             "accuracy answering at step 0",
-            format!("{:.4}", o.accuracy_at_0),
+            format!("{:.4}", Num(o.accuracy_at_0)),
             "argmax answer without any pause: what the pauses add is the difference".into(),
         ),
         (
             "mean pauses per token (greedy)",
-            format!("{:.3}", o.mean_pauses),
+            format!("{:.3}", Num(o.mean_pauses)),
             "pauses the greedy policy took, averaged over positions".into(),
         ),
         (
             "mean E[pauses] (halting distribution)",
-            format!("{:.3}", o.mean_expected_pauses),
+            format!("{:.3}", Num(o.mean_expected_pauses)),
             "sum_k k h_k: the pauses the model expects to take, averaged over positions".into(),
         ),
     ];
@@ -105,7 +122,7 @@ pub fn render(desc: &RunDescription, summary: &EvalSummary, data: &dyn DataSourc
             s,
             "{k:>2} pauses | {:<40} {:5.1}% ({n})",
             bar(f, 40),
-            100.0 * f
+            Num(100.0 * f)
         );
     }
     let _ = writeln!(s, "```");

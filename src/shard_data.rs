@@ -183,6 +183,13 @@ impl DataSource for ShardData {
     fn vocab(&self) -> usize {
         self.meta.vocab
     }
+    /// Shards are identified by their vocabulary only: a model is evaluated on other
+    /// shards of its corpus (a validation folder of its own, `shards.json` or not), so
+    /// neither the folder, the token counts nor the tokenizer's recorded name may differ
+    /// from training without a refusal being wrong.
+    fn identity(&self) -> String {
+        format!("token shards of vocabulary {}", self.meta.vocab)
+    }
     fn describe(&self) -> String {
         format!(
             "token shards {} ({} train + {} validation tokens in {} + {} shards, {}, V = {})",

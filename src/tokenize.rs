@@ -257,17 +257,21 @@ pub fn tokenize(cfg: &TokenizeConfig, show_progress: bool) -> Result<TokenizeSum
     }
     crate::atomic_file::check_writable_dir(&cfg.out)?;
     // Old shards left there would be read as part of this corpus.
-    if let Some(old) = std::fs::read_dir(&cfg.out)
-        .map_err(|e| CybError::io(&cfg.out, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "bin"))
-    {
-        return Err(CybError::Data(format!(
-            "{} already holds token shards ({}): give an empty or new folder",
-            cfg.out.display(),
-            old.display()
-        )));
+    if cfg.out.is_dir() {
+        if let Some(old) = std::fs::read_dir(&cfg.out)
+            .map_err(|e| CybError::io(&cfg.out, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        {
+            return Err(CybError::Data(format!(
+                "{} already holds token shards ({}): give an empty or new folder",
+                cfg.out.display(),
+                old.display()
+            )));
+        }
     }
+    // Made only now that every input and the folder have been checked.
+    std::fs::create_dir_all(&cfg.out).map_err(|e| CybError::io(&cfg.out, e))?;
     let bar = if show_progress {
         let bar = ProgressBar::new(total_bytes);
         bar.set_style(

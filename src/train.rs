@@ -8,6 +8,7 @@ use crate::cpu::model::{Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
+use crate::number::Num;
 use crate::objective::{Objective, ResolvedObjective};
 use crate::rng::{seeded, split, CybRng};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -534,7 +535,7 @@ impl RunLoop<'_> {
             ProgressBar::hidden()
         };
         let tokens_per_step = cfg.batch * cfg.seq;
-        let mut lines = ProgressLines::new(self.show_progress, cfg.steps);
+        let mut lines = ProgressLines::new(self.show_progress, cfg.steps)?;
         let start = Instant::now();
         let mut eval_time = 0.0;
         let mut stopped = None;
@@ -550,7 +551,11 @@ impl RunLoop<'_> {
             let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
             if !loss.is_finite() {
                 return Err(CybError::Param(format!(
-                    "loss became {loss} at step {step}; try a lower --lr"
+                    "loss became {loss} at step {step} with --lr {} and --grad-clip {}; try \
+                     a lower --lr (e.g. {})",
+                    Num::from(cfg.lr),
+                    Num::from(cfg.grad_clip),
+                    Num::from((cfg.lr / 10.0).min(3e-3))
                 )));
             }
             history.push(StepLog {
@@ -600,7 +605,9 @@ impl RunLoop<'_> {
             let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
             let tok_s = done as f64 * tokens_per_step as f64 / secs;
             bar.set_message(format!(
-                "loss {loss:.4}  pauses {mean_pauses:.2}  {tok_s:.0} tok/s"
+                "loss {:.4}  pauses {:.2}  {tok_s:.0} tok/s",
+                Num(loss),
+                Num(mean_pauses)
             ));
             lines.step(
                 step + 1,
@@ -640,19 +647,15 @@ struct ProgressLines {
 }
 
 impl ProgressLines {
-    fn new(show_progress: bool, steps: usize) -> Self {
+    fn new(show_progress: bool, steps: usize) -> Result<Self> {
         use std::io::IsTerminal;
-        let every = std::env::var("CYB_PROGRESS_SECS")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| *v >= 0.0)
-            .unwrap_or(10.0);
-        ProgressLines {
+        let every = crate::limits::progress_secs()?;
+        Ok(ProgressLines {
             on: show_progress && !std::io::stderr().is_terminal(),
             every,
             next: every,
             steps,
-        }
+        })
     }
 
     fn step(&mut self, done: usize, loss: f64, pauses: f64, tok_s: f64, elapsed: f64) {
@@ -661,13 +664,76 @@ impl ProgressLines {
         }
         self.next = elapsed + self.every;
         let eta = elapsed / done as f64 * (self.steps - done) as f64;
-        eprintln!(
-            "step {done}/{}  loss {loss:.4}  pauses {pauses:.2}  {tok_s:.0} tok/s  \
+        crate::console::note(format!(
+            "step {done}/{}  loss {:.4}  pauses {:.2}  {tok_s:.0} tok/s  \
              elapsed {}  ETA {}",
             self.steps,
+            Num(loss),
+            Num(pauses),
             clock(elapsed),
             clock(eta)
-        );
+        ));
+    }
+}
+
+/// Progress of an evaluation: a bar on a terminal, plain lines otherwise.
+struct EvalProgress {
+    bar: ProgressBar,
+    lines: bool,
+    every: f64,
+    next: f64,
+    batches: usize,
+    start: Instant,
+}
+
+impl EvalProgress {
+    fn new(show_progress: bool, batches: usize) -> Result<Self> {
+        use std::io::IsTerminal;
+        let every = crate::limits::progress_secs()?;
+        let tty = std::io::stderr().is_terminal();
+        let bar = if show_progress && tty {
+            let bar = ProgressBar::new(batches as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "evaluating {bar:30} {pos}/{len} batches  {elapsed_precise} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(EvalProgress {
+            bar,
+            lines: show_progress && !tty,
+            every,
+            next: every,
+            batches,
+            start: Instant::now(),
+        })
+    }
+
+    /// Called after `done` batches are evaluated.
+    fn batch(&mut self, done: usize) {
+        self.bar.set_position(done as u64);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        if !self.lines || done == 0 || elapsed < self.next {
+            return;
+        }
+        self.next = elapsed + self.every;
+        let eta = elapsed / done as f64 * (self.batches - done) as f64;
+        crate::console::note(format!(
+            "evaluating batch {done}/{}  elapsed {}  ETA {}",
+            self.batches,
+            clock(elapsed),
+            clock(eta)
+        ));
+    }
+}
+
+impl Drop for EvalProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -720,12 +786,28 @@ pub fn validation_detail(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
+    validation_detail_shown(model, data, cfg, false)
+}
+
+/// [`validation_detail`] showing its progress on stderr when `show_progress`: a bar on
+/// a terminal, else a plain line every `$CYB_PROGRESS_SECS` seconds (as training).
+fn validation_detail_shown(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+    show_progress: bool,
+) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     crate::limits::check_eval(&model.config, cfg)?;
+    let mut progress = EvalProgress::new(show_progress, cfg.batches)?;
     let mut rng = validation_rng(cfg.seed);
     let batches = (0..cfg.batches)
         .map(|_| data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng))
         .map(Ok);
-    batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |_| {})
+    let mut done = 0;
+    batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |_| {
+        done += 1;
+        progress.batch(done);
+    })
 }
 
 /// [`validation_detail`] over given batches (each with its own `batch` x `seq`, e.g. a
@@ -789,7 +871,18 @@ pub fn evaluate(
     data: &dyn DataSource,
     cfg: &EvalConfig,
 ) -> Result<EvalSummary> {
-    let outcomes = validation_outcomes(model, data, cfg)?;
+    evaluate_shown(model, data, cfg, false)
+}
+
+/// [`evaluate`], showing its progress on stderr when `show_progress` (`cyb eval`: a
+/// long `--eval-batches` is not silent).
+pub fn evaluate_shown(
+    model: &Model<f32>,
+    data: &dyn DataSource,
+    cfg: &EvalConfig,
+    show_progress: bool,
+) -> Result<EvalSummary> {
+    let (outcomes, _) = validation_detail_shown(model, data, cfg, show_progress)?;
     Ok(EvalSummary::from_outcomes(
         &outcomes,
         cfg.pauses,

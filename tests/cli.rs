@@ -135,6 +135,25 @@ fn train_save_eval_generate() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("Pauses by target token"));
+    // The report names the threshold it was measured with.
+    for threshold in ["0.5", "0.25", "1"] {
+        let o = cyb(&[
+            "eval",
+            "--load",
+            s(&ckpt),
+            "--eval-batches",
+            "1",
+            "--threshold",
+            threshold,
+        ]);
+        let report = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success()
+                && report.contains(&format!("DK when p(DK) > {threshold})"))
+                && report.contains(&format!("p(DK) <= {threshold} (step K")),
+            "{report}"
+        );
+    }
 
     let o = cyb(&[
         "generate",
@@ -735,6 +754,706 @@ fn experiment_grid_regimes_and_load() {
     fails_with(&cyb(&["experiment", "--regimes", "0"]), "--regimes");
     fails_with(&cyb(&["experiment", "--bpe", "300"]), "--bpe needs --text");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `cyb` with `args` and `env`, killed (and the test failed) after `secs` seconds:
+/// for inputs that would otherwise be read forever.
+fn cyb_within(secs: u64, args: &[&str], env: &[(&str, &str)]) -> Output {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyb"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cyb runs");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > secs {
+            let _ = child.kill();
+            panic!("{args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A trained tiny model on `task` with K = 2, saved at `dir/name`.
+fn tiny_model(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let ckpt = dir.join(name);
+    let o = train_tiny(&[&["--pauses", "2", "--save", s(&ckpt)], extra].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    ckpt
+}
+
+/// A reader that closes the pipe early (`| head -1`) ends the output quietly: exit 0,
+/// no panic, no "Broken pipe"; what does not print (the files of --out, --save) is
+/// still written. Standard output is closed before the command writes anything.
+#[test]
+fn closed_pipes_end_quietly() {
+    use std::process::Stdio;
+    let dir = tmpdir("pipe");
+    let ckpt = tiny_model(&dir, "m.safetensors", &[]);
+    let run = |args: &[&str], close_stderr: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cyb"));
+        cmd.args(args)
+            .env("CYB_PROGRESS_SECS", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        drop(child.stdout.take());
+        if close_stderr {
+            drop(child.stderr.take());
+        }
+        child.wait_with_output().unwrap()
+    };
+    let gen = ["generate", "--load", s(&ckpt), "--prompt", "[L2] 3 4 ="];
+    let out = dir.join("out");
+    let saved = dir.join("again.safetensors");
+    let mut train = vec!["train", "--out", s(&out), "--save", s(&saved)];
+    train.extend_from_slice(TINY);
+    let cases: Vec<(Vec<&str>, bool)> = vec![
+        ([&gen[..], &["--json"]].concat(), false),
+        (gen.to_vec(), false),
+        (vec!["eval", "--load", s(&ckpt), "--pauses-by-token"], false),
+        (train.clone(), false),
+        // Both streams closed (`2>&1 | head -1`): the run still ends well.
+        (train, true),
+        (vec!["train", "--help"], false),
+    ];
+    for (args, close_stderr) in cases {
+        let o = run(&args, close_stderr);
+        let e = stderr(&o);
+        assert!(
+            o.status.success() && !e.contains("panicked") && !e.contains("Broken pipe"),
+            "{args:?}: {:?} {e}",
+            o.status
+        );
+    }
+    assert!(out.join("report.md").is_file() && out.join("pauses.png").is_file());
+    cyb::checkpoint::load(&saved).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Devices, FIFOs and folders given as input are clear errors at once, never read
+/// without end; a long evaluation shows progress.
+#[cfg(unix)]
+#[test]
+fn inputs_that_are_not_regular_files_are_refused() {
+    let dir = tmpdir("inputs");
+    let fifo = dir.join("fifo");
+    let fifo_made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut inputs = vec!["/dev/zero", "/dev/urandom", s(&dir)];
+    if fifo_made {
+        inputs.push(s(&fifo));
+    }
+    for input in inputs {
+        for args in [
+            vec!["train", "--text", input, "--steps", "1"],
+            vec!["experiment", "--text", input, "--steps", "1"],
+            vec!["eval", "--load", input],
+            vec!["generate", "--load", input, "--prompt", "1"],
+            vec!["train", "--load", input, "--steps", "1"],
+        ] {
+            let o = cyb_within(30, &args, &[]);
+            let e = stderr(&o);
+            assert!(
+                o.status.code() == Some(1)
+                    && (e.contains("not a regular file") || e.contains("is a directory")),
+                "{args:?}: {e}"
+            );
+        }
+    }
+    let ckpt = tiny_model(&dir, "m.safetensors", &[]);
+    let o = cyb_within(
+        120,
+        &[
+            "eval",
+            "--load",
+            s(&ckpt),
+            "--eval-batches",
+            "40",
+            "--batch",
+            "1",
+        ],
+        &[("CYB_PROGRESS_SECS", "0")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("evaluating batch 39/40") && e.contains("ETA"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Results that would look valid but are not are refused: repeated seeds or regimes,
+/// a checkpoint used on data other than its training data, ratios whose sum
+/// overflows, extra fields in a task name.
+#[test]
+fn results_that_look_valid_but_are_not_are_refused() {
+    let dir = tmpdir("valid");
+    let m54 = tiny_model(&dir, "m54.safetensors", &["--task", "modsum:5:4"]);
+    let m72 = tiny_model(&dir, "m72.safetensors", &["--task", "modsum:7:2"]);
+    let text_a = dir.join("a.txt");
+    let text_b = dir.join("b.txt");
+    std::fs::write(&text_a, "the cat sat on the mat. ".repeat(40)).unwrap();
+    std::fs::write(&text_b, "a dog ran in the fog. ".repeat(40)).unwrap();
+    let ma = tiny_model(&dir, "ma.safetensors", &["--text", s(&text_a)]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["experiment", "--seeds", "1,1"],
+            "--seeds: 1 is given twice",
+        ),
+        (
+            vec!["experiment", "--seeds", "3,2,3"],
+            "--seeds: 3 is given twice",
+        ),
+        (
+            vec!["experiment", "--regimes", "1,2,2"],
+            "--regimes: 2 is given twice",
+        ),
+        (vec!["train", "--task", "modsum:5:4:3"], "more fields"),
+        (
+            vec!["eval", "--load", s(&m54), "--task", "modsum:5:4:1"],
+            "more fields",
+        ),
+        (
+            vec!["eval", "--load", s(&m54), "--task", "modsum:7:2"],
+            "modsum:5:4",
+        ),
+        (
+            vec!["eval", "--load", s(&m54), "--task", "modsum:5:3"],
+            "modsum:5:3",
+        ),
+        (
+            vec!["eval", "--load", s(&m72)],
+            "task modsum:7:2, but this run's data is task modsum:5:4",
+        ),
+        (
+            vec!["eval", "--load", s(&ma), "--text", s(&text_b)],
+            "byte-level text",
+        ),
+        (
+            vec!["train", "--load", s(&m54), "--task", "modsum:7:2"],
+            "modsum:5:4",
+        ),
+        (
+            vec!["experiment", "--load", s(&m54), "--task", "modsum:6:4"],
+            "modsum:5:4",
+        ),
+        (
+            vec![
+                "generate",
+                "--load",
+                s(&m54),
+                "--task",
+                "modsum:7:2",
+                "--prompt",
+                "1",
+            ],
+            "modsum:5:4",
+        ),
+        (
+            vec![
+                "train",
+                "--objective",
+                "dp",
+                "--rho",
+                "1e308:1e308:1e308:1e308",
+            ],
+            "sum to more",
+        ),
+        (
+            vec![
+                "train",
+                "--objective",
+                "va",
+                "--rho",
+                "1e308:1e308:1e308:1e308",
+            ],
+            "sum to more",
+        ),
+        (
+            vec!["train", "--omega", "1e308:1e308:0:1e308"],
+            "sum to more",
+        ),
+        (
+            vec!["experiment", "--rho", "1e308:1e308:1:1e308"],
+            "sum to more",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = args.clone();
+        if matches!(all[0], "train" | "experiment") {
+            all.extend_from_slice(&["--steps", "1"]);
+        }
+        let o = cyb(&all);
+        fails_with(&o, needle);
+        assert!(!stderr(&o).contains("step 1/"), "{all:?} trained first");
+    }
+    // The same data is accepted, and generate takes the model's own task by default.
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&m54),
+        "--task",
+        "modsum:5:4",
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cyb(&[
+        "eval",
+        "--load",
+        s(&ma),
+        "--text",
+        s(&text_a),
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cyb(&[
+        "generate",
+        "--load",
+        s(&m72),
+        "--prompt",
+        "[L1] 6 =",
+        "--max-new",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // No `-0.00` anywhere: a model that never pauses reports zeros without a sign.
+    let k0 = dir.join("k0.safetensors");
+    let o = train_tiny(&["--pauses", "0", "--save", s(&k0)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut all = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o);
+    for extra in [&["--json"][..], &[]] {
+        let mut args = vec!["generate", "--load", s(&k0), "--prompt", "[L1] 2 ="];
+        args.extend_from_slice(extra);
+        let o = cyb(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        all += &String::from_utf8_lossy(&o.stdout);
+        all += &stderr(&o);
+    }
+    assert!(!all.contains("-0.0") && !all.contains("-0 "), "{all}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A flag or environment variable that cannot take effect is an error saying why.
+#[test]
+fn flags_that_cannot_take_effect_are_errors() {
+    let dir = tmpdir("ignored");
+    let ckpt = tiny_model(&dir, "m.safetensors", &[]);
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "some text here. ".repeat(40)).unwrap();
+    let m = s(&ckpt);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--load", m, "--pause-attention", "private"],
+            "--pause-attention cannot take effect",
+        ),
+        (
+            vec!["train", "--load", m, "--layers", "3"],
+            "--layers cannot take effect: the loaded model has layers 1",
+        ),
+        (
+            vec!["train", "--load", m, "--d-model", "32"],
+            "--d-model cannot take effect",
+        ),
+        (
+            vec!["train", "--load", m, "--heads", "4"],
+            "--heads cannot take effect",
+        ),
+        (
+            vec!["train", "--load", m, "--dk-prior", "0.5"],
+            "--dk-prior cannot take effect",
+        ),
+        (
+            vec!["train", "--load", m, "--ctx", "32"],
+            "--ctx cannot take effect",
+        ),
+        (
+            vec!["experiment", "--load", m, "--layers", "2"],
+            "--layers cannot take effect",
+        ),
+        (
+            vec!["experiment", "--load", m, "--pretrain", "5"],
+            "--pretrain cannot take effect",
+        ),
+        (
+            vec!["experiment", "--eval-every", "0"],
+            "--eval-every cannot take effect",
+        ),
+        (
+            vec!["train", "--objective", "ce_final", "--gamma", "0.5"],
+            "--gamma cannot take effect",
+        ),
+        (
+            vec!["train", "--objective", "marginal", "--discount", "linear"],
+            "--discount cannot take effect",
+        ),
+        (
+            vec!["train", "--objective", "ap", "--beta", "2"],
+            "--beta cannot take effect",
+        ),
+        (
+            vec!["train", "--objective", "va", "--alpha", "0.1"],
+            "--alpha cannot take effect",
+        ),
+        (
+            vec!["train", "--text", s(&text), "--task", "modsum:7:2"],
+            "--task cannot take effect",
+        ),
+        (
+            vec!["eval", "--load", m, "--text", s(&text), "--task", "modsum"],
+            "--task cannot take effect",
+        ),
+        (
+            vec![
+                "generate",
+                "--load",
+                m,
+                "--prompt",
+                "1",
+                "--temperature",
+                "2",
+            ],
+            "--temperature cannot take effect",
+        ),
+        (
+            vec!["generate", "--load", m, "--prompt", "1", "--top-k", "3"],
+            "--top-k cannot take effect",
+        ),
+        (
+            vec!["generate", "--load", m, "--prompt", "1", "--seed", "3"],
+            "--seed cannot take effect",
+        ),
+        (
+            vec![
+                "generate",
+                "--load",
+                m,
+                "--prompt",
+                "1",
+                "--policy",
+                "sample",
+                "--threshold",
+                "0.2",
+            ],
+            "--threshold cannot take effect",
+        ),
+        (
+            vec![
+                "generate", "--load", m, "--prompt", "1", "--policy", "forced", "--top-p", "0.5",
+            ],
+            "--top-p cannot take effect",
+        ),
+    ];
+    for (args, needle) in cases {
+        fails_with(&cyb(&args), needle);
+    }
+    // The same values as the model's, and the sampling flags with --policy sample, work.
+    ok_tiny(&["train", "--load", m, "--pause-attention", "shared"]);
+    let o = cyb(&[
+        "generate",
+        "--load",
+        m,
+        "--prompt",
+        "1",
+        "--policy",
+        "sample",
+        "--temperature",
+        "2",
+        "--top-k",
+        "3",
+        "--seed",
+        "5",
+        "--max-new",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Environment variables: a bad value is an error naming it, for every command.
+    for (var, value) in [
+        ("CYB_PROGRESS_SECS", "abc"),
+        ("CYB_PROGRESS_SECS", "-1"),
+        ("CYB_PROGRESS_SECS", "nan"),
+        ("CYB_MEMORY_LIMIT", "lots"),
+        ("CYB_MEMORY_LIMIT", "-5"),
+        ("CYB_MEMORY_LIMIT", "1e400"),
+    ] {
+        for args in [
+            vec!["train", "--steps", "1"],
+            vec!["eval", "--load", m],
+            vec!["generate", "--load", m, "--prompt", "1"],
+        ] {
+            let o = cyb_within(60, &args, &[(var, value)]);
+            let e = stderr(&o);
+            assert!(
+                o.status.code() == Some(1) && e.contains(var) && e.contains("e.g."),
+                "{var}={value} {args:?}: {e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every message names the flag at fault and a value that works, in one short line.
+#[test]
+fn messages_name_the_flag_and_a_value_that_works() {
+    let dir = tmpdir("messages");
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["train", "--objective", "va", "--beta", "1e308"],
+            "--beta",
+            "the default is 1",
+        ),
+        (
+            vec!["experiment", "--beta", "1e7"],
+            "--beta",
+            "the default is 1",
+        ),
+        (
+            vec!["train", "--objective", "dp", "--alpha", "1e308"],
+            "--alpha",
+            "the default is 0.01",
+        ),
+        (
+            vec!["train", "--omega", "1e308:1e308:1e308:1e308"],
+            "--omega",
+            "e.g. 1:1:1:1",
+        ),
+        (
+            vec![
+                "train",
+                "--objective",
+                "va",
+                "--rho",
+                "1e308:1e308:1e308:1e308",
+            ],
+            "--rho",
+            "e.g. 1:1:1:1",
+        ),
+        (
+            vec!["train", "--weight-decay", "1e30"],
+            "--weight-decay",
+            "the default 0.1 works",
+        ),
+        (
+            vec!["train", "--weight-decay", "400"],
+            "--weight-decay",
+            "below 333.3",
+        ),
+        (vec!["train", "--gamma", "1e-300"], "--gamma", "e.g. 0.9"),
+        (vec!["train", "--gamma", "2e300"], "--gamma", "the default"),
+        (
+            vec!["train", "--grad-clip", "-1e-3"],
+            "--grad-clip = -0.001",
+            "> 0",
+        ),
+        (
+            vec!["eval", "--threshold", "1e300", "--load", "x"],
+            "--threshold",
+            "0.5 works",
+        ),
+        (
+            vec![
+                "generate",
+                "--load",
+                "x",
+                "--prompt",
+                "1",
+                "--policy",
+                "sample",
+                "--temperature",
+                "-1e-300",
+            ],
+            "--temperature = -1e-300",
+            "the default 1 works",
+        ),
+        (
+            vec![
+                "generate", "--load", "x", "--prompt", "1", "--policy", "sample", "--top-p",
+                "1e-400",
+            ],
+            "--top-p = 0",
+            "the default 1 works",
+        ),
+        (
+            vec!["train", "--dk-prior", "1e300"],
+            "--dk-prior = 1e300",
+            "the default 0.9 works",
+        ),
+        (
+            vec!["train", "--heads", "3"],
+            "--heads = 3",
+            "e.g. --heads 2",
+        ),
+        (
+            vec!["experiment", "--d-model", "48", "--heads", "5"],
+            "--heads = 5",
+            "e.g. --heads 4",
+        ),
+        (vec!["train", "--heads", "0"], "--heads = 0", "at least 1"),
+        (vec!["train", "--layers", "0"], "--layers = 0", "at least 1"),
+        (
+            vec!["train", "--d-model", "0"],
+            "--d-model = 0",
+            "at least 1",
+        ),
+    ];
+    for (args, flag, works) in cases {
+        let o = cyb(&args);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success()
+                && e.contains(flag)
+                && e.contains(works)
+                && !e.contains("lower --lr")
+                && e.trim().lines().count() == 1
+                && e.len() < 400,
+            "{args:?}: {e}"
+        );
+    }
+    // Negative counts are bad values of their flag, with a value that works.
+    for (args, flag, works) in [
+        (vec!["train", "--steps", "-1"], "--steps", "--steps 4000"),
+        (
+            vec!["experiment", "--steps", "-1"],
+            "--steps",
+            "--steps 600",
+        ),
+        (vec!["train", "--batch", "-5"], "--batch", "--batch 32"),
+        (
+            vec!["experiment", "--seeds", "1,-2"],
+            "--seeds",
+            "--seeds 1,2,3",
+        ),
+        (
+            vec!["generate", "--load", "x", "--prompt", "1", "--top-k", "-1"],
+            "--top-k",
+            "--top-k 0",
+        ),
+        (
+            vec![
+                "generate",
+                "--load",
+                "x",
+                "--prompt",
+                "1",
+                "--max-new",
+                "-3",
+            ],
+            "--max-new",
+            "--max-new",
+        ),
+    ] {
+        let o = cyb(&args);
+        let e = stderr(&o);
+        assert!(
+            o.status.code() == Some(2)
+                && e.contains("invalid value '-")
+                && e.contains(flag)
+                && e.contains(works)
+                && !e.contains("unexpected argument"),
+            "{args:?}: {e}"
+        );
+    }
+    // A prompt that fills the context says to shorten it, not --max-new 0.
+    let ckpt = tiny_model(&dir, "m.safetensors", &[]);
+    for prompt in ["1 ".repeat(17), "1 ".repeat(30)] {
+        let o = cyb(&["generate", "--load", s(&ckpt), "--prompt", &prompt]);
+        fails_with(&o, "shorten it to at most 16 tokens");
+        assert!(!stderr(&o).contains("--max-new 0"), "{}", stderr(&o));
+    }
+    fails_with(
+        &cyb(&[
+            "generate",
+            "--load",
+            s(&ckpt),
+            "--prompt",
+            "1",
+            "--max-new",
+            "0",
+        ]),
+        "--max-new = 0: must be at least 1",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A refused run leaves no folder behind and `--out` trees are made only when there
+/// is something to write; a killed save's temporary is cleaned by the next save.
+#[test]
+fn refused_runs_leave_nothing_behind() {
+    let dir = tmpdir("leftovers");
+    for args in [
+        vec!["experiment", "--seeds", "1,1"],
+        vec!["experiment", "--steps", "0"],
+        vec!["experiment", "--pauses", "0"],
+        vec!["experiment", "--text", "/nonexistent/corpus.txt"],
+        vec!["experiment", "--ctx", "100000"],
+        vec!["train", "--lr", "-1"],
+        vec!["train", "--task", "nope"],
+        vec!["train", "--ctx", "100000"],
+    ] {
+        let out = dir.join("new").join("a").join("b");
+        let mut all = args.clone();
+        all.extend_from_slice(&["--out", s(&out)]);
+        assert!(!cyb(&all).status.success(), "{all:?}");
+        assert!(!dir.join("new").exists(), "{all:?} left a folder");
+    }
+    // A run that works makes the whole tree.
+    let out = dir.join("new").join("a").join("b");
+    ok_tiny(&["train", "--out", s(&out)]);
+    assert!(out.join("report.md").is_file());
+    // A stale temporary of a killed save of the same file (its process gone) is removed.
+    let ckpt = dir.join("m.safetensors");
+    let stale = dir.join(".m.safetensors.tmp.99999999");
+    std::fs::write(&stale, "half a checkpoint").unwrap();
+    ok_tiny(&["train", "--save", s(&ckpt)]);
+    assert!(!stale.exists() && ckpt.is_file());
+    let ignore =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == ".*.tmp.[0-9]*"), "{ignore}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// README and `--help` point at files a clone has and say what the program does.
+#[test]
+fn docs_point_at_files_a_clone_has() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("cargo install --path ."));
+    let mut helps = readme.clone();
+    for cmd in ["train", "eval", "experiment", "generate"] {
+        let o = cyb(&[cmd, "--help"]);
+        assert!(o.status.success());
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        helps += &help;
+        if cmd != "train" {
+            assert!(!help.contains("Train on"), "{cmd} --help: {help}");
+        }
+    }
+    for gone in ["ANCHORS", "SPEC"] {
+        assert!(!helps.contains(gone), "README or --help mentions {gone}");
+    }
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/MATH.md")).is_file());
+    let help = String::from_utf8_lossy(&cyb(&["experiment", "--help"]).stdout).into_owned();
+    assert!(
+        !help.contains("plain GPT") && help.contains("[default: 600]"),
+        "{help}"
+    );
+    // The train report says which attention mode it used.
+    for mode in ["shared", "private"] {
+        let report = ok_tiny(&["train", "--pause-attention", mode]);
+        assert!(
+            report.contains(&format!("{mode} pause attention")),
+            "{report}"
+        );
+    }
 }
 
 /// A corpus file for the tokenizer tests.

@@ -488,7 +488,8 @@ fn eval_streams_validation_tokens_and_shards_are_checked() {
     let o = eval(&[]);
     let e = stderr(&o);
     assert!(!o.status.success() && e.contains("--vocab"), "{e}");
-    assert!(eval(&["--vocab", "256"]).status.success());
+    let o = eval(&["--vocab", "256"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     // A truncated shard: its name and the offset of the count that does not match.
     let val = shards.join("val_000000.bin");
     let bytes = std::fs::read(&val).unwrap();

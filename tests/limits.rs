@@ -199,7 +199,11 @@ fn output_paths_are_checked_and_links_followed() {
     std::fs::write(&file, "x").unwrap();
     assert!(msg(check_writable_dir(&file)).contains("not a directory"));
     check_writable_dir(&dir.join("a/b")).unwrap();
-    assert!(dir.join("a/b").is_dir(), "the folder is created");
+    assert!(
+        !dir.join("a").exists(),
+        "nothing is created before it is written to"
+    );
+    assert!(msg(check_writable_dir(&file.join("sub"))).contains("file"));
     #[cfg(unix)]
     {
         // Through a relative link: the target is replaced, the link stays a link.
@@ -215,4 +219,117 @@ fn output_paths_are_checked_and_links_followed() {
         assert!(msg(write_atomic(&dir.join("dirlink"), b"x")).contains("is a directory"));
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A save killed between its write and its rename leaves `.NAME.tmp.PID`; the next
+/// save of NAME removes it when PID is gone, and leaves everything else alone: a live
+/// process's temporary, other files' temporaries, names that only look alike.
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_save_temporaries_are_removed_on_the_next_save() {
+    use cyb::atomic_file::write_atomic;
+    let dir = std::env::temp_dir().join(format!("cyb-limits-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // PIDs above the kernel's pid_max (at most 2^22) belong to no process.
+    let dead = [".m.safetensors.tmp.99999999", ".m.safetensors.tmp.4194305"];
+    let live = format!(".m.safetensors.tmp.{}", 1); // init is always alive
+    let kept = [
+        live.as_str(),
+        ".other.safetensors.tmp.99999999",
+        ".m.safetensors.tmp.12ab",
+        ".m.safetensors.tmp.",
+        "m.safetensors.tmp.99999999",
+    ];
+    for name in dead.iter().chain(kept.iter()) {
+        std::fs::write(dir.join(name), "partial").unwrap();
+    }
+    write_atomic(&dir.join("m.safetensors"), b"new").unwrap();
+    assert_eq!(std::fs::read(dir.join("m.safetensors")).unwrap(), b"new");
+    for name in dead {
+        assert!(!dir.join(name).exists(), "{name} should be removed");
+    }
+    for name in kept {
+        assert!(dir.join(name).exists(), "{name} should stay");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every input is a regular file of bounded size before it is read: devices, FIFOs
+/// and folders are clear errors, not an endless read.
+#[cfg(unix)]
+#[test]
+fn inputs_must_be_regular_files_of_bounded_size() {
+    use cyb::input_file::{read_bounded, MAX_INPUT_BYTES};
+    use std::path::Path;
+    let dir = std::env::temp_dir().join(format!("cyb-limits-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let msg = |p: &Path, max: u64| read_bounded(p, "--text", max).unwrap_err().to_string();
+    for dev in ["/dev/zero", "/dev/null", "/dev/urandom"] {
+        assert!(
+            msg(Path::new(dev), MAX_INPUT_BYTES).contains("not a regular file"),
+            "{dev}"
+        );
+    }
+    assert!(msg(&dir, MAX_INPUT_BYTES).contains("is a directory"));
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        // Opening a FIFO for reading would block until a writer comes: never opened.
+        assert!(msg(&fifo, MAX_INPUT_BYTES).contains("not a regular file"));
+    }
+    let file = dir.join("f.txt");
+    std::fs::write(&file, b"0123456789").unwrap();
+    assert!(msg(&file, 9).contains("10 bytes"));
+    assert_eq!(read_bounded(&file, "--text", 10).unwrap(), b"0123456789");
+    assert!(msg(&dir.join("missing"), 10).contains("missing"));
+    // The library's readers go through it.
+    assert!(cyb::checkpoint::load("/dev/zero")
+        .unwrap_err()
+        .to_string()
+        .contains("not a regular file"));
+    assert!(cyb::data::ByteText::from_file(Path::new("/dev/zero"), 4)
+        .unwrap_err()
+        .to_string()
+        .contains("not a regular file"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// No number prints as `-0.00` or as hundreds of digits.
+#[test]
+fn numbers_print_without_negative_zero_or_long_digit_runs() {
+    use cyb::number::Num;
+    for (x, want) in [
+        (-0.0, "0.00"),
+        (-1e-9, "0.00"),
+        (-0.004999, "0.00"),
+        (0.0, "0.00"),
+        (-0.005001, "-0.01"),
+        (1.5, "1.50"),
+        (f64::NAN, "NaN"),
+    ] {
+        assert_eq!(format!("{:.2}", Num(x)), want, "{x}");
+    }
+    assert_eq!(format!("{:>7.3}", Num(-0.0)), "  0.000");
+    assert_eq!(format!("{:.0}", Num(-0.4)), "0");
+    for (x, want) in [
+        (1e-300, "1e-300"),
+        (-1e-300, "-1e-300"),
+        (1e308, "1e308"),
+        (0.25, "0.25"),
+        (-0.0, "0"),
+        (12345.5, "12345.5"),
+        (f64::INFINITY, "inf"),
+    ] {
+        assert_eq!(Num(x).to_string(), want, "{x}");
+    }
+    assert_eq!(Num::from(0.003f32).to_string(), "0.003");
+    assert_eq!(Num::from(1e-30f32).to_string(), "1e-30");
+    // The objective's description (in every report) goes through it.
+    let o = cyb::Objective::Ap {
+        omega: cyb::StepWeights::Explicit(vec![1e-300, 0.0, 0.0, 1.0]),
+        gamma: 1e-300,
+        discount: cyb::Discount::Exp,
+    };
+    let text = o.to_string();
+    assert!(text.len() < 80 && text.contains("gamma=1e-300"), "{text}");
 }

@@ -629,6 +629,14 @@ fn bad_parameters_are_clear_errors() {
         (dp("1:1:1:1", f64::NAN), "alpha"),
         (dp("1:1:1", 0.01), "exactly K+1 = 4"),
         (dp("0:0:0:0", 0.01), "all zero"),
+        // Ratios whose sum overflows would normalise to all zeros; KL weights beyond
+        // MAX_KL_WEIGHT overflow the loss: refused, naming the flag.
+        (va("1e308:1e308:1e308:1e308", 1.0), "--rho"),
+        (dp("1e308:1e308:1:1e308", 0.01), "sum to more"),
+        (ap("1e308:1e308:0:1e308", 1.0, Discount::Exp), "--omega"),
+        (va("1:1:1:1", 1e308), "--beta"),
+        (va("1:1:1:1", 2e6), "the default is 1"),
+        (dp("1:1:1:1", 1e7), "--alpha"),
     ];
     for (o, needle) in cases {
         match o.resolve(3) {
@@ -642,6 +650,10 @@ fn bad_parameters_are_clear_errors() {
     assert!(ap("0:0:0:1", 0.7, Discount::Linear).resolve(3).is_ok());
     assert!(dp("0:1:1:2", 0.01).resolve(3).is_ok());
     assert!(ap("0:2:0:1", 0.99, Discount::Exp).resolve(3).is_ok());
+    // Huge ratios whose sum is finite, and the largest KL weights, are fine.
+    assert!(ap("1e308:1:0:1", 1.0, Discount::Exp).resolve(3).is_ok());
+    let max = cyb::objective::MAX_KL_WEIGHT;
+    assert!(va("1:1:1:1", max).resolve(3).is_ok() && dp("1:1:1:1", max).resolve(3).is_ok());
     assert!("1:x:1".parse::<StepWeights>().is_err());
     let r = Objective::ap_default().resolve(3).unwrap();
     assert!(r.clone().with_dk_bias(f64::NAN).is_err());
