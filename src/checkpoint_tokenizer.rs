@@ -145,10 +145,13 @@ pub fn load(checkpoint: &Path) -> Result<(Model<f32>, Option<TextTokenizer>)> {
     load_with_metadata(checkpoint).map(|(model, tokenizer, _)| (model, tokenizer))
 }
 
+/// Every `__metadata__` entry of a checkpoint (`config` included).
+pub type Metadata = HashMap<String, String>;
+
 /// [`load`], also returning every `__metadata__` entry of the checkpoint.
 pub fn load_with_metadata(
     checkpoint: &Path,
-) -> Result<(Model<f32>, Option<TextTokenizer>, HashMap<String, String>)> {
+) -> Result<(Model<f32>, Option<TextTokenizer>, Metadata)> {
     let (model, meta) = checkpoint::load_with_metadata(checkpoint)?;
     let tokenizer = match meta.get(METADATA_KEY) {
         None => None,
