@@ -209,7 +209,12 @@ pub fn head_loss<T: Scalar>(
         matmul(lc, hc, Op::N, embedding, Op::T, rows_c, d, v1, false);
         let (tc, wc) = (&targets[p0..p1], weights.map(|w| &w[p0..p1]));
         let scalars = row_scalars(lc, tc, cs, obj.dk_bias)?;
-        let fwd = position_objectives(&scalars, tc, cs, obj, Reduction::Sum, wc)?;
+        // Per chunk: a sum (the Mean's divisor is applied through the upstream).
+        let chunk_reduction = match reduction {
+            Reduction::None => Reduction::None,
+            Reduction::Mean | Reduction::Sum => Reduction::Sum,
+        };
+        let fwd = position_objectives(&scalars, tc, cs, obj, chunk_reduction, wc)?;
         per_position[p0..p1].copy_from_slice(&fwd.per_position);
         pauses[p0..p1].copy_from_slice(&fwd.pauses);
         valid_positions += fwd.stats.valid_positions;
