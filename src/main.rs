@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cyb::checkpoint;
 use cyb::config::{ModelConfig, Precision};
+use cyb::cpu::model::HeadMode;
 use cyb::data::{task_by_name, ByteText, DataSource};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
@@ -275,6 +276,11 @@ struct RunArgs {
     /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     dk_prior: f64,
+    /// The LM head is fused with the loss in training and evaluation: chunks of whole
+    /// positions whose logits take at most this many MiB, so the [B, K+1, T, V+1]
+    /// logits tensor never exists (0 = the unfused head: the whole tensor).
+    #[arg(long, default_value_t = 256)]
+    head_chunk_mb: usize,
 }
 
 #[derive(Args)]
@@ -463,6 +469,12 @@ impl RunArgs {
             seed: self.seed,
             eval_every: self.eval_every.unwrap_or((steps / 10).max(1)),
             eval_batches: self.eval_batches,
+            head: match self.head_chunk_mb {
+                0 => HeadMode::Unfused,
+                mb => HeadMode::Fused {
+                    chunk_bytes: mb.saturating_mul(1 << 20),
+                },
+            },
         };
         cfg.model.dk_bias = dk_bias_from_prior(self.dk_prior, vocab)?;
         Ok(cfg)

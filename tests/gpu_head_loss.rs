@@ -19,7 +19,10 @@ fn names() -> Vec<String> {
     let mut v = Vec::new();
     for dtype in ["f32", "bf16"] {
         for obj in common::all_objectives() {
-            v.push(format!("fused_head_matches_unfused::{dtype}_{}", obj.name()));
+            v.push(format!(
+                "fused_head_matches_unfused::{dtype}_{}",
+                obj.name()
+            ));
         }
     }
     v.push("fused_head_matches_cpu_f32".into());
@@ -54,7 +57,9 @@ mod gpu_tests {
     use cyb::gpu::cudarc::cublas::{CudaBlas, Gemm};
     use cyb::gpu::cudarc::driver::CudaSlice;
     use cyb::gpu::linear::GemmElem;
-    use cyb::gpu::{padded_row_stride, CybLoss, GpuContext, GpuHead, GpuHeadGrads, Linear, Upstream};
+    use cyb::gpu::{
+        padded_row_stride, CybLoss, GpuContext, GpuHead, GpuHeadGrads, Linear, Upstream,
+    };
     use cyb::rng::{seeded, CybRng};
     use cyb::{CybError, Objective, Reduction, ResolvedObjective};
     use half::bf16;
@@ -154,7 +159,10 @@ mod gpu_tests {
         d_emb0: Vec<f32>,
     }
 
-    fn case<T: Elem>(rng: &mut CybRng, (b, k, t, v, d): (usize, usize, usize, usize, usize)) -> Case {
+    fn case<T: Elem>(
+        rng: &mut CybRng,
+        (b, k, t, v, d): (usize, usize, usize, usize, usize),
+    ) -> Case {
         let shape = LossShape {
             batch: b,
             pauses: k,
@@ -355,9 +363,19 @@ mod gpu_tests {
     fn compare(what: &str, got: &Out, want: &Out, bound: f64) -> R {
         rel(&format!("{what} loss"), &[got.loss], &[want.loss], bound)?;
         rel(&format!("{what} stats"), &got.stats, &want.stats, bound)?;
-        rel(&format!("{what} per_position"), &got.per_position, &want.per_position, bound)?;
+        rel(
+            &format!("{what} per_position"),
+            &got.per_position,
+            &want.per_position,
+            bound,
+        )?;
         rel(&format!("{what} pauses"), &got.pauses, &want.pauses, bound)?;
-        rel(&format!("{what} d_hidden"), &got.d_hidden, &want.d_hidden, bound)?;
+        rel(
+            &format!("{what} d_hidden"),
+            &got.d_hidden,
+            &want.d_hidden,
+            bound,
+        )?;
         rel(&format!("{what} d_emb"), &got.d_emb, &want.d_emb, bound)
     }
 
@@ -377,7 +395,11 @@ mod gpu_tests {
     where
         CudaBlas: Gemm<T>,
     {
-        let bound = if std::mem::size_of::<T>() == 4 { 1e-5 } else { 2e-2 };
+        let bound = if std::mem::size_of::<T>() == 4 {
+            1e-5
+        } else {
+            2e-2
+        };
         let linear = Linear::new(gpu).map_err(err)?;
         // One head for every case: buffers reused and reallocated as shapes change.
         let mut head = GpuHead::<T>::new(gpu, 1 << 20).map_err(err)?;
@@ -390,12 +412,16 @@ mod gpu_tests {
                 for weights in [false, true] {
                     let want = unfused(gpu, &linear, &loss, &c, &dev, reduction, weights)?;
                     for chunk in [1, 2, n.div_ceil(2).max(1), n + 3] {
-                        let (got, chunks) =
-                            fused(gpu, &mut head, &linear, &loss, &c, &dev, reduction, weights, chunk)?;
+                        let (got, chunks) = fused(
+                            gpu, &mut head, &linear, &loss, &c, &dev, reduction, weights, chunk,
+                        )?;
                         if chunks != n.div_ceil(chunk) {
-                            return Err(format!("{chunks} chunks for {n} positions by {chunk}").into());
+                            return Err(
+                                format!("{chunks} chunks for {n} positions by {chunk}").into()
+                            );
                         }
-                        let what = format!("{dims:?} {reduction:?} weights {weights} chunk {chunk}");
+                        let what =
+                            format!("{dims:?} {reduction:?} weights {weights} chunk {chunk}");
                         compare(&what, &got, &want, bound)?;
                     }
                 }
@@ -416,7 +442,8 @@ mod gpu_tests {
                 let o = resolve(&obj, c.shape.pauses)?;
                 let loss = CybLoss::new(gpu, &o).map_err(err)?;
                 for reduction in REDUCTIONS {
-                    let (got, _) = fused(gpu, &mut head, &linear, &loss, &c, &dev, reduction, true, 2)?;
+                    let (got, _) =
+                        fused(gpu, &mut head, &linear, &loss, &c, &dev, reduction, true, 2)?;
                     let mut d_hidden = vec![0.0; c.hidden.len()];
                     let mut d_emb: Vec<f64> = c.d_emb0.iter().map(|&x| x as f64).collect();
                     let shape = HeadShape {
@@ -429,8 +456,17 @@ mod gpu_tests {
                         d_embedding: &mut d_emb,
                     };
                     let w = Some(c.weights.as_slice());
-                    let cpu = head_loss(&c.hidden, &c.emb, &c.targets, shape, &o, reduction, w, Some(grads))
-                        .map_err(err)?;
+                    let cpu = head_loss(
+                        &c.hidden,
+                        &c.emb,
+                        &c.targets,
+                        shape,
+                        &o,
+                        reduction,
+                        w,
+                        Some(grads),
+                    )
+                    .map_err(err)?;
                     let want = Out {
                         loss: cpu.loss,
                         stats: [
@@ -443,7 +479,12 @@ mod gpu_tests {
                         d_hidden,
                         d_emb,
                     };
-                    compare(&format!("{} {dims:?} {reduction:?}", obj.name()), &got, &want, 1e-5)?;
+                    compare(
+                        &format!("{} {dims:?} {reduction:?}", obj.name()),
+                        &got,
+                        &want,
+                        1e-5,
+                    )?;
                 }
             }
         }
@@ -457,7 +498,18 @@ mod gpu_tests {
         let dev = upload::<bf16>(gpu, &c)?;
         let loss = CybLoss::new(gpu, &resolve(&Objective::ap_default(), 3)?).map_err(err)?;
         let run = |head: &mut GpuHead<bf16>| {
-            fused(gpu, head, &linear, &loss, &c, &dev, Reduction::Mean, true, 4).map(|o| o.0)
+            fused(
+                gpu,
+                head,
+                &linear,
+                &loss,
+                &c,
+                &dev,
+                Reduction::Mean,
+                true,
+                4,
+            )
+            .map(|o| o.0)
         };
         let (a, b) = (run(&mut head)?, run(&mut head)?);
         if a != b {
@@ -524,7 +576,9 @@ mod gpu_tests {
             )
             .map_err(err)?;
         match fwd.loss() {
-            Err(CybError::VocabRange { index: 5, id: 10, .. }) => Ok(()),
+            Err(CybError::VocabRange {
+                index: 5, id: 10, ..
+            }) => Ok(()),
             other => Err(format!("bad target: {other:?}").into()),
         }
     }
