@@ -349,6 +349,10 @@ mod cuda {
         let mut model = GpuModel::with_precision(&gpu, &model, precision)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
         model.set_head(cfg.head);
+        // cuMemGetInfo reads the calling thread's current context.
+        gpu.context()
+            .bind_to_thread()
+            .map_err(crate::gpu::cuda_err("binding the CUDA context"))?;
         let stepper = GpuStepper {
             model,
             used_at_start: device_bytes_in_use(),

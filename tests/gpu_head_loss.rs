@@ -28,6 +28,7 @@ fn names() -> Vec<String> {
     v.push("fused_head_matches_cpu_f32".into());
     v.push("fused_head_is_deterministic".into());
     v.push("fused_head_bad_inputs_are_errors".into());
+    v.push("fused_step_holds_less_device_memory".into());
     v
 }
 
@@ -122,6 +123,7 @@ mod gpu_tests {
             "fused_head_matches_cpu_f32" => matches_cpu(gpu, &mut rng),
             "fused_head_is_deterministic" => deterministic(gpu, &mut rng),
             "fused_head_bad_inputs_are_errors" => bad_inputs(gpu, &mut rng),
+            "fused_step_holds_less_device_memory" => step_memory(gpu, &mut rng),
             other => Err(format!("unknown test {other}").into()),
         }
     }
@@ -514,6 +516,78 @@ mod gpu_tests {
         let (a, b) = (run(&mut head)?, run(&mut head)?);
         if a != b {
             return Err("two runs of the fused head differ".into());
+        }
+        Ok(())
+    }
+
+    /// Device bytes in use (`total - free`, cuMemGetInfo) after one f32 training step
+    /// of a fresh model with `head`, and the fused head's chunk buffer bytes.
+    fn bytes_after_step(
+        gpu: &Arc<GpuContext>,
+        cpu: &cyb::cpu::model::Model<f32>,
+        head: cyb::cpu::model::HeadMode,
+        tokens: &[i32],
+        (b, t, k): (usize, usize, usize),
+    ) -> Result<(usize, usize), Failed> {
+        use cyb::gpu::model::GpuModel;
+        gpu.context()
+            .bind_to_thread()
+            .map_err(|e| format!("{e:?}"))?;
+        let used = || -> Result<usize, Failed> {
+            let (free, total) = cyb::gpu::cudarc::driver::result::mem_get_info()
+                .map_err(|e| format!("cuMemGetInfo: {e:?}"))?;
+            Ok(total - free)
+        };
+        let before = used()?;
+        let mut m = GpuModel::from_cpu(gpu, cpu).map_err(err)?;
+        m.set_head(head);
+        let obj = Objective::ap_default().resolve(k).map_err(err)?;
+        let step = m
+            .forward_backward(tokens, tokens, b, t, k, &obj)
+            .map_err(err)?;
+        step.loss().map_err(err)?;
+        m.synchronize().map_err(err)?;
+        let after = used()?;
+        Ok((after - before, m.head_buffer_bytes()))
+    }
+
+    /// What a step leaves allocated (activations, gradients, optimizer state, and the
+    /// logits buffer or the head's chunk buffers) falls by at least the logits' bytes
+    /// minus one chunk buffer with the fused head (V = 3000, K = 3, B 2, T 32: 3.1 MB
+    /// of f32 logits; 64 KiB chunks).
+    fn step_memory(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
+        use cyb::config::{ModelConfig, PauseAttention};
+        use cyb::cpu::model::{HeadMode, Model};
+        let config = ModelConfig {
+            vocab: 3000,
+            d_model: 32,
+            n_layer: 1,
+            n_head: 2,
+            t_max: 32,
+            k_max: 3,
+            pause_attention: PauseAttention::Shared,
+            dk_bias: 0.0,
+        };
+        let cpu: Model<f32> = Model::init(config.clone(), rng).map_err(err)?;
+        let (b, t, k) = (2, 32, 3);
+        let tokens: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..3000)).collect();
+        let (unfused, _) = bytes_after_step(gpu, &cpu, HeadMode::Unfused, &tokens, (b, t, k))?;
+        let budget = 64 << 10;
+        let fused = HeadMode::Fused {
+            chunk_bytes: budget,
+        };
+        let (fused, chunk_buffers) = bytes_after_step(gpu, &cpu, fused, &tokens, (b, t, k))?;
+        let logits = b * (k + 1) * t * padded_row_stride(config.vocab + 1) * 4;
+        eprintln!(
+            "step memory: unfused {unfused} B, fused {fused} B (chunk buffers {chunk_buffers} B), \
+             logits {logits} B"
+        );
+        if chunk_buffers == 0 || unfused < fused + logits - chunk_buffers {
+            return Err(format!(
+                "unfused {unfused} B - fused {fused} B < logits {logits} B - chunk buffers \
+                 {chunk_buffers} B"
+            )
+            .into());
         }
         Ok(())
     }
