@@ -260,7 +260,7 @@ pub struct GpuStep {
 
 /// The loss forward of a step with the unfused or the fused head.
 enum StepForward {
-    Unfused(GpuLossForward),
+    Unfused(Box<GpuLossForward>),
     Fused(GpuHeadForward),
 }
 
@@ -896,7 +896,7 @@ where
                 v1,
                 ld,
             )?;
-            StepForward::Unfused(fwd)
+            StepForward::Unfused(Box::new(fwd))
         }
     };
     backward(k, lay, c, p, wt, g, a, index)?;
