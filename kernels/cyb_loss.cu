@@ -648,3 +648,27 @@ extern "C" __global__ void __launch_bounds__(CYB_ROW_THREADS)
     cyb_dlogits_inplace_bf16(__nv_bfloat16 *logits, CYB_DLOGITS_ARGS) {
     dlogits_rows<__nv_bfloat16>(logits, logits, CYB_DLOGITS_PASS);
 }
+
+// ---------------------------------------------------------------------------------
+// The fused head's Mean divisor (src/gpu/head_loss.rs): 1 / sum of w over the valid
+// positions of the whole batch, known from targets and weights alone before any
+// chunk's logits exist. One block; fixed-order strided sums and a fixed tree, so the
+// same inputs give the same bits. Invalid targets count as ignored and invalid weights
+// as 0, as in cyb_position_objectives (which reports them).
+// ---------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(CYB_FIN_THREADS)
+    cyb_inverse_weight_sum(const int *__restrict__ targets, const float *__restrict__ weights,
+                           int positions, int vocab, float *__restrict__ out) {
+    __shared__ double red[CYB_FIN_THREADS];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < positions; i += blockDim.x) {
+        const int y = targets[i];
+        if (y < 0 || y >= vocab) continue;
+        const float w = weights ? weights[i] : 1.0f;
+        if (isfinite(w) && w >= 0.0f) s += (double)w;
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    block_tree_sum(red);
+    if (threadIdx.x == 0) out[0] = red[0] > 0.0 ? (float)(1.0 / red[0]) : 0.0f;
+}

@@ -6,6 +6,7 @@ use cyb::checkpoint;
 use cyb::checkpoint_tokenizer;
 use cyb::config::{ModelConfig, Precision};
 use cyb::console::{note, out};
+use cyb::cpu::model::HeadMode;
 use cyb::data::{task_by_name, ByteText, DataSource, TokenText};
 use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
@@ -294,7 +295,7 @@ impl DataArgs {
             TokenizerChoice::Fixed(tok) => TokenText::from_file_with(path, tok, seq)?,
             TokenizerChoice::TrainBpe(n) => {
                 let what = format!("training a {n}-token byte-level BPE on {}", path.display());
-                eprintln!("{what}");
+                note(&what);
                 // The trainer reports no progress of its own (no `progressbar` feature):
                 // a spinner shows that it runs (hidden when stderr is not a terminal).
                 let spinner = indicatif::ProgressBar::new_spinner().with_message(what);
@@ -510,6 +511,11 @@ struct RunArgs {
     /// p(DK) = psi when all logits are equal (0 = no bias). A loaded model keeps its own.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     dk_prior: f64,
+    /// The LM head is fused with the loss in training and evaluation: chunks of whole
+    /// positions whose logits take at most this many MiB, so the [B, K+1, T, V+1]
+    /// logits tensor never exists (0 = the unfused head: the whole tensor).
+    #[arg(long, default_value_t = 256)]
+    head_chunk_mb: usize,
 }
 
 #[derive(Args)]
@@ -718,6 +724,12 @@ impl RunArgs {
             seed: self.seed,
             eval_every: self.eval_every.unwrap_or((steps / 10).max(1)),
             eval_batches: self.eval_batches,
+            head: match self.head_chunk_mb {
+                0 => HeadMode::Unfused,
+                mb => HeadMode::Fused {
+                    chunk_bytes: mb.saturating_mul(1 << 20),
+                },
+            },
         };
         cfg.model.dk_bias = dk_bias_from_prior(self.dk_prior, vocab)?;
         Ok(cfg)
@@ -995,7 +1007,7 @@ fn run_tokenize(a: TokenizeArgs) -> Result<()> {
         version: a.shard_version,
     };
     let s = tokenize(&cfg, true)?;
-    eprintln!(
+    note(format!(
         "{} bytes -> {} training + {} validation tokens (V = {}) in {} shards in {}, {:.1} s \
          ({:.1} MB/s, {:.0} tokens/s)",
         s.bytes,
@@ -1007,7 +1019,7 @@ fn run_tokenize(a: TokenizeArgs) -> Result<()> {
         s.seconds,
         s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
         (s.train_tokens + s.val_tokens) as f64 / s.seconds.max(1e-9)
-    );
+    ));
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::cpu::adamw::{clip_grad_norm, lr_schedule, AdamW, AdamWState};
 use crate::cpu::loss::LossShape;
-use crate::cpu::model::{Model, Params, Workspace};
+use crate::cpu::model::{HeadMode, Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
@@ -36,6 +36,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
+    /// How the training step computes the LM head (fused with the loss by default).
+    pub head: HeadMode,
 }
 
 impl TrainConfig {
@@ -278,7 +280,7 @@ pub fn train_with(
         TrainDevice::Cpu => {
             let stepper = CpuStepper {
                 grads: Params::<f32>::zeros(&cfg.model),
-                workspace: Workspace::new(),
+                workspace: Workspace::with_head(cfg.head),
                 opt: AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay),
                 model,
             };
@@ -380,6 +382,15 @@ mod cuda {
 
     struct GpuStepper {
         model: GpuModel,
+        /// Device bytes in use before the first step (`None` once reported).
+        used_at_start: Option<usize>,
+    }
+
+    /// `total - free` from `cuMemGetInfo`: what the whole device has allocated.
+    fn device_bytes_in_use() -> Option<usize> {
+        cudarc::driver::result::mem_get_info()
+            .ok()
+            .map(|(free, total)| total.saturating_sub(free))
     }
 
     impl Stepper for GpuStepper {
@@ -401,6 +412,21 @@ mod cuda {
             // The update is queued behind the backward; reading the loss waits for both.
             self.model.step(lr, cfg.grad_clip)?;
             let stats = out.stats()?;
+            if let (Some(start), Some(now)) = (self.used_at_start.take(), device_bytes_in_use()) {
+                // Activations, chunk buffers and optimizer state stay allocated after the
+                // first step, so this is the step's footprint (temporaries freed inside
+                // the step are not seen).
+                let mib = |b: usize| b as f64 / (1 << 20) as f64;
+                crate::console::note(format!(
+                    "cuda: device memory in use after the first step {:.1} MiB ({:.1} MiB \
+                     allocated by the model and the step; head {:?}, chunk buffers {:.1} MiB; \
+                     cuMemGetInfo)",
+                    mib(now),
+                    mib(now.saturating_sub(start)),
+                    cfg.head,
+                    mib(self.model.head_buffer_bytes()),
+                ));
+            }
             Ok((out.loss()?, stats.mean_pauses, self.model.grad_norm()?))
         }
 
@@ -440,7 +466,16 @@ mod cuda {
         })?;
         let mut model = GpuModel::with_precision(&gpu, &model, precision)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
-        run.run(GpuStepper { model }, data_rng)
+        model.set_head(cfg.head);
+        // cuMemGetInfo reads the calling thread's current context.
+        gpu.context()
+            .bind_to_thread()
+            .map_err(crate::gpu::cuda_err("binding the CUDA context"))?;
+        let stepper = GpuStepper {
+            model,
+            used_at_start: device_bytes_in_use(),
+        };
+        run.run(stepper, data_rng)
     }
 }
 

@@ -105,6 +105,22 @@ pub fn check_targets(targets: &[i32], vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// Per-position weights, if given, must be finite and `>= 0`.
+pub fn check_weights(weights: Option<&[f32]>) -> Result<()> {
+    if let Some(w) = weights {
+        if let Some((i, x)) = w
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || **x < 0.0)
+        {
+            return Err(CybError::Param(format!(
+                "position weight {i} is {x}; weights must be finite and >= 0"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `log(exp(a) + exp(b))` without overflow; `-inf` when both are `-inf`.
 pub fn log_add_exp(a: f64, b: f64) -> f64 {
     let m = a.max(b);
@@ -470,17 +486,7 @@ pub fn position_objectives(
     }
     let logits_len = shape.rows() * (shape.vocab + 1);
     shape.check_lengths(logits_len, targets.len(), weights.map(|w| w.len()))?;
-    if let Some(w) = weights {
-        if let Some((i, x)) = w
-            .iter()
-            .enumerate()
-            .find(|(_, x)| !x.is_finite() || **x < 0.0)
-        {
-            return Err(CybError::Param(format!(
-                "position weight {i} is {x}; weights must be finite and >= 0"
-            )));
-        }
-    }
+    check_weights(weights)?;
     let kk = shape.pauses;
     let n = shape.positions();
     let mut per_position = vec![0.0; n];

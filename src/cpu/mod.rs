@@ -3,7 +3,7 @@
 //!
 //! One concern per file: [`embedding`], [`layernorm`], [`attention`], [`gelu`],
 //! [`linear`] (the ops, forward and backward), [`params`] and [`model`] (the model of
-//! SPEC section 5), [`loss`] (SPEC section 4), [`adamw`] (the optimiser), and
+//! SPEC section 5), [`loss`] (SPEC section 4), [`head_loss`] (the tied head fused with the loss), [`adamw`] (the optimiser), and
 //! [`scalar`] (f32/f64 and the GEMM).
 
 // Index loops here mirror the SPEC's subscripts (`a_k`, `h_k`, row `(b, k, t)`), which
@@ -14,6 +14,7 @@ pub mod adamw;
 pub mod attention;
 pub mod embedding;
 pub mod gelu;
+pub mod head_loss;
 pub mod layernorm;
 pub mod linear;
 pub mod loss;

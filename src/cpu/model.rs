@@ -9,14 +9,18 @@
 //! logits = LN_f(h) · E^T                                    [B, K+1, T, V+1]
 //! ```
 //!
-//! The loss is `cpu::loss::cyb_loss` (SPEC section 4); its `dlogits` flows back
-//! through the same functions in reverse. Every reduction across rows runs in a fixed
+//! The head and the loss (SPEC section 4) are by default fused
+//! (`cpu::head_loss::head_loss`: one chunk of positions' logits at a time, never the
+//! whole `[B, K+1, T, V+1]` tensor); [`HeadMode::Unfused`] computes the logits, runs
+//! `cpu::loss::cyb_loss` on them and sends `dlogits` back through the head GEMMs. The
+//! gradient flows back through the same functions in reverse. Every reduction across rows runs in a fixed
 //! order, so `forward_backward` is bit-for-bit deterministic whatever the threads do.
 
 use crate::config::ModelConfig;
 use crate::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use crate::cpu::embedding::{embedding_backward, embedding_forward, StepShape};
 use crate::cpu::gelu::{gelu_backward, gelu_forward};
+use crate::cpu::head_loss::{chunk_positions, head_loss, HeadGrads, HeadShape};
 use crate::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use crate::cpu::linear::{linear_backward, linear_forward};
 use crate::cpu::loss::{check_targets, cyb_loss, LossShape, LossStats};
@@ -35,6 +39,26 @@ pub struct StepOutput {
     pub stats: LossStats,
     /// `E[pauses]` per position `[B, T]` (0 where the target is ignored).
     pub pauses: Vec<f64>,
+}
+
+/// How the head (`logits = LN_f(h) · E^T`) meets the loss in training and evaluation.
+/// [`Model::forward`] always computes the logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadMode {
+    /// The head fused with the loss, chunks of whole positions whose logits take at
+    /// most `chunk_bytes` (at least one position per chunk); the default, with
+    /// [`crate::cpu::head_loss::DEFAULT_HEAD_CHUNK_BYTES`].
+    Fused { chunk_bytes: usize },
+    /// The whole `[B, K+1, T, V+1]` logits tensor and its gradient.
+    Unfused,
+}
+
+impl Default for HeadMode {
+    fn default() -> Self {
+        HeadMode::Fused {
+            chunk_bytes: crate::cpu::head_loss::DEFAULT_HEAD_CHUNK_BYTES,
+        }
+    }
 }
 
 /// A model: its config and parameters.
@@ -71,7 +95,7 @@ struct Activations<T> {
     lnf: Vec<T>,      // [N, d]
     lnf_mean: Vec<T>, // [N]
     lnf_rstd: Vec<T>, // [N]
-    logits: Vec<T>,   // [N, V+1]
+    logits: Vec<T>,   // [N, V+1], only for `forward` and the unfused head
 }
 
 /// Reusable buffers for [`Model::forward_backward_with`]: the activations the backward
@@ -90,6 +114,7 @@ struct Activations<T> {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Workspace<T> {
+    head: HeadMode,
     acts: Activations<T>,
     dlogits: Vec<T>, // [N, V+1]
     dlnf: Vec<T>,    // [N, d]
@@ -102,9 +127,16 @@ pub struct Workspace<T> {
 }
 
 impl<T: Scalar> Workspace<T> {
-    /// An empty workspace; buffers are allocated on first use.
+    /// An empty workspace with the fused head ([`HeadMode::default`]); buffers are
+    /// allocated on first use.
     pub fn new() -> Workspace<T> {
+        Self::with_head(HeadMode::default())
+    }
+
+    /// An empty workspace whose steps use `head`.
+    pub fn with_head(head: HeadMode) -> Workspace<T> {
         Workspace {
+            head,
             acts: Activations::default(),
             dlogits: Vec::new(),
             dlnf: Vec::new(),
@@ -176,7 +208,7 @@ impl<T: Scalar> Model<T> {
     ) -> Result<Vec<T>> {
         self.check_inputs(tokens, batch, seq, pauses)?;
         let mut acts = Activations::default();
-        self.forward_acts(&mut acts, tokens, batch, seq, pauses);
+        self.forward_acts(&mut acts, tokens, batch, seq, pauses, true);
         Ok(acts.logits)
     }
 
@@ -220,29 +252,40 @@ impl<T: Scalar> Model<T> {
         pauses: usize,
         objective: &ResolvedObjective,
     ) -> Result<StepOutput> {
-        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
-        let mut acts = Activations::default();
-        self.forward_acts(&mut acts, tokens, batch, seq, pauses);
-        let shape = LossShape {
-            batch,
-            pauses,
-            seq,
-            vocab: self.config.vocab,
-        };
-        let fwd = cyb_loss(
-            &acts.logits,
+        self.loss_with_head(
+            HeadMode::default(),
+            tokens,
             targets,
-            shape,
+            batch,
+            seq,
+            pauses,
             objective,
-            Reduction::Mean,
-            None,
-            None,
-        )?;
-        Ok(StepOutput {
-            loss: fwd.loss,
-            stats: fwd.stats,
-            pauses: fwd.pauses,
-        })
+        )
+    }
+
+    /// [`Model::loss`] with the head computed as `head` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_with_head(
+        &self,
+        head: HeadMode,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+    ) -> Result<StepOutput> {
+        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
+        let mut ws = Workspace::with_head(head);
+        self.forward_acts(
+            &mut ws.acts,
+            tokens,
+            batch,
+            seq,
+            pauses,
+            head == HeadMode::Unfused,
+        );
+        self.head_loss_step(&mut ws, targets, objective, None)
     }
 
     /// Loss (`Reduction::Mean`) and gradients of every parameter. `grads` is
@@ -291,28 +334,107 @@ impl<T: Scalar> Model<T> {
     ) -> Result<StepOutput> {
         self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
         grads.check(&self.config)?;
-        self.forward_acts(&mut ws.acts, tokens, batch, seq, pauses);
+        let logits = ws.head == HeadMode::Unfused;
+        self.forward_acts(&mut ws.acts, tokens, batch, seq, pauses, logits);
+        grads.fill_zero();
+        let out = self.head_loss_step(ws, targets, objective, Some(grads))?;
+        self.backward(ws, tokens, grads);
+        Ok(out)
+    }
+
+    /// The head and the loss (`Reduction::Mean`) on `ws.acts.lnf`, as `ws.head` says;
+    /// with `grads`, also `ws.dlnf` (overwritten) and `grads.tok_emb` (accumulated).
+    fn head_loss_step(
+        &self,
+        ws: &mut Workspace<T>,
+        targets: &[i32],
+        objective: &ResolvedObjective,
+        grads: Option<&mut Params<T>>,
+    ) -> Result<StepOutput> {
+        let (p, steps, d) = (&self.params, ws.acts.steps, self.config.d_model);
         let shape = LossShape {
-            batch,
-            pauses,
-            seq,
+            batch: steps.batch,
+            pauses: steps.pauses,
+            seq: steps.seq,
             vocab: self.config.vocab,
         };
-        sized(&mut ws.dlogits, ws.acts.logits.len());
-        let fwd = cyb_loss(
-            &ws.acts.logits,
-            targets,
-            shape,
-            objective,
-            Reduction::Mean,
-            None,
-            Some(&mut ws.dlogits),
-        )?;
-        self.backward(ws, tokens, grads);
+        let (n, v1) = (shape.rows(), shape.vocab + 1);
+        let (loss, stats, pauses) = match ws.head {
+            HeadMode::Fused { chunk_bytes } => {
+                let head = HeadShape {
+                    loss: shape,
+                    d,
+                    chunk_positions: chunk_positions(
+                        chunk_bytes,
+                        shape.pauses,
+                        v1 * std::mem::size_of::<T>(),
+                    ),
+                };
+                let head_grads = grads.map(|g| HeadGrads {
+                    d_hidden: sized(&mut ws.dlnf, n * d).as_mut_slice(),
+                    d_embedding: g.tok_emb.as_mut_slice(),
+                });
+                let out = head_loss(
+                    &ws.acts.lnf,
+                    &p.tok_emb,
+                    targets,
+                    head,
+                    objective,
+                    Reduction::Mean,
+                    None,
+                    head_grads,
+                )?;
+                (out.loss, out.stats, out.pauses)
+            }
+            HeadMode::Unfused => {
+                let logits = &ws.acts.logits;
+                let Some(g) = grads else {
+                    let fwd = cyb_loss(
+                        logits,
+                        targets,
+                        shape,
+                        objective,
+                        Reduction::Mean,
+                        None,
+                        None,
+                    )?;
+                    return Ok(StepOutput {
+                        loss: fwd.loss,
+                        stats: fwd.stats,
+                        pauses: fwd.pauses,
+                    });
+                };
+                let dlogits = sized(&mut ws.dlogits, logits.len());
+                let fwd = cyb_loss(
+                    logits,
+                    targets,
+                    shape,
+                    objective,
+                    Reduction::Mean,
+                    None,
+                    Some(dlogits),
+                )?;
+                // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
+                let dlnf = sized(&mut ws.dlnf, n * d);
+                matmul(dlnf, dlogits, Op::N, &p.tok_emb, Op::N, n, v1, d, false);
+                matmul(
+                    &mut g.tok_emb,
+                    dlogits,
+                    Op::T,
+                    &ws.acts.lnf,
+                    Op::N,
+                    v1,
+                    n,
+                    d,
+                    true,
+                );
+                (fwd.loss, fwd.stats, fwd.pauses)
+            }
+        };
         Ok(StepOutput {
-            loss: fwd.loss,
-            stats: fwd.stats,
-            pauses: fwd.pauses,
+            loss,
+            stats,
+            pauses,
         })
     }
 
@@ -333,6 +455,7 @@ impl<T: Scalar> Model<T> {
         batch: usize,
         seq: usize,
         pauses: usize,
+        with_logits: bool,
     ) {
         let (p, c) = (&self.params, &self.config);
         let steps = StepShape { batch, pauses, seq };
@@ -427,34 +550,22 @@ impl<T: Scalar> Model<T> {
             &p.ln_f_bias,
             d,
         );
-        // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.
-        let logits = sized(&mut acts.logits, n * v1);
-        matmul(logits, &acts.lnf, Op::N, &p.tok_emb, Op::T, n, d, v1, false);
+        if with_logits {
+            // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.
+            let logits = sized(&mut acts.logits, n * v1);
+            matmul(logits, &acts.lnf, Op::N, &p.tok_emb, Op::T, n, d, v1, false);
+        }
     }
 
-    /// The backward from `ws.dlogits: [N, V+1]` through `ws.acts`, overwriting `grads`.
+    /// The backward from `ws.dlnf: [N, d]` (the head's, see
+    /// [`Model::head_loss_step`]) through `ws.acts`, adding to `grads` (zeroed and
+    /// holding the head's `tok_emb` gradient).
     fn backward(&self, ws: &mut Workspace<T>, tokens: &[i32], grads: &mut Params<T>) {
         let (p, c) = (&self.params, &self.config);
         let acts = &ws.acts;
         let steps = acts.steps;
-        let (n, d, v1) = (steps.rows(), c.d_model, c.vocab + 1);
+        let (n, d) = (steps.rows(), c.d_model);
         let ashape = self.attn_shape(steps);
-        grads.fill_zero();
-
-        // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
-        let dlnf = sized(&mut ws.dlnf, n * d);
-        matmul(dlnf, &ws.dlogits, Op::N, &p.tok_emb, Op::N, n, v1, d, false);
-        matmul(
-            &mut grads.tok_emb,
-            &ws.dlogits,
-            Op::T,
-            &acts.lnf,
-            Op::N,
-            v1,
-            n,
-            d,
-            true,
-        );
         // `dresid` carries ∂L/∂h down the residual stream; each half adds its branch.
         let dresid = sized(&mut ws.dresid, n * d);
         dresid.iter_mut().for_each(|x| *x = T::zero());

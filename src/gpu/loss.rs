@@ -101,7 +101,8 @@ use crate::cpu::loss::{check_targets, LossShape, LossStats, RowScalar};
 use crate::error::{CybError, Result};
 use crate::objective::{ObjectiveKind, Reduction, ResolvedObjective};
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use half::bf16;
 use std::sync::{Arc, OnceLock};
@@ -450,6 +451,28 @@ impl CybLoss {
         reduction: Reduction,
         weights: Option<&CudaSlice<f32>>,
     ) -> Result<GpuLossForward> {
+        let weights = weights.map(CudaSlice::as_view);
+        self.forward_strided_view(
+            &logits.as_view(),
+            row_stride,
+            &targets.as_view(),
+            shape,
+            reduction,
+            weights.as_ref(),
+        )
+    }
+
+    /// [`CybLoss::forward_strided`] on views: parts of larger buffers (the fused
+    /// head's chunk, [`crate::gpu::head_loss`]), with the same exact-length checks.
+    pub fn forward_strided_view<T: LogitElem>(
+        &self,
+        logits: &CudaView<'_, T>,
+        row_stride: usize,
+        targets: &CudaView<'_, i32>,
+        shape: LossShape,
+        reduction: Reduction,
+        weights: Option<&CudaView<'_, f32>>,
+    ) -> Result<GpuLossForward> {
         let d = Dims::new(shape, row_stride)?;
         let kind = self.obj.kind as u32 as i32;
         let null: u64 = 0;
@@ -604,6 +627,16 @@ impl CybLoss {
         fwd: &GpuLossForward,
         upstream: Upstream<'_>,
         logits: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.backward_in_place_view(fwd, upstream, &mut logits.as_view_mut())
+    }
+
+    /// [`CybLoss::backward_in_place`] on a view (the fused head's chunk).
+    pub fn backward_in_place_view<T: LogitElem>(
+        &self,
+        fwd: &GpuLossForward,
+        upstream: Upstream<'_>,
+        logits: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
         self.check_backward(fwd, upstream, logits.len())?;
         let d = Dims::new(fwd.shape, fwd.row_stride)?;

@@ -7,7 +7,8 @@
 //! - [`attention`]: pause-step attention, forward and backward (SPEC section 3), the
 //!   twin of [`crate::cpu::attention`].
 //! - [`loss`]: the CYB loss, forward and backward to the logits (SPEC section 4),
-//!   the twin of [`crate::cpu::loss`].
+//!   the twin of [`crate::cpu::loss`]; [`head_loss`]: the tied head fused with it
+//!   (no logits tensor), the twin of [`crate::cpu::head_loss`].
 //! - [`model`]: the whole model on the device ([`model::GpuModel`]), built from the
 //!   kernel wrappers [`embedding`], [`layernorm`], [`gelu`], [`residual`], [`linear`]
 //!   (cuBLAS) and [`adamw`], twins of the CPU ops of the same names.
@@ -22,6 +23,7 @@ pub mod attention;
 pub mod embedding;
 pub mod fatbin;
 pub mod gelu;
+pub mod head_loss;
 pub(crate) mod kernels;
 pub mod layernorm;
 pub mod linear;
@@ -40,6 +42,8 @@ use std::time::{Duration, Instant};
 
 /// The `cudarc` this crate is built against, so callers name the same buffer types.
 pub use cudarc;
+pub use head_loss::{GpuHead, GpuHeadForward, GpuHeadGrads};
+pub use linear::Linear;
 pub use loss::{
     padded_row_stride, CybLoss, GpuLossForward, LogitElem, Upstream, K_MAX, ROW_STRIDE_ALIGN,
 };

@@ -32,6 +32,7 @@ use super::attention::{AttnDims, PauseAttention};
 use super::adamw::{check_flat, segments, GpuAdamW, Segment};
 use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
 use super::gelu::GeluKernels;
+use super::head_loss::{GpuHead, GpuHeadForward, GpuHeadGrads};
 use super::layernorm::LayerNormKernels;
 use super::linear::{GemmElem, Linear};
 use super::loss::{padded_row_stride, CybLoss, GpuLossForward, Upstream};
@@ -40,8 +41,9 @@ use super::{cuda_err, GpuContext};
 use crate::config::ModelConfig;
 pub use crate::config::Precision;
 use crate::cpu::embedding::StepShape;
+use crate::cpu::head_loss::HeadShape;
 use crate::cpu::loss::{check_targets, LossShape, LossStats};
-use crate::cpu::model::{check_batch, Model, Params, StepOutput};
+use crate::cpu::model::{check_batch, HeadMode, Model, Params, StepOutput};
 use crate::error::{CybError, Result};
 use crate::objective::{Reduction, ResolvedObjective};
 use cudarc::cublas::{CudaBlas, Gemm};
@@ -141,7 +143,9 @@ struct Acts<T> {
     lnf_mean: CudaSlice<f32>, // [N]
     lnf_rstd: CudaSlice<f32>, // [N]
     /// `[N, V+1]` with rows `logits_ld` apart (`N * logits_ld` elements, see
-    /// [`logits_row_stride`]); after a backward it holds `dlogits` (computed in place).
+    /// [`logits_row_stride`]); after an unfused backward it holds `dlogits` (computed
+    /// in place). Allocated on first use ([`Acts::ensure_logits`]): a step with the
+    /// fused head never needs it.
     logits: CudaSlice<T>,
     logits_ld: usize,
     dresid: CudaSlice<T>, // [N, d]
@@ -195,7 +199,7 @@ impl<T: GemmElem> Acts<T> {
             lnf: z(n * d)?,
             lnf_mean: zf(n)?,
             lnf_rstd: zf(n)?,
-            logits: z(n * logits_ld)?,
+            logits: z(1)?,
             logits_ld,
             dresid: z(n * d)?,
             dln: z(n * d)?,
@@ -204,6 +208,16 @@ impl<T: GemmElem> Acts<T> {
             dgelu: z(n * 4 * d)?,
             dfc: z(n * 4 * d)?,
         })
+    }
+
+    /// Allocates the whole logits buffer unless it is there (zeros: the padding
+    /// columns stay zero).
+    fn ensure_logits(&mut self, gpu: &GpuContext) -> Result<()> {
+        let want = (self.steps.rows() * self.logits_ld).max(1);
+        if self.logits.len() != want {
+            self.logits = gpu.zeros(want)?;
+        }
+        Ok(())
     }
 }
 
@@ -241,36 +255,61 @@ pub enum GpuLogits<'a> {
 /// What [`GpuModel::forward_backward`] leaves on the device: the loss forward (loss,
 /// statistics, per-position `E[pauses]`). Reading anything waits for the stream.
 pub struct GpuStep {
-    fwd: GpuLossForward,
+    fwd: StepForward,
+}
+
+/// The loss forward of a step with the unfused or the fused head.
+enum StepForward {
+    Unfused(Box<GpuLossForward>),
+    Fused(GpuHeadForward),
 }
 
 impl GpuStep {
     /// The mean loss (plus the `dp` batch term), as [`StepOutput::loss`].
     pub fn loss(&self) -> Result<f64> {
-        self.fwd.loss()
+        match &self.fwd {
+            StepForward::Unfused(f) => f.loss(),
+            StepForward::Fused(f) => f.loss(),
+        }
     }
 
     /// Valid positions, weight sum, mean `E[pauses]`.
     pub fn stats(&self) -> Result<LossStats> {
-        self.fwd.stats()
+        match &self.fwd {
+            StepForward::Unfused(f) => f.stats(),
+            StepForward::Fused(f) => f.stats(),
+        }
     }
 
-    /// The loss forward itself (device buffers, summary).
-    pub fn loss_forward(&self) -> &GpuLossForward {
-        &self.fwd
+    /// The loss forward itself (device buffers, summary) of a step with the unfused
+    /// head ([`HeadMode::Unfused`]); `None` with the fused head (see
+    /// [`GpuStep::head_forward`]).
+    pub fn loss_forward(&self) -> Option<&GpuLossForward> {
+        match &self.fwd {
+            StepForward::Unfused(f) => Some(f),
+            StepForward::Fused(_) => None,
+        }
+    }
+
+    /// The fused head's forward (its chunks' loss forwards) of a step with the fused
+    /// head; `None` with the unfused head.
+    pub fn head_forward(&self) -> Option<&GpuHeadForward> {
+        match &self.fwd {
+            StepForward::Fused(f) => Some(f),
+            StepForward::Unfused(_) => None,
+        }
     }
 
     /// Everything the CPU's [`StepOutput`] holds, read back to the host.
     pub fn to_step_output(&self) -> Result<StepOutput> {
+        let pauses = match &self.fwd {
+            StepForward::Unfused(f) => f.pauses_to_host()?,
+            StepForward::Fused(f) => f.pauses_to_host()?,
+        };
         Ok(StepOutput {
-            loss: self.fwd.loss()?,
-            stats: self.fwd.stats()?,
-            pauses: self
-                .fwd
-                .pauses_to_host()?
-                .into_iter()
-                .map(|x| x as f64)
-                .collect(),
+            loss: self.loss()?,
+            stats: self.stats()?,
+            pauses: pauses.into_iter().map(|x| x as f64).collect(),
         })
     }
 }
@@ -306,6 +345,11 @@ pub struct GpuModel {
     opt: GpuAdamW,
     acts: Option<AnyActs>,
     loss: Option<CybLoss>,
+    /// How the training step computes the head (fused by default).
+    head: HeadMode,
+    /// The fused head's kernels and chunk buffers, per precision, made on first use.
+    head_f32: Option<GpuHead<f32>>,
+    head_bf16: Option<GpuHead<bf16>>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -376,7 +420,32 @@ impl GpuModel {
             k,
             acts: None,
             loss: None,
+            head: HeadMode::default(),
+            head_f32: None,
+            head_bf16: None,
         })
+    }
+
+    /// How [`GpuModel::forward_backward`] computes the head: fused with the loss in
+    /// chunks of at most `chunk_bytes` of logits (the default,
+    /// [`crate::cpu::head_loss::DEFAULT_HEAD_CHUNK_BYTES`]; the whole logits tensor is
+    /// never allocated), or unfused. [`GpuModel::forward`] always computes logits.
+    pub fn set_head(&mut self, head: HeadMode) {
+        self.head = head;
+        self.head_f32 = None;
+        self.head_bf16 = None;
+    }
+
+    /// The head mode of the training step.
+    pub fn head(&self) -> HeadMode {
+        self.head
+    }
+
+    /// Bytes of device memory the fused head's chunk buffers hold (0 before the first
+    /// fused step).
+    pub fn head_buffer_bytes(&self) -> usize {
+        self.head_f32.as_ref().map_or(0, GpuHead::buffer_bytes)
+            + self.head_bf16.as_ref().map_or(0, GpuHead::buffer_bytes)
     }
 
     /// The precision of the steps.
@@ -489,12 +558,12 @@ impl GpuModel {
         } = self;
         match acts.as_mut().expect("prepared") {
             AnyActs::F32(a) => {
-                forward_acts(k, layout, config, params, params, a)?;
+                forward_acts(k, layout, config, params, params, a, true)?;
                 Ok(GpuLogits::F32(&a.logits))
             }
             AnyActs::Bf16(a) => {
                 let w = params_bf16.as_ref().ok_or_else(missing_copy)?;
-                forward_acts(k, layout, config, params, w, a)?;
+                forward_acts(k, layout, config, params, w, a, true)?;
                 Ok(GpuLogits::Bf16(&a.logits))
             }
         }
@@ -547,6 +616,17 @@ impl GpuModel {
         let steps = StepShape { batch, pauses, seq };
         self.prepare(tokens, steps)?;
         let index = TokenIndex::new(&self.k.gpu, tokens, self.config.vocab)?;
+        if let HeadMode::Fused { chunk_bytes } = self.head {
+            match self.precision {
+                Precision::F32 if self.head_f32.is_none() => {
+                    self.head_f32 = Some(GpuHead::new(&self.k.gpu, chunk_bytes)?)
+                }
+                Precision::Bf16 if self.head_bf16.is_none() => {
+                    self.head_bf16 = Some(GpuHead::new(&self.k.gpu, chunk_bytes)?)
+                }
+                _ => {}
+            }
+        }
         let GpuModel {
             config,
             k,
@@ -556,6 +636,8 @@ impl GpuModel {
             grads,
             acts,
             loss,
+            head_f32,
+            head_bf16,
             ..
         } = self;
         let loss = loss.as_ref().expect("created above");
@@ -568,14 +650,18 @@ impl GpuModel {
         let fwd = match acts.as_mut().expect("prepared") {
             AnyActs::F32(a) => {
                 k.gpu.copy_into(targets, &mut a.targets)?;
+                let head = head_f32.as_mut();
                 step_acts(
-                    k, layout, config, params, params, grads, a, &index, loss, shape,
+                    k, layout, config, params, params, grads, a, &index, loss, head, shape,
                 )?
             }
             AnyActs::Bf16(a) => {
                 let w = params_bf16.as_ref().ok_or_else(missing_copy)?;
                 k.gpu.copy_into(targets, &mut a.targets)?;
-                step_acts(k, layout, config, params, w, grads, a, &index, loss, shape)?
+                let head = head_bf16.as_mut();
+                step_acts(
+                    k, layout, config, params, w, grads, a, &index, loss, head, shape,
+                )?
             }
         };
         Ok(GpuStep { fwd })
@@ -644,6 +730,7 @@ fn forward_acts<T: GemmElem>(
     p: &CudaSlice<f32>,
     wt: &CudaSlice<T>,
     a: &mut Acts<T>,
+    with_logits: bool,
 ) -> Result<()>
 where
     CudaBlas: Gemm<T>,
@@ -718,7 +805,11 @@ where
         n,
         d,
     )?;
+    if !with_logits {
+        return Ok(());
+    }
     // Tied head: logits[N, V+1] (rows ld apart) = lnf[N, d] · tok_emb[V+1, d]^T.
+    a.ensure_logits(&k.gpu)?;
     k.linear.forward_ld(
         &mut a.logits,
         &a.lnf,
@@ -730,8 +821,10 @@ where
     )
 }
 
-/// Forward, loss, loss backward (in place) and backward of one step on checked inputs
-/// (tokens and targets already uploaded); `p` and `wt` as in [`forward_acts`].
+/// Forward, head and loss forward and backward, and the backward of one step on
+/// checked inputs (tokens and targets already uploaded); `p` and `wt` as in
+/// [`forward_acts`]. With `head`, the fused head (no logits tensor); without, the
+/// logits, the loss backward in place and the two head GEMMs.
 #[allow(clippy::too_many_arguments)]
 fn step_acts<T: GemmElem>(
     k: &Kernels,
@@ -743,27 +836,76 @@ fn step_acts<T: GemmElem>(
     a: &mut Acts<T>,
     index: &TokenIndex,
     loss: &CybLoss,
+    head: Option<&mut GpuHead<T>>,
     shape: LossShape,
-) -> Result<GpuLossForward>
+) -> Result<StepForward>
 where
     CudaBlas: Gemm<T>,
 {
-    forward_acts(k, lay, c, p, wt, a)?;
-    let fwd = loss.forward_strided(
-        &a.logits,
-        a.logits_ld,
-        &a.targets,
-        shape,
-        Reduction::Mean,
-        None,
-    )?;
-    loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut a.logits)?;
+    forward_acts(k, lay, c, p, wt, a, head.is_none())?;
+    k.gpu
+        .stream()
+        .memset_zeros(g)
+        .map_err(cuda_err("zeroing the gradients"))?;
+    let e = wt.slice(lay.tok_emb());
+    let fwd = match head {
+        Some(head) => {
+            let hs = HeadShape {
+                loss: shape,
+                d: c.d_model,
+                chunk_positions: head.chunk_positions(shape.pauses, shape.vocab),
+            };
+            // dlnf (overwritten) and dE (accumulated into the zeroed gradient).
+            let grads = GpuHeadGrads {
+                d_hidden: a.dln.as_view_mut(),
+                d_embedding: g.slice_mut(lay.tok_emb()),
+            };
+            let f = head.forward_backward(
+                &k.linear,
+                loss,
+                &a.lnf.as_view(),
+                &e,
+                &a.targets.as_view(),
+                None,
+                hs,
+                Reduction::Mean,
+                Some(grads),
+            )?;
+            StepForward::Fused(f)
+        }
+        None => {
+            let fwd = loss.forward_strided(
+                &a.logits,
+                a.logits_ld,
+                &a.targets,
+                shape,
+                Reduction::Mean,
+                None,
+            )?;
+            loss.backward_in_place(&fwd, Upstream::Scalar(1.0), &mut a.logits)?;
+            // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
+            let (n, v1, ld) = (a.steps.rows(), c.vocab + 1, a.logits_ld);
+            k.linear
+                .backward_input_ld(&mut a.dln, &a.logits, &e, n, c.d_model, v1, ld)?;
+            k.linear.backward_weight_f32(
+                &mut g.slice_mut(lay.tok_emb()),
+                &a.logits,
+                &a.lnf,
+                n,
+                c.d_model,
+                v1,
+                ld,
+            )?;
+            StepForward::Unfused(Box::new(fwd))
+        }
+    };
     backward(k, lay, c, p, wt, g, a, index)?;
     Ok(fwd)
 }
 
-/// The backward from `a.logits` (holding dlogits) through the activations, overwriting
-/// the f32 gradients `g` (every weight-gradient GEMM accumulates in f32 into f32).
+/// The backward from `a.dln` (holding dlnf, the head's gradient) through the
+/// activations, adding to the f32 gradients `g` (zeroed, holding the head's `tok_emb`
+/// gradient; every weight-gradient GEMM accumulates in f32 into f32).
 #[allow(clippy::too_many_arguments)]
 fn backward<T: GemmElem>(
     k: &Kernels,
@@ -779,29 +921,12 @@ where
     CudaBlas: Gemm<T>,
 {
     let st = a.steps;
-    let (n, d, v1, ld) = (st.rows(), c.d_model, c.vocab + 1, a.logits_ld);
+    let (n, d) = (st.rows(), c.d_model);
     let dims = attn_dims(c, st);
     let stream = k.gpu.stream();
     stream
-        .memset_zeros(g)
-        .map_err(cuda_err("zeroing the gradients"))?;
-    stream
         .memset_zeros(&mut a.dresid)
         .map_err(cuda_err("zeroing the residual gradient"))?;
-
-    // Tied head: dlnf = dlogits · E, dE += dlogits^T · lnf.
-    let e = wt.slice(lay.tok_emb());
-    k.linear
-        .backward_input_ld(&mut a.dln, &a.logits, &e, n, d, v1, ld)?;
-    k.linear.backward_weight_f32(
-        &mut g.slice_mut(lay.tok_emb()),
-        &a.logits,
-        &a.lnf,
-        n,
-        d,
-        v1,
-        ld,
-    )?;
     k.ln.backward(
         &mut a.dresid,
         &mut g.slice_mut(lay.ln_f()),

@@ -240,6 +240,7 @@ pub fn tiny_train(
         warmup: 2,
         weight_decay: 0.1,
         grad_clip: 1.0,
+        head: cyb::cpu::model::HeadMode::default(),
         seed: 9,
         eval_every: 4,
         eval_batches: 2,
