@@ -30,6 +30,12 @@ fn err(path: &Path, msg: impl Into<String>) -> CybError {
 
 /// The serialised bytes of a model (what [`save`] writes).
 pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
+    to_bytes_with_metadata(model, &[])
+}
+
+/// [`to_bytes`] with more `__metadata__` entries beside `config` (for example the
+/// tokenizer record of [`crate::hf_import::TOKENIZER_KEY`]); a key `config` is an error.
+pub fn to_bytes_with_metadata(model: &Model<f32>, extra: &[(&str, &str)]) -> Result<Vec<u8>> {
     model.config.validate()?;
     model.params.check(&model.config)?;
     little_endian_host().map_err(CybError::Shape)?;
@@ -43,7 +49,14 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
                 .map_err(|e| CybError::Shape(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([("config".to_string(), model.config.to_json())]);
+    let mut meta = HashMap::from([("config".to_string(), model.config.to_json())]);
+    for &(key, value) in extra {
+        if meta.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(CybError::Param(format!(
+                "checkpoint metadata key `{key}` given twice (`config` is the model's own)"
+            )));
+        }
+    }
     safetensors::serialize(views, Some(meta))
         .map_err(|e| CybError::Shape(format!("cannot serialise checkpoint: {e}")))
 }
@@ -53,7 +66,7 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
 ///
 /// ```
 /// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let path = std::env::temp_dir().join(format!("cyb_doc_{}.safetensors", std::process::id()));
 /// checkpoint::save(&path, &m).unwrap();
@@ -62,6 +75,15 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
 /// ```
 pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
     write_atomic(path.as_ref(), &to_bytes(model)?)
+}
+
+/// [`save`] with more `__metadata__` entries (see [`to_bytes_with_metadata`]).
+pub fn save_with_metadata(
+    path: impl AsRef<Path>,
+    model: &Model<f32>,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    write_atomic(path.as_ref(), &to_bytes_with_metadata(model, extra)?)
 }
 
 /// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),
@@ -161,7 +183,7 @@ fn pod_slice<'a, T: bytemuck::Pod>(
 }
 
 /// Little-endian f32, bf16 or f16 data as f32.
-fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+pub(crate) fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
     let data = view.data();
     match view.dtype() {
         Dtype::F32 => Ok(pod_slice::<f32>(name, data)?.into_owned()),

@@ -19,6 +19,7 @@ pub mod experiment;
 pub mod generated_text;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod hf_import;
 pub mod limits;
 pub mod metrics;
 pub mod objective;

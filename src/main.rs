@@ -449,6 +449,7 @@ impl RunArgs {
                 k_max: self.pauses,
                 pause_attention: self.pause_attention,
                 dk_bias: 0.0,
+                layer_norm_eps: 1e-5,
             },
             objective,
             pauses: self.pauses,

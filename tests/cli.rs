@@ -573,6 +573,7 @@ fn output_paths_and_checkpoints_are_checked_first() {
         k_max: 1,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let mut m: cyb::Model<f32> = cyb::Model::init(cfg, &mut cyb::rng::seeded(1)).unwrap();
     for (name, _, x) in m.params.tensors_mut() {

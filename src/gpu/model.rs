@@ -281,7 +281,7 @@ impl GpuStep {
 /// use cyb::{config::ModelConfig, cpu::model::Model, gpu::GpuContext};
 /// use cyb::gpu::model::{GpuModel, Precision};
 /// use cyb::{rng::seeded, Objective};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let cpu: Model<f32> = Model::init(c, &mut seeded(0))?;
 /// let gpu = GpuContext::new(0)?;
 /// // Mixed precision (bf16 activations and GEMMs, f32 masters); `from_cpu` is f32.
@@ -674,6 +674,7 @@ where
             &w(LN1_B),
             n,
             d,
+            c.layer_norm_eps as f32,
         )?;
         k.linear
             .forward(&mut b.qkv, &b.ln1, &wm(QKV_W), n, d, 3 * d)?;
@@ -692,6 +693,7 @@ where
             &w(LN2_B),
             n,
             d,
+            c.layer_norm_eps as f32,
         )?;
         k.linear
             .forward(&mut b.fc, &b.ln2, &wm(FC_W), n, d, 4 * d)?;
@@ -717,6 +719,7 @@ where
         &p.slice(lay.ln_f_bias()),
         n,
         d,
+        c.layer_norm_eps as f32,
     )?;
     // Tied head: logits[N, V+1] (rows ld apart) = lnf[N, d] · tok_emb[V+1, d]^T.
     k.linear.forward_ld(
@@ -927,6 +930,7 @@ mod tests {
             k_max: 2,
             pause_attention: crate::config::PauseAttention::Private,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         };
         let lay = Layout {
             segs: segments(&c),
