@@ -1,6 +1,7 @@
 //! Checkpoints (SPEC section 7): safetensors with the SPEC tensor names and shapes,
 //! little-endian f32 (bf16 and f16 weights are accepted on load), and
-//! `__metadata__ = {"config": <ModelConfig as JSON>}`.
+//! `__metadata__ = {"config": <ModelConfig as JSON>}`, plus `"tokenizer"` for a model
+//! whose tokenizer file travels with it (see [`crate::checkpoint_tokenizer`]).
 //!
 //! The tensor data are read and written as byte views of the `f32`/`bf16`/`f16` slices
 //! (`bytemuck`), which is the file's little-endian layout only on a little-endian host:
@@ -33,9 +34,9 @@ pub fn to_bytes(model: &Model<f32>) -> Result<Vec<u8>> {
     to_bytes_with_metadata(model, &[])
 }
 
-/// [`to_bytes`] with more `__metadata__` entries beside `config` (for example the
-/// tokenizer record of [`crate::hf_import::TOKENIZER_KEY`]); a key `config` is an error.
-pub fn to_bytes_with_metadata(model: &Model<f32>, extra: &[(&str, &str)]) -> Result<Vec<u8>> {
+/// The serialised bytes of a model with `extra` `__metadata__` entries besides `config`
+/// (which they may not replace).
+pub fn to_bytes_with_metadata(model: &Model<f32>, extra: &[(&str, String)]) -> Result<Vec<u8>> {
     model.config.validate()?;
     model.params.check(&model.config)?;
     little_endian_host().map_err(CybError::Shape)?;
@@ -50,10 +51,10 @@ pub fn to_bytes_with_metadata(model: &Model<f32>, extra: &[(&str, &str)]) -> Res
         })
         .collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::from([("config".to_string(), model.config.to_json())]);
-    for &(key, value) in extra {
-        if meta.insert(key.to_string(), value.to_string()).is_some() {
+    for (key, value) in extra {
+        if meta.insert(key.to_string(), value.clone()).is_some() {
             return Err(CybError::Param(format!(
-                "checkpoint metadata key `{key}` given twice (`config` is the model's own)"
+                "checkpoint metadata key `{key}` given twice (or replacing `config`)"
             )));
         }
     }
@@ -77,11 +78,11 @@ pub fn save(path: impl AsRef<Path>, model: &Model<f32>) -> Result<()> {
     write_atomic(path.as_ref(), &to_bytes(model)?)
 }
 
-/// [`save`] with more `__metadata__` entries (see [`to_bytes_with_metadata`]).
+/// [`save`] with `extra` `__metadata__` entries (see [`to_bytes_with_metadata`]).
 pub fn save_with_metadata(
     path: impl AsRef<Path>,
     model: &Model<f32>,
-    extra: &[(&str, &str)],
+    extra: &[(&str, String)],
 ) -> Result<()> {
     write_atomic(path.as_ref(), &to_bytes_with_metadata(model, extra)?)
 }
@@ -90,13 +91,25 @@ pub fn save_with_metadata(
 /// f32/bf16/f16 data, and a `config` that parses and validates. Errors say exactly
 /// which tensor or field is wrong.
 pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
+    load_with_metadata(path).map(|(model, _)| model)
+}
+
+/// [`load`], also returning every `__metadata__` entry (`config` included).
+pub fn load_with_metadata(path: impl AsRef<Path>) -> Result<(Model<f32>, HashMap<String, String>)> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
-    from_bytes(&bytes).map_err(|msg| err(path, msg))
+    from_bytes_with_metadata(&bytes).map_err(|msg| err(path, msg))
 }
 
 /// Parses checkpoint bytes; the error is the message [`load`] reports.
 pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
+    from_bytes_with_metadata(bytes).map(|(model, _)| model)
+}
+
+/// [`from_bytes`], also returning the `__metadata__` entries.
+pub fn from_bytes_with_metadata(
+    bytes: &[u8],
+) -> std::result::Result<(Model<f32>, HashMap<String, String>), String> {
     little_endian_host()?;
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
@@ -147,7 +160,8 @@ pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Model<f32>, String> {
         tensors.push(data);
     }
     let params = Params::from_ordered(config.n_layer, tensors);
-    Model::new(config, params).map_err(|e| e.to_string())
+    let model = Model::new(config, params).map_err(|e| e.to_string())?;
+    Ok((model, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// The checkpoint format is little-endian; the byte views below are the host's layout.

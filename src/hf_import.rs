@@ -199,11 +199,7 @@ pub fn import_to_file(dir: &Path, out: &Path, opts: &ImportOptions) -> Result<Im
         "file": tok_out.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
         "sha256": imported.tokenizer_sha256(),
     });
-    checkpoint::save_with_metadata(
-        out,
-        &imported.model,
-        &[(TOKENIZER_KEY, record.to_string().as_str())],
-    )?;
+    checkpoint::save_with_metadata(out, &imported.model, &[(TOKENIZER_KEY, record.to_string())])?;
     Ok(imported)
 }
 

@@ -9,6 +9,7 @@ use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
 use cyb::generated_text::{self, Marks};
+use cyb::hf_import::{self, ImportOptions};
 use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
@@ -16,7 +17,7 @@ use cyb::report::{render, render_by_token, RunDescription};
 use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,100 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Continue a prompt with a saved model, showing how many pauses each token took.
     Generate(GenerateArgs),
+    /// Import a Hugging Face GPT-2 (config.json, model.safetensors, tokenizer.json) as a
+    /// CYB checkpoint with pauses, its tokenizer copied beside it.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The Hugging Face folder: config.json, model.safetensors (f32, f16 or bf16, with or
+    /// without the `transformer.` prefix) and tokenizer.json.
+    hf_dir: PathBuf,
+    /// The checkpoint to write (SPEC section 7, f32); the tokenizer is copied beside it
+    /// as <stem>.tokenizer.json and recorded in its metadata.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pause steps K the model can take per position (0 = the plain pretrained GPT).
+    #[arg(long, default_value_t = 3)]
+    pauses: usize,
+    /// Attention over pause steps (SPEC section 3): `shared` (the paper's Recipe 1) or
+    /// `private` (its step-0 plane is exactly the pretrained model).
+    #[arg(long, default_value = "shared")]
+    pause_attention: cyb::config::PauseAttention,
+    /// DK prior psi in [0, 1): DK bias log(psi/(1-psi)) + log V (0 = no bias).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
+    dk_prior: f64,
+}
+
+/// The model a command starts from: `--load FILE` (a CYB checkpoint) or `--from-hf DIR`
+/// (a Hugging Face GPT-2 imported in memory with `opts`), or none.
+fn start_model(
+    load: Option<&Path>,
+    from_hf: Option<&Path>,
+    opts: &ImportOptions,
+) -> Result<Option<cyb::Model<f32>>> {
+    match (load, from_hf) {
+        (Some(p), None) => Ok(Some(checkpoint::load(p)?)),
+        (None, Some(dir)) => Ok(Some(hf_import::import(dir, opts)?.model)),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(CybError::Param(
+            "--load and --from-hf both name a model to start from: give one".into(),
+        )),
+    }
+}
+
+/// Whether `data` can feed `model`: its ids must be the model's. Byte-level `--text`
+/// (V = 256) fits only byte-level models: a model with another vocabulary (an imported
+/// GPT-2) reads the ids of its own tokenizer, which this build does not apply, so the
+/// text is refused rather than fed as bytes. A built-in task's ids fit any model with at
+/// least as many tokens (fine-tuning a pretrained model on a synthetic task).
+fn check_data_fits(model: &cyb::Model<f32>, data: &dyn DataSource, text: bool) -> Result<()> {
+    let (have, need) = (model.config.vocab, data.vocab());
+    if text && have != need {
+        return Err(CybError::Data(format!(
+            "--text is tokenized byte-level (V = {need}) but the model has V = {have}: \
+             an imported model reads its own tokenizer's ids (tokenizer.json), which \
+             this build does not apply to text; use a built-in --task, or a byte-level model"
+        )));
+    }
+    if need > have {
+        return Err(CybError::Data(format!(
+            "the data has vocabulary {need} but the model only {have} tokens"
+        )));
+    }
+    Ok(())
+}
+
+fn run_import(a: ImportArgs) -> Result<()> {
+    let opts = ImportOptions {
+        pauses: a.pauses,
+        pause_attention: a.pause_attention,
+        dk_prior: a.dk_prior,
+    };
+    let imported = hf_import::import_to_file(&a.hf_dir, &a.out, &opts)?;
+    let c = &imported.model.config;
+    eprintln!(
+        "imported {}: V = {} d = {} L = {} H = {} T = {} LayerNorm eps {} ({} parameters)",
+        a.hf_dir.display(),
+        c.vocab,
+        c.d_model,
+        c.n_layer,
+        c.n_head,
+        c.t_max,
+        c.layer_norm_eps,
+        imported.model.params.num_params()
+    );
+    eprintln!(
+        "with K = {} {} pauses, DK bias {:.4} (psi = {}); wrote {} and {}",
+        c.k_max,
+        c.pause_attention,
+        c.dk_bias,
+        a.dk_prior,
+        a.out.display(),
+        hf_import::tokenizer_path_beside(&a.out)?.display()
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,8 +147,12 @@ enum PolicyName {
 #[derive(Args)]
 struct GenerateArgs {
     /// The saved model.
-    #[arg(long)]
-    load: PathBuf,
+    #[arg(long, required_unless_present = "from_hf")]
+    load: Option<PathBuf>,
+    /// Start from a Hugging Face GPT-2 folder instead (imported in memory, as `cyb
+    /// import` with --pauses, shared pauses, DK prior 0.9).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// The prompt: text for byte-level models (V = 256), else space-separated token
     /// names of --task (e.g. "[L3] 1 2 4 =").
     #[arg(long)]
@@ -217,6 +316,11 @@ struct TrainArgs {
     /// Start from a saved model (its shape overrides --layers/--d-model/...).
     #[arg(long)]
     load: Option<PathBuf>,
+    /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
+    /// tokenizer.json), imported with --pauses, --pause-attention and --dk-prior (as `cyb
+    /// import`); its shape overrides --layers/--d-model/...
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// Write report.md and curve.csv into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -307,6 +411,11 @@ struct ExperimentArgs {
     /// --layers/--d-model/--heads/--ctx; its DK bias is kept).
     #[arg(long)]
     load: Option<PathBuf>,
+    /// Fine-tune every arm from a Hugging Face GPT-2 folder, imported with --pauses
+    /// depth rows and --dk-prior (the paper's protocol: it replaces the no-pause
+    /// pretraining; the no-pause arm is the pretrained model fine-tuned at K = 0).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// `paper`: add the paper's hyperparameter grid (AP 4 settings, VA 3, DP 6, K = 3)
     /// as extra arms.
     #[arg(long)]
@@ -335,8 +444,12 @@ struct EvalArgs {
     #[command(flatten)]
     data: DataArgs,
     /// The saved model to evaluate.
-    #[arg(long)]
-    load: PathBuf,
+    #[arg(long, required_unless_present = "from_hf")]
+    load: Option<PathBuf>,
+    /// Evaluate a Hugging Face GPT-2 folder instead (imported in memory with --pauses
+    /// pause steps, default 0: the pretrained model itself; shared pauses, DK prior 0.9).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// Pause steps K to allow (default: the model's k_max).
     #[arg(long)]
     pauses: Option<usize>,
@@ -431,6 +544,15 @@ fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
 }
 
 impl RunArgs {
+    /// How `--from-hf` imports: with these flags' pauses, attention mode and DK prior.
+    fn import(&self) -> ImportOptions {
+        ImportOptions {
+            pauses: self.pauses,
+            pause_attention: self.pause_attention,
+            dk_prior: self.dk_prior,
+        }
+    }
+
     /// The training configuration these flags describe, for a model of `vocab` tokens.
     fn train_config(
         &self,
@@ -480,13 +602,11 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
-    let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
-    };
+    let init = start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())?;
     let data = a.data.source(a.run.ctx)?;
     let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
     if let Some(m) = &init {
+        check_data_fits(m, data.as_ref(), a.data.text.is_some())?;
         cfg.model = m.config.clone();
     }
     limits::check_train(&cfg)?;
@@ -580,10 +700,7 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         }
     }
     cyb::atomic_file::check_writable_dir(&a.out)?;
-    let init = match &a.load {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
-    };
+    let init = start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())?;
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
@@ -596,7 +713,9 @@ fn run_experiment_cmd(a: ExperimentArgs) -> Result<()> {
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
     if let Some(m) = &init {
-        if m.config.vocab != data.vocab() {
+        if a.from_hf.is_some() {
+            check_data_fits(m, data.as_ref(), a.data.text.is_some())?;
+        } else if m.config.vocab != data.vocab() {
             return Err(CybError::Data(format!(
                 "the data has vocabulary {} but the loaded model {}",
                 data.vocab(),
@@ -659,11 +778,23 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let model = checkpoint::load(&a.load)?;
+    let hf = ImportOptions {
+        pauses: a.pauses.unwrap_or(0),
+        ..ImportOptions::default()
+    };
+    let model = start_model(a.load.as_deref(), a.from_hf.as_deref(), &hf)?
+        .ok_or_else(|| CybError::Param("give --load FILE or --from-hf DIR".into()))?;
+    let source = a
+        .load
+        .as_deref()
+        .or(a.from_hf.as_deref())
+        .unwrap_or(Path::new(""));
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
     let data = a.data.source(seq)?;
-    if data.vocab() != model.config.vocab {
+    if a.from_hf.is_some() {
+        check_data_fits(&model, data.as_ref(), a.data.text.is_some())?;
+    } else if data.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
             "the data has vocabulary {} but the model was trained with {}",
             data.vocab(),
@@ -681,7 +812,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     let summary = evaluate(&model, data.as_ref(), &cfg)?;
     let desc = RunDescription {
         lines: vec![
-            format!("model: {} ({:?})", a.load.display(), model.config),
+            format!("model: {} ({:?})", source.display(), model.config),
             format!("data: {}", data.describe()),
             format!("evaluation: K = {pauses}, threshold {}", a.threshold),
         ],
@@ -697,13 +828,20 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     use cyb::decode::{Decoder, Policy};
     require_cpu(a.device)?;
     limits::threshold(a.threshold)?;
-    let model = checkpoint::load(&a.load)?;
+    let hf = ImportOptions {
+        pauses: a.pauses.unwrap_or(0),
+        ..ImportOptions::default()
+    };
+    let model = start_model(a.load.as_deref(), a.from_hf.as_deref(), &hf)?
+        .ok_or_else(|| CybError::Param("give --load FILE or --from-hf DIR".into()))?;
     let vocab: Box<dyn DataSource> = if model.config.vocab == 256 {
         Box::new(cyb::data::Bytes)
     } else {
         task_by_name(&a.task)?
     };
-    if vocab.vocab() != model.config.vocab {
+    if a.from_hf.is_some() {
+        check_data_fits(&model, vocab.as_ref(), false)?;
+    } else if vocab.vocab() != model.config.vocab {
         return Err(CybError::Data(format!(
             "the model has vocabulary {} but --task {} has {}",
             model.config.vocab,
@@ -811,6 +949,7 @@ fn main() {
         Command::Eval(a) => run_eval(a),
         Command::Experiment(a) => run_experiment_cmd(a),
         Command::Generate(a) => run_generate(a),
+        Command::Import(a) => run_import(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
