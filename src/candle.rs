@@ -41,7 +41,8 @@
 //! calls `cyb::gpu::loss` directly (see the example in its module docs).
 
 use crate::cpu::loss::{
-    check_targets, dlogits_from_row_grads, position_objectives, row_scalars, LossShape,
+    check_targets, dlogits_from_row_grads, position_objectives, row_scalars, LossForward,
+    LossShape, RowScalar,
 };
 use crate::error::CybError;
 use crate::objective::{Reduction, ResolvedObjective};
@@ -124,12 +125,13 @@ impl CybLossOp {
             .map_err(cyb_err)
     }
 
-    /// Per-position `w_i L_i` of contiguous logits.
-    fn per_position<T: Float + Send + Sync>(
+    /// The reference's forward on contiguous logits: the row scalars and the
+    /// per-position objectives (`Reduction::None`; the op reduces with candle ops).
+    fn forward<T: Float + Send + Sync>(
         &self,
         logits: &[T],
         shape: LossShape,
-    ) -> candle_core::Result<Vec<f64>> {
+    ) -> candle_core::Result<(Vec<RowScalar>, LossForward)> {
         self.check(shape, logits.len())?;
         let scalars =
             row_scalars(logits, &self.targets, shape, self.objective.dk_bias).map_err(cyb_err)?;
@@ -142,7 +144,16 @@ impl CybLossOp {
             self.weights.as_deref(),
         )
         .map_err(cyb_err)?;
-        Ok(fwd.per_position)
+        Ok((scalars, fwd))
+    }
+
+    /// Per-position `w_i L_i` of contiguous logits.
+    fn per_position<T: Float + Send + Sync>(
+        &self,
+        logits: &[T],
+        shape: LossShape,
+    ) -> candle_core::Result<Vec<f64>> {
+        Ok(self.forward(logits, shape)?.1.per_position)
     }
 
     /// `dlogits` for one upstream gradient per position.
@@ -152,18 +163,7 @@ impl CybLossOp {
         shape: LossShape,
         upstream: &[f64],
     ) -> candle_core::Result<Vec<T>> {
-        self.check(shape, logits.len())?;
-        let scalars =
-            row_scalars(logits, &self.targets, shape, self.objective.dk_bias).map_err(cyb_err)?;
-        let fwd = position_objectives(
-            &scalars,
-            &self.targets,
-            shape,
-            &self.objective,
-            Reduction::None,
-            self.weights.as_deref(),
-        )
-        .map_err(cyb_err)?;
+        let (scalars, fwd) = self.forward(logits, shape)?;
         let grads = fwd.row_grads(shape, upstream).map_err(cyb_err)?;
         let mut dlogits = vec![T::zero(); logits.len()];
         dlogits_from_row_grads(logits, &self.targets, shape, &scalars, &grads, &mut dlogits)
