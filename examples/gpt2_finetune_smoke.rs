@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo run --release --features cuda --example gpt2_finetune_smoke            # GPT-2 124M shape
-//! cargo run --release --features cuda --example gpt2_finetune_smoke -- tiny    # 2 layers, d 64 (emulator)
+//! cargo run --release --features cuda --example gpt2_finetune_smoke -- tiny    # 2 layers, d 128 (emulator)
 //! ```
 //!
 //! `scripts/device_bundle.sh` builds it and `run_all.sh` runs it on the GPU machine.
@@ -50,11 +50,12 @@ const GPT2_SMALL: Shape = Shape {
     ctx: 1024,
 };
 
+/// The smallest shape the attention kernels take (d_head 64), for the emulator.
 const TINY: Shape = Shape {
     vocab: 300,
-    d: 64,
+    d: 128,
     layers: 2,
-    heads: 4,
+    heads: 2,
     positions: 32,
     batch: 2,
     ctx: 32,
