@@ -149,3 +149,76 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     Ok(path.with_file_name(tmp_name))
 }
+
+/// A file written piece by piece and renamed into place only by [`AtomicWriter::commit`]:
+/// for outputs too large to hold in memory (token shards). Until the commit the data
+/// sits in `.<name>.tmp.<pid>` beside `path`; dropping the writer without committing
+/// (an error, a panic) removes it, so `path` is never half-written.
+///
+/// ```
+/// use std::io::Write;
+/// let path = std::env::temp_dir().join(format!("cyb_atomic_w_{}.txt", std::process::id()));
+/// let mut w = cyb::atomic_file::AtomicWriter::create(&path).unwrap();
+/// w.file().write_all(b"hello ").unwrap();
+/// w.file().write_all(b"world").unwrap();
+/// assert!(!path.exists()); // nothing under the real name yet
+/// w.commit().unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub struct AtomicWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicWriter {
+    /// Starts writing `path` (checked as for [`write_atomic`]).
+    pub fn create(path: &Path) -> Result<Self> {
+        check_writable_file(path)?;
+        let path = resolve_link(path)?;
+        let tmp = temp_path(&path)?;
+        let file = std::fs::File::create(&tmp).map_err(|e| CybError::io(&tmp, e))?;
+        Ok(AtomicWriter {
+            path,
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    /// The temporary file, buffered (it also seeks, e.g. to fill in a header last).
+    pub fn file(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
+        self.file
+            .as_mut()
+            .expect("an AtomicWriter holds its file until commit")
+    }
+
+    /// The path the data will have after [`AtomicWriter::commit`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes, syncs and renames the temporary file over `path`.
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take();
+        let done = (|| {
+            let file =
+                file.ok_or_else(|| std::io::Error::other("the writer was already committed"))?;
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        done.map_err(|e| {
+            let _ = std::fs::remove_file(&self.tmp);
+            CybError::io(&self.path, e)
+        })
+    }
+}
+
+impl Drop for AtomicWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -351,7 +351,8 @@ fn windows<T>(
     out
 }
 
-fn byte_class(b: u8) -> u16 {
+/// The class of a byte: letter, digit, space, punctuation, other.
+pub(crate) fn byte_class(b: u8) -> u16 {
     match b {
         b'a'..=b'z' | b'A'..=b'Z' => 0,
         b'0'..=b'9' => 1,

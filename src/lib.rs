@@ -26,7 +26,11 @@ pub mod objective;
 pub mod plot;
 pub mod report;
 pub mod rng;
+pub mod shard_data;
+pub mod shards;
+pub mod tokenize;
 pub mod train;
+pub mod train_state;
 
 pub use config::ModelConfig;
 pub use cpu::model::Model;

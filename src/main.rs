@@ -14,7 +14,9 @@ use cyb::limits;
 use cyb::objective::dk_bias_from_prior;
 use cyb::plot;
 use cyb::report::{render, render_by_token, RunDescription};
-use cyb::train::{curve_csv, evaluate, train_on, EvalConfig, TrainConfig, TrainDevice};
+use cyb::train::{
+    curve_csv, evaluate, train_with, EvalConfig, RunControl, TrainConfig, TrainDevice,
+};
 use cyb::{CybError, Discount, Objective, Result, StepWeights};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,35 @@ enum Command {
     /// Import a Hugging Face GPT-2 (config.json, model.safetensors, tokenizer.json) as a
     /// CYB checkpoint with pauses, its tokenizer copied beside it.
     Import(ImportArgs),
+    /// Turn text files into token shards (llm.c's .bin layout) for --data, streaming:
+    /// corpora larger than memory work.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// Text files, tokenized in this order (documents in a fixed order).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// A Hugging Face tokenizer.json (its <|endoftext|>, if any, goes before each file).
+    #[arg(long, conflicts_with = "bytes", required_unless_present = "bytes")]
+    tokenizer: Option<PathBuf>,
+    /// One token per byte (V = 256) instead of a tokenizer.
+    #[arg(long)]
+    bytes: bool,
+    /// Folder for the shards (train_NNNNNN.bin, val_NNNNNN.bin) and shards.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Validation split: the first N tokens of the stream go to val_*.bin shards.
+    #[arg(long, default_value_t = 1_000_000)]
+    val_tokens: usize,
+    /// Most tokens per shard.
+    #[arg(long, default_value_t = 100_000_000)]
+    shard_tokens: usize,
+    /// Shard version: 1 (u16 tokens, llm.c's; vocabularies up to 65535) or 2 (u32)
+    /// [default: 1 when the vocabulary fits, else 2].
+    #[arg(long)]
+    shard_version: Option<u8>,
 }
 
 #[derive(Args)]
@@ -226,19 +257,30 @@ fn train_device(device: Device, precision: Option<PrecisionArg>) -> Result<Train
 
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Built-in synthetic task (ignored when --text is given).
+    /// Built-in synthetic task (ignored when --text or --data is given).
     #[arg(long, default_value = "modsum")]
     task: String,
     /// Train on a UTF-8 text file, byte-level (V = 256).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data")]
     text: Option<PathBuf>,
+    /// Token shards (from `cyb tokenize` or llm.c): a folder of .bin files or a glob.
+    /// Files with a part `val` in their name validate, the others train; memory-mapped,
+    /// windows drawn by the seeded generator.
+    #[arg(long)]
+    data: Option<String>,
+    /// Vocabulary of --data shards without a shards.json (e.g. 50257 for GPT-2 tokens).
+    #[arg(long, requires = "data")]
+    vocab: Option<usize>,
 }
 
 impl DataArgs {
     fn source(&self, seq: usize) -> Result<Box<dyn DataSource>> {
-        match &self.text {
-            Some(path) => Ok(Box::new(ByteText::from_file(path, seq)?)),
-            None => task_by_name(&self.task),
+        match (&self.text, &self.data) {
+            (Some(path), _) => Ok(Box::new(ByteText::from_file(path, seq)?)),
+            (None, Some(spec)) => Ok(Box::new(cyb::shard_data::ShardData::open(
+                spec, self.vocab, seq,
+            )?)),
+            (None, None) => task_by_name(&self.task),
         }
     }
 }
@@ -314,13 +356,26 @@ struct TrainArgs {
     #[arg(long)]
     save: Option<PathBuf>,
     /// Start from a saved model (its shape overrides --layers/--d-model/...).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
     /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
     /// tokenizer.json), imported with --pauses, --pause-attention and --dk-prior (as `cyb
     /// import`); its shape overrides --layers/--d-model/...
-    #[arg(long, conflicts_with = "load")]
+    #[arg(long, conflicts_with_all = ["load", "resume"])]
     from_hf: Option<PathBuf>,
+    /// Every N steps write a snapshot beside --save: NAME.stepNNNNNN.safetensors (the
+    /// model) and NAME.stepNNNNNN.train-state.safetensors (optimiser, generator, data
+    /// position, settings), for --resume. With --save, SIGINT/SIGTERM save one and stop
+    /// at the next step boundary (a second Ctrl-C exits at once).
+    #[arg(long, default_value_t = 0, requires = "save")]
+    save_every: usize,
+    /// Snapshots kept (the newest).
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Continue the run of a snapshot (NAME.stepNNNNNN.safetensors) exactly where it
+    /// stopped; every other flag must be as in that run (differences are refused).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Write report.md and curve.csv into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -468,6 +523,10 @@ struct EvalArgs {
     /// Also list every target token with its mean pauses and their variance.
     #[arg(long)]
     pauses_by_token: bool,
+    /// With --data: evaluate on the first N validation tokens, read in order
+    /// (non-overlapping windows of --ctx), instead of --eval-batches random batches.
+    #[arg(long, requires = "data")]
+    tokens: Option<u64>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
 }
@@ -602,13 +661,40 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         cyb::atomic_file::check_writable_dir(dir)?;
     }
-    let init = start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())?;
+    if a.keep == 0 {
+        return Err(CybError::Param(
+            "--keep 0: keep at least one snapshot".into(),
+        ));
+    }
+    let (init, resume) = match &a.resume {
+        Some(p) => {
+            let (model, state) = cyb::train_state::load_snapshot(p)?;
+            (Some(model), Some(state))
+        }
+        None => (
+            start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())?,
+            None,
+        ),
+    };
     let data = a.data.source(a.run.ctx)?;
     let mut cfg = a.run.train_config(data.vocab(), objective, 4000)?;
-    if let Some(m) = &init {
+    // A loaded or imported model's shape overrides the flags; a resumed one's must equal
+    // them (a difference is refused, named).
+    if let (Some(m), None) = (&init, &resume) {
         check_data_fits(m, data.as_ref(), a.data.text.is_some())?;
         cfg.model = m.config.clone();
     }
+    let stop = match &a.save {
+        Some(_) => Some(stop_on_signals()?),
+        None => None,
+    };
+    let control = RunControl {
+        snapshot_base: a.save.clone(),
+        save_every: a.save_every,
+        keep: a.keep,
+        resume,
+        stop,
+    };
     limits::check_train(&cfg)?;
     let m = &cfg.model;
     eprintln!(
@@ -624,7 +710,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
         cfg.batch,
         cfg.seq
     );
-    let out = train_on(&cfg, data.as_ref(), init, true, device)?;
+    if let Some(state) = &control.resume {
+        eprintln!("resuming at step {} of {}", state.step, cfg.steps);
+    }
+    let out = train_with(&cfg, data.as_ref(), init, true, device, control)?;
+    if let Some(stopped) = &out.stopped {
+        match &stopped.snapshot {
+            Some(snap) => eprintln!(
+                "stopped at step {} of {}: saved {}\nresume with: {}",
+                stopped.step,
+                cfg.steps,
+                snap.display(),
+                resume_command(snap)
+            ),
+            None => eprintln!("stopped at step {} of {}", stopped.step, cfg.steps),
+        }
+        std::process::exit(STOPPED_EXIT);
+    }
     if let Some(path) = &a.save {
         checkpoint::save(path, &out.model)?;
         eprintln!("saved {}", path.display());
@@ -672,6 +774,87 @@ fn run_train(a: TrainArgs) -> Result<()> {
         plot::plot_pauses(&dir.join("pauses.png"), &summary)?;
         eprintln!("wrote {}", dir.display());
     }
+    Ok(())
+}
+
+/// Exit status of a run stopped by SIGINT/SIGTERM after saving (128 + SIGINT, as a
+/// shell reports a run killed by Ctrl-C: the run did not finish).
+const STOPPED_EXIT: i32 = 130;
+
+/// A flag set by the first SIGINT or SIGTERM (the run saves and stops at the next step
+/// boundary); the second one exits at once with status 130, leaving the files as they
+/// are (an interrupted write leaves only its temporary file).
+fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, STOPPED_EXIT, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+            .map_err(|e| CybError::Param(format!("cannot install a signal handler: {e}")))?;
+    }
+    Ok(flag)
+}
+
+/// This process's command line with `--resume SNAPSHOT` instead of any `--resume`/`--load`.
+fn resume_command(snapshot: &std::path::Path) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--resume" || a == "--load" {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("--resume=") || a.starts_with("--load=") {
+            continue;
+        }
+        args.push(a);
+    }
+    args.push("--resume".into());
+    args.push(snapshot.display().to_string());
+    let quote = |a: &String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-".contains(c))
+        {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+fn run_tokenize(a: TokenizeArgs) -> Result<()> {
+    use cyb::tokenize::{tokenize, TokenizeConfig, TokenizerSpec};
+    let cfg = TokenizeConfig {
+        inputs: a.files,
+        tokenizer: match a.tokenizer {
+            Some(p) => TokenizerSpec::HuggingFace(p),
+            None => TokenizerSpec::Bytes,
+        },
+        out: a.out,
+        val_tokens: a.val_tokens,
+        shard_tokens: a.shard_tokens,
+        version: a.shard_version,
+    };
+    let s = tokenize(&cfg, true)?;
+    eprintln!(
+        "{} bytes -> {} training + {} validation tokens (V = {}) in {} shards in {}, {:.1} s \
+         ({:.1} MB/s, {:.0} tokens/s)",
+        s.bytes,
+        s.train_tokens,
+        s.val_tokens,
+        s.vocab,
+        s.shards.len(),
+        cfg.out.display(),
+        s.seconds,
+        s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+        (s.train_tokens + s.val_tokens) as f64 / s.seconds.max(1e-9)
+    );
     Ok(())
 }
 
@@ -809,12 +992,22 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         threshold: a.threshold,
         seed: a.seed,
     };
-    let summary = evaluate(&model, data.as_ref(), &cfg)?;
+    let (summary, what) = match a.tokens {
+        None => (evaluate(&model, data.as_ref(), &cfg)?, String::new()),
+        Some(n) => {
+            let spec = a.data.data.as_deref().unwrap_or_default();
+            let shards = cyb::shard_data::ShardData::open(spec, a.data.vocab, seq)?;
+            (
+                stream_eval(&model, &shards, &cfg, n)?,
+                format!(", {n} validation tokens in order"),
+            )
+        }
+    };
     let desc = RunDescription {
         lines: vec![
             format!("model: {} ({:?})", source.display(), model.config),
             format!("data: {}", data.describe()),
-            format!("evaluation: K = {pauses}, threshold {}", a.threshold),
+            format!("evaluation: K = {pauses}, threshold {}{what}", a.threshold),
         ],
     };
     println!("{}", render(&desc, &summary, data.as_ref()));
@@ -822,6 +1015,41 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         println!("{}", render_by_token(&summary, data.as_ref()));
     }
     Ok(())
+}
+
+/// The SPEC section 8 measures over the first `tokens` validation tokens of `shards`,
+/// read in order, with a progress bar.
+fn stream_eval(
+    model: &cyb::Model<f32>,
+    shards: &cyb::shard_data::ShardData,
+    cfg: &EvalConfig,
+    tokens: u64,
+) -> Result<cyb::metrics::EvalSummary> {
+    let available = shards.tokens().1;
+    let bar = indicatif::ProgressBar::new(tokens.min(available));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} tokens [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let batches = shards.validation_stream(cfg.batch, cfg.seq, tokens).map(Ok);
+    let (outcomes, _) =
+        cyb::train::batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |n| {
+            bar.inc(n as u64)
+        })?;
+    bar.finish();
+    if outcomes.is_empty() {
+        return Err(CybError::Data(format!(
+            "--tokens {tokens}: no window of {} tokens to evaluate",
+            cfg.seq + 1
+        )));
+    }
+    Ok(cyb::metrics::EvalSummary::from_outcomes(
+        &outcomes,
+        cfg.pauses,
+        &cyb::data::DataSource::class_names(shards),
+    ))
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
@@ -950,6 +1178,7 @@ fn main() {
         Command::Experiment(a) => run_experiment_cmd(a),
         Command::Generate(a) => run_generate(a),
         Command::Import(a) => run_import(a),
+        Command::Tokenize(a) => run_tokenize(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

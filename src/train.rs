@@ -2,7 +2,7 @@
 //! gradient clipping, a progress bar, and evaluation under the greedy pause policy.
 
 use crate::config::ModelConfig;
-use crate::cpu::adamw::{clip_grad_norm, lr_schedule, AdamW};
+use crate::cpu::adamw::{clip_grad_norm, lr_schedule, AdamW, AdamWState};
 use crate::cpu::loss::LossShape;
 use crate::cpu::model::{Model, Params, Workspace};
 use crate::data::{DataSource, Split};
@@ -52,7 +52,7 @@ impl TrainConfig {
 }
 
 /// One logged training step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepLog {
     pub step: usize,
     pub loss: f64,
@@ -64,7 +64,7 @@ pub struct StepLog {
 }
 
 /// A validation point on the learning curve.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EvalPoint {
     pub step: usize,
     pub tokens_seen: usize,
@@ -95,9 +95,39 @@ pub struct TrainOutcome {
     pub model: Model<f32>,
     pub history: Vec<StepLog>,
     pub curve: Vec<EvalPoint>,
-    /// Real tokens per second over the whole run (training steps only).
+    /// Real tokens per second over the whole run (training steps only; of this
+    /// process's steps when resumed).
     pub tokens_per_sec: f64,
     pub seconds: f64,
+    /// `Some(snapshot)` when the run stopped early on [`RunControl::stop`], after saving
+    /// this snapshot (`None` if nothing could be saved: no snapshot base was given).
+    pub stopped: Option<Stopped>,
+}
+
+/// Where an interrupted run stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stopped {
+    /// Steps done.
+    pub step: usize,
+    /// The model snapshot to `--resume` from, if one was written.
+    pub snapshot: Option<std::path::PathBuf>,
+}
+
+/// Snapshots, resumption and stopping of a run (`--save-every`, `--keep`, `--resume`,
+/// SIGINT/SIGTERM); the default does none of them.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    /// Snapshot base name (`model.safetensors` -> `model.step000300.safetensors`, see
+    /// [`crate::train_state`]).
+    pub snapshot_base: Option<std::path::PathBuf>,
+    /// Write a snapshot every this many steps (0 = only when stopped).
+    pub save_every: usize,
+    /// Snapshots kept on disk (the newest ones; at least 1).
+    pub keep: usize,
+    /// Continue this run (its model is the `init` of [`train_with`]).
+    pub resume: Option<crate::train_state::TrainState>,
+    /// Checked after every step: when set, the run saves a snapshot and stops.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Generator for validation batches: fixed by the seed, independent of training.
@@ -135,6 +165,39 @@ pub fn train_on(
     show_progress: bool,
     device: TrainDevice,
 ) -> Result<TrainOutcome> {
+    train_with(
+        cfg,
+        data,
+        init,
+        show_progress,
+        device,
+        RunControl::default(),
+    )
+}
+
+/// The settings fingerprint of a run on `device` ([`crate::train_state::fingerprint`]).
+pub fn run_fingerprint(
+    cfg: &TrainConfig,
+    data: &dyn DataSource,
+    device: TrainDevice,
+) -> crate::train_state::Fingerprint {
+    let device = match device {
+        TrainDevice::Cpu => "cpu f32".to_string(),
+        TrainDevice::Cuda(p) => format!("cuda {p}"),
+    };
+    crate::train_state::fingerprint(cfg, &data.describe(), &device)
+}
+
+/// [`train_on`] with snapshots, resumption and stopping ([`RunControl`]). Resuming
+/// refuses a run whose settings differ from the snapshot's, naming each difference.
+pub fn train_with(
+    cfg: &TrainConfig,
+    data: &dyn DataSource,
+    init: Option<Model<f32>>,
+    show_progress: bool,
+    device: TrainDevice,
+    control: RunControl,
+) -> Result<TrainOutcome> {
     cfg.model.validate()?;
     crate::limits::check_train(cfg)?;
     // The data's ids must be the model's tokens; a model with more tokens (a pretrained
@@ -158,6 +221,30 @@ pub fn train_on(
             cfg.batch, cfg.seq, cfg.model.t_max
         )));
     }
+    // A resumed run must be the snapshot's run: checked first, so the error names
+    // every difference (the model shape included).
+    let fingerprint = run_fingerprint(cfg, data, device);
+    if let Some(state) = &control.resume {
+        if init.is_none() {
+            return Err(CybError::Param(
+                "resuming needs the snapshot's model as `init`".into(),
+            ));
+        }
+        let diff = crate::train_state::differences(&state.fingerprint, &fingerprint);
+        if !diff.is_empty() {
+            return Err(CybError::Param(format!(
+                "cannot resume: this run's settings differ from the snapshot's (step {}): {}",
+                state.step,
+                diff.join("; ")
+            )));
+        }
+        if state.step > cfg.steps {
+            return Err(CybError::Param(format!(
+                "cannot resume: the snapshot is at step {}, past the run's {} steps",
+                state.step, cfg.steps
+            )));
+        }
+    }
     // The loss reads d_k with the model's DK bias, as decoding and the metrics do.
     let objective = cfg
         .objective
@@ -180,6 +267,14 @@ pub fn train_on(
         },
     };
     let data_rng = split(&mut rng);
+    let run = RunLoop {
+        cfg,
+        data,
+        objective: &objective,
+        show_progress,
+        fingerprint,
+        control,
+    };
     match device {
         TrainDevice::Cpu => {
             let stepper = CpuStepper {
@@ -188,17 +283,9 @@ pub fn train_on(
                 opt: AdamW::new(0.9, 0.95, 1e-8, cfg.weight_decay),
                 model,
             };
-            run_loop(cfg, data, &objective, stepper, data_rng, show_progress)
+            run.run(stepper, data_rng)
         }
-        TrainDevice::Cuda(precision) => cuda::train(
-            cfg,
-            data,
-            &objective,
-            model,
-            data_rng,
-            show_progress,
-            precision,
-        ),
+        TrainDevice::Cuda(precision) => cuda::train(run, model, data_rng, precision),
     }
 }
 
@@ -220,6 +307,13 @@ trait Stepper {
     ) -> Result<EvalSummary>;
     /// The trained model.
     fn into_model(self) -> Result<Model<f32>>;
+    /// Calls `f` with the current model and optimiser state (for a snapshot).
+    fn with_state(
+        &mut self,
+        f: &mut dyn FnMut(&Model<f32>, AdamWState) -> Result<()>,
+    ) -> Result<()>;
+    /// Restores the optimiser state of a snapshot.
+    fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()>;
 }
 
 struct CpuStepper {
@@ -265,6 +359,18 @@ impl Stepper for CpuStepper {
     fn into_model(self) -> Result<Model<f32>> {
         Ok(self.model)
     }
+
+    fn with_state(
+        &mut self,
+        f: &mut dyn FnMut(&Model<f32>, AdamWState) -> Result<()>,
+    ) -> Result<()> {
+        f(&self.model, self.opt.state())
+    }
+
+    fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()> {
+        self.opt.set_state(state);
+        Ok(())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -309,31 +415,33 @@ mod cuda {
         fn into_model(self) -> Result<Model<f32>> {
             self.model.to_cpu()
         }
+
+        fn with_state(
+            &mut self,
+            f: &mut dyn FnMut(&Model<f32>, AdamWState) -> Result<()>,
+        ) -> Result<()> {
+            f(&self.model.to_cpu()?, self.model.optimizer().state()?)
+        }
+
+        fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()> {
+            self.model.optimizer_mut().set_state(&state)
+        }
     }
 
     pub(super) fn train(
-        cfg: &TrainConfig,
-        data: &dyn DataSource,
-        objective: &ResolvedObjective,
+        run: RunLoop<'_>,
         model: Model<f32>,
         data_rng: CybRng,
-        show_progress: bool,
         precision: Precision,
     ) -> Result<TrainOutcome> {
+        let cfg = run.cfg;
         let gpu = GpuContext::new(0).map_err(|e| match e {
             CybError::Unavailable(m) => CybError::Unavailable(format!("--device cuda: {m}")),
             other => other,
         })?;
         let mut model = GpuModel::with_precision(&gpu, &model, precision)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
-        run_loop(
-            cfg,
-            data,
-            objective,
-            GpuStepper { model },
-            data_rng,
-            show_progress,
-        )
+        run.run(GpuStepper { model }, data_rng)
     }
 }
 
@@ -342,12 +450,9 @@ mod cuda {
     use super::*;
 
     pub(super) fn train(
-        _cfg: &TrainConfig,
-        _data: &dyn DataSource,
-        _objective: &ResolvedObjective,
+        _run: RunLoop<'_>,
         _model: Model<f32>,
         _data_rng: CybRng,
-        _show_progress: bool,
         _precision: crate::config::Precision,
     ) -> Result<TrainOutcome> {
         Err(CybError::Unavailable(
@@ -358,97 +463,172 @@ mod cuda {
     }
 }
 
-/// The training loop shared by both devices: batches, learning-rate schedule,
-/// progress bar, evaluation points.
-fn run_loop<S: Stepper>(
-    cfg: &TrainConfig,
-    data: &dyn DataSource,
-    objective: &ResolvedObjective,
-    mut stepper: S,
-    mut data_rng: CybRng,
+/// A run's settings and controls, shared by both devices.
+struct RunLoop<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a dyn DataSource,
+    objective: &'a ResolvedObjective,
     show_progress: bool,
-) -> Result<TrainOutcome> {
-    let bar = if show_progress {
-        let bar = ProgressBar::new(cfg.steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let tokens_per_step = cfg.batch * cfg.seq;
-    let mut lines = ProgressLines::new(show_progress, cfg.steps);
-    let mut history = Vec::with_capacity(cfg.steps);
-    let mut curve = Vec::new();
-    let start = Instant::now();
-    let mut eval_time = 0.0;
-    for step in 0..cfg.steps {
-        let batch = data.sample(Split::Train, cfg.batch, cfg.seq, &mut data_rng);
-        let lr = lr_schedule(
-            step,
-            cfg.steps,
-            cfg.warmup,
-            cfg.lr,
-            cfg.lr * cfg.min_lr_ratio,
-        );
-        let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
-        if !loss.is_finite() {
-            return Err(CybError::Param(format!(
-                "loss became {loss} at step {step}; try a lower --lr"
-            )));
-        }
-        history.push(StepLog {
-            step,
-            loss,
-            mean_pauses,
-            grad_norm,
-            lr,
-            tokens_seen: (step + 1) * tokens_per_step,
-        });
-        let last = step + 1 == cfg.steps;
-        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
-            let t0 = Instant::now();
-            let eval_cfg = cfg.eval_config();
-            let summary = stepper.eval(&mut |m| evaluate(m, data, &eval_cfg))?;
-            eval_time += t0.elapsed().as_secs_f64();
-            curve.push(EvalPoint {
-                step: step + 1,
-                tokens_seen: (step + 1) * tokens_per_step,
-                nll: summary.overall.nll,
-                nll_final: summary.nll_final,
-                accuracy: summary.overall.accuracy,
-                accuracy_final: summary.overall.accuracy_at_final,
-                mean_pauses: summary.overall.mean_pauses,
-            });
-        }
-        let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
-        let tok_s = (step + 1) as f64 * tokens_per_step as f64 / secs;
-        bar.set_message(format!(
-            "loss {loss:.4}  pauses {mean_pauses:.2}  {tok_s:.0} tok/s"
-        ));
-        lines.step(
-            step + 1,
-            loss,
-            mean_pauses,
-            tok_s,
-            start.elapsed().as_secs_f64(),
-        );
-        bar.inc(1);
+    fingerprint: crate::train_state::Fingerprint,
+    control: RunControl,
+}
+
+impl RunLoop<'_> {
+    /// Writes the snapshot of the run after `step` steps; `None` without a base name.
+    fn snapshot<S: Stepper>(
+        &self,
+        stepper: &mut S,
+        step: usize,
+        data_rng: &CybRng,
+        history: &[StepLog],
+        curve: &[EvalPoint],
+    ) -> Result<Option<std::path::PathBuf>> {
+        let Some(base) = &self.control.snapshot_base else {
+            return Ok(None);
+        };
+        let mut saved = None;
+        stepper.with_state(&mut |model, adamw| {
+            let state = crate::train_state::TrainState {
+                step,
+                fingerprint: self.fingerprint.clone(),
+                data_rng: data_rng.clone(),
+                adamw,
+                history: history.to_vec(),
+                curve: curve.to_vec(),
+            };
+            saved = Some(crate::train_state::save_snapshot(
+                base,
+                model,
+                &state,
+                self.control.keep,
+            )?);
+            Ok(())
+        })?;
+        Ok(saved)
     }
-    bar.finish();
-    let seconds = start.elapsed().as_secs_f64();
-    let train_secs = (seconds - eval_time).max(1e-9);
-    Ok(TrainOutcome {
-        model: stepper.into_model()?,
-        history,
-        curve,
-        tokens_per_sec: (cfg.steps * tokens_per_step) as f64 / train_secs,
-        seconds,
-    })
+
+    /// The training loop: batches, learning-rate schedule, progress bar, evaluation
+    /// points, snapshots.
+    fn run<S: Stepper>(mut self, mut stepper: S, mut data_rng: CybRng) -> Result<TrainOutcome> {
+        let cfg = self.cfg;
+        let (data, objective) = (self.data, self.objective);
+        let mut history = Vec::with_capacity(cfg.steps);
+        let mut curve = Vec::new();
+        let mut first = 0;
+        if let Some(state) = self.control.resume.take() {
+            first = state.step;
+            data_rng = state.data_rng;
+            history = state.history;
+            curve = state.curve;
+            stepper.set_optimizer_state(state.adamw)?;
+        }
+        let bar = if self.show_progress {
+            let bar = ProgressBar::new(cfg.steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_position(first as u64);
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let tokens_per_step = cfg.batch * cfg.seq;
+        let mut lines = ProgressLines::new(self.show_progress, cfg.steps);
+        let start = Instant::now();
+        let mut eval_time = 0.0;
+        let mut stopped = None;
+        for step in first..cfg.steps {
+            let batch = data.sample(Split::Train, cfg.batch, cfg.seq, &mut data_rng);
+            let lr = lr_schedule(
+                step,
+                cfg.steps,
+                cfg.warmup,
+                cfg.lr,
+                cfg.lr * cfg.min_lr_ratio,
+            );
+            let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
+            if !loss.is_finite() {
+                return Err(CybError::Param(format!(
+                    "loss became {loss} at step {step}; try a lower --lr"
+                )));
+            }
+            history.push(StepLog {
+                step,
+                loss,
+                mean_pauses,
+                grad_norm,
+                lr,
+                tokens_seen: (step + 1) * tokens_per_step,
+            });
+            let last = step + 1 == cfg.steps;
+            if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+                let t0 = Instant::now();
+                let eval_cfg = cfg.eval_config();
+                let summary = stepper.eval(&mut |m| evaluate(m, data, &eval_cfg))?;
+                eval_time += t0.elapsed().as_secs_f64();
+                curve.push(EvalPoint {
+                    step: step + 1,
+                    tokens_seen: (step + 1) * tokens_per_step,
+                    nll: summary.overall.nll,
+                    nll_final: summary.nll_final,
+                    accuracy: summary.overall.accuracy,
+                    accuracy_final: summary.overall.accuracy_at_final,
+                    mean_pauses: summary.overall.mean_pauses,
+                });
+            }
+            let stop = self
+                .control
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            let every = self.control.save_every;
+            if stop || (every > 0 && ((step + 1) % every == 0 || last)) {
+                let t0 = Instant::now();
+                let snap = self.snapshot(&mut stepper, step + 1, &data_rng, &history, &curve)?;
+                // Saving is not training: its time stays out of tokens/s.
+                eval_time += t0.elapsed().as_secs_f64();
+                // A stop at the last step is a finished run.
+                if stop && !last {
+                    stopped = Some(Stopped {
+                        step: step + 1,
+                        snapshot: snap,
+                    });
+                }
+            }
+            let done = step + 1 - first;
+            let secs = (start.elapsed().as_secs_f64() - eval_time).max(1e-9);
+            let tok_s = done as f64 * tokens_per_step as f64 / secs;
+            bar.set_message(format!(
+                "loss {loss:.4}  pauses {mean_pauses:.2}  {tok_s:.0} tok/s"
+            ));
+            lines.step(
+                step + 1,
+                loss,
+                mean_pauses,
+                tok_s,
+                start.elapsed().as_secs_f64(),
+            );
+            bar.inc(1);
+            if stopped.is_some() {
+                break;
+            }
+        }
+        bar.finish();
+        let seconds = start.elapsed().as_secs_f64();
+        let train_secs = (seconds - eval_time).max(1e-9);
+        let done = history.len().saturating_sub(first);
+        Ok(TrainOutcome {
+            model: stepper.into_model()?,
+            history,
+            curve,
+            tokens_per_sec: (done * tokens_per_step) as f64 / train_secs,
+            seconds,
+            stopped,
+        })
+    }
 }
 
 /// Without a terminal (a log file, CI) the progress bar is hidden: a plain progress
@@ -544,32 +724,48 @@ pub fn validation_detail(
 ) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     crate::limits::check_eval(&model.config, cfg)?;
     let mut rng = validation_rng(cfg.seed);
-    let shape = LossShape {
-        batch: cfg.batch,
-        pauses: cfg.pauses,
-        seq: cfg.seq,
-        vocab: model.config.vocab,
-    };
-    let width = shape.vocab + 1;
+    let batches = (0..cfg.batches)
+        .map(|_| data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng))
+        .map(Ok);
+    batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |_| {})
+}
+
+/// [`validation_detail`] over given batches (each with its own `batch` x `seq`, e.g. a
+/// stream over a validation set); `seen(tokens)` is called after each batch with its
+/// number of positions (for progress).
+pub fn batches_detail(
+    model: &Model<f32>,
+    pauses: usize,
+    threshold: f64,
+    batches: impl Iterator<Item = Result<crate::data::Batch>>,
+    seen: &mut dyn FnMut(usize),
+) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     let (mut outcomes, mut detail) = (Vec::new(), Vec::new());
-    for _ in 0..cfg.batches {
-        let b = data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng);
-        let logits = model.forward(&b.tokens, cfg.batch, cfg.seq, cfg.pauses)?;
+    for b in batches {
+        let b = b?;
+        let shape = LossShape {
+            batch: b.batch,
+            pauses,
+            seq: b.seq,
+            vocab: model.config.vocab,
+        };
+        let width = shape.vocab + 1;
+        let logits = model.forward(&b.tokens, b.batch, b.seq, pauses)?;
         outcomes.extend(greedy_outcomes(
             &logits,
             &b.targets,
             &b.classes,
             shape,
             model.config.dk_bias,
-            cfg.threshold,
+            threshold,
         )?);
-        for bi in 0..cfg.batch {
-            for t in 0..cfg.seq {
-                let y = b.targets[bi * cfg.seq + t];
+        for bi in 0..b.batch {
+            for t in 0..b.seq {
+                let y = b.targets[bi * b.seq + t];
                 if y < 0 {
                     continue;
                 }
-                let rows: Vec<_> = (0..=cfg.pauses)
+                let rows: Vec<_> = (0..=pauses)
                     .map(|k| {
                         let z = &logits[shape.row(bi, k, t) * width..][..width];
                         crate::cpu::loss::row_scalar(z, y, model.config.dk_bias)
@@ -577,13 +773,14 @@ pub fn validation_detail(
                     .collect();
                 let hal = crate::cpu::loss::halting_from_scalars(&rows);
                 detail.push(PositionHalting {
-                    input: b.tokens[bi * cfg.seq + t],
+                    input: b.tokens[bi * b.seq + t],
                     d: hal.p_dk.clone(),
                     t: hal.a.iter().map(|a| a.exp()).collect(),
                     h: hal.h(),
                 });
             }
         }
+        seen(b.batch * b.seq);
     }
     Ok((outcomes, detail))
 }

@@ -35,6 +35,18 @@ pub struct AdamW {
     v: Vec<Vec<f32>>,
 }
 
+/// The state of an [`AdamW`] (its hyper-parameters aside): what a training snapshot
+/// saves so that a resumed run takes bit-for-bit the same steps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdamWState {
+    /// Steps taken.
+    pub t: u64,
+    /// First moments, one vector per tensor in [`Params::tensors`] order.
+    pub m: Vec<Vec<f32>>,
+    /// Second moments, likewise.
+    pub v: Vec<Vec<f32>>,
+}
+
 impl AdamW {
     /// A fresh optimiser (moments are allocated on the first step).
     pub fn new(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> AdamW {
@@ -52,6 +64,24 @@ impl AdamW {
     /// Number of steps taken.
     pub fn steps(&self) -> u64 {
         self.t
+    }
+
+    /// The state a resumed run needs: step count and moments (tensor order of
+    /// [`Params::tensors`]; empty before the first step).
+    pub fn state(&self) -> AdamWState {
+        AdamWState {
+            t: self.t,
+            m: self.m.clone(),
+            v: self.v.clone(),
+        }
+    }
+
+    /// Restores [`AdamW::state`]: the next [`AdamW::step`] continues exactly where the
+    /// saved optimiser stopped (moments of the wrong sizes are reset by `step`).
+    pub fn set_state(&mut self, state: AdamWState) {
+        self.t = state.t;
+        self.m = state.m;
+        self.v = state.v;
     }
 
     /// One AdamW update with learning rate `lr`:

@@ -10,6 +10,7 @@
 use super::kernels::{check_len, elementwise_cfg, f32_offset, KernelSet};
 use super::{cuda_err, images, GpuContext};
 use crate::config::ModelConfig;
+use crate::cpu::adamw::AdamWState;
 use crate::cpu::params::{is_matrix, tensor_layout};
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -115,6 +116,53 @@ impl GpuAdamW {
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.t
+    }
+
+    /// The step count and moments, per tensor (what [`crate::cpu::adamw::AdamW::state`]
+    /// gives on the CPU: the same layout, so a snapshot resumes on either device).
+    pub fn state(&self) -> Result<AdamWState> {
+        if self.t == 0 {
+            return Ok(AdamWState::default());
+        }
+        let (m, v) = (self.gpu.dtoh(&self.m)?, self.gpu.dtoh(&self.v)?);
+        let split = |flat: &[f32]| -> Vec<Vec<f32>> {
+            self.segments
+                .iter()
+                .map(|s| flat[s.offset..s.offset + s.len].to_vec())
+                .collect()
+        };
+        Ok(AdamWState {
+            t: self.t,
+            m: split(&m),
+            v: split(&v),
+        })
+    }
+
+    /// Restores [`GpuAdamW::state`] (or a CPU optimiser's state of the same model).
+    pub fn set_state(&mut self, state: &AdamWState) -> Result<()> {
+        if state.m.is_empty() && state.v.is_empty() {
+            self.m = self.gpu.zeros(self.total.max(1))?;
+            self.v = self.gpu.zeros(self.total.max(1))?;
+            self.t = state.t;
+            return Ok(());
+        }
+        let flat = |x: &[Vec<f32>]| -> Result<Vec<f32>> {
+            let fits = x.len() == self.segments.len()
+                && x.iter().zip(&self.segments).all(|(x, s)| x.len() == s.len);
+            if !fits {
+                return Err(CybError::Shape(format!(
+                    "AdamW state of {} tensors does not fit this model's {} tensors",
+                    x.len(),
+                    self.segments.len()
+                )));
+            }
+            Ok(x.concat())
+        };
+        let (m, v) = (flat(&state.m)?, flat(&state.v)?);
+        self.m = self.gpu.htod(&m)?;
+        self.v = self.gpu.htod(&v)?;
+        self.t = state.t;
+        Ok(())
     }
 
     /// The tensors of the flat buffers.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: test vectors, comparisons, random inputs.
 #![allow(dead_code)]
 
+pub mod resume;
+
 use std::path::PathBuf;
 
 /// The folder with the SPEC test vectors: `$CYB_TESTDATA`, else the repository's own
