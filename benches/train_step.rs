@@ -32,6 +32,7 @@ fn cpu_step(c: &mut Criterion) {
         k_max: 3,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let (b, t, k) = (4, 16, 3);
     let mut rng = seeded(3);
@@ -87,6 +88,7 @@ mod gpu {
             k_max: 3,
             pause_attention: cyb::config::PauseAttention::Private,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         };
         let (b, t, k) = (8, 1024, 3);
         let mut rng = seeded(11);

@@ -26,6 +26,7 @@ fn main() -> cyb::Result<()> {
         k_max: pauses,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let mut rng = seeded(0);
     let mut model: Model<f32> = Model::init(config.clone(), &mut rng)?;

@@ -51,7 +51,7 @@ fn main() {
     let (mut m, mut r) = (vec![0.0f32; n], vec![0.0f32; n]);
     let w = vec![1.0f32; d];
     time("layernorm_forward", || {
-        layernorm_forward(&mut out, &mut m, &mut r, &x[..n * d], &w, &w, d)
+        layernorm_forward(&mut out, &mut m, &mut r, &x[..n * d], &w, &w, d, 1e-5)
     });
     let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
     let mut dx = vec![0.0f32; n * d];

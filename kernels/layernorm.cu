@@ -1,4 +1,5 @@
-// LayerNorm over the last dimension (SPEC section 5, eps 1e-5); CUDA twin of
+// LayerNorm over the last dimension (SPEC section 5; eps is the model's layer_norm_eps,
+// a kernel argument); CUDA twin of
 // src/cpu/layernorm.rs, checked by tests/gpu_model.rs (layernorm_*_matches_cpu).
 //
 // Shapes: inp, out, dout, dinp [N, C] (T = f32 or bf16); weight, bias, dweight, dbias [C]
@@ -20,7 +21,6 @@
 
 #include "common.cuh"
 
-#define LN_EPS 1e-5f
 #define LN_PARTIAL_ROWS 8 // blockDim.y of the partial kernel
 #define LN_ROW_WARPS 8    // warps per block of forward, dinp (layernorm.rs WARPS_PER_BLOCK)
 
@@ -34,7 +34,7 @@ template <typename T>
 __device__ void layernorm_forward(T *__restrict__ out, float *__restrict__ mean,
                                   float *__restrict__ rstd, const T *__restrict__ inp,
                                   const float *__restrict__ weight, const float *__restrict__ bias,
-                                  int n, int c) {
+                                  int n, int c, float eps) {
     const int lane = threadIdx.x % CYB_WARP;
     const long long row = (long long)blockIdx.x * (blockDim.x / CYB_WARP) + threadIdx.x / CYB_WARP;
     if (row >= n) return;
@@ -48,7 +48,7 @@ __device__ void layernorm_forward(T *__restrict__ out, float *__restrict__ mean,
         v += d * d;
     }
     const float var = warp_sum(v) / (float)c;
-    const float r = 1.0f / sqrtf(var + LN_EPS);
+    const float r = 1.0f / sqrtf(var + eps);
     T *o = out + row * c;
     for (int i = lane; i < c; i += CYB_WARP) {
         o[i] = from_float<T>((to_float(x[i]) - m) * r * weight[i] + bias[i]);
@@ -127,8 +127,9 @@ __device__ void layernorm_backward_params_partial(const T *__restrict__ dout,
     extern "C" __global__ void __launch_bounds__(CYB_WARP * LN_ROW_WARPS)                        \
         layernorm_forward_##SUF(T *out, float *mean, float *rstd,                                \
                                                        const T *inp, const float *weight,        \
-                                                       const float *bias, int n, int c) {        \
-        layernorm_forward<T>(out, mean, rstd, inp, weight, bias, n, c);                          \
+                                                       const float *bias, int n, int c,          \
+                                                       float eps) {                              \
+        layernorm_forward<T>(out, mean, rstd, inp, weight, bias, n, c, eps);                     \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(CYB_WARP * LN_ROW_WARPS)                        \
         layernorm_backward_dinp_##SUF(                                                           \

@@ -5,6 +5,9 @@
 #   device_bundle/tests/<name>    every test executable of `cargo test --features cuda`
 #                                 (all of them, so GPU tests added later are included)
 #   device_bundle/benches/<name>  every bench executable
+#   device_bundle/examples/gpt2_finetune_smoke  30 bf16 fine-tune steps of an imported
+#                                 random GPT-2 at the 124M shape (K = 3): loss, tokens/s,
+#                                 peak memory (examples/gpt2_finetune_smoke.rs)
 #   device_bundle/testdata/       the repository's testdata/ (or $CYB_TESTDATA)
 #   device_bundle/run_all.sh      runs them all, prints a summary table, exits 1 on failure
 #   (tests/ and benches/ travel packed in device_bundle/executables.tar.gz; run_all.sh
@@ -29,7 +32,7 @@ fi
 OUT=device_bundle
 TESTDATA="${CYB_TESTDATA:-testdata}"
 rm -rf "$OUT"
-mkdir -p "$OUT/tests" "$OUT/benches"
+mkdir -p "$OUT/tests" "$OUT/benches" "$OUT/examples"
 
 # Executable paths from cargo's JSON messages (artifacts with "test": true).
 executables() {
@@ -62,6 +65,11 @@ cargo test --release --features cuda --no-run --message-format=json-render-diagn
 echo "building bench executables (--features cuda)"
 cargo bench --features cuda --no-run --message-format=json-render-diagnostics \
   | executables | copy "bench" "$OUT/benches"
+
+echo "building the GPT-2 fine-tune smoke run (example, --features cuda)"
+cargo build --release --features cuda --example gpt2_finetune_smoke
+cp target/release/examples/gpt2_finetune_smoke "$OUT/examples/"
+strip --strip-all "$OUT/examples/gpt2_finetune_smoke" 2>/dev/null || true
 
 cp -r "$TESTDATA" "$OUT/testdata"
 
@@ -122,6 +130,21 @@ for exe in "$HERE"/tests/*; do
   rows+=("$(printf '%-34s %6s %7s %7s %8s %7s' "$name" "$rc" "$passed" "$failed" "$ignored" "$secs")")
   [[ $rc -ne 0 ]] && { echo "== $name failed, last lines:"; tail -40 "$LOGS/$(basename "$exe").log"; }
 done
+# The pretrained-model path at GPT-2 small's shape: a random GPT-2 written in Hugging
+# Face's layout, imported (K = 3), 30 bf16 fine-tune steps; exits 1 unless the loss falls.
+for exe in "$HERE"/examples/*; do
+  [[ -x "$exe" ]] || continue
+  [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
+  name="example/$(basename "$exe")"
+  start=$(date +%s.%N)
+  "$exe" >"$LOGS/example_$(basename "$exe").log" 2>&1
+  rc=$?
+  secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  [[ $rc -ne 0 ]] && status=1
+  rows+=("$(printf '%-34s %6s %7s %7s %8s %7s' "$name" "$rc" "-" "-" "-" "$secs")")
+  echo "== $name"
+  tail -4 "$LOGS/example_$(basename "$exe").log"
+done
 for exe in "$HERE"/benches/*; do
   [[ -n "${ONLY:-}" && ! "$(basename "$exe")" =~ $ONLY ]] && continue
   name="bench/$(basename "$exe")"
@@ -140,7 +163,7 @@ printf '%-34s %6s %7s %7s %8s %7s\n' "executable" "exit" "passed" "failed" "igno
 printf '%s\n' "${rows[@]}"
 # The benches' figures (ms/step, tokens/s, ratios to ANCHORS.md) under the table, so the
 # numbers a GPU run produced are in one place.
-figures=$(cat "$LOGS"/bench_*.log 2>/dev/null | grep -E '^gpu ' || true)
+figures=$(cat "$LOGS"/bench_*.log "$LOGS"/example_*.log 2>/dev/null | grep -E '^gpu ' || true)
 if [[ -n "$figures" ]]; then
   echo
   echo "GPU figures (bench logs):"
@@ -156,9 +179,9 @@ chmod +x "$OUT/run_all.sh"
 
 # Pack the executables (run_all.sh unpacks them on the GPU machine): stripped binaries
 # with embedded fatbins compress about 3x, which keeps the bundle far from the limit.
-echo "unpacked executables: $(($(du -sb "$OUT/tests" "$OUT/benches" | awk '{ s += $1 } END { print s }') / 1024 / 1024)) MiB"
-tar czf "$OUT/executables.tar.gz" -C "$OUT" tests benches
-rm -rf "$OUT/tests" "$OUT/benches"
+echo "unpacked executables: $(($(du -sb "$OUT/tests" "$OUT/benches" "$OUT/examples" | awk '{ s += $1 } END { print s }') / 1024 / 1024)) MiB"
+tar czf "$OUT/executables.tar.gz" -C "$OUT" tests benches examples
+rm -rf "$OUT/tests" "$OUT/benches" "$OUT/examples"
 size=$(du -sb "$OUT" | cut -f1)
 echo "device_bundle: $((size / 1024 / 1024)) MiB"
 if ((size >= 64 * 1024 * 1024)); then

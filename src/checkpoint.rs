@@ -73,7 +73,7 @@ pub fn to_bytes_with_metadata(model: &Model<f32>, extra: &[(&str, String)]) -> R
 ///
 /// ```
 /// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let path = std::env::temp_dir().join(format!("cyb_doc_{}.safetensors", std::process::id()));
 /// checkpoint::save(&path, &m).unwrap();
@@ -97,7 +97,7 @@ pub fn save_with_metadata(
 ///
 /// ```
 /// use cyb::{checkpoint, config::ModelConfig, cpu::model::Model, rng::seeded};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let path = std::env::temp_dir().join(format!("cyb_doc_data_{}.safetensors", std::process::id()));
 /// checkpoint::save_with_data(&path, &m, "task modsum:5:4").unwrap();
@@ -224,7 +224,7 @@ fn pod_slice<'a, T: bytemuck::Pod>(
 }
 
 /// Little-endian f32, bf16 or f16 data as f32.
-fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+pub(crate) fn decode(name: &str, view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
     let data = view.data();
     match view.dtype() {
         Dtype::F32 => Ok(pod_slice::<f32>(name, data)?.into_owned()),

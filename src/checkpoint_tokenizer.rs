@@ -14,7 +14,7 @@
 //! use cyb::tokenizer::TextTokenizer;
 //! let text = "a tokenizer travels with its model. ".repeat(20);
 //! let tok = TextTokenizer::train_bpe(&text, 280).unwrap();
-//! let c = ModelConfig { vocab: tok.vocab(), d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+//! let c = ModelConfig { vocab: tok.vocab(), d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 //! let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 //! let dir = std::env::temp_dir().join(format!("cyb_doc_tok_{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).unwrap();

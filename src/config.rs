@@ -10,7 +10,7 @@ use crate::error::{CybError, Result};
 /// use cyb::config::{ModelConfig, PauseAttention};
 /// let c = ModelConfig {
 ///     vocab: 32, d_model: 64, n_layer: 2, n_head: 4, t_max: 32, k_max: 3,
-///     pause_attention: PauseAttention::Shared, dk_bias: 0.0,
+///     pause_attention: PauseAttention::Shared, dk_bias: 0.0, layer_norm_eps: 1e-5,
 /// };
 /// assert!(c.validate().is_ok());
 /// assert_eq!(c.d_head(), 16);
@@ -18,9 +18,10 @@ use crate::error::{CybError, Result};
 /// assert!(bad.validate().is_err());
 /// ```
 ///
-/// In a checkpoint (SPEC section 7) `pause_attention` may be absent (v1 files: private)
-/// and `dk_bias` may be absent (0); any key not listed here is an error, so a file
-/// that describes a different model is never evaluated as this one.
+/// In a checkpoint (SPEC section 7) `pause_attention` may be absent (v1 files: private),
+/// `dk_bias` may be absent (0) and `layer_norm_eps` may be absent (`1e-5`, the value
+/// every checkpoint before the key had); any key not listed here is an error, so a
+/// file that describes a different model is never evaluated as this one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -43,6 +44,19 @@ pub struct ModelConfig {
     /// (SPEC section 4, `b_DK`); 0 means no prior towards DK.
     #[serde(default)]
     pub dk_bias: f64,
+    /// The epsilon of every LayerNorm (`1 / sqrt(var + eps)`): SPEC section 5's `1e-5`
+    /// for the crate's own models, whatever `layer_norm_epsilon` an imported Hugging
+    /// Face model was trained with. Used by the CPU reference, the kernels and decoding.
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// The LayerNorm epsilon of SPEC section 5 (and of GPT-2): new models use it, and a
+/// checkpoint without the `layer_norm_eps` key was written with it.
+pub const DEFAULT_LAYER_NORM_EPS: f64 = 1e-5;
+
+fn default_layer_norm_eps() -> f64 {
+    DEFAULT_LAYER_NORM_EPS
 }
 
 /// The two attention visibility rules of SPEC section 3.
@@ -171,6 +185,18 @@ impl ModelConfig {
                 self.dk_bias
             )));
         }
+        // f32 kernels add it to a variance: it must be a positive f32 (not 0, which
+        // divides by zero on a constant row).
+        if !(self.layer_norm_eps.is_finite()
+            && self.layer_norm_eps > 0.0
+            && (self.layer_norm_eps as f32) > 0.0
+            && self.layer_norm_eps <= 1.0)
+        {
+            return Err(CybError::Param(format!(
+                "config: layer_norm_eps = {} must be in (0, 1] and representable in f32",
+                self.layer_norm_eps
+            )));
+        }
         if self.d_model % self.n_head != 0 {
             return Err(CybError::Param(format!(
                 "config: d_model = {} is not a multiple of n_head = {}",
@@ -204,12 +230,35 @@ mod tests {
 
     const V1: &str = r#"{"vocab":5,"d_model":4,"n_layer":1,"n_head":2,"t_max":3,"k_max":1}"#;
 
-    /// A v1 config (neither key) loads as private attention without DK bias.
+    /// A v1 config (neither key) loads as private attention without DK bias, with the
+    /// LayerNorm epsilon every model had before the key existed.
     #[test]
     fn v1_config_defaults_to_private_without_bias() {
         let c: ModelConfig = serde_json::from_str(V1).unwrap();
         assert_eq!(c.pause_attention, PauseAttention::Private);
         assert_eq!(c.dk_bias, 0.0);
+        assert_eq!(c.layer_norm_eps, 1e-5);
+    }
+
+    /// The epsilon round-trips, and one the kernels cannot use is an error naming it.
+    #[test]
+    fn layer_norm_eps_round_trips_and_is_checked() {
+        let c = ModelConfig {
+            layer_norm_eps: 1e-6,
+            ..serde_json::from_str(V1).unwrap()
+        };
+        let back: ModelConfig = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(back.layer_norm_eps, 1e-6);
+        for bad in [0.0, -1e-5, f64::NAN, f64::INFINITY, 1e-300, 2.0] {
+            let err = ModelConfig {
+                layer_norm_eps: bad,
+                ..c.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("layer_norm_eps"), "{bad}: {err}");
+        }
     }
 
     /// Both keys round-trip, and a key the crate does not know is an error naming it.

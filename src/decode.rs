@@ -98,7 +98,7 @@ struct LayerKv<T> {
 /// ```
 /// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded};
 /// use cyb::decode::{Decoder, Policy};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
 /// let mut dec = Decoder::new(&m, 2, Policy::Greedy { threshold: 0.5 }, 1).unwrap();
 /// let out = dec.generate(&[1, 2, 3], 4).unwrap();
@@ -370,6 +370,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                 &b.ln1_weight,
                 &b.ln1_bias,
                 d,
+                c.layer_norm_eps,
             );
             linear_forward(
                 &mut qkv,
@@ -451,6 +452,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
                 &b.ln2_weight,
                 &b.ln2_bias,
                 d,
+                c.layer_norm_eps,
             );
             linear_forward(&mut fc, &ln, &b.mlp_fc_weight, &b.mlp_fc_bias, 1, d, 4 * d);
             gelu_forward(&mut act, &fc);
@@ -473,6 +475,7 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             &p.ln_f_weight,
             &p.ln_f_bias,
             d,
+            c.layer_norm_eps,
         );
         let vocab1 = c.vocab + 1;
         let mut logits = vec![T::zero(); vocab1];

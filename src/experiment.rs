@@ -836,7 +836,8 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     let _ = writeln!(s, "Command: `{command}`\n");
     let _ = writeln!(s, "- data: {}", res.data_description);
     let protocol = if cfg.init.is_some() {
-        "every arm fine-tuned from the loaded model (`--load`)".to_string()
+        "every arm fine-tuned from the loaded model (`--load` or `--from-hf`; no pretraining)"
+            .to_string()
     } else if cfg.pretrain > 0 {
         format!(
             "per seed one no-pause model pretrained for {} steps ({} real tokens), every arm fine-tuned from it (depth rows it lacks drawn as a fresh model draws them)",

@@ -20,6 +20,7 @@ pub mod experiment;
 pub mod generated_text;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod hf_import;
 pub mod input_file;
 pub mod limits;
 pub mod metrics;

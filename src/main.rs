@@ -12,6 +12,7 @@ use cyb::experiment::{
     csv_files, plot_experiment, render_report, run_experiment, variants, ExperimentConfig,
 };
 use cyb::generated_text::{self, Marks};
+use cyb::hf_import::{self, ImportOptions};
 use cyb::limits;
 use cyb::number::Num;
 use cyb::objective::dk_bias_from_prior;
@@ -54,6 +55,9 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Continue a prompt with a saved model, showing how many pauses each token took.
     Generate(GenerateArgs),
+    /// Import a Hugging Face GPT-2 (config.json, model.safetensors, tokenizer.json) as a
+    /// CYB checkpoint with pauses, its tokenizer copied beside it.
+    Import(ImportArgs),
     /// Turn text files into token shards (llm.c's .bin layout) for --data, streaming:
     /// corpora larger than memory work.
     Tokenize(TokenizeArgs),
@@ -85,6 +89,103 @@ struct TokenizeArgs {
     shard_version: Option<u8>,
 }
 
+#[derive(Args)]
+struct ImportArgs {
+    /// The Hugging Face folder: config.json, model.safetensors (f32, f16 or bf16, with or
+    /// without the `transformer.` prefix) and tokenizer.json.
+    hf_dir: PathBuf,
+    /// The checkpoint to write (docs/MATH.md, "Checkpoints"; f32); the tokenizer is copied beside it
+    /// as <stem>.tokenizer.json and recorded in its metadata.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pause steps K the model can take per position (0 = the plain pretrained GPT).
+    #[arg(long, default_value_t = 3)]
+    pauses: usize,
+    /// Attention over pause steps (docs/MATH.md): `shared` (the paper's Recipe 1) or
+    /// `private` (its step-0 plane is exactly the pretrained model).
+    #[arg(long, default_value = "shared")]
+    pause_attention: cyb::config::PauseAttention,
+    /// DK prior psi in [0, 1): DK bias log(psi/(1-psi)) + log V (0 = no bias).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
+    dk_prior: f64,
+}
+
+/// The model a command starts from, with what came with it.
+struct Start {
+    model: cyb::Model<f32>,
+    /// The checkpoint's saved tokenizer, or the Hugging Face folder's tokenizer.json.
+    tokenizer: Option<TextTokenizer>,
+    /// The checkpoint's `__metadata__` (none for an import: no data to compare).
+    meta: checkpoint_tokenizer::Metadata,
+    /// The checkpoint file or the Hugging Face folder, for messages.
+    path: PathBuf,
+}
+
+/// The model a command starts from: `--load FILE` (a CYB checkpoint) or `--from-hf DIR`
+/// (a Hugging Face GPT-2 imported in memory with `opts`), or none.
+fn start_model(
+    load: Option<&Path>,
+    from_hf: Option<&Path>,
+    opts: &ImportOptions,
+) -> Result<Option<Start>> {
+    match (load, from_hf) {
+        (Some(p), None) => {
+            let (model, tokenizer, meta) = checkpoint_tokenizer::load_with_metadata(p)?;
+            Ok(Some(Start {
+                model,
+                tokenizer,
+                meta,
+                path: p.to_path_buf(),
+            }))
+        }
+        (None, Some(dir)) => {
+            let imported = hf_import::import(dir, opts)?;
+            let tokenizer = TextTokenizer::from_json_bytes(&imported.tokenizer_bytes)?;
+            Ok(Some(Start {
+                model: imported.model,
+                tokenizer: Some(tokenizer),
+                meta: Default::default(),
+                path: dir.to_path_buf(),
+            }))
+        }
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(CybError::Param(
+            "--load and --from-hf both name a model to start from: give one".into(),
+        )),
+    }
+}
+
+fn run_import(a: ImportArgs) -> Result<()> {
+    let opts = ImportOptions {
+        pauses: a.pauses,
+        pause_attention: a.pause_attention,
+        dk_prior: a.dk_prior,
+    };
+    let imported = hf_import::import_to_file(&a.hf_dir, &a.out, &opts)?;
+    let c = &imported.model.config;
+    eprintln!(
+        "imported {}: V = {} d = {} L = {} H = {} T = {} LayerNorm eps {} ({} parameters)",
+        a.hf_dir.display(),
+        c.vocab,
+        c.d_model,
+        c.n_layer,
+        c.n_head,
+        c.t_max,
+        c.layer_norm_eps,
+        imported.model.params.num_params()
+    );
+    eprintln!(
+        "with K = {} {} pauses, DK bias {:.4} (psi = {}); wrote {} and {}",
+        c.k_max,
+        c.pause_attention,
+        c.dk_bias,
+        a.dk_prior,
+        a.out.display(),
+        hf_import::tokenizer_path_beside(&a.out)?.display()
+    );
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PolicyName {
     Greedy,
@@ -95,8 +196,13 @@ enum PolicyName {
 #[derive(Args)]
 struct GenerateArgs {
     /// The saved model.
-    #[arg(long)]
-    load: PathBuf,
+    #[arg(long, required_unless_present = "from_hf")]
+    load: Option<PathBuf>,
+    /// Start from a Hugging Face GPT-2 folder instead (imported in memory, as `cyb
+    /// import` with --pauses, shared pauses, DK prior 0.9; its tokenizer.json reads the
+    /// prompt).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// The prompt: text for text models (bytes, or the model's tokenizer), else
     /// space-separated token names of --task (e.g. "[L3] 1 2 4 =").
     #[arg(long)]
@@ -310,8 +416,9 @@ impl DataArgs {
     }
 }
 
-/// The data's vocabulary fits a model of `model_vocab` tokens: equal, or (a Hugging
-/// Face tokenizer) smaller, since a model may have unused ids; never larger.
+/// The data's vocabulary fits a model of `model_vocab` tokens: equal, or smaller (a
+/// Hugging Face tokenizer whose model has unused ids, a task), but never byte-level text
+/// for a model that reads a tokenizer's ids; never larger.
 fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: usize) -> Result<()> {
     let v = data.vocab();
     if v > model_vocab {
@@ -320,7 +427,11 @@ fn check_vocab(data: &dyn DataSource, tokenizer: &TextTokenizer, model_vocab: us
             data.describe()
         )));
     }
-    if v < model_vocab && tokenizer.is_bytes() {
+    // Byte-level data (V = 256) on a larger model: text read as bytes by a model that
+    // reads a tokenizer's ids. A built-in task's smaller vocabulary fits any model
+    // (fine-tuning a pretrained model on a synthetic task); whether it is the task the
+    // model was trained on is `same_data`'s question.
+    if v < model_vocab && v == 256 && tokenizer.is_bytes() {
         return Err(CybError::Data(format!(
             "the data has vocabulary {v} but the model was trained with {model_vocab} (a text \
              model needs --text, and one saved without its tokenizer also --tokenizer)"
@@ -440,6 +551,11 @@ struct TrainArgs {
     /// it beside the checkpoint as NAME.tokenizer.json.
     #[arg(long)]
     bpe: Option<usize>,
+    /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
+    /// tokenizer.json), imported with --pauses, --pause-attention and --dk-prior (as `cyb
+    /// import`); its shape overrides --layers/--d-model/...
+    #[arg(long, conflicts_with_all = ["load", "resume"])]
+    from_hf: Option<PathBuf>,
     /// Every N steps write a snapshot beside --save: NAME.stepNNNNNN.safetensors (the
     /// model) and NAME.stepNNNNNN.train-state.safetensors (optimiser, generator, data
     /// position, settings), for --resume. With --save, SIGINT/SIGTERM save one and stop
@@ -548,6 +664,11 @@ struct ExperimentArgs {
     /// be left out, --ctx at most its context, no --dk-prior or --pretrain).
     #[arg(long)]
     load: Option<PathBuf>,
+    /// Fine-tune every arm from a Hugging Face GPT-2 folder, imported with --pauses
+    /// depth rows and --dk-prior (the paper's protocol: it replaces the no-pause
+    /// pretraining; the no-pause arm is the pretrained model fine-tuned at K = 0).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// `paper`: add the paper's hyperparameter grid (AP 4 settings, VA 3, DP 6, K = 3)
     /// as extra arms.
     #[arg(long)]
@@ -578,8 +699,12 @@ struct EvalArgs {
     #[command(flatten)]
     data: DataArgs,
     /// The saved model to evaluate.
-    #[arg(long)]
-    load: PathBuf,
+    #[arg(long, required_unless_present = "from_hf")]
+    load: Option<PathBuf>,
+    /// Evaluate a Hugging Face GPT-2 folder instead (imported in memory with --pauses
+    /// pause steps, default 0: the pretrained model itself; shared pauses, DK prior 0.9).
+    #[arg(long, conflicts_with = "load")]
+    from_hf: Option<PathBuf>,
     /// Pause steps K to allow (default: the model's k_max).
     #[arg(long)]
     pauses: Option<usize>,
@@ -692,6 +817,15 @@ fn write_outputs(dir: &PathBuf, files: &[(&str, &str)]) -> Result<()> {
 }
 
 impl RunArgs {
+    /// How `--from-hf` imports: with these flags' pauses, attention mode and DK prior.
+    fn import(&self) -> ImportOptions {
+        ImportOptions {
+            pauses: self.pauses,
+            pause_attention: self.pause_attention,
+            dk_prior: self.dk_prior,
+        }
+    }
+
     /// The training configuration these flags describe, for a model of `vocab` tokens.
     fn train_config(
         &self,
@@ -710,6 +844,7 @@ impl RunArgs {
                 k_max: self.pauses,
                 pause_attention: self.pause_attention,
                 dk_bias: 0.0,
+                layer_norm_eps: 1e-5,
             },
             objective,
             pauses: self.pauses,
@@ -788,19 +923,18 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
             "--keep 0: keep at least one snapshot (e.g. --keep 3, the default)".into(),
         ));
     }
-    let (init, resume, saved) = match (&a.load, &a.resume) {
-        (Some(p), _) => {
-            let (m, t, meta) = checkpoint_tokenizer::load_with_metadata(p)?;
-            (Some((m, meta)), None, t)
-        }
-        (None, Some(p)) => {
+    let (init, resume, saved, origin) = match &a.resume {
+        Some(p) => {
             let (model, state) = cyb::train_state::load_snapshot(p)?;
-            (Some((model, Default::default())), Some(state), None)
+            (Some((model, Default::default())), Some(state), None, None)
         }
-        (None, None) => (None, None, None),
+        None => match start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())? {
+            Some(s) => (Some((s.model, s.meta)), None, s.tokenizer, Some(s.path)),
+            None => (None, None, None, None),
+        },
     };
     let mut run = a.run.clone();
-    if let (Some((m, _)), None) = (&init, &resume) {
+    if let (Some((m, _)), Some(_)) = (&init, &a.load) {
         let m = &m.config;
         let mut rules = shape_rules(&run, m);
         rules.push((
@@ -821,17 +955,16 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
             run.pauses = m.k_max;
         }
     }
-    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let choice = a.data.tokenizer(a.bpe, saved, origin.as_deref())?;
     let (data, tokenizer) = a.data.source(run.ctx, choice)?;
-    if let (Some((m, meta)), Some(path)) = (&init, &a.load) {
+    if let (Some((m, meta)), Some(path), None) = (&init, &origin, &resume) {
         check_loaded(path, meta, data.as_ref(), &tokenizer, m.config.vocab)?;
     }
     let mut cfg = run.train_config(data.vocab(), objective, DEFAULT_TRAIN_STEPS)?;
     let init = init.map(|(m, _)| m);
-    // A loaded model's shape overrides the flags; a resumed one's must equal them
-    // (a difference is refused, named).
+    // A loaded or imported model's shape overrides the flags; a resumed one's must equal
+    // them (a difference is refused, named).
     if let (Some(m), None) = (&init, &resume) {
-        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         cfg.model = m.config.clone();
     }
     let stop = match &a.save {
@@ -1065,23 +1198,21 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         a.data.tokenizer(a.bpe, None, None)?; // the error that says which flag needs --text
     }
     cyb::atomic_file::check_writable_dir(&a.out)?;
-    let (init, saved) = match &a.load {
-        Some(p) => {
-            let (m, t, meta) = checkpoint_tokenizer::load_with_metadata(p)?;
-            (Some((m, meta)), t)
-        }
-        None => (None, None),
+    let start = start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())?;
+    let (init, saved, origin) = match start {
+        Some(s) => (Some((s.model, s.meta)), s.tokenizer, Some(s.path)),
+        None => (None, None, None),
     };
-    if let Some((m, _)) = &init {
+    if let (Some((m, _)), Some(_)) = (&init, &a.load) {
         given.refuse(&shape_rules(&a.run, &m.config))?;
     }
     let [ap, va, dp] = arms;
     let seq = init
         .as_ref()
         .map_or(a.run.ctx, |(m, _)| m.config.t_max.min(a.run.ctx));
-    let choice = a.data.tokenizer(a.bpe, saved, a.load.as_deref())?;
+    let choice = a.data.tokenizer(a.bpe, saved, origin.as_deref())?;
     let (data, tokenizer) = a.data.source(seq, choice)?;
-    if let (Some((m, meta)), Some(path)) = (&init, &a.load) {
+    if let (Some((m, meta)), Some(path)) = (&init, &origin) {
         check_loaded(path, meta, data.as_ref(), &tokenizer, m.config.vocab)?;
     }
     let init = init.map(|(m, _)| m);
@@ -1089,7 +1220,6 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         a.run
             .train_config(data.vocab(), Objective::CeFinal, DEFAULT_EXPERIMENT_STEPS)?;
     if let Some(m) = &init {
-        check_vocab(data.as_ref(), &tokenizer, m.config.vocab)?;
         let pa = base.model.pause_attention;
         base.model = m.config.clone();
         base.model.pause_attention = pa;
@@ -1153,14 +1283,20 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
     if let Some(c) = a.ctx {
         limits::at_least_one("--ctx", c)?;
     }
-    let (model, saved, meta) = checkpoint_tokenizer::load_with_metadata(&a.load)?;
+    let hf = ImportOptions {
+        pauses: a.pauses.unwrap_or(0),
+        ..ImportOptions::default()
+    };
+    let start = start_model(a.load.as_deref(), a.from_hf.as_deref(), &hf)?
+        .ok_or_else(|| CybError::Param("give --load FILE or --from-hf DIR".into()))?;
+    let model = start.model;
     let seq = a.ctx.unwrap_or(model.config.t_max);
     let pauses = a.pauses.unwrap_or(model.config.k_max);
-    let choice = a.data.tokenizer(None, saved, Some(&a.load))?;
+    let choice = a.data.tokenizer(None, start.tokenizer, Some(&start.path))?;
     let (data, tokenizer) = a.data.source(seq, choice)?;
     check_loaded(
-        &a.load,
-        &meta,
+        &start.path,
+        &start.meta,
         data.as_ref(),
         &tokenizer,
         model.config.vocab,
@@ -1189,7 +1325,7 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
     };
     let desc = RunDescription {
         lines: vec![
-            format!("model: {} ({:?})", a.load.display(), model.config),
+            format!("model: {} ({:?})", start.path.display(), model.config),
             format!("data: {}", data.describe()),
             format!(
                 "evaluation: K = {pauses}, threshold {}{what}",
@@ -1273,8 +1409,14 @@ fn run_generate(a: GenerateArgs, given: &Given) -> Result<()> {
     if let Some(n) = a.max_new {
         limits::at_least_one("--max-new", n)?;
     }
-    let (model, saved, meta) = checkpoint_tokenizer::load_with_metadata(&a.load)?;
-    let tokenizer = saved_or_given(saved, a.tokenizer.as_deref(), Some(&a.load))?;
+    let hf = ImportOptions {
+        pauses: a.pauses.unwrap_or(0),
+        ..ImportOptions::default()
+    };
+    let start = start_model(a.load.as_deref(), a.from_hf.as_deref(), &hf)?
+        .ok_or_else(|| CybError::Param("give --load FILE or --from-hf DIR".into()))?;
+    let (model, meta) = (start.model, start.meta);
+    let tokenizer = saved_or_given(start.tokenizer, a.tokenizer.as_deref(), Some(&start.path))?;
     if let Some(t) = &tokenizer {
         if t.vocab() > model.config.vocab {
             return Err(CybError::Data(format!(
@@ -1309,7 +1451,7 @@ fn run_generate(a: GenerateArgs, given: &Given) -> Result<()> {
             return Err(CybError::Data(format!(
                 "{} was trained on task {trained}, not --task {task}: leave --task out (the \
                  model's own task is the default)",
-                a.load.display()
+                start.path.display()
             )));
         }
     }
@@ -1437,6 +1579,7 @@ fn main() {
         Command::Eval(a) => run_eval(a, &given),
         Command::Experiment(a) => run_experiment_cmd(a, &given),
         Command::Generate(a) => run_generate(a, &given),
+        Command::Import(a) => run_import(a),
         Command::Tokenize(a) => run_tokenize(a),
     });
     if let Err(e) = result {

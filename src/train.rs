@@ -203,9 +203,11 @@ pub fn train_with(
 ) -> Result<TrainOutcome> {
     cfg.model.validate()?;
     crate::limits::check_train(cfg)?;
-    if data.vocab() != cfg.model.vocab {
+    // The data's ids must be the model's tokens; a model with more tokens (a pretrained
+    // one fine-tuned on a built-in task) reads them as they are.
+    if data.vocab() > cfg.model.vocab {
         return Err(CybError::Data(format!(
-            "data has vocabulary {} but the model has {}",
+            "data has vocabulary {} but the model only {} tokens",
             data.vocab(),
             cfg.model.vocab
         )));

@@ -14,6 +14,7 @@ fn config() -> ModelConfig {
         k_max: 1,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     }
 }
 

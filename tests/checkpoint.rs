@@ -53,6 +53,7 @@ fn config() -> ModelConfig {
         k_max: 3,
         pause_attention: PauseAttention::Shared,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     }
 }
 

@@ -594,6 +594,7 @@ fn output_paths_and_checkpoints_are_checked_first() {
         k_max: 1,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let mut m: cyb::Model<f32> = cyb::Model::init(cfg, &mut cyb::rng::seeded(1)).unwrap();
     for (name, _, x) in m.params.tensors_mut() {
@@ -1428,7 +1429,14 @@ fn docs_point_at_files_a_clone_has() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(readme.contains("cargo install --path ."));
     let mut helps = readme.clone();
-    for cmd in ["train", "eval", "experiment", "generate"] {
+    for cmd in [
+        "train",
+        "eval",
+        "experiment",
+        "generate",
+        "import",
+        "tokenize",
+    ] {
         let o = cyb(&[cmd, "--help"]);
         assert!(o.status.success());
         let help = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -184,6 +184,7 @@ fn metrics_and_decoding_read_dk_with_the_dk_bias() {
         k_max: 2,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let plain: cyb::Model<f64> =
         cyb::Model::init(config.clone(), &mut cyb::rng::seeded(4)).unwrap();

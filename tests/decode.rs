@@ -20,6 +20,7 @@ fn model(mode: PauseAttention, k_max: usize, seed: u64) -> Model<f64> {
         k_max,
         pause_attention: mode,
         dk_bias: 0.3,
+        layer_norm_eps: 1e-5,
     };
     let mut m: Model<f64> = Model::init(c, &mut seeded(seed)).unwrap();
     // Larger-than-init weights so attention is far from uniform and DK varies.

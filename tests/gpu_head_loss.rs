@@ -568,6 +568,7 @@ mod gpu_tests {
             k_max: 3,
             pause_attention: PauseAttention::Shared,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         };
         let cpu: Model<f32> = Model::init(config.clone(), rng).map_err(err)?;
         let (b, t, k) = (2, 32, 3);

@@ -120,6 +120,11 @@ mod gpu_tests {
 
     type R = Result<(), Failed>;
 
+    /// The LayerNorm epsilon of the per-op LayerNorm tests: far from the default 1e-5
+    /// (var of the inputs ~2.25, so rstd moves by ~1%), so that a kernel that ignored its
+    /// `eps` argument fails.
+    const EPS: f64 = 0.05;
+
     // Tolerances. Per-op checks compare f32 kernels with an f64 reference on the same
     // (f32-representable) inputs: elementwise ops differ by a few f32 ulps (expf/tanhf
     // within 2 ulp), so rtol 1e-5 with a small atol; reductions over up to ~600 terms
@@ -272,8 +277,10 @@ mod gpu_tests {
             let (mut out, mut mean, mut rstd) = (nan(gpu, n * c)?, nan(gpu, n)?, nan(gpu, n)?);
             let xd = gpu.htod(&x).map_err(err)?;
             let (wd, bd) = (gpu.htod(&w).map_err(err)?, gpu.htod(&b).map_err(err)?);
-            k.forward(&mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c)
-                .map_err(err)?;
+            k.forward(
+                &mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c, EPS as f32,
+            )
+            .map_err(err)?;
             let (mut ro, mut rm, mut rs) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
             layernorm_forward(
                 &mut ro,
@@ -283,6 +290,7 @@ mod gpu_tests {
                 &f64s(&w),
                 &f64s(&b),
                 c,
+                EPS,
             );
             let tag = format!("n{n} c{c}");
             close(
@@ -329,6 +337,7 @@ mod gpu_tests {
                 &f64s(&w),
                 &f64s(&b),
                 c,
+                EPS,
             );
             let (mut rdx, mut rdw, mut rdb) = (f64s(&dx0), f64s(&dp0[..c]), f64s(&dp0[c..]));
             layernorm_backward(
@@ -346,8 +355,10 @@ mod gpu_tests {
             let xd = gpu.htod(&x).map_err(err)?;
             let (wd, bd) = (gpu.htod(&w).map_err(err)?, gpu.htod(&b).map_err(err)?);
             let (mut out, mut mean, mut rstd) = (nan(gpu, n * c)?, nan(gpu, n)?, nan(gpu, n)?);
-            k.forward(&mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c)
-                .map_err(err)?;
+            k.forward(
+                &mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c, EPS as f32,
+            )
+            .map_err(err)?;
             let mut dx = gpu.htod(&dx0).map_err(err)?;
             let mut dp = gpu.htod(&dp0).map_err(err)?;
             let dyd = gpu.htod(&dy).map_err(err)?;
@@ -770,6 +781,7 @@ mod gpu_tests {
             k_max: 3,
             pause_attention,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         }
     }
 
@@ -865,8 +877,10 @@ mod gpu_tests {
             let xd = gpu.htod(&bf(&x)).map_err(err)?;
             let (wd, bd) = (gpu.htod(&w).map_err(err)?, gpu.htod(&b).map_err(err)?);
             let (mut out, mut mean, mut rstd) = (bf_nan(gpu, n * c)?, nan(gpu, n)?, nan(gpu, n)?);
-            ln.forward(&mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c)
-                .map_err(err)?;
+            ln.forward(
+                &mut out, &mut mean, &mut rstd, &xd, &wd, &bd, n, c, EPS as f32,
+            )
+            .map_err(err)?;
             let (mut ro, mut rm, mut rs) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
             layernorm_forward(
                 &mut ro,
@@ -876,6 +890,7 @@ mod gpu_tests {
                 &f64s(&w),
                 &f64s(&b),
                 c,
+                EPS,
             );
             close(
                 &format!("bf16 layernorm {tag}"),

@@ -448,6 +448,7 @@ fn tiny_config(pause_attention: PauseAttention) -> ModelConfig {
         k_max: 3,
         pause_attention,
         dk_bias: 0.3,
+        layer_norm_eps: 1e-5,
     }
 }
 

@@ -125,6 +125,7 @@ fn tiny_config(pause_attention: PauseAttention) -> ModelConfig {
         k_max: 3,
         pause_attention,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     }
 }
 
@@ -403,6 +404,7 @@ fn forward_backward_is_deterministic_across_thread_counts() {
         k_max: 2,
         pause_attention: PauseAttention::Shared,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let model: Model<f32> = Model::init(config.clone(), &mut seeded(1)).unwrap();
     let mut rng = seeded(3);
@@ -667,6 +669,7 @@ fn init_follows_spec_section_5() {
         k_max: 3,
         pause_attention: cyb::config::PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     let p: Params<f64> = Params::init(&config, &mut seeded(7));
     let std = |x: &[f64]| (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();

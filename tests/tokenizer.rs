@@ -41,6 +41,7 @@ fn tiny_model(vocab: usize) -> Model<f32> {
         k_max: 1,
         pause_attention: PauseAttention::Private,
         dk_bias: 0.0,
+        layer_norm_eps: 1e-5,
     };
     Model::init(c, &mut cyb::rng::seeded(0)).unwrap()
 }

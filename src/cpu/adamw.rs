@@ -11,7 +11,7 @@ use crate::cpu::params::{is_matrix, Params};
 ///
 /// ```
 /// use cyb::{config::ModelConfig, cpu::{adamw::AdamW, params::Params}, rng::seeded};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let mut p: Params<f32> = Params::init(&c, &mut seeded(0));
 /// let mut g = Params::zeros(&c);
 /// g.ln_f_bias[0] = 1.0;
@@ -138,7 +138,7 @@ impl AdamW {
 ///
 /// ```
 /// use cyb::{config::ModelConfig, cpu::{adamw::clip_grad_norm, params::Params}};
-/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let mut g: Params<f32> = Params::zeros(&c);
 /// g.ln_f_bias[0] = 3.0;
 /// g.ln_f_bias[1] = 4.0;

@@ -1,13 +1,14 @@
-//! LayerNorm over the last dimension (SPEC section 5, eps `1e-5`), saving the mean
-//! and reciprocal standard deviation of every row for the backward.
+//! LayerNorm over the last dimension (SPEC section 5; its epsilon is the model's
+//! `layer_norm_eps`, `1e-5` unless an imported model says otherwise), saving the mean
+//! and reciprocal standard deviation of every row for the backward (which therefore
+//! needs no epsilon).
 
 use crate::cpu::scalar::Scalar;
 use rayon::prelude::*;
 
-/// The LayerNorm epsilon of SPEC section 5.
-pub const LN_EPS: f64 = 1e-5;
-
-/// out: `[N, C]`, mean: `[N]`, rstd: `[N]`; inp: `[N, C]`; weight, bias: `[C]`.
+/// out: `[N, C]`, mean: `[N]`, rstd: `[N]`; inp: `[N, C]`; weight, bias: `[C]`;
+/// `rstd = 1 / sqrt(var + eps)`.
+#[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward<T: Scalar>(
     out: &mut [T],
     mean: &mut [T],
@@ -16,8 +17,9 @@ pub fn layernorm_forward<T: Scalar>(
     weight: &[T],
     bias: &[T],
     c: usize,
+    eps: f64,
 ) {
-    let eps = T::of(LN_EPS);
+    let eps = T::of(eps);
     let n = T::of(c as f64);
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))

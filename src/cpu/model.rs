@@ -104,7 +104,7 @@ struct Activations<T> {
 ///
 /// ```
 /// use cyb::{config::ModelConfig, cpu::model::{Model, Params, Workspace}, rng::seeded, Objective};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let m: Model<f32> = Model::init(c.clone(), &mut seeded(0)).unwrap();
 /// let (mut ws, mut grads) = (Workspace::new(), Params::zeros(&c));
 /// let obj = Objective::CeFinal.resolve(1).unwrap();
@@ -170,7 +170,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
     /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
     /// let logits = m.forward(&[1, 2, 3, 0, 6, 5], 2, 3, 2).unwrap();
     /// assert_eq!(logits.len(), 2 * 3 * 3 * 8); // [B, K+1, T, V+1]
@@ -235,7 +235,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded, Objective};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
     /// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
     /// let obj = Objective::Marginal.resolve(2).unwrap();
     /// let out = m.loss(&[1, 2, 3], &[2, 3, 4], 1, 3, 2, &obj).unwrap();
@@ -295,7 +295,7 @@ impl<T: Scalar> Model<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::{Model, Params}, rng::seeded, Objective};
-    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+    /// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 2, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
     /// let m: Model<f32> = Model::init(c.clone(), &mut seeded(0)).unwrap();
     /// let mut grads = Params::zeros(&c);
     /// let obj = Objective::ap_default().resolve(2).unwrap();
@@ -489,6 +489,7 @@ impl<T: Scalar> Model<T> {
                 &bp.ln1_weight,
                 &bp.ln1_bias,
                 d,
+                c.layer_norm_eps,
             );
             let qkv = sized(&mut a.qkv, n * 3 * d);
             linear_forward(
@@ -525,6 +526,7 @@ impl<T: Scalar> Model<T> {
                 &bp.ln2_weight,
                 &bp.ln2_bias,
                 d,
+                c.layer_norm_eps,
             );
             let fc = sized(&mut a.fc, n * 4 * d);
             linear_forward(fc, &a.ln2, &bp.mlp_fc_weight, &bp.mlp_fc_bias, n, d, 4 * d);
@@ -549,6 +551,7 @@ impl<T: Scalar> Model<T> {
             &p.ln_f_weight,
             &p.ln_f_bias,
             d,
+            c.layer_norm_eps,
         );
         if with_logits {
             // Tied head: logits[N, V+1] = lnf[N, d] · tok_emb[V+1, d]^T.

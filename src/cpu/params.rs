@@ -113,7 +113,7 @@ pub struct Params<T> {
 /// Every tensor name and shape of a model with this config, in the fixed order.
 ///
 /// ```
-/// let c = cyb::config::ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = cyb::config::ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let layout = cyb::cpu::params::tensor_layout(&c);
 /// assert_eq!(layout[0], ("tok_emb".to_string(), vec![6, 4]));
 /// assert_eq!(layout.len(), 3 + 12 + 2);
@@ -214,7 +214,7 @@ impl<T: Scalar> Params<T> {
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::params::Params, rng::seeded};
-    /// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+    /// let c = ModelConfig { vocab: 5, d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
     /// let p: Params<f32> = Params::init(&c, &mut seeded(1));
     /// assert_eq!(p.blocks[0].ln1_weight, vec![1.0; 4]);
     /// ```

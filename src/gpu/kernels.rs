@@ -139,8 +139,8 @@ mod tests {
     /// `d` a `double`. Checked against the PTX in the fatbins that build.rs produced, so a kernel
     /// signature that drifts from its launch fails here, without a GPU.
     const SIGNATURES: &[(&str, &str, &str)] = &[
-        ("layernorm", "layernorm_forward_f32", "ppppppii"),
-        ("layernorm", "layernorm_forward_bf16", "ppppppii"),
+        ("layernorm", "layernorm_forward_f32", "ppppppiif"),
+        ("layernorm", "layernorm_forward_bf16", "ppppppiif"),
         ("layernorm", "layernorm_backward_dinp_f32", "ppppppii"),
         ("layernorm", "layernorm_backward_dinp_bf16", "ppppppii"),
         (

@@ -44,7 +44,8 @@ impl LayerNormKernels {
         }
     }
 
-    /// out: `[N, C]`, mean, rstd: `[N]`; inp: `[N, C]`; weight, bias: `[C]`.
+    /// out: `[N, C]`, mean, rstd: `[N]`; inp: `[N, C]`; weight, bias: `[C]`;
+    /// `rstd = 1 / sqrt(var + eps)` (the model's `layer_norm_eps`, rounded to f32).
     #[allow(clippy::too_many_arguments)]
     pub fn forward<T: LogitElem>(
         &self,
@@ -56,6 +57,7 @@ impl LayerNormKernels {
         bias: &impl DevicePtr<f32>,
         n: usize,
         c: usize,
+        eps: f32,
     ) -> Result<()> {
         check_len("layernorm out", out.len(), n * c)?;
         check_len("layernorm inp", inp.len(), n * c)?;
@@ -84,7 +86,8 @@ impl LayerNormKernels {
             .arg(&w)
             .arg(&b)
             .arg(&ni)
-            .arg(&ci);
+            .arg(&ci)
+            .arg(&eps);
         // SAFETY: out/inp hold >= N*C, mean/rstd >= N, weight/bias >= C (checked); one
         // warp per row, rows >= N return.
         unsafe { l.launch(Self::row_cfg(n)) }.map_err(cuda_err("launching layernorm_forward"))?;

@@ -320,7 +320,7 @@ impl GpuStep {
 /// use cyb::{config::ModelConfig, cpu::model::Model, gpu::GpuContext};
 /// use cyb::gpu::model::{GpuModel, Precision};
 /// use cyb::{rng::seeded, Objective};
-/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0 };
+/// let c = ModelConfig { vocab: 7, d_model: 8, n_layer: 1, n_head: 2, t_max: 4, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
 /// let cpu: Model<f32> = Model::init(c, &mut seeded(0))?;
 /// let gpu = GpuContext::new(0)?;
 /// // Mixed precision (bf16 activations and GEMMs, f32 masters); `from_cpu` is f32.
@@ -761,6 +761,7 @@ where
             &w(LN1_B),
             n,
             d,
+            c.layer_norm_eps as f32,
         )?;
         k.linear
             .forward(&mut b.qkv, &b.ln1, &wm(QKV_W), n, d, 3 * d)?;
@@ -779,6 +780,7 @@ where
             &w(LN2_B),
             n,
             d,
+            c.layer_norm_eps as f32,
         )?;
         k.linear
             .forward(&mut b.fc, &b.ln2, &wm(FC_W), n, d, 4 * d)?;
@@ -804,6 +806,7 @@ where
         &p.slice(lay.ln_f_bias()),
         n,
         d,
+        c.layer_norm_eps as f32,
     )?;
     if !with_logits {
         return Ok(());
@@ -1052,6 +1055,7 @@ mod tests {
             k_max: 2,
             pause_attention: crate::config::PauseAttention::Private,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         };
         let lay = Layout {
             segs: segments(&c),

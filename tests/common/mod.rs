@@ -229,6 +229,7 @@ pub fn tiny_train(
             k_max: pauses,
             pause_attention: cyb::config::PauseAttention::Private,
             dk_bias: 0.0,
+            layer_norm_eps: 1e-5,
         },
         objective,
         pauses,
