@@ -300,8 +300,14 @@ extern "C" void cyb_emu_register(const EmuKernel *table, int n, const char *) {
 // Each device's context has its own: a fault on device 1 leaves device 0 usable. ----
 namespace {
 std::mutex g_fault_mutex;
+// Driver calls made for each device (every call that checks its context's fault), and
+// launches under way or waiting for their turn: the stand-in NCCL's timeout for a rank
+// that never arrives counts from the last sign of life of that rank's device.
+std::atomic<uint64_t> g_activity[kMaxDevices];
+std::atomic<int> g_launching[kMaxDevices];
 
 CUresult sticky(Ctx *c, const char *call) {
+    g_activity[c->device].fetch_add(1, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(g_fault_mutex);
     if (c->fault == CUDA_SUCCESS) return CUDA_SUCCESS;
     if (c->fault_reports < 3 && !quiet()) {
@@ -757,6 +763,14 @@ extern "C" __attribute__((visibility("default"))) int cyb_emu_ptr_device(uintptr
     --it;
     return p >= it->first && p + n <= it->first + it->second.size ? it->second.device : -1;
 }
+// A counter of the driver calls made for device d; and whether a launch on it is under
+// way or waiting for its turn (a rank that is busy, not missing).
+extern "C" __attribute__((visibility("default"))) uint64_t cyb_emu_device_activity(int d) {
+    return valid_device(d) ? g_activity[d].load() : 0;
+}
+extern "C" __attribute__((visibility("default"))) int cyb_emu_device_busy(int d) {
+    return valid_device(d) && g_launching[d].load() > 0;
+}
 // The sticky fault of a device's context (0 when it is usable).
 extern "C" __attribute__((visibility("default"))) int cyb_emu_device_fault(int d) {
     if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
@@ -1011,7 +1025,10 @@ API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
             return CUDA_ERROR_ILLEGAL_ADDRESS;
         }
     }
+    g_launching[c->device].fetch_add(1);
     const CUresult r = cyb_emu_run_grid(n, f->k->invoke, params, dim3u{gx, gy, gz}, dim3u{bx, by, bz}, f->shared_vars);
+    g_launching[c->device].fetch_sub(1);
+    g_activity[c->device].fetch_add(1, std::memory_order_relaxed);
     if (r != CUDA_SUCCESS) set_fault(c, r, n);
     return r;
 }
