@@ -612,6 +612,47 @@ static void nccl_tests() {
     allreduce_bf16(2, 333, kSum, "all-reduce sum bf16, 2 ranks, in place: = serial bf16 sum; f64 within bound");
     allreduce_bf16(3, 1025, kAvg, "all-reduce avg bf16, 3 ranks, in place: = serial; f64 within bound");
     {
+        // Each rank thread groups three all-reduces (f32 buckets and f64 statistics), as a
+        // bucketed gradient reduction does; they complete at its ncclGroupEnd.
+        const int n = 2;
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        std::vector<int> rc(n, -1);
+        std::vector<std::vector<float>> a(n), b(n);
+        std::vector<std::vector<double>> st(n, std::vector<double>(3));
+        per_rank(n, [&](int r) {
+            ncclComm_t c = nullptr;
+            if (ncclCommInitRank(&c, n, id, r)) return;
+            a[r] = random_floats(100, 1 + r);
+            b[r] = random_floats(37, 11 + r);
+            st[r] = {1.0 + r, 0.25 * r, -3.0};
+            DevBuf da(400), db(148), ds(24);
+            cuMemcpyHtoD_v2(da.p, a[r].data(), 400);
+            cuMemcpyHtoD_v2(db.p, b[r].data(), 148);
+            cuMemcpyHtoD_v2(ds.p, st[r].data(), 24);
+            void *stream = nullptr;
+            cuStreamCreate(&stream, 0);
+            rc[r] = ncclGroupStart();
+            rc[r] |= ncclAllReduce(da.ptr(), da.ptr(), 100, kF32, kSum, c, stream);
+            rc[r] |= ncclAllReduce(db.ptr(), db.ptr(), 37, kF32, kSum, c, stream);
+            rc[r] |= ncclAllReduce(ds.ptr(), ds.ptr(), 3, kF64, kSum, c, stream);
+            rc[r] |= ncclGroupEnd();
+            std::vector<float> ga(100), gb(37);
+            cuMemcpyDtoH_v2(ga.data(), da.p, 400);
+            cuMemcpyDtoH_v2(gb.data(), db.p, 148);
+            cuMemcpyDtoH_v2(st[r].data(), ds.p, 24);
+            a[r] = ga;
+            b[r] = gb;
+            cuStreamDestroy_v2(stream);
+            ncclCommDestroy(c);
+        });
+        bool ok = rc == std::vector<int>(n, 0) && a[0] == a[1] && b[0] == b[1] &&
+                  st[0] == std::vector<double>{3.0, 0.25, -6.0} && st[1] == st[0];
+        const auto a0 = random_floats(100, 1), a1 = random_floats(100, 2);
+        for (int i = 0; i < 100 && ok; ++i) ok = a[0][i] == a0[i] + a1[i];
+        check(ok, "each rank thread groups three all-reduces (f32, f32, f64) on its own stream");
+    }
+    {
         // Reduce-scatter, all-gather, broadcast and reduce, 3 ranks in threads.
         const int n = 3;
         const size_t k = 7;
