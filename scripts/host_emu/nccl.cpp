@@ -3,12 +3,13 @@
 // scripts/build_emu.sh next to the emulated libcuda.so.1, which it is linked against.
 //
 // What it is:
-// - Ranks live in one process (host threads; one thread may drive several ranks inside
-//   ncclGroupStart/End). A unique id made in another process is refused with
-//   ncclInvalidUsage: multi-process rendezvous is not emulated.
+// - Ranks are host threads of one process (one thread may drive several ranks inside
+//   ncclGroupStart/End), or separate processes that got the unique id through a file:
+//   those meet in a shared file (see "ranks in several processes" below).
 // - A collective is one rendezvous of every rank of a communicator: each rank's n-th
-//   collective meets the other ranks' n-th. The last rank to arrive computes every
-//   rank's result, in a FIXED order (below), and the others wait for it; so a call
+//   collective meets the other ranks' n-th. In one process the last rank to arrive
+//   computes every rank's result, in a FIXED order (below), and the others wait for it;
+//   across processes each rank computes its own in the same order. Either way a call
 //   returns when the collective is complete. The emulator runs all work at call time in
 //   stream order, so every kernel a rank queued before the collective has run, and every
 //   kernel it queues after runs after it (the GPU's stream order, without the overlap).
@@ -29,7 +30,8 @@
 //   device whose context faulted (ncclUnhandledCudaError).
 // - A rank that never arrives: the others get ncclSystemError once its device has shown
 //   no sign of life (no driver call, no launch) for CYB_EMU_NCCL_TIMEOUT_MS (default
-//   10000) ms; never a hang. After any failure the communicator is broken: every rank's
+//   10000) ms; never a hang. ncclCommInitRank waits CYB_EMU_NCCL_INIT_TIMEOUT_MS
+//   (default 3x that) for every rank. A rank whose process exited fails the others at once. After any failure the communicator is broken: every rank's
 //   current and later collectives return ncclRemoteError (ncclCommGetAsyncError says so).
 //   A rank that destroys or aborts its communicator while others wait breaks it too.
 // - Error injection: CYB_EMU_NCCL_FAIL_RANK=r makes rank r's collective number
@@ -39,7 +41,8 @@
 //   kept for ncclGetLastError.
 // Not emulated: interconnect timing, overlap of communication with computation,
 // ncclSend/Recv, ncclCommSplit, custom reduction operations (each returns
-// ncclInvalidUsage saying so), fp8 datatypes (ncclInvalidArgument).
+// ncclInvalidUsage saying so), fp8 datatypes (ncclInvalidArgument); across processes, one
+// thread driving two ranks of one communicator in a group (ncclInvalidUsage).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
