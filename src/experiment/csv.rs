@@ -1,5 +1,7 @@
 //! The experiment's CSV files: every number of the report, per run and seed.
 
+use super::claims::claims;
+use super::interval::Side;
 use super::measures::token_pause_stats;
 use super::result::{ExperimentResult, RunResult};
 use super::stats::{mean_std, quantile};
@@ -154,6 +156,22 @@ pub fn regimes_csv(res: &ExperimentResult) -> String {
     s
 }
 
+/// The per-seed values behind every verdict: the claim's key, the side of the
+/// threshold it claims (`below`/`above`), the threshold, the seed and its value.
+pub fn verdicts_csv(res: &ExperimentResult) -> String {
+    let mut s = String::from("claim,side,threshold,seed,value\n");
+    for c in claims(res) {
+        let (side, t) = match c.side {
+            Side::Below(t) => ("below", t),
+            Side::Above(t) => ("above", t),
+        };
+        for (seed, x) in &c.values {
+            let _ = writeln!(s, "{},{side},{t},{seed},{x}", csv_text(&c.key));
+        }
+    }
+    s
+}
+
 /// Every CSV of the experiment, by file name.
 pub fn csv_files(res: &ExperimentResult) -> Vec<(&'static str, String)> {
     vec![
@@ -165,5 +183,6 @@ pub fn csv_files(res: &ExperimentResult) -> Vec<(&'static str, String)> {
         ("latency.csv", latency_csv(res)),
         ("tokens.csv", tokens_csv(res)),
         ("regimes.csv", regimes_csv(res)),
+        ("verdicts.csv", verdicts_csv(res)),
     ]
 }

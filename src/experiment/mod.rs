@@ -12,9 +12,13 @@
 //!
 //! The files: `protocol` the arms and the training protocol, `result` what a run
 //! measured, `measures` the paper's measures on curves and positions, `stats` plain
-//! statistics, `csv` the CSV files, `report` the Markdown report, `plot` the figures.
+//! statistics, `claims` the paper's claims per seed, `interval` their 95% intervals and
+//! verdicts, `csv` the CSV files, `report` the Markdown report, `verdict` its verdict
+//! table, `plot` the figures.
 
+mod claims;
 mod csv;
+mod interval;
 mod measures;
 mod plot;
 mod protocol;
@@ -23,9 +27,14 @@ mod result;
 mod stats;
 mod verdict;
 
+pub use claims::{claims, Claim};
 pub use csv::{
     calibration_csv, csv_files, curves_csv, fractions_csv, halting_csv, latency_csv, ratios_csv,
-    regimes_csv, tokens_csv,
+    regimes_csv, tokens_csv, verdicts_csv,
+};
+pub use interval::{
+    bootstrap_interval, decide, t_975, t_interval, Interval, IntervalKind, Side, Verdict,
+    BOOTSTRAP_RESAMPLES,
 };
 pub use measures::{
     calibration, data_fraction, efficiency_ratio, mean_halting, token_pause_stats, tokens_to_reach,
@@ -38,3 +47,4 @@ pub use protocol::{
 pub use report::render_report;
 pub use result::{ExperimentResult, RunResult};
 pub use stats::{pearson, quantile, ranks, spearman};
+pub use verdict::VERDICT_RULE;

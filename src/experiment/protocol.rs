@@ -368,6 +368,7 @@ fn train_arm(
         calibration: calibration(&detail, v.pauses),
         mean_h: mean_halting(&detail, v.pauses),
         inputs: detail.iter().map(|p| p.input).collect(),
+        halting: detail,
         seconds: out.seconds,
     })
 }

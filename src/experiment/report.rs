@@ -48,7 +48,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     if let Some(ai) = res.arm("cyb-ap") {
         table3_section(&mut s, res, ai);
     }
-    let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class), `halting.png` (mean h_k per arm). Numbers: `curves.csv`, `ratios.csv`, `fractions.csv`, `regimes.csv`, `calibration.csv`, `halting.csv`, `latency.csv`, `tokens.csv`.");
+    let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class), `halting.png` (mean h_k per arm). Numbers: `curves.csv`, `ratios.csv`, `fractions.csv`, `regimes.csv`, `calibration.csv`, `halting.csv`, `latency.csv`, `tokens.csv`, `verdicts.csv`.");
     s
 }
 
@@ -226,7 +226,7 @@ fn regimes_section(s: &mut String, res: &ExperimentResult) {
         if let Some(r) = matched_regime(res, base) {
             let _ = writeln!(
                 s,
-                "\nCYB-AP at 1x matches {base} at {}.",
+                "\nCYB-AP at 1x matches {base} at {} (by the means over seeds; the verdict table decides per seed).",
                 if r == 0 {
                     "no regime (it is worse than 1x)".to_string()
                 } else {
@@ -387,16 +387,5 @@ fn seed_values(
         .iter()
         .filter(|r| r.variant == vi)
         .filter_map(|r| of(r).get(k).copied())
-        .collect()
-}
-
-/// Mean over seeds of the calibration of arm `vi`, per `k`.
-pub(super) fn mean_calibration(res: &ExperimentResult, vi: usize) -> Vec<f64> {
-    let k = res.config.variants[vi].pauses;
-    (0..k)
-        .map(|kk| {
-            let xs = seed_values(res, vi, kk, |r| &r.calibration);
-            mean_of(&xs)
-        })
         .collect()
 }

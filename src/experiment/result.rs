@@ -4,7 +4,7 @@
 use super::measures::{data_fraction, efficiency_ratio};
 use super::protocol::{ExperimentConfig, Variant};
 use crate::metrics::{EvalSummary, PositionOutcome};
-use crate::train::EvalPoint;
+use crate::train::{EvalPoint, PositionHalting};
 
 /// A number from two quality curves `(tokens, nll)` (`None` = not reached).
 type CurveMeasure = fn(&[(f64, f64)], &[(f64, f64)]) -> Option<f64>;
@@ -25,6 +25,9 @@ pub struct RunResult {
     pub mean_h: Vec<f64>,
     /// The input token of every position of `outcomes` (the token its pauses follow).
     pub inputs: Vec<i32>,
+    /// `d_k`, `t_k`, `h_k` of every position of `outcomes` (the one-seed calibration
+    /// verdict bootstraps over them).
+    pub halting: Vec<PositionHalting>,
     pub seconds: f64,
 }
 
@@ -87,6 +90,10 @@ impl ExperimentResult {
     /// Index of the arm named `name`.
     pub fn arm(&self, name: &str) -> Option<usize> {
         self.config.variants.iter().position(|v| v.name == name)
+    }
+    /// The runs of arm `vi`, in the order of the seeds.
+    pub fn runs_of(&self, vi: usize) -> impl Iterator<Item = &RunResult> + '_ {
+        self.runs.iter().filter(move |r| r.variant == vi)
     }
     /// Every arm with pauses, with its index.
     pub fn pausing_arms(&self) -> impl Iterator<Item = (usize, &Variant)> + '_ {
