@@ -646,6 +646,17 @@ struct ExperimentArgs {
     /// Seeds: every variant is trained once per seed.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2, 3])]
     seeds: Vec<u64>,
+    /// Learning-rate sweep, e.g. 3e-3,1e-3,3e-4 (instead of --lr): every arm and regime
+    /// is fine-tuned at every rate; each arm is reported at the rate with its best mean
+    /// validation quality over seeds, measured on the test split (the pretraining runs
+    /// once per seed at --lr's default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "lr"
+    )]
+    lrs: Vec<f32>,
     /// Folder for report.md, curves.csv, ratios.csv and the plots.
     #[arg(long, default_value = "experiment")]
     out: PathBuf,
@@ -1179,6 +1190,19 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     ])?;
     no_repeats("--seeds", &a.seeds)?;
     no_repeats("--regimes", &a.regimes)?;
+    if given.has("lrs") {
+        limits::learning_rates(&a.lrs)?;
+        for &lr in &a.lrs {
+            check_params(
+                &[],
+                &RunArgs {
+                    lr,
+                    ..a.run.clone()
+                },
+                DEFAULT_EXPERIMENT_STEPS,
+            )?;
+        }
+    }
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
@@ -1308,6 +1332,7 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
         seq,
         threshold: a.threshold,
         seed: a.seed,
+        split: cyb::data::Split::Validation,
     };
     let (summary, what) = match a.tokens {
         None => (

@@ -1778,3 +1778,41 @@ fn experiment_on_bpe_text() {
     assert!(out.join("report.md").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `experiment --lrs`: every rate finite and positive, none twice, not with `--lr`; each
+/// refusal names the flag before any work.
+#[test]
+fn experiment_learning_rate_sweep_is_checked() {
+    for (args, needle) in [
+        (vec!["--lrs", "1e-3,0.001"], "--lrs: 0.001 is given twice"),
+        (
+            vec!["--lrs", "3e-3,0"],
+            "--lrs = 0: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "-1e-3"],
+            "--lrs = -0.001: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "NaN"],
+            "--lrs = NaN: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "1e-3,inf"],
+            "--lrs = inf: must be a finite number > 0",
+        ),
+        (vec!["--lrs", "3e-3,x"], "invalid value 'x' for '--lrs"),
+        (
+            vec!["--lr", "1e-3", "--lrs", "3e-3,1e-3"],
+            "'--lr <LR>' cannot be used with '--lrs <LRS>'",
+        ),
+        (
+            vec!["--lrs", "3e-3,20", "--weight-decay", "0.1"],
+            "--weight-decay = 0.1 with --lr = 20",
+        ),
+    ] {
+        let mut all = vec!["experiment"];
+        all.extend_from_slice(&args);
+        fails_with(&cyb(&all), needle);
+    }
+}

@@ -104,6 +104,7 @@ fn evaluation_and_experiment_refuse_bad_settings() {
         seq: 16,
         threshold: 0.5,
         seed: 1,
+        split: cyb::data::Split::Validation,
     };
     evaluate(&model, &ModSum::default(), &ok).unwrap();
     for (bad, needle) in [
