@@ -309,7 +309,7 @@ struct DataArgs {
 enum TokenizerChoice {
     /// Bytes, a given tokenizer.json, or the loaded model's own.
     Fixed(TextTokenizer),
-    /// `--bpe N`: a byte-level BPE trained on the text's first 90%.
+    /// `--bpe N`: a byte-level BPE trained on the text's training part (its first 80%).
     TrainBpe(usize),
 }
 
@@ -547,8 +547,8 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
-    /// GPT-2's byte-level setup) on the file's first 90% instead of bytes; --save writes
-    /// it beside the checkpoint as NAME.tokenizer.json.
+    /// GPT-2's byte-level setup) on the file's first 80% (its training part) instead of
+    /// bytes; --save writes it beside the checkpoint as NAME.tokenizer.json.
     #[arg(long)]
     bpe: Option<usize>,
     /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
@@ -689,7 +689,7 @@ struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
     regimes: Vec<usize>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer)
-    /// on the file's first 90% instead of bytes.
+    /// on the file's first 80% (its training part) instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
 }
