@@ -1266,6 +1266,7 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         pretrain: a.pretrain,
         init,
         device,
+        lrs: a.lrs.clone(),
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
