@@ -157,8 +157,9 @@ fn is_regime_arm(v: &Variant, arms: &[Variant]) -> bool {
     v.name == "no-pause" || v.name == format!("tbys-{k}") || v.name == "cyb-ap"
 }
 
-/// The experiment: a base training configuration (its objective and pause count are
-/// replaced per variant), the arms, and the seeds every arm is trained with.
+/// The experiment: a base training configuration (its objective, pause count, steps,
+/// rate and schedule are replaced per arm, see [`arm_config`]; the pretraining keeps
+/// its rate and schedule floor), the arms, and the seeds every arm is trained with.
 #[derive(Clone, Debug)]
 pub struct ExperimentConfig {
     pub base: TrainConfig,
