@@ -309,7 +309,7 @@ struct DataArgs {
 enum TokenizerChoice {
     /// Bytes, a given tokenizer.json, or the loaded model's own.
     Fixed(TextTokenizer),
-    /// `--bpe N`: a byte-level BPE trained on the text's first 90%.
+    /// `--bpe N`: a byte-level BPE trained on the text's training part (its first 80%).
     TrainBpe(usize),
 }
 
@@ -547,8 +547,8 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
-    /// GPT-2's byte-level setup) on the file's first 90% instead of bytes; --save writes
-    /// it beside the checkpoint as NAME.tokenizer.json.
+    /// GPT-2's byte-level setup) on the file's first 80% (its training part) instead of
+    /// bytes; --save writes it beside the checkpoint as NAME.tokenizer.json.
     #[arg(long)]
     bpe: Option<usize>,
     /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
@@ -646,6 +646,17 @@ struct ExperimentArgs {
     /// Seeds: every variant is trained once per seed.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2, 3])]
     seeds: Vec<u64>,
+    /// Learning-rate sweep, e.g. 3e-3,1e-3,3e-4 (instead of --lr): every arm and regime
+    /// is fine-tuned at every rate; each arm is reported at the rate with its best mean
+    /// validation quality over seeds, measured on the test split (the pretraining runs
+    /// once per seed at --lr's default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "lr"
+    )]
+    lrs: Vec<f32>,
     /// Folder for report.md, curves.csv, ratios.csv and the plots.
     #[arg(long, default_value = "experiment")]
     out: PathBuf,
@@ -678,7 +689,7 @@ struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
     regimes: Vec<usize>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer)
-    /// on the file's first 90% instead of bytes.
+    /// on the file's first 80% (its training part) instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
 }
@@ -1179,6 +1190,19 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     ])?;
     no_repeats("--seeds", &a.seeds)?;
     no_repeats("--regimes", &a.regimes)?;
+    if given.has("lrs") {
+        limits::learning_rates(&a.lrs)?;
+        for &lr in &a.lrs {
+            check_params(
+                &[],
+                &RunArgs {
+                    lr,
+                    ..a.run.clone()
+                },
+                DEFAULT_EXPERIMENT_STEPS,
+            )?;
+        }
+    }
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
@@ -1242,6 +1266,7 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         pretrain: a.pretrain,
         init,
         device,
+        lrs: a.lrs.clone(),
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
@@ -1308,6 +1333,7 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
         seq,
         threshold: a.threshold,
         seed: a.seed,
+        split: cyb::data::Split::Validation,
     };
     let (summary, what) = match a.tokens {
         None => (

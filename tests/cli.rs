@@ -1778,3 +1778,69 @@ fn experiment_on_bpe_text() {
     assert!(out.join("report.md").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `experiment --lrs`: every arm at each rate, the sweep table and its CSV files; every
+/// rate finite and positive, none twice, not with `--lr`, each refusal naming the flag
+/// before any work.
+#[test]
+fn experiment_learning_rate_sweep_runs_and_is_checked() {
+    let dir = tmpdir("lrs");
+    let out = dir.join("exp");
+    let mut args = vec!["experiment", "--lrs", "3e-3,1e-3", "--seeds", "1"];
+    args.extend_from_slice(&["--pretrain", "3", "--pauses", "1", "--out", s(&out)]);
+    args.extend_from_slice(TINY);
+    let o = cyb(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| arm | 0.003 | 0.001 |"), "{report}");
+    assert!(
+        report.contains("every peak lr of {0.003, 0.001}"),
+        "{report}"
+    );
+    let sweep = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(
+        sweep.lines().count(),
+        1 + 5 * 2,
+        "5 arms x 2 rates: {sweep}"
+    );
+    let test = std::fs::read_to_string(out.join("test.csv")).unwrap();
+    assert_eq!(test.lines().count(), 1 + 5, "5 arms at their rate: {test}");
+    assert!(
+        stderr(&o).contains("cyb-ap seed 1, lr 0.001, 6 steps"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    for (args, needle) in [
+        (vec!["--lrs", "1e-3,0.001"], "--lrs: 0.001 is given twice"),
+        (
+            vec!["--lrs", "3e-3,0"],
+            "--lrs = 0: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "-1e-3"],
+            "--lrs = -0.001: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "NaN"],
+            "--lrs = NaN: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "1e-3,inf"],
+            "--lrs = inf: must be a finite number > 0",
+        ),
+        (vec!["--lrs", "3e-3,x"], "invalid value 'x' for '--lrs"),
+        (
+            vec!["--lr", "1e-3", "--lrs", "3e-3,1e-3"],
+            "'--lr <LR>' cannot be used with '--lrs <LRS>'",
+        ),
+        (
+            vec!["--lrs", "3e-3,20", "--weight-decay", "0.1"],
+            "--weight-decay = 0.1 with --lr = 20",
+        ),
+    ] {
+        let mut all = vec!["experiment"];
+        all.extend_from_slice(&args);
+        fails_with(&cyb(&all), needle);
+    }
+}

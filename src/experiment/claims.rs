@@ -64,10 +64,10 @@ impl ClaimDraft {
     }
 }
 
-/// The final quality of arm `vi`'s run of `seed`, by the rule of its variant.
+/// The final quality of arm `vi`'s run of `seed` on the test split, by the rule of its
+/// variant (the number the report's tables compare).
 fn final_quality(res: &ExperimentResult, vi: usize, seed: u64) -> Option<f64> {
-    let v = &res.config.variants[vi];
-    res.run(vi, seed)?.curve.last().map(|p| v.quality(p))
+    Some(res.test_quality(res.run(vi, seed)?))
 }
 
 /// Per seed, `f(arm a's run, arm b's run)` for the seeds both have.
@@ -113,7 +113,7 @@ pub fn claims(res: &ExperimentResult) -> Vec<Claim> {
                 format!("perplexity cyb-ap - {other}"),
                 format!("CYB-AP perplexity below {other} ({text})"),
                 "yes".into(),
-                format!("perplexity cyb-ap − {other}"),
+                format!("test perplexity cyb-ap − {other}"),
             )
             .measured(4, Side::Below(0.0), perplexity_differences(res, ap, oi)),
         );
@@ -185,7 +185,7 @@ fn regime_claims(res: &ExperimentResult, ap: usize, tbys: &str) -> Vec<Claim> {
             format!("quality cyb-ap - {name}"),
             format!("CYB-AP at 1x matches {base} with {want}x the data (fig. 6, regimes)"),
             format!("{want}x"),
-            format!("NLL cyb-ap − {name}"),
+            format!("test NLL cyb-ap − {name}"),
         );
         let values = match res.arm(&name) {
             Some(bi) => paired(res, ap, bi, |x, y| {

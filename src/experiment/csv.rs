@@ -7,17 +7,18 @@ use super::result::{ExperimentResult, RunResult};
 use super::stats::{mean_std, quantile};
 use std::fmt::Write as _;
 
-/// The CSV of every evaluation point of every run.
+/// The CSV of every validation point of every reported run (each arm at its chosen
+/// rate, the last column).
 pub fn curves_csv(res: &ExperimentResult) -> String {
     let mut s = String::from(
-        "variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,accuracy_final,mean_pauses\n",
+        "variant,seed,step,tokens_seen,quality_nll,marginal_nll,final_nll,accuracy,accuracy_final,mean_pauses,lr\n",
     );
     for r in &res.runs {
         let v = &res.config.variants[r.variant];
         for p in &r.curve {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{}",
                 v.name,
                 r.seed,
                 p.step,
@@ -27,7 +28,8 @@ pub fn curves_csv(res: &ExperimentResult) -> String {
                 p.nll_final,
                 p.accuracy,
                 p.accuracy_final,
-                p.mean_pauses
+                p.mean_pauses,
+                r.lr
             );
         }
     }
@@ -136,22 +138,20 @@ pub fn tokens_csv(res: &ExperimentResult) -> String {
     s
 }
 
-/// Final quality of every run with its data regime.
+/// Final quality on the test split of every reported run with its data regime.
 pub fn regimes_csv(res: &ExperimentResult) -> String {
-    let mut s = String::from("variant,base_variant,regime,seed,quality_nll\n");
+    let mut s = String::from("variant,base_variant,regime,seed,test_quality_nll\n");
     for r in &res.runs {
         let v = &res.config.variants[r.variant];
         let base = v.name.split(" x").next().unwrap_or(&v.name);
-        if let Some(p) = r.curve.last() {
-            let _ = writeln!(
-                s,
-                "{},{base},{},{},{}",
-                v.name,
-                v.regime,
-                r.seed,
-                v.quality(p)
-            );
-        }
+        let _ = writeln!(
+            s,
+            "{},{base},{},{},{}",
+            v.name,
+            v.regime,
+            r.seed,
+            res.test_quality(r)
+        );
     }
     s
 }
@@ -184,5 +184,7 @@ pub fn csv_files(res: &ExperimentResult) -> Vec<(&'static str, String)> {
         ("tokens.csv", tokens_csv(res)),
         ("regimes.csv", regimes_csv(res)),
         ("verdicts.csv", verdicts_csv(res)),
+        ("sweep.csv", super::sweep_csv(res)),
+        ("test.csv", super::test_csv(res)),
     ]
 }

@@ -6,15 +6,17 @@
 //! counts follow token difficulty, and pausing improves the answer.
 //!
 //! Every variant trains on the same data stream, model size, schedule and seeds; no
-//! variant gets tuning the others do not. Quality is validation NLL: `marginal` for
-//! CYB runs (the model's own halting), the forced final-step NLL for the baselines
-//! (what they were trained to minimise; for `K = 0` the two are equal).
+//! variant gets tuning the others do not (with `lrs`, every arm gets the same rates
+//! and keeps its best). Quality is NLL: `marginal` for CYB runs (the model's own
+//! halting), the forced final-step NLL for the baselines (what they were trained to
+//! minimise; for `K = 0` the two are equal). Learning curves and the choice of a rate
+//! are measured on validation, the final numbers the report compares on the test split.
 //!
-//! The files: `protocol` the arms and the training protocol, `result` what a run
-//! measured, `measures` the paper's measures on curves and positions, `stats` plain
-//! statistics, `claims` the paper's claims per seed, `interval` their 95% intervals and
-//! verdicts, `csv` the CSV files, `report` the Markdown report, `verdict` its verdict
-//! table, `plot` the figures.
+//! The files: `protocol` the arms and the training protocol, `sweep` the learning-rate
+//! sweep, `result` what a run measured, `measures` the paper's measures on curves and
+//! positions, `stats` plain statistics, `claims` the paper's claims per seed,
+//! `interval` their 95% intervals and verdicts, `csv` the CSV files, `report` the
+//! Markdown report, `verdict` its verdict table, `plot` the figures.
 
 mod claims;
 mod csv;
@@ -25,6 +27,7 @@ mod protocol;
 mod report;
 mod result;
 mod stats;
+mod sweep;
 mod verdict;
 
 pub use claims::{claims, Claim};
@@ -41,10 +44,11 @@ pub use measures::{
 };
 pub use plot::plot_experiment;
 pub use protocol::{
-    default_variants, extend_depth, paper_grid, regime_variants, run_experiment, variants,
-    ExperimentConfig, Variant,
+    arm_config, default_variants, extend_depth, paper_grid, regime_variants, run_experiment,
+    variants, ExperimentConfig, Variant,
 };
 pub use report::render_report;
 pub use result::{ExperimentResult, RunResult};
 pub use stats::{pearson, quantile, ranks, spearman};
+pub use sweep::{best_rates, mean_quality, sweep_csv, test_csv, SweepPoint, PAPER_MIN_LR_RATIO};
 pub use verdict::VERDICT_RULE;

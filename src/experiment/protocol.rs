@@ -4,14 +4,17 @@
 
 use super::measures::{calibration, mean_halting};
 use super::result::{ExperimentResult, RunResult};
+use super::sweep::{best_rates, SweepPoint, PAPER_MIN_LR_RATIO};
 use crate::config::ModelConfig;
 use crate::cpu::model::{Model, Params};
 use crate::data::DataSource;
+use crate::data::Split;
 use crate::error::{CybError, Result};
 use crate::metrics::EvalSummary;
+use crate::number::Num;
 use crate::objective::Objective;
 use crate::rng::seeded;
-use crate::train::{train_on, validation_detail, EvalPoint, TrainConfig, TrainDevice};
+use crate::train::{evaluate, train_on, validation_detail, EvalPoint, TrainConfig, TrainDevice};
 
 /// One arm of the experiment.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +45,14 @@ impl Variant {
             p.nll_final
         } else {
             p.nll
+        }
+    }
+    /// [`Variant::quality`] of an evaluation summary (the test split's).
+    pub(super) fn summary_quality(&self, s: &EvalSummary) -> f64 {
+        if self.is_baseline() {
+            s.nll_final
+        } else {
+            s.overall.nll
         }
     }
 }
@@ -146,8 +157,9 @@ fn is_regime_arm(v: &Variant, arms: &[Variant]) -> bool {
     v.name == "no-pause" || v.name == format!("tbys-{k}") || v.name == "cyb-ap"
 }
 
-/// The experiment: a base training configuration (its objective and pause count are
-/// replaced per variant), the arms, and the seeds every arm is trained with.
+/// The experiment: a base training configuration (its objective, pause count, steps,
+/// rate and schedule are replaced per arm, see [`arm_config`]; the pretraining keeps
+/// its rate and schedule floor), the arms, and the seeds every arm is trained with.
 #[derive(Clone, Debug)]
 pub struct ExperimentConfig {
     pub base: TrainConfig,
@@ -159,6 +171,10 @@ pub struct ExperimentConfig {
     /// The user's own model to fine-tune every arm from (instead of pretraining).
     pub init: Option<Model<f32>>,
     pub device: TrainDevice,
+    /// Peak learning rates of the sweep: every arm is fine-tuned at each and reported
+    /// at its best ([`super::best_rates`]). Empty = `base.lr` alone. The pretraining
+    /// runs once per seed at `base.lr`.
+    pub lrs: Vec<f32>,
 }
 
 impl ExperimentConfig {
@@ -171,6 +187,16 @@ impl ExperimentConfig {
             pretrain: 0,
             init: None,
             device: TrainDevice::Cpu,
+            lrs: Vec::new(),
+        }
+    }
+
+    /// The fine-tuning rates: `lrs`, or `base.lr` alone when it is empty.
+    pub fn rates(&self) -> Vec<f32> {
+        if self.lrs.is_empty() {
+            vec![self.base.lr]
+        } else {
+            self.lrs.clone()
         }
     }
 }
@@ -220,39 +246,66 @@ fn step_cost(pauses: usize, shared: bool) -> f64 {
     }
 }
 
-/// Train every variant with every seed: per seed, first the no-pause model of
-/// `cfg.pretrain` steps (or `cfg.init`), then every arm fine-tuned from it (the depth
-/// rows it lacks drawn fresh), all on the same data order. `progress(i, n, label)` is
-/// called before each run; the label names arm, seed and the time left (estimated
-/// from the steps done so far, weighted by their cost).
+/// Checks an experiment before any work: arms and seeds given, the sweep's rates (each
+/// with the base schedule), and the memory of its widest run and of every run's
+/// results. Returns the number of runs (pretrainings included).
+fn check_experiment(cfg: &ExperimentConfig, pretrain: usize) -> Result<usize> {
+    if cfg.variants.is_empty() || cfg.seeds.is_empty() {
+        return Err(CybError::Param(
+            "an experiment needs variants and seeds".into(),
+        ));
+    }
+    if !cfg.lrs.is_empty() {
+        crate::limits::learning_rates(&cfg.lrs)?;
+    }
+    let b = &cfg.base;
+    for lr in cfg.rates() {
+        crate::limits::check_schedule(
+            lr,
+            b.weight_decay,
+            b.grad_clip,
+            b.steps,
+            b.batch,
+            b.seq,
+            b.eval_batches,
+        )?;
+    }
+    let k_max = cfg.variants.iter().map(|v| v.pauses).max().unwrap_or(0);
+    let r_max = cfg.variants.iter().map(|v| v.regime).max().unwrap_or(1);
+    let per_seed = cfg.variants.len() * cfg.rates().len() + usize::from(pretrain > 0);
+    let total = per_seed * cfg.seeds.len();
+    let mut widest = cfg.base.clone();
+    (widest.pauses, widest.model.k_max) = (k_max, k_max);
+    widest.steps = cfg.base.steps * r_max;
+    crate::limits::check_experiment(&widest, k_max, total)?;
+    Ok(total)
+}
+
+/// Train every variant with every seed at every rate of the sweep: per seed, first the
+/// no-pause model of `cfg.pretrain` steps (or `cfg.init`), then every arm fine-tuned
+/// from it at each rate (the depth rows it lacks drawn fresh), all on the same data
+/// order; then each arm's rate chosen on validation ([`super::best_rates`]).
+/// `progress(i, n, label)` is called before each run; the label names arm, seed, rate
+/// (in a sweep) and the time left (estimated from the steps done so far, weighted by
+/// their cost).
 pub fn run_experiment(
     cfg: &ExperimentConfig,
     data: &dyn DataSource,
     show_progress: bool,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<ExperimentResult> {
-    if cfg.variants.is_empty() || cfg.seeds.is_empty() {
-        return Err(CybError::Param(
-            "an experiment needs variants and seeds".into(),
-        ));
-    }
-    let k_max = cfg.variants.iter().map(|v| v.pauses).max().unwrap_or(0);
-    let r_max = cfg.variants.iter().map(|v| v.regime).max().unwrap_or(1);
     let pretrain = if cfg.init.is_some() { 0 } else { cfg.pretrain };
-    let per_seed = cfg.variants.len() + usize::from(pretrain > 0);
-    let total = per_seed * cfg.seeds.len();
-    let mut widest = cfg.base.clone();
-    (widest.pauses, widest.model.k_max) = (k_max, k_max);
-    widest.steps = cfg.base.steps * r_max;
-    crate::limits::check_experiment(&widest, k_max, total)?;
+    let total = check_experiment(cfg, pretrain)?;
+    let rates = cfg.rates();
     let shared = cfg.base.model.pause_attention == crate::config::PauseAttention::Shared;
     let work_of = |steps: usize, k: usize| steps as f64 * step_cost(k, shared);
     let seed_work: f64 = work_of(pretrain, 0)
-        + cfg
-            .variants
-            .iter()
-            .map(|v| work_of(cfg.base.steps * v.regime, v.pauses))
-            .sum::<f64>();
+        + rates.len() as f64
+            * cfg
+                .variants
+                .iter()
+                .map(|v| work_of(cfg.base.steps * v.regime, v.pauses))
+                .sum::<f64>();
     let all_work = seed_work * cfg.seeds.len() as f64;
     let (mut done_work, started) = (0.0f64, std::time::Instant::now());
     let mut label = |i: usize, what: &str, done: f64| {
@@ -265,7 +318,7 @@ pub fn run_experiment(
         };
         progress(i, total, &format!("{what}{left}"));
     };
-    let mut runs = Vec::with_capacity(cfg.variants.len() * cfg.seeds.len());
+    let mut runs = Vec::with_capacity(total);
     let mut started_runs = 0;
     let mut pretrained_tokens = 0;
     for &seed in &cfg.seeds {
@@ -286,26 +339,61 @@ pub fn run_experiment(
             }
         };
         for (vi, v) in cfg.variants.iter().enumerate() {
-            let steps = cfg.base.steps * v.regime;
-            label(
-                started_runs,
-                &format!("{} seed {seed}, {steps} steps", v.name),
-                done_work,
-            );
-            started_runs += 1;
-            runs.push(train_arm(cfg, data, vi, seed, pre.as_ref(), show_progress)?);
-            done_work += work_of(steps, v.pauses);
+            for &lr in &rates {
+                let steps = cfg.base.steps * v.regime;
+                let at = match rates.len() {
+                    1 => String::new(),
+                    _ => format!(", lr {}", Num::from(lr)),
+                };
+                label(
+                    started_runs,
+                    &format!("{} seed {seed}{at}, {steps} steps", v.name),
+                    done_work,
+                );
+                started_runs += 1;
+                let pre = pre.as_ref();
+                runs.push(train_arm(cfg, data, (vi, seed, lr), pre, show_progress)?);
+                done_work += work_of(steps, v.pauses);
+            }
         }
     }
+    let (runs, sweep, chosen) = choose_rates(cfg, runs);
     Ok(ExperimentResult {
         config: cfg.clone(),
         runs,
+        sweep,
+        chosen,
         class_names: data.class_names(),
         token_names: (0..data.vocab()).map(|t| data.token_name(t)).collect(),
         data_description: data.describe(),
         pretrained_tokens,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every run's final validation quality, each arm's best rate, and the runs at it.
+fn choose_rates(
+    cfg: &ExperimentConfig,
+    all: Vec<RunResult>,
+) -> (Vec<RunResult>, Vec<SweepPoint>, Vec<f32>) {
+    let sweep: Vec<SweepPoint> = all
+        .iter()
+        .map(|r| SweepPoint {
+            variant: r.variant,
+            seed: r.seed,
+            lr: r.lr,
+            quality: r
+                .curve
+                .last()
+                .map_or(f64::NAN, |p| cfg.variants[r.variant].quality(p)),
+        })
+        .collect();
+    let chosen = best_rates(&sweep, cfg.variants.len(), &cfg.rates());
+    let runs = all
+        .into_iter()
+        .filter(|r| r.lr == chosen[r.variant])
+        .collect();
+    (runs, sweep, chosen)
 }
 
 /// The no-pause model of `steps` steps that every arm of `seed` is fine-tuned from, and
@@ -326,16 +414,28 @@ fn pretrain_model(
     Ok((out.model, steps * tc.batch * tc.seq))
 }
 
-/// Arm `vi` trained with `seed` (fine-tuned from `pre` when given) and measured on the
-/// shared validation positions.
-fn train_arm(
-    cfg: &ExperimentConfig,
-    data: &dyn DataSource,
-    vi: usize,
-    seed: u64,
-    pre: Option<&Model<f32>>,
-    show_progress: bool,
-) -> Result<RunResult> {
+/// How arm `vi` trains with `seed` at peak rate `lr`: the base configuration with the
+/// arm's objective, pauses and steps (`regime` x the base steps), and the paper's
+/// schedule: linear warm-up over the first 5% of the steps, then cosine decay to
+/// `lr * `[`PAPER_MIN_LR_RATIO`].
+///
+/// ```
+/// use cyb::experiment::{arm_config, default_variants, ExperimentConfig, PAPER_MIN_LR_RATIO};
+/// let model = cyb::config::ModelConfig {
+///     vocab: 10, d_model: 8, n_layer: 1, n_head: 2, t_max: 8, k_max: 2,
+///     pause_attention: cyb::config::PauseAttention::Shared, dk_bias: 0.0, layer_norm_eps: 1e-5,
+/// };
+/// let base = cyb::train::TrainConfig {
+///     model, objective: cyb::Objective::CeFinal, pauses: 2, steps: 100, batch: 2, seq: 8,
+///     lr: 3e-3, min_lr_ratio: 0.1, warmup: 5, weight_decay: 0.1, grad_clip: 1.0, seed: 1,
+///     eval_every: 10, eval_batches: 1, head: Default::default(),
+/// };
+/// let cfg = ExperimentConfig::new(base, default_variants(2), vec![1]);
+/// let tc = arm_config(&cfg, 3, 7, 1e-3); // cyb-ap, seed 7
+/// assert_eq!((tc.lr, tc.min_lr_ratio, tc.warmup, tc.seed), (1e-3, PAPER_MIN_LR_RATIO, 5, 7));
+/// assert_eq!(PAPER_MIN_LR_RATIO, 1e-2);
+/// ```
+pub fn arm_config(cfg: &ExperimentConfig, vi: usize, seed: u64, lr: f32) -> TrainConfig {
     let v = &cfg.variants[vi];
     let mut tc = cfg.base.clone();
     tc.objective = v.objective.clone();
@@ -344,6 +444,22 @@ fn train_arm(
     tc.seed = seed;
     tc.steps = cfg.base.steps * v.regime;
     tc.warmup = (tc.steps / 20).max(1);
+    tc.lr = lr;
+    tc.min_lr_ratio = PAPER_MIN_LR_RATIO;
+    tc
+}
+
+/// Arm `vi` trained with `seed` at rate `lr` (fine-tuned from `pre` when given),
+/// measured on the shared validation positions and on the test split.
+fn train_arm(
+    cfg: &ExperimentConfig,
+    data: &dyn DataSource,
+    (vi, seed, lr): (usize, u64, f32),
+    pre: Option<&Model<f32>>,
+    show_progress: bool,
+) -> Result<RunResult> {
+    let v = &cfg.variants[vi];
+    let mut tc = arm_config(cfg, vi, seed, lr);
     let init = match pre {
         Some(m) => {
             let m = extend_depth(m, &tc.model, seed)?;
@@ -353,12 +469,14 @@ fn train_arm(
         None => None,
     };
     let out = train_on(&tc, data, init, show_progress, cfg.device)?;
-    // Every run is judged on the same validation positions (seed of the experiment's
-    // first seed), so per-position comparisons line up.
+    // Every run is judged on the same validation (and test) positions (seed of the
+    // experiment's first seed), so per-position comparisons line up.
     let mut ec = tc.eval_config();
     ec.seed = cfg.seeds[0];
     let (outcomes, detail) = validation_detail(&out.model, data, &ec)?;
     let summary = EvalSummary::from_outcomes(&outcomes, v.pauses, &data.class_names());
+    ec.split = Split::Test;
+    let test = evaluate(&out.model, data, &ec)?;
     Ok(RunResult {
         variant: vi,
         seed,
@@ -370,5 +488,7 @@ fn train_arm(
         inputs: detail.iter().map(|p| p.input).collect(),
         halting: detail,
         seconds: out.seconds,
+        lr,
+        test,
     })
 }

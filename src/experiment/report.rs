@@ -38,6 +38,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     header(&mut s, res, command);
     super::verdict::verdict_section(&mut s, res);
     final_quality_section(&mut s, res);
+    super::sweep::sweep_section(&mut s, res);
     data_efficiency_section(&mut s, res);
     if res.config.variants.iter().any(|v| v.regime > 1) {
         regimes_section(&mut s, res);
@@ -48,7 +49,7 @@ pub fn render_report(res: &ExperimentResult, command: &str) -> String {
     if let Some(ai) = res.arm("cyb-ap") {
         table3_section(&mut s, res, ai);
     }
-    let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class), `halting.png` (mean h_k per arm). Numbers: `curves.csv`, `ratios.csv`, `fractions.csv`, `regimes.csv`, `calibration.csv`, `halting.csv`, `latency.csv`, `tokens.csv`, `verdicts.csv`.");
+    let _ = writeln!(s, "\nPlots: `curves.png` (quality against real tokens, band = min..max over seeds), `pauses.png` (pauses by class), `halting.png` (mean h_k per arm). Numbers: `curves.csv`, `test.csv`, `sweep.csv`, `ratios.csv`, `fractions.csv`, `regimes.csv`, `calibration.csv`, `halting.csv`, `latency.csv`, `tokens.csv`, `verdicts.csv`.");
     s
 }
 
@@ -95,10 +96,22 @@ fn header(s: &mut String, res: &ExperimentResult, command: &str) {
         "- protocol: {protocol}; pause attention `{}`",
         b.model.pause_attention.name()
     );
+    let rates: Vec<String> = cfg
+        .rates()
+        .iter()
+        .map(|&r| Num::from(r).to_string())
+        .collect();
+    let lr = match rates.len() {
+        1 => format!("peak lr {}, same for every arm", rates[0]),
+        _ => format!(
+            "every arm at every peak lr of {{{}}}, reported at its best on validation",
+            rates.join(", ")
+        ),
+    };
     let _ = writeln!(
         s,
-        "- model: d_model {} layers {} heads {} context {}; {} steps x {} sequences x {} tokens per arm (x r for regime r), lr {}, same for every arm",
-        b.model.d_model, b.model.n_layer, b.model.n_head, b.seq, b.steps, b.batch, b.seq, b.lr
+        "- model: d_model {} layers {} heads {} context {}; {} steps x {} sequences x {} tokens per arm (x r for regime r); {lr}; linear warm-up over 5% of the steps, then cosine decay to lr/100 (the paper's schedule)",
+        b.model.d_model, b.model.n_layer, b.model.n_head, b.seq, b.steps, b.batch, b.seq
     );
     let _ = writeln!(
         s,
@@ -108,37 +121,36 @@ fn header(s: &mut String, res: &ExperimentResult, command: &str) {
     );
     let _ = writeln!(
         s,
-        "- quality = validation NLL in nats/token: marginal NLL for CYB arms, final-step NLL for baselines ({} validation batches); perplexity = exp(quality)\n",
-        b.eval_batches
+        "- quality = NLL in nats/token: marginal NLL for CYB arms, final-step NLL for baselines; perplexity = exp(quality). Learning curves, data efficiency, calibration, latency and pauses: validation split ({} batches); final quality, perplexity, accuracy and the verdicts on them: test split ({} batches), which no choice saw\n",
+        b.eval_batches, b.eval_batches
     );
 }
 
-/// Final validation quality, perplexity, accuracy and pauses of every arm.
+/// Final quality, perplexity, accuracy and pauses of every arm on the test split, at
+/// the arm's rate.
 fn final_quality_section(s: &mut String, res: &ExperimentResult) {
     let cfg = &res.config;
     let spread = spread(res);
-    let _ = writeln!(s, "\n## Final validation quality ({spread})\n");
-    let _ = writeln!(s, "| arm | objective | K | data | quality NLL | perplexity | accuracy | pauses/token | real tokens |\n|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "\n## Final quality on the test split ({spread})\n");
+    let _ = writeln!(s, "| arm | objective | K | data | lr | quality NLL | perplexity | accuracy | pauses/token | real tokens |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (vi, v) in cfg.variants.iter().enumerate() {
         let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.variant == vi).collect();
         let q = res.finals(vi);
         let p: Vec<f64> = q.iter().map(|x| x.exp()).collect();
-        let acc: Vec<f64> = runs
-            .iter()
-            .map(|r| v.accuracy(&r.summary.overall))
-            .collect();
-        let pau: Vec<f64> = runs.iter().map(|r| r.summary.overall.mean_pauses).collect();
+        let acc: Vec<f64> = runs.iter().map(|r| v.accuracy(&r.test.overall)).collect();
+        let pau: Vec<f64> = runs.iter().map(|r| r.test.overall.mean_pauses).collect();
         let tokens = runs
             .first()
             .and_then(|r| r.curve.last())
             .map_or(0, |p| p.tokens_seen);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}x | {} | {} | {} | {:.3} | {tokens} |",
+            "| {} | {} | {} | {}x | {} | {} | {} | {} | {:.3} | {tokens} |",
             v.name,
             v.objective,
             v.pauses,
             v.regime,
+            Num::from(res.chosen[vi]),
             mean_pm(&q, 4),
             mean_pm(&p, 3),
             mean_pm(&acc, 4),
@@ -197,7 +209,10 @@ fn regimes_section(s: &mut String, res: &ExperimentResult) {
     regimes.sort_unstable();
     regimes.dedup();
     let (head, rule) = arm_table_head(regimes.iter().map(|r| format!("{r}x")));
-    let _ = writeln!(s, "Final quality NLL ({spread}):\n\n{head}\n{rule}");
+    let _ = writeln!(
+        s,
+        "Final quality NLL on the test split ({spread}):\n\n{head}\n{rule}"
+    );
     let mut roots: Vec<String> = Vec::new();
     for v in cfg.variants.iter().filter(|v| v.regime > 1) {
         let root = v.name.split(" x").next().unwrap_or(&v.name).to_string();

@@ -3,6 +3,7 @@
 
 use super::measures::{data_fraction, efficiency_ratio};
 use super::protocol::{ExperimentConfig, Variant};
+use super::sweep::SweepPoint;
 use crate::metrics::{EvalSummary, PositionOutcome};
 use crate::train::{EvalPoint, PositionHalting};
 
@@ -29,12 +30,25 @@ pub struct RunResult {
     /// verdict bootstraps over them).
     pub halting: Vec<PositionHalting>,
     pub seconds: f64,
+    /// The run's peak learning rate.
+    pub lr: f32,
+    /// The final model on the test split (as many batches as validation, drawn from
+    /// the test generator of the experiment's first seed): what the report's final
+    /// numbers are, so that choosing a rate on validation does not flatter them.
+    pub test: EvalSummary,
 }
 
 /// Everything measured, ready to render.
 pub struct ExperimentResult {
     pub config: ExperimentConfig,
+    /// The runs the report describes: every arm and seed at the arm's chosen rate.
     pub runs: Vec<RunResult>,
+    /// Every run of the sweep (every arm, seed and rate) with its final validation
+    /// quality; one rate per arm without a sweep.
+    pub sweep: Vec<SweepPoint>,
+    /// The rate each arm is reported at (by arm index): the rate with the best mean
+    /// validation quality over seeds ([`super::best_rates`]).
+    pub chosen: Vec<f32>,
     pub class_names: Vec<String>,
     /// Printable names of the token ids `0..V`.
     pub token_names: Vec<String>,
@@ -135,13 +149,28 @@ impl ExperimentResult {
     pub fn fractions(&self, arm: usize, base: usize) -> Vec<(u64, Option<f64>)> {
         self.per_seed(arm, base, data_fraction)
     }
-    /// Final quality of every seed of arm `vi`.
+    /// Final quality of every seed of arm `vi` (at its chosen rate) on the test split:
+    /// the numbers the report compares.
     pub fn finals(&self, vi: usize) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.variant == vi)
+            .map(|r| self.test_quality(r))
+            .collect()
+    }
+    /// Final quality of every seed of arm `vi` (at its chosen rate) on the validation
+    /// split: the last point of each learning curve.
+    pub fn validation_finals(&self, vi: usize) -> Vec<f64> {
         let v = &self.config.variants[vi];
         self.runs
             .iter()
             .filter(|r| r.variant == vi)
             .filter_map(|r| r.curve.last().map(|p| v.quality(p)))
             .collect()
+    }
+    /// The test-split quality of `run` by its arm's rule (marginal NLL for CYB arms,
+    /// the final-step NLL for the baselines).
+    pub fn test_quality(&self, run: &RunResult) -> f64 {
+        self.config.variants[run.variant].summary_quality(&run.test)
     }
 }
