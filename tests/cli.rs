@@ -700,6 +700,7 @@ fn experiment_reports_first_and_writes_what_it_can() {
         "latency.csv",
         "tokens.csv",
         "regimes.csv",
+        "verdicts.csv",
         "curves.png",
         "pauses.png",
         "halting.png",
