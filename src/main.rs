@@ -259,6 +259,22 @@ enum Device {
     Cuda,
 }
 
+/// The held-out parts `eval --split` reads (training data is not an evaluation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    Validation,
+    Test,
+}
+
+impl From<SplitArg> for cyb::data::Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Validation => cyb::data::Split::Validation,
+            SplitArg::Test => cyb::data::Split::Test,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     F32,
@@ -738,6 +754,16 @@ struct EvalArgs {
     /// (non-overlapping windows of --ctx), instead of --eval-batches random batches.
     #[arg(long, requires = "data")]
     tokens: Option<u64>,
+    /// The held-out part to evaluate on: validation (what learning curves and choices
+    /// use) or test (what `experiment` reports; 10% of a text, the end of the training
+    /// shards, its own generator for a task).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "validation",
+        conflicts_with = "tokens"
+    )]
+    split: SplitArg,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
 }
@@ -1333,12 +1359,12 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
         seq,
         threshold: a.threshold,
         seed: a.seed,
-        split: cyb::data::Split::Validation,
+        split: a.split.into(),
     };
     let (summary, what) = match a.tokens {
         None => (
             evaluate_shown(&model, data.as_ref(), &cfg, true)?,
-            String::new(),
+            format!(", {} split", cfg.split.name()),
         ),
         Some(n) => {
             let spec = a.data.data.as_deref().unwrap_or_default();

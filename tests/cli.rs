@@ -1845,3 +1845,50 @@ fn experiment_learning_rate_sweep_runs_and_is_checked() {
         fails_with(&cyb(&all), needle);
     }
 }
+
+/// `eval --split test` reads the test part (other positions, so other numbers) and says
+/// so; with `--tokens` (the validation shards in order) it is refused.
+#[test]
+fn eval_reads_the_split_it_is_asked_for() {
+    let dir = tmpdir("split");
+    let model = tiny_model(&dir, "m.safetensors", &[]);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--load", s(&model), "--eval-batches", "2"];
+        args.extend_from_slice(extra);
+        let o = cyb(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (default, validation, test) = (
+        eval(&[]),
+        eval(&["--split", "validation"]),
+        eval(&["--split", "test"]),
+    );
+    assert_eq!(default, validation);
+    assert!(validation.contains("validation split"), "{validation}");
+    assert!(test.contains("test split"), "{test}");
+    let numbers = |report: &str| -> String {
+        report
+            .lines()
+            .filter(|l| l.contains("NLL"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(!numbers(&test).is_empty());
+    assert_ne!(numbers(&test), numbers(&validation), "other positions");
+    fails_with(
+        &cyb(&[
+            "eval",
+            "--load",
+            s(&model),
+            "--data",
+            "x",
+            "--tokens",
+            "9",
+            "--split",
+            "test",
+        ]),
+        "cannot be used with",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
