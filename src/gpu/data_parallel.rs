@@ -51,7 +51,7 @@ use super::model::{GpuModel, Precision};
 use super::{cuda_err, GpuContext};
 use crate::cpu::adamw::AdamWState;
 use crate::cpu::loss::{check_targets, LossStats};
-use crate::cpu::model::{check_batch, HeadMode, Model};
+use crate::cpu::model::{check_batch, HeadMode, Model, Params};
 use crate::error::{CybError, Result};
 use crate::launch::{Launch, LocalRank};
 use crate::objective::ResolvedObjective;
@@ -204,6 +204,7 @@ struct StepWork {
 enum Request {
     Step(Box<StepWork>, Sender<Result<DataParallelStep>>),
     Model(Sender<Result<Model<f32>>>),
+    Grads(Sender<Result<Params<f32>>>),
     OptimizerState(Sender<Result<AdamWState>>),
     SetOptimizerState(AdamWState, Sender<Result<()>>),
 }
@@ -297,6 +298,9 @@ impl Replica {
             }
             Request::Model(back) => {
                 let _ = back.send(self.model.to_cpu());
+            }
+            Request::Grads(back) => {
+                let _ = back.send(self.model.grads_to_cpu());
             }
             Request::OptimizerState(back) => {
                 let _ = back.send(self.model.optimizer().state());
@@ -509,6 +513,12 @@ impl DataParallel {
     /// agree).
     pub fn models(&mut self) -> Result<Vec<Model<f32>>> {
         self.ask("copy of the model", Request::Model)
+    }
+
+    /// Every replica's gradients of the last step (all-reduced: the global batch's),
+    /// in rank order.
+    pub fn grads(&mut self) -> Result<Vec<Params<f32>>> {
+        self.ask("copy of the gradients", Request::Grads)
     }
 
     /// The AdamW step count and moments (of the first replica; all hold the same).
