@@ -267,7 +267,7 @@ mod gpu_tests {
             .sum::<f64>()
             .sqrt();
         let w: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
-        if !(d <= bound * w.max(1e-30)) {
+        if d.is_nan() || d > bound * w.max(1e-30) {
             return Err(format!(
                 "{what}: norm-wise relative difference {:.3e} above {bound:.3e}",
                 d / w
