@@ -38,6 +38,8 @@ fn names() -> Vec<(String, usize)> {
     v.push(("rendezvous_without_rank_0_times_out".into(), 2));
     v.push(("failing_rank_fails_every_rank".into(), 3));
     v.push(("uneven_batch_is_refused".into(), 2));
+    v.push(("cli_train_gpus_2_saves".into(), 2));
+    v.push(("cli_world_size_without_rank_0_times_out".into(), 2));
     v
 }
 
@@ -135,6 +137,8 @@ mod gpu_tests {
             ("rendezvous_without_rank_0_times_out", _) => rendezvous_timeout(rng),
             ("failing_rank_fails_every_rank", _) => failing_rank(rng),
             ("uneven_batch_is_refused", _) => uneven_batch(rng),
+            ("cli_train_gpus_2_saves", _) => cli_gpus(),
+            ("cli_world_size_without_rank_0_times_out", _) => cli_world_size_timeout(),
             _ => Err(format!("unknown test {name}").into()),
         }
     }
@@ -609,6 +613,95 @@ mod gpu_tests {
         // Still usable: a refused batch never reached the replicas.
         dp.step(&tokens, &targets, B, T, K, &objective(), LR, CLIP)
             .map_err(err)?;
+        Ok(())
+    }
+
+    /// `cyb train` with the given flags (a tiny run), in this process's environment
+    /// (the emulator's library path under scripts/test_emulated.sh) plus `env`.
+    fn cyb_train(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let tiny = [
+            "train",
+            "--device",
+            "cuda",
+            "--precision",
+            "f32",
+            "--task",
+            "modsum",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--ctx",
+            "6",
+            "--d-model",
+            "128",
+            "--heads",
+            "2",
+            "--layers",
+            "1",
+            "--pauses",
+            "1",
+            "--eval-batches",
+            "1",
+        ];
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cyb"));
+        cmd.args(tiny).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("cyb runs")
+    }
+
+    /// `train --gpus 2` trains and rank 0 saves; `--gpus` without `--device cuda` and a
+    /// batch that does not split are refused before any work.
+    fn cli_gpus() -> R {
+        let file = rendezvous_path("cli").with_file_name("dp2.safetensors");
+        let out = cyb_train(
+            &["--gpus", "2", "--save", file.to_str().expect("utf-8")],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !file.exists() || !stdout.contains("2 GPUs, data parallel") {
+            return Err(format!("--gpus 2 failed: {stderr}\n{stdout}").into());
+        }
+        let _ = std::fs::remove_dir_all(file.parent().expect("folder"));
+        let out = cyb_train(&["--gpus", "2", "--device", "cpu"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("add --device cuda") {
+            return Err(format!("--gpus with --device cpu: {stderr}").into());
+        }
+        let out = cyb_train(&["--gpus", "3"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("split evenly over 3") {
+            return Err(format!("--batch 4 on 3 GPUs: {stderr}").into());
+        }
+        Ok(())
+    }
+
+    /// Rank 1 of 2 from the launcher's variables, rank 0 never started: a clear error
+    /// after CYB_NCCL_TIMEOUT_S, not a hang.
+    fn cli_world_size_timeout() -> R {
+        let file = rendezvous_path("cli_timeout");
+        let start = Instant::now();
+        let out = cyb_train(
+            &["--rendezvous", file.to_str().expect("utf-8")],
+            &[
+                ("RANK", "1"),
+                ("WORLD_SIZE", "2"),
+                ("LOCAL_RANK", "1"),
+                ("CYB_NCCL_TIMEOUT_S", "1"),
+            ],
+        );
+        let took = start.elapsed();
+        let _ = std::fs::remove_dir_all(file.parent().expect("folder"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("rank 1 waited 1 s") {
+            return Err(format!("expected a rendezvous timeout: {stderr}").into());
+        }
+        if took > Duration::from_secs(60) {
+            return Err(format!("took {took:?} for a 1 s timeout").into());
+        }
         Ok(())
     }
 }
