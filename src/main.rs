@@ -595,7 +595,8 @@ struct TrainArgs {
     #[arg(long)]
     rank: Option<usize>,
     /// A file on a filesystem every rank sees, absent before the run: rank 0 writes
-    /// NCCL's id there, the others wait for it (CYB_NCCL_TIMEOUT_S, default 300).
+    /// NCCL's id there, the others wait for it: up to CYB_NCCL_TIMEOUT_S seconds (300 when
+    /// unset).
     #[arg(long)]
     rendezvous: Option<PathBuf>,
 }
