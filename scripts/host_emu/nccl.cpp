@@ -3,12 +3,13 @@
 // scripts/build_emu.sh next to the emulated libcuda.so.1, which it is linked against.
 //
 // What it is:
-// - Ranks live in one process (host threads; one thread may drive several ranks inside
-//   ncclGroupStart/End). A unique id made in another process is refused with
-//   ncclInvalidUsage: multi-process rendezvous is not emulated.
+// - Ranks are host threads of one process (one thread may drive several ranks inside
+//   ncclGroupStart/End), or separate processes that got the unique id through a file:
+//   those meet in a shared file (see "ranks in several processes" below).
 // - A collective is one rendezvous of every rank of a communicator: each rank's n-th
-//   collective meets the other ranks' n-th. The last rank to arrive computes every
-//   rank's result, in a FIXED order (below), and the others wait for it; so a call
+//   collective meets the other ranks' n-th. In one process the last rank to arrive
+//   computes every rank's result, in a FIXED order (below), and the others wait for it;
+//   across processes each rank computes its own in the same order. Either way a call
 //   returns when the collective is complete. The emulator runs all work at call time in
 //   stream order, so every kernel a rank queued before the collective has run, and every
 //   kernel it queues after runs after it (the GPU's stream order, without the overlap).
@@ -29,7 +30,8 @@
 //   device whose context faulted (ncclUnhandledCudaError).
 // - A rank that never arrives: the others get ncclSystemError once its device has shown
 //   no sign of life (no driver call, no launch) for CYB_EMU_NCCL_TIMEOUT_MS (default
-//   10000) ms; never a hang. After any failure the communicator is broken: every rank's
+//   10000) ms; never a hang. ncclCommInitRank waits CYB_EMU_NCCL_INIT_TIMEOUT_MS
+//   (default 3x that) for every rank. A rank whose process exited fails the others at once. After any failure the communicator is broken: every rank's
 //   current and later collectives return ncclRemoteError (ncclCommGetAsyncError says so).
 //   A rank that destroys or aborts its communicator while others wait breaks it too.
 // - Error injection: CYB_EMU_NCCL_FAIL_RANK=r makes rank r's collective number
@@ -39,7 +41,8 @@
 //   kept for ncclGetLastError.
 // Not emulated: interconnect timing, overlap of communication with computation,
 // ncclSend/Recv, ncclCommSplit, custom reduction operations (each returns
-// ncclInvalidUsage saying so), fp8 datatypes (ncclInvalidArgument).
+// ncclInvalidUsage saying so), fp8 datatypes (ncclInvalidArgument); across processes, one
+// thread driving two ranks of one communicator in a group (ncclInvalidUsage).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -56,6 +59,14 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <cerrno>
+#include <csignal>
+#include <fcntl.h>
+#include <functional>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -137,14 +148,23 @@ long timeout_ms() {
     return v > 0 ? v : 10000;
 }
 
+long init_timeout_ms() {
+    const char *e = getenv("CYB_EMU_NCCL_INIT_TIMEOUT_MS");
+    const long v = e && *e ? strtol(e, nullptr, 10) : 0;
+    return v > 0 ? v : 3 * timeout_ms();
+}
+
 struct Clique;
+struct Xp;
 
 struct Comm {
     uint32_t magic = kCommMagic;
     Clique *clique = nullptr;
     int rank = 0;
     int device = 0;
-    uint64_t seq = 0; // this rank's collectives so far: the next one's number
+    uint64_t seq = 0;  // this rank's collectives so far: the next one's number
+    Xp *xp = nullptr;  // the shared file, while joining and when ranks span processes
+    bool cross = false; // ranks in other processes: collectives go through `xp`
 };
 
 // One collective (or the init rendezvous) of a clique, as the ranks deposit it.
@@ -369,7 +389,8 @@ struct Call {
     void *recv;
     size_t count;
     int dtype, op, root;
-    Op *o = nullptr; // the rendezvous it joined
+    Op *o = nullptr;   // the rendezvous it joined
+    bool skip = false; // failed before it could join one
 };
 
 struct Group {
@@ -577,13 +598,431 @@ ncclResult_t check_call(const Call &c, void *stream) {
     return ncclSuccess;
 }
 
+// ---- ranks in several processes: a file shared by every rank's process (in
+// CYB_EMU_NCCL_DIR, else TMPDIR, else /tmp) holds a header (a process-shared robust
+// mutex and condition variable, each rank's state) and one data slot per rank. Each
+// collective goes in rounds of at most kXpCap bytes per rank: every rank copies its
+// input for the round into its slot and arrives; once all have, each computes its own
+// output from every slot in rank order (the same order and bits as in one process) and
+// finishes; once all have, the slots may be reused. Every InitRank joins through the
+// file (the ranks' processes are not known before); when all ranks turn out to be in
+// this process, the file is removed and the in-process path is used. ----
+constexpr int kXpMaxRanks = 64;
+constexpr size_t kXpHeader = 1 << 16;
+constexpr size_t kXpCap = 4 << 20; // bytes per rank and round (the file is sparse)
+constexpr uint32_t kXpReady = 0x52454459u;
+
+struct XpDesc {
+    uint64_t seq, count;
+    int kind, dtype, op, root;
+};
+struct XpRank {
+    int pid, device, joined, gone;
+    uint64_t arrived, finished, heartbeat;
+    XpDesc desc;
+};
+struct XpHeader {
+    std::atomic<uint32_t> ready;
+    int nranks, njoined, ndetached;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int broken, broken_code, injected;
+    char why[512];
+    XpRank ranks[kXpMaxRanks];
+};
+static_assert(sizeof(XpHeader) <= kXpHeader, "the header fits its page range");
+
+struct Xp {
+    XpHeader *h = nullptr;
+    char *base = nullptr;
+    size_t size = 0;
+    std::string path;
+    uint64_t ticket = 0; // rounds done by this rank
+    std::thread heart;   // publishes this rank's device activity (cross-process mode)
+    std::atomic<bool> stop{false};
+    char *slot(int r) const { return base + kXpHeader + (size_t)r * kXpCap; }
+};
+
+std::string xp_path(const std::string &key) {
+    const char *dir = getenv("CYB_EMU_NCCL_DIR");
+    if (!dir || !*dir) dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = "/tmp";
+    char name[96];
+    uint64_t pid = 0, n = 0, salt = 0;
+    memcpy(&pid, key.data() + 16, 8);
+    memcpy(&n, key.data() + 24, 8);
+    memcpy(&salt, key.data() + 32, 8);
+    snprintf(name, sizeof name, "/cyb-emu-nccl-%llu-%llu-%016llx", (unsigned long long)pid, (unsigned long long)n,
+             (unsigned long long)salt);
+    return dir + std::string(name);
+}
+
+void xp_break(XpHeader *h, ncclResult_t code, const char *why) {
+    if (h->broken) return;
+    h->broken = 1;
+    h->broken_code = code;
+    snprintf(h->why, sizeof h->why, "%s", why);
+    pthread_cond_broadcast(&h->cv);
+}
+
+struct XpLock {
+    XpHeader *h;
+    explicit XpLock(XpHeader *h_) : h(h_) {
+        if (pthread_mutex_lock(&h->mu) == EOWNERDEAD) {
+            pthread_mutex_consistent(&h->mu);
+            xp_break(h, ncclRemoteError, "a rank's process died inside the stand-in NCCL");
+        }
+    }
+    ~XpLock() { pthread_mutex_unlock(&h->mu); }
+};
+
+// Waits (the lock held) until `missing` is empty; breaks the communicator, and returns
+// the error, when it is broken, a missing rank left or its process is gone, or shows
+// no sign of life (its heartbeat) for `ms`.
+ncclResult_t xp_wait(Xp *x, int rank, const char *what, uint64_t seq, long ms,
+                     const std::function<std::vector<int>()> &missing) {
+    XpHeader *h = x->h;
+    using clock = std::chrono::steady_clock;
+    auto deadline = clock::now() + std::chrono::milliseconds(ms);
+    std::vector<uint64_t> seen(h->nranks);
+    for (int q = 0; q < h->nranks; ++q) seen[q] = h->ranks[q].heartbeat;
+    for (;;) {
+        const std::vector<int> m = missing();
+        if (m.empty()) return ncclSuccess;
+        char why[512];
+        for (int q : m) {
+            if (h->broken) break;
+            if (h->ranks[q].gone) {
+                snprintf(why, sizeof why, "rank %d destroyed its communicator before %s #%llu", q, what,
+                         (unsigned long long)seq);
+                xp_break(h, ncclRemoteError, why);
+            } else if (h->ranks[q].pid > 0 && kill(h->ranks[q].pid, 0) != 0 && errno == ESRCH) {
+                snprintf(why, sizeof why, "rank %d's process (pid %d) exited before %s #%llu", q, h->ranks[q].pid, what,
+                         (unsigned long long)seq);
+                xp_break(h, ncclRemoteError, why);
+            }
+        }
+        if (h->broken)
+            return fail(h->broken_code == ncclInvalidUsage ? ncclInvalidUsage : ncclRemoteError,
+                        "%s on rank %d: the communicator is broken: %s", what, rank, h->why);
+        bool alive = false;
+        for (int q : m) {
+            alive |= h->ranks[q].heartbeat != seen[q];
+            seen[q] = h->ranks[q].heartbeat;
+        }
+        if (alive) deadline = clock::now() + std::chrono::milliseconds(ms);
+        if (clock::now() >= deadline) {
+            snprintf(why, sizeof why,
+                     "rank(s) %s of %d never arrived at %s #%llu: no sign of life for %ld ms (%s)",
+                     rank_list(m).c_str(), h->nranks, what, (unsigned long long)seq, ms,
+                     seq == 0 && !strcmp(what, "ncclCommInitRank") ? "CYB_EMU_NCCL_INIT_TIMEOUT_MS"
+                                                                   : "CYB_EMU_NCCL_TIMEOUT_MS");
+            xp_break(h, ncclSystemError, why);
+            return fail(ncclSystemError, "%s on rank %d: %s", what, rank, why);
+        }
+        timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec += 1;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) == EOWNERDEAD) {
+            pthread_mutex_consistent(&h->mu);
+            xp_break(h, ncclRemoteError, "a rank's process died inside the stand-in NCCL");
+        }
+    }
+}
+
+void xp_close(Xp *x, bool remove) {
+    if (x->heart.joinable()) {
+        x->stop = true;
+        x->heart.join();
+    }
+    if (remove) unlink(x->path.c_str());
+    munmap(x->base, x->size);
+    delete x;
+}
+
+// Opens (or creates) the shared file of a clique and joins it as c's rank.
+ncclResult_t xp_join(Comm *c) {
+    Clique *cl = c->clique;
+    const int n = cl->nranks, r = c->rank;
+    if (n > kXpMaxRanks) return fail(ncclInvalidArgument, "ncclCommInitRank: %d ranks, the emulator has room for %d", n, kXpMaxRanks);
+    auto *x = new Xp;
+    x->path = xp_path(cl->key);
+    x->size = kXpHeader + (size_t)n * kXpCap;
+    int fd = open(x->path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    const bool creator = fd >= 0;
+    if (!creator && errno == EEXIST) fd = open(x->path.c_str(), O_RDWR);
+    if (fd < 0) {
+        delete x;
+        return fail(ncclSystemError, "ncclCommInitRank: cannot open %s: %s", xp_path(cl->key).c_str(), strerror(errno));
+    }
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(init_timeout_ms());
+    if (creator) {
+        if (ftruncate(fd, (off_t)x->size) != 0) {
+            close(fd);
+            unlink(x->path.c_str());
+            delete x;
+            return fail(ncclSystemError, "ncclCommInitRank: cannot size %s: %s", xp_path(cl->key).c_str(), strerror(errno));
+        }
+    } else { // wait for the creator to size it
+        struct stat st{};
+        while (fstat(fd, &st) == 0 && (size_t)st.st_size < x->size && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        if ((size_t)st.st_size != x->size) {
+            close(fd);
+            const size_t want = x->size;
+            delete x;
+            return fail(ncclInvalidArgument, "ncclCommInitRank: %s is %lld bytes, not %zu: ranks disagree on their number (%d here)",
+                        xp_path(cl->key).c_str(), (long long)st.st_size, want, n);
+        }
+    }
+    void *m = mmap(nullptr, x->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        delete x;
+        return fail(ncclSystemError, "ncclCommInitRank: cannot map %s: %s", xp_path(cl->key).c_str(), strerror(errno));
+    }
+    x->base = static_cast<char *>(m);
+    x->h = reinterpret_cast<XpHeader *>(m);
+    XpHeader *h = x->h;
+    if (creator) {
+        pthread_mutexattr_t ma;
+        pthread_mutexattr_init(&ma);
+        pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+        pthread_mutex_init(&h->mu, &ma);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&h->cv, &ca);
+        h->nranks = n;
+        h->ready.store(kXpReady, std::memory_order_release);
+    } else {
+        while (h->ready.load(std::memory_order_acquire) != kXpReady && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        if (h->ready.load(std::memory_order_acquire) != kXpReady) {
+            xp_close(x, false);
+            return fail(ncclSystemError, "ncclCommInitRank: %s was never set up", xp_path(cl->key).c_str());
+        }
+    }
+    XpLock lock(h);
+    if (h->ranks[r].joined) {
+        xp_close(x, false);
+        return fail(ncclInvalidUsage, "ncclCommInitRank: rank %d of this id joined already (in another process)", r);
+    }
+    h->ranks[r].pid = getpid();
+    h->ranks[r].device = c->device;
+    h->ranks[r].joined = 1;
+    ++h->njoined;
+    pthread_cond_broadcast(&h->cv);
+    c->xp = x;
+    return ncclSuccess;
+}
+
+// Waits for every rank to join; then either leaves the file (all ranks in this process)
+// or keeps it and starts the heartbeat (ranks in other processes: c->cross).
+ncclResult_t xp_await_joined(Comm *c) {
+    Xp *x = c->xp;
+    XpHeader *h = x->h;
+    bool remove = false;
+    {
+        XpLock lock(h);
+        if (ncclResult_t r = xp_wait(x, c->rank, "ncclCommInitRank", 0, init_timeout_ms(), [&] {
+                std::vector<int> m;
+                for (int q = 0; q < h->nranks; ++q)
+                    if (!h->ranks[q].joined) m.push_back(q);
+                return m;
+            })) {
+            return r;
+        }
+        for (int q = 0; q < h->nranks; ++q) c->cross |= h->ranks[q].pid != getpid();
+        if (!c->cross) remove = ++h->ndetached == h->nranks;
+    }
+    if (!c->cross) {
+        c->xp = nullptr;
+        xp_close(x, remove);
+        return ncclSuccess;
+    }
+    const int r = c->rank, dev = c->device;
+    x->heart = std::thread([x, r, dev] {
+        uint64_t beat = 0;
+        while (!x->stop) {
+            const uint64_t a = cyb_emu_device_activity(dev) * 2 + (cyb_emu_device_busy(dev) ? ++beat : 0);
+            __atomic_store_n(&x->h->ranks[r].heartbeat, a, __ATOMIC_RELAXED);
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    });
+    return ncclSuccess;
+}
+
+// One collective of a rank of a cross-process communicator, in rounds.
+ncclResult_t xp_collective(Call &c) {
+    Comm *comm = c.comm;
+    Xp *x = comm->xp;
+    XpHeader *h = x->h;
+    const int n = h->nranks, r = comm->rank;
+    const char *what = kKindNames[c.kind];
+    const size_t es = kTypeSize[c.dtype];
+    const size_t per = kXpCap / (es * (c.kind == kReduceScatter ? n : 1));
+    const uint64_t seq = comm->seq++;
+    {
+        XpLock lock(h);
+        if (h->broken)
+            return fail(h->broken_code == ncclInvalidUsage ? ncclInvalidUsage : ncclRemoteError,
+                        "%s on rank %d: the communicator is broken: %s", what, r, h->why);
+        if (const char *fr = getenv("CYB_EMU_NCCL_FAIL_RANK"); fr && *fr && atoi(fr) == r && !h->injected) {
+            const char *at = getenv("CYB_EMU_NCCL_FAIL_AT");
+            if ((uint64_t)(at ? atoll(at) : 0) == seq) {
+                h->injected = 1;
+                char why[200];
+                snprintf(why, sizeof why, "rank %d failed its collective #%llu (injected by CYB_EMU_NCCL_FAIL_RANK)", r,
+                         (unsigned long long)seq);
+                xp_break(h, ncclSystemError, why);
+                return fail(ncclSystemError, "%s on rank %d: %s", what, r, why);
+            }
+        }
+    }
+    const char *send = static_cast<const char *>(c.send);
+    char *recv = static_cast<char *>(c.recv);
+    for (size_t a = 0; a < c.count; a += per) {
+        const size_t m = std::min(per, c.count - a), mb = m * es;
+        char *mine = x->slot(r);
+        switch (c.kind) {
+        case kReduceScatter:
+            for (int q = 0; q < n; ++q) memcpy(mine + q * mb, send + (q * c.count + a) * es, mb);
+            break;
+        case kBroadcast:
+            if (r == c.root) memcpy(mine, send + a * es, mb);
+            break;
+        default: memcpy(mine, send + a * es, mb); break;
+        }
+        const uint64_t t = ++x->ticket;
+        {
+            XpLock lock(h);
+            h->ranks[r].desc = XpDesc{seq, c.count, c.kind, c.dtype, c.op, c.root};
+            h->ranks[r].arrived = t;
+            pthread_cond_broadcast(&h->cv);
+            if (ncclResult_t e = xp_wait(x, r, what, seq, timeout_ms(), [&] {
+                    std::vector<int> miss;
+                    for (int q = 0; q < n; ++q)
+                        if (h->ranks[q].arrived < t) miss.push_back(q);
+                    return miss;
+                }))
+                return e;
+            for (int q = 0; q < n; ++q) {
+                const XpDesc &d = h->ranks[q].desc;
+                Call other{comm, (Kind)d.kind, nullptr, nullptr, (size_t)d.count, d.dtype, d.op, d.root};
+                Op mine_op;
+                mine_op.kind = c.kind;
+                mine_op.count = c.count;
+                mine_op.dtype = c.dtype;
+                mine_op.op = c.op;
+                mine_op.root = c.root;
+                std::string why;
+                if (d.seq != seq || !same_call(mine_op, other, why)) {
+                    char msg[400];
+                    snprintf(msg, sizeof msg, "collective #%llu: %s (every rank must make the same calls in the same order)",
+                             (unsigned long long)seq, d.seq != seq ? "ranks at different collectives" : why.c_str());
+                    xp_break(h, ncclInvalidUsage, msg);
+                    return fail(ncclInvalidUsage, "%s on rank %d: %s", what, r, msg);
+                }
+            }
+        }
+        std::vector<const char *> in(n);
+        switch (c.kind) {
+        case kAllReduce:
+        case kReduce:
+            if (c.kind == kAllReduce || r == c.root) {
+                for (int q = 0; q < n; ++q) in[q] = x->slot(q);
+                reduce(c.dtype, c.op, in, m, recv + a * es);
+            }
+            break;
+        case kReduceScatter:
+            for (int q = 0; q < n; ++q) in[q] = x->slot(q) + r * mb;
+            reduce(c.dtype, c.op, in, m, recv + a * es);
+            break;
+        case kAllGather:
+            for (int q = 0; q < n; ++q) memcpy(recv + (q * c.count + a) * es, x->slot(q), mb);
+            break;
+        case kBroadcast: memcpy(recv + a * es, x->slot(c.root), mb); break;
+        case kInit: break;
+        }
+        XpLock lock(h);
+        h->ranks[r].finished = t;
+        pthread_cond_broadcast(&h->cv);
+        if (ncclResult_t e = xp_wait(x, r, what, seq, timeout_ms(), [&] {
+                std::vector<int> miss;
+                for (int q = 0; q < n; ++q)
+                    if (h->ranks[q].finished < t) miss.push_back(q);
+                return miss;
+            }))
+            return e;
+    }
+    return ncclSuccess;
+}
+
+// A rank of a cross-process communicator leaves: waiting peers fail at once.
+void xp_leave(Comm *c) {
+    Xp *x = c->xp;
+    bool remove = false;
+    {
+        XpLock lock(x->h);
+        XpHeader *h = x->h;
+        h->ranks[c->rank].gone = 1;
+        // The last one out removes the file; so does one that finds the others gone
+        // without a word (their process ended or never joined).
+        remove = ++h->ndetached == h->nranks;
+        bool others_gone = true;
+        for (int q = 0; q < h->nranks; ++q)
+            others_gone &= h->ranks[q].gone || h->ranks[q].pid <= 0 || (kill(h->ranks[q].pid, 0) != 0 && errno == ESRCH);
+        remove |= others_gone;
+        pthread_cond_broadcast(&x->h->cv);
+    }
+    xp_close(x, remove);
+    c->xp = nullptr;
+}
+
 // Deposits every queued call of this thread, then waits for each (the outermost
 // ncclGroupEnd, or a call outside a group). The first error is returned.
 ncclResult_t run_calls(std::vector<Call> &calls) {
-    std::unique_lock<std::mutex> lock(g_mu);
     ncclResult_t first = ncclSuccess;
+    auto note = [&](ncclResult_t r) {
+        if (r && !first) first = r;
+    };
+    // Inits meet in the shared file first (without g_mu): it tells whether the ranks span
+    // processes.
+    for (Call &c : calls)
+        if (c.kind == kInit)
+            if (ncclResult_t r = xp_join(c.comm)) {
+                note(r);
+                c.skip = true;
+            }
+    for (Call &c : calls)
+        if (c.kind == kInit && !c.skip)
+            if (ncclResult_t r = xp_await_joined(c.comm)) {
+                note(r);
+                c.skip = true;
+            }
+    // Cross-process collectives run one after the other, so one thread may not hold two
+    // ranks of such a communicator in a group.
+    for (size_t i = 0; i < calls.size(); ++i)
+        for (size_t j = i + 1; j < calls.size(); ++j)
+            if (calls[i].comm->cross && calls[i].comm->clique == calls[j].comm->clique &&
+                calls[i].comm->rank != calls[j].comm->rank && calls[i].kind != kInit && !calls[i].skip) {
+                note(fail(ncclInvalidUsage,
+                          "%s: one thread drives ranks %d and %d of a communicator whose ranks span processes: not "
+                          "emulated (one rank per thread there)",
+                          kKindNames[calls[i].kind], calls[i].comm->rank, calls[j].comm->rank));
+                for (Call &c : calls) c.skip = true;
+            }
+    std::unique_lock<std::mutex> lock(g_mu);
     for (Call &c : calls) {
         ncclResult_t r = ncclSuccess;
+        if (c.skip || c.comm->cross) continue;
         if (c.kind == kInit) {
             Clique *cl = c.comm->clique;
             if (cl->broken) r = fail(ncclRemoteError, "ncclCommInitRank on rank %d: %s", c.comm->rank, cl->broken_why.c_str());
@@ -608,8 +1047,12 @@ ncclResult_t run_calls(std::vector<Call> &calls) {
         } else if (c.count > 0) {
             r = deposit(c);
         }
-        if (r && !first) first = r;
+        note(r);
     }
+    lock.unlock();
+    for (Call &c : calls)
+        if (!c.skip && c.comm->cross && c.kind != kInit && c.count > 0) note(xp_collective(c));
+    lock.lock();
     for (Call &c : calls) {
         if (!c.o) continue;
         Clique *cl = c.comm->clique;
@@ -671,13 +1114,6 @@ ncclResult_t init_rank(Comm **comm, int nranks, ncclUniqueId id, int rank) {
     if (rank < 0 || rank >= nranks) return fail(ncclInvalidArgument, "ncclCommInitRank: rank %d outside 0..%d", rank, nranks - 1);
     if (memcmp(id.internal, kIdMagic, sizeof kIdMagic) != 0)
         return fail(ncclInvalidArgument, "ncclCommInitRank: the unique id was not made by ncclGetUniqueId");
-    int64_t pid = 0;
-    memcpy(&pid, id.internal + 16, 8);
-    if (pid != (int64_t)getpid())
-        return fail(ncclInvalidUsage,
-                    "ncclCommInitRank: the unique id was made by process %lld, this is %lld: the emulated NCCL joins "
-                    "ranks of one process only (host threads), not across processes",
-                    (long long)pid, (long long)getpid());
     int device = cyb_emu_current_device();
     if (device < 0) device = 0; // NCCL uses cudaGetDevice(), which is 0 when none was set
     Comm *c = nullptr;
@@ -694,8 +1130,10 @@ ncclResult_t init_rank(Comm **comm, int nranks, ncclUniqueId id, int rank) {
 
 // Leaves the clique (destroy or abort): waiting peers fail instead of hanging.
 ncclResult_t leave(Comm *c, const char *what) {
+    if (!live(c)) return fail(ncclInvalidArgument, "%s: %p is not a live communicator", what, (void *)c);
+    if (c->xp) xp_leave(c);
     std::lock_guard<std::mutex> lock(g_mu);
-    if (!c || !g_comms.count(c)) return fail(ncclInvalidArgument, "%s: %p is not a live communicator", what, (void *)c);
+    if (!g_comms.count(c)) return fail(ncclInvalidArgument, "%s: %p is not a live communicator", what, (void *)c);
     g_comms.erase(c);
     Clique *cl = c->clique;
     cl->ranks[c->rank] = nullptr;
@@ -780,7 +1218,7 @@ NCCL_API ncclResult_t ncclCommGetAsyncError(Comm *comm, ncclResult_t *error) {
     std::lock_guard<std::mutex> lock(g_mu);
     if (!comm || !g_comms.count(comm) || !error)
         return fail(ncclInvalidArgument, "ncclCommGetAsyncError: %p is not a live communicator", (void *)comm);
-    *error = comm->clique->broken ? ncclRemoteError : ncclSuccess;
+    *error = comm->clique->broken || (comm->xp && comm->xp->h->broken) ? ncclRemoteError : ncclSuccess;
     return ncclSuccess;
 }
 NCCL_API ncclResult_t ncclCommCount(const Comm *comm, int *count) {

@@ -360,6 +360,199 @@ static void allreduce_bf16(int n, size_t count, int op, const char *what) {
     check(ok && worst <= 1.0, what);
 }
 
+// ---- ranks in several processes: this program started again as "multidev rank R N ID
+// SCENARIO" for ranks 1..N-1, rank 0 in this process ----
+static std::string hex(const ncclUniqueId &id) {
+    std::string s;
+    char b[3];
+    for (unsigned char c : id.internal) {
+        snprintf(b, sizeof b, "%02x", c);
+        s += b;
+    }
+    return s;
+}
+static ncclUniqueId unhex(const char *s) {
+    ncclUniqueId id{};
+    for (int i = 0; i < 128 && s[2 * i] && s[2 * i + 1]; ++i) {
+        unsigned v = 0;
+        sscanf(s + 2 * i, "%2x", &v);
+        id.internal[i] = (char)v;
+    }
+    return id;
+}
+
+// What every rank of a cross-process communicator checks of its own results: an
+// all-reduce sum of f32 in two rounds (over 4 MiB per rank) against the serial rank-order
+// sum, a bf16 avg, a reduce-scatter and an all-gather of int32, a broadcast.
+static bool xp_rank_checks(ncclComm_t c, int rank, int n) {
+    bool ok = true;
+    const size_t count = (4u << 20) / 4 + 12345;
+    std::vector<std::vector<float>> in(n);
+    for (int q = 0; q < n; ++q) in[q] = random_floats(count, 555 + q);
+    {
+        DevBuf s(count * 4);
+        std::vector<float> got(count);
+        cuMemcpyHtoD_v2(s.p, in[rank].data(), count * 4);
+        ok &= ncclAllReduce(s.ptr(), s.ptr(), count, kF32, kSum, c, nullptr) == 0;
+        cuMemcpyDtoH_v2(got.data(), s.p, count * 4);
+        for (size_t i = 0; i < count; ++i) {
+            float acc = in[0][i];
+            for (int q = 1; q < n; ++q) acc += in[q][i];
+            ok &= memcmp(&acc, &got[i], 4) == 0;
+        }
+    }
+    {
+        const size_t k = 1001;
+        std::vector<uint16_t> mine(k), got(k);
+        for (size_t i = 0; i < k; ++i) mine[i] = bf16_bits(in[rank][i]);
+        DevBuf s(k * 2);
+        cuMemcpyHtoD_v2(s.p, mine.data(), k * 2);
+        ok &= ncclAllReduce(s.ptr(), s.ptr(), k, kBf16, kAvg, c, nullptr) == 0;
+        cuMemcpyDtoH_v2(got.data(), s.p, k * 2);
+        const float scale = round_bf16(1.0f / n);
+        for (size_t i = 0; i < k; ++i) {
+            float acc = 0;
+            for (int q = 0; q < n; ++q) {
+                const float x = round_bf16(bf16_value(bf16_bits(in[q][i])) * scale);
+                acc = q == 0 ? x : round_bf16(acc + x);
+            }
+            ok &= got[i] == bf16_bits(acc);
+        }
+    }
+    {
+        const size_t k = 5;
+        std::vector<int32_t> src(k * n), rs(k), ag(k * n), bc(k);
+        for (size_t i = 0; i < k * n; ++i) src[i] = (int32_t)(100 * rank + i);
+        DevBuf s(k * n * 4), d(k * n * 4);
+        cuMemcpyHtoD_v2(s.p, src.data(), k * n * 4);
+        ok &= ncclReduceScatter(s.ptr(), d.ptr(), k, kI32, kSum, c, nullptr) == 0;
+        cuMemcpyDtoH_v2(rs.data(), d.p, k * 4);
+        ok &= ncclAllGather(s.ptr(), d.ptr(), k, kI32, c, nullptr) == 0;
+        cuMemcpyDtoH_v2(ag.data(), d.p, k * n * 4);
+        ok &= ncclBroadcast(s.ptr(), d.ptr(), k, kI32, n - 1, c, nullptr) == 0;
+        cuMemcpyDtoH_v2(bc.data(), d.p, k * 4);
+        for (size_t i = 0; i < k; ++i) {
+            int32_t want = 0;
+            for (int q = 0; q < n; ++q) want += (int32_t)(100 * q + rank * k + i);
+            ok &= rs[i] == want && bc[i] == (int32_t)(100 * (n - 1) + i);
+            for (int q = 0; q < n; ++q) ok &= ag[q * k + i] == (int32_t)(100 * q + i);
+        }
+    }
+    return ok;
+}
+
+// A child process: one rank. Exit status 0 when its checks pass (scenario "ok"), after
+// init for "exit-early", and 0 when its collective failed as injected for "fail".
+static int child_rank(int rank, int n, const char *idhex, const std::string &scenario) {
+    if (cuInit(0) != 0) return 10;
+    CUcontext ctx = nullptr;
+    int ndev = 1;
+    cuDeviceGetCount(&ndev);
+    cuDevicePrimaryCtxRetain(&ctx, rank % ndev);
+    cuCtxSetCurrent(ctx);
+    ncclComm_t c = nullptr;
+    if (ncclCommInitRank(&c, n, unhex(idhex), rank) != 0) return 11;
+    if (scenario == "exit-early") _exit(0); // gone without a word
+    if (scenario == "fail") {
+        DevBuf s(64);
+        const int r = ncclAllReduce(s.ptr(), s.ptr(), 16, kF32, kSum, c, nullptr);
+        ncclCommAbort(c);
+        return r == kSystemError || r == kRemoteError ? 0 : 12;
+    }
+    const bool ok = xp_rank_checks(c, rank, n);
+    ncclCommDestroy(c);
+    return ok ? 0 : 13;
+}
+
+#include <spawn.h>
+#include <sys/wait.h>
+extern char **environ;
+static std::vector<pid_t> spawn_ranks(int n, const ncclUniqueId &id, const char *scenario) {
+    std::vector<pid_t> pids;
+    const std::string h = hex(id), ns = std::to_string(n);
+    for (int r = 1; r < n; ++r) {
+        const std::string rs = std::to_string(r);
+        char *argv[] = {(char *)"multidev", (char *)"rank", (char *)rs.c_str(), (char *)ns.c_str(), (char *)h.c_str(),
+                        (char *)scenario, nullptr};
+        pid_t pid = 0;
+        if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, environ) == 0) pids.push_back(pid);
+    }
+    return pids;
+}
+static bool children_ok(const std::vector<pid_t> &pids) {
+    bool ok = !pids.empty();
+    for (pid_t p : pids) {
+        int st = 0;
+        waitpid(p, &st, 0);
+        ok &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) printf("selftest:   (a rank's process ended with status %d)\n", st);
+    }
+    return ok;
+}
+
+static void multi_process_tests() {
+    cuCtxSetCurrent(g_ctx[0]);
+    {
+        // Rank 0 here, ranks 1 and 2 in processes of their own.
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        auto pids = spawn_ranks(3, id, "ok");
+        ncclComm_t c = nullptr;
+        bool ok = ncclCommInitRank(&c, 3, id, 0) == 0 && xp_rank_checks(c, 0, 3);
+        if (c) ncclCommDestroy(c);
+        check(children_ok(pids) && ok,
+              "3 ranks in 3 processes: all-reduce f32 (2 rounds) bitwise, bf16 avg, RS, AG, broadcast");
+    }
+    {
+        // Rank 1's process exits after init: rank 0's collective fails at once, naming it.
+        setenv("CYB_EMU_NCCL_TIMEOUT_MS", "20000", 1);
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        auto pids = spawn_ranks(2, id, "exit-early");
+        ncclComm_t c = nullptr;
+        int r = ncclCommInitRank(&c, 2, id, 0);
+        const bool child = children_ok(pids);
+        DevBuf s(64);
+        const auto t0 = std::chrono::steady_clock::now();
+        if (r == 0) r = ncclAllReduce(s.ptr(), s.ptr(), 16, kF32, kSum, c, nullptr);
+        const std::string msg = ncclGetLastError(nullptr);
+        check(child && r == kRemoteError && secs_since(t0) < 2 && msg.find("exited") != std::string::npos,
+              "a rank's process that exits: the others get ncclRemoteError at once, naming it");
+        if (c) ncclCommAbort(c);
+    }
+    {
+        // Injected failure on rank 1 (another process): both ranks fail at once.
+        setenv("CYB_EMU_NCCL_FAIL_RANK", "1", 1);
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        auto pids = spawn_ranks(2, id, "fail");
+        ncclComm_t c = nullptr;
+        int r = ncclCommInitRank(&c, 2, id, 0);
+        DevBuf s(64);
+        const auto t0 = std::chrono::steady_clock::now();
+        if (r == 0) r = ncclAllReduce(s.ptr(), s.ptr(), 16, kF32, kSum, c, nullptr);
+        const bool child = children_ok(pids);
+        unsetenv("CYB_EMU_NCCL_FAIL_RANK");
+        check(child && r == kRemoteError && secs_since(t0) < 5,
+              "CYB_EMU_NCCL_FAIL_RANK=1 in another process: rank 0 gets ncclRemoteError at once");
+        if (c) ncclCommAbort(c);
+    }
+    {
+        // A rank that never starts: init fails after CYB_EMU_NCCL_INIT_TIMEOUT_MS.
+        setenv("CYB_EMU_NCCL_INIT_TIMEOUT_MS", "300", 1);
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        ncclComm_t c = nullptr;
+        const auto t0 = std::chrono::steady_clock::now();
+        const int r = ncclCommInitRank(&c, 2, id, 0);
+        check(r == kSystemError && secs_since(t0) < 3 &&
+                  std::string(ncclGetLastError(nullptr)).find("rank(s) 1 of 2 never arrived") != std::string::npos,
+              "a rank that never calls ncclCommInitRank: ncclSystemError after the init timeout");
+        if (c) ncclCommAbort(c);
+        unsetenv("CYB_EMU_NCCL_INIT_TIMEOUT_MS");
+    }
+}
+
 static void nccl_tests() {
     int v = 0;
     check(ncclGetVersion(&v) == 0 && v >= 22000, "ncclGetVersion");
@@ -418,6 +611,47 @@ static void nccl_tests() {
     allreduce_f32(3, 1000, kAvg, "all-reduce avg f32, 3 ranks: = sum of x/3 in rank order; f64 within bound");
     allreduce_bf16(2, 333, kSum, "all-reduce sum bf16, 2 ranks, in place: = serial bf16 sum; f64 within bound");
     allreduce_bf16(3, 1025, kAvg, "all-reduce avg bf16, 3 ranks, in place: = serial; f64 within bound");
+    {
+        // Each rank thread groups three all-reduces (f32 buckets and f64 statistics), as a
+        // bucketed gradient reduction does; they complete at its ncclGroupEnd.
+        const int n = 2;
+        ncclUniqueId id;
+        ncclGetUniqueId(&id);
+        std::vector<int> rc(n, -1);
+        std::vector<std::vector<float>> a(n), b(n);
+        std::vector<std::vector<double>> st(n, std::vector<double>(3));
+        per_rank(n, [&](int r) {
+            ncclComm_t c = nullptr;
+            if (ncclCommInitRank(&c, n, id, r)) return;
+            a[r] = random_floats(100, 1 + r);
+            b[r] = random_floats(37, 11 + r);
+            st[r] = {1.0 + r, 0.25 * r, -3.0};
+            DevBuf da(400), db(148), ds(24);
+            cuMemcpyHtoD_v2(da.p, a[r].data(), 400);
+            cuMemcpyHtoD_v2(db.p, b[r].data(), 148);
+            cuMemcpyHtoD_v2(ds.p, st[r].data(), 24);
+            void *stream = nullptr;
+            cuStreamCreate(&stream, 0);
+            rc[r] = ncclGroupStart();
+            rc[r] |= ncclAllReduce(da.ptr(), da.ptr(), 100, kF32, kSum, c, stream);
+            rc[r] |= ncclAllReduce(db.ptr(), db.ptr(), 37, kF32, kSum, c, stream);
+            rc[r] |= ncclAllReduce(ds.ptr(), ds.ptr(), 3, kF64, kSum, c, stream);
+            rc[r] |= ncclGroupEnd();
+            std::vector<float> ga(100), gb(37);
+            cuMemcpyDtoH_v2(ga.data(), da.p, 400);
+            cuMemcpyDtoH_v2(gb.data(), db.p, 148);
+            cuMemcpyDtoH_v2(st[r].data(), ds.p, 24);
+            a[r] = ga;
+            b[r] = gb;
+            cuStreamDestroy_v2(stream);
+            ncclCommDestroy(c);
+        });
+        bool ok = rc == std::vector<int>(n, 0) && a[0] == a[1] && b[0] == b[1] &&
+                  st[0] == std::vector<double>{3.0, 0.25, -6.0} && st[1] == st[0];
+        const auto a0 = random_floats(100, 1), a1 = random_floats(100, 2);
+        for (int i = 0; i < 100 && ok; ++i) ok = a[0][i] == a0[i] + a1[i];
+        check(ok, "each rank thread groups three all-reduces (f32, f32, f64) on its own stream");
+    }
     {
         // Reduce-scatter, all-gather, broadcast and reduce, 3 ranks in threads.
         const int n = 3;
@@ -482,17 +716,7 @@ static void nccl_tests() {
         }, devs);
         check(rc[0] == kInvalidUsage && rc[1] == kInvalidUsage, "two ranks on one device: ncclInvalidUsage");
     }
-    {
-        ncclUniqueId id;
-        ncclGetUniqueId(&id);
-        int64_t other = 1;
-        memcpy(id.internal + 16, &other, 8); // as if made by process 1
-        ncclComm_t c = nullptr;
-        cuCtxSetCurrent(g_ctx[0]);
-        check(ncclCommInitRank(&c, 2, id, 0) == kInvalidUsage &&
-                  std::string(ncclGetLastError(nullptr)).find("one process only") != std::string::npos,
-              "an id from another process: ncclInvalidUsage (in-process ranks only)");
-    }
+    multi_process_tests();
     setenv("CYB_EMU_NCCL_TIMEOUT_MS", "300", 1);
     {
         // A rank that never arrives: the caller gets ncclSystemError after the timeout,
@@ -570,7 +794,8 @@ static void nccl_tests() {
     }
 }
 
-int main() {
+int main(int argc, char **argv) {
+    if (argc == 6 && !strcmp(argv[1], "rank")) return child_rank(atoi(argv[2]), atoi(argv[3]), argv[4], argv[5]);
     if (cuInit(0) != 0) {
         printf("selftest: cuInit failed\n");
         return 1;
