@@ -40,6 +40,7 @@ fn names() -> Vec<(String, usize)> {
     v.push(("uneven_batch_is_refused".into(), 2));
     v.push(("cli_train_gpus_2_saves".into(), 2));
     v.push(("cli_world_size_without_rank_0_times_out".into(), 2));
+    v.push(("cli_world_size_2_processes_equal_gpus_2".into(), 2));
     v
 }
 
@@ -139,6 +140,7 @@ mod gpu_tests {
             ("uneven_batch_is_refused", _) => uneven_batch(rng),
             ("cli_train_gpus_2_saves", _) => cli_gpus(),
             ("cli_world_size_without_rank_0_times_out", _) => cli_world_size_timeout(),
+            ("cli_world_size_2_processes_equal_gpus_2", _) => cli_two_processes(),
             _ => Err(format!("unknown test {name}").into()),
         }
     }
@@ -619,31 +621,21 @@ mod gpu_tests {
     /// `cyb train` with the given flags (a tiny run), in this process's environment
     /// (the emulator's library path under scripts/test_emulated.sh) plus `env`.
     fn cyb_train(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let tiny = [
-            "train",
-            "--device",
-            "cuda",
-            "--precision",
-            "f32",
-            "--task",
-            "modsum",
-            "--steps",
-            "2",
-            "--batch",
-            "4",
-            "--ctx",
-            "6",
-            "--d-model",
-            "128",
-            "--heads",
-            "2",
-            "--layers",
-            "1",
-            "--pauses",
-            "1",
-            "--eval-batches",
-            "1",
-        ];
+        cyb_train_on("cuda", args, env)
+    }
+
+    /// The tiny run's flags on `device`.
+    fn tiny_run(device: &str) -> Vec<String> {
+        "train --precision f32 --task modsum --steps 2 --batch 4 --ctx 6 --d-model 128 \
+         --heads 2 --layers 1 --pauses 1 --eval-batches 1 --device"
+            .split_whitespace()
+            .chain([device])
+            .map(String::from)
+            .collect()
+    }
+
+    fn cyb_train_on(device: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let tiny = tiny_run(device);
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cyb"));
         cmd.args(tiny).args(args);
         for (k, v) in env {
@@ -666,7 +658,7 @@ mod gpu_tests {
             return Err(format!("--gpus 2 failed: {stderr}\n{stdout}").into());
         }
         let _ = std::fs::remove_dir_all(file.parent().expect("folder"));
-        let out = cyb_train(&["--gpus", "2", "--device", "cpu"], &[]);
+        let out = cyb_train_on("cpu", &["--gpus", "2"], &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || !stderr.contains("add --device cuda") {
             return Err(format!("--gpus with --device cpu: {stderr}").into());
@@ -701,6 +693,46 @@ mod gpu_tests {
         }
         if took > Duration::from_secs(60) {
             return Err(format!("took {took:?} for a 1 s timeout").into());
+        }
+        Ok(())
+    }
+
+    /// Two `cyb train --world-size 2` processes (the stand-in NCCL joins ranks across
+    /// processes through a shared file) save bit for bit the model of one `--gpus 2`
+    /// process: the same replicas, the same all-reduce.
+    fn cli_two_processes() -> R {
+        let rdv = rendezvous_path("cli_two");
+        let dir = rdv.parent().expect("folder").to_path_buf();
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let ranks: Vec<_> = (0..2)
+            .map(|r| {
+                let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cyb"));
+                cmd.args(tiny_run("cuda"));
+                cmd.args(["--world-size", "2", "--rank", &r.to_string()]);
+                cmd.args(["--rendezvous", &path("rendezvous.id")]);
+                cmd.args(["--save", &path("ranks.safetensors")]);
+                cmd.env("LOCAL_RANK", r.to_string());
+                cmd.stdout(std::process::Stdio::null());
+                cmd.stderr(std::process::Stdio::piped());
+                cmd.spawn().expect("cyb starts")
+            })
+            .collect();
+        for (r, child) in ranks.into_iter().enumerate() {
+            let out = child.wait_with_output().expect("cyb ends");
+            if !out.status.success() {
+                let e = String::from_utf8_lossy(&out.stderr);
+                return Err(format!("rank {r} failed: {e}").into());
+            }
+        }
+        let out = cyb_train(&["--gpus", "2", "--save", &path("gpus.safetensors")], &[]);
+        if !out.status.success() {
+            return Err(format!("--gpus 2: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let load = |name: &str| cyb::checkpoint::load(path(name)).map_err(err);
+        let (a, b) = (load("ranks.safetensors")?, load("gpus.safetensors")?);
+        let _ = std::fs::remove_dir_all(&dir);
+        if bits(&flat(&a.params)) != bits(&flat(&b.params)) {
+            return Err("two processes and --gpus 2 saved different models".into());
         }
         Ok(())
     }
