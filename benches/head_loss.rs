@@ -23,7 +23,9 @@
 //!   fused within 1.05x of unfused, its memory at most the chunk budget (256 MiB, the
 //!   CLI default). Criterion then times the three at GPT-2 small in bf16. No cache
 //!   flush is needed: every call streams gigabytes (or hundreds of MB for the fused
-//!   head's chunks) through a 50 MB L2.
+//!   head's chunks) through a 50 MB L2. `CYB_HEAD_BENCH_TINY=1` runs every path once at
+//!   a tiny shape, also on the CPU emulator, without criterion: a check that the bench
+//!   runs through (its times mean nothing there).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cyb::cpu::head_loss::{head_loss, HeadGrads, HeadShape};
@@ -185,6 +187,8 @@ mod gpu {
         gpu: Arc<GpuContext>,
         linear: Linear,
         loss: CybLoss,
+        /// The fused head's chunk budget in bytes.
+        budget: usize,
     }
 
     /// The unfused head: logits into the whole padded buffer, the loss forward and its
@@ -291,9 +295,9 @@ mod gpu {
         Some(meter.peak_bytes().expect("peak") - meter.start_bytes())
     }
 
-    fn gib(bytes: Option<usize>) -> String {
+    fn mib(bytes: Option<usize>) -> String {
         bytes.map_or("n/a (no memory pool)".into(), |b| {
-            format!("{:.3} GiB", b as f64 / (1u64 << 30) as f64)
+            format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
         })
     }
 
@@ -312,7 +316,7 @@ mod gpu {
             unfused(kit, c, &mut logits);
         });
         let fused_peak = peak_bytes(gpu, &mut || {
-            let mut head = GpuHead::<T>::new(gpu, DEFAULT_HEAD_CHUNK_BYTES).expect("head");
+            let mut head = GpuHead::<T>::new(gpu, kit.budget).expect("head");
             fused(kit, c, &mut head);
         });
         // Then time, with the buffers allocated once.
@@ -323,7 +327,7 @@ mod gpu {
                 return None;
             }
         };
-        let mut head = GpuHead::<T>::new(gpu, DEFAULT_HEAD_CHUNK_BYTES).expect("head");
+        let mut head = GpuHead::<T>::new(gpu, kit.budget).expect("head");
         let unfused_ms = median_ms(gpu, &mut || unfused(kit, c, &mut logits));
         let floor_ms = median_ms(gpu, &mut || gemms(kit, c, &mut logits));
         drop(logits);
@@ -334,16 +338,16 @@ mod gpu {
         let tflops = 6.0 * (s.rows() * d * (s.vocab + 1)) as f64 / (floor_ms * 1e-3) / 1e12;
         println!(
             "gpu head_loss {} [{} rows, d {d}, V+1 {} stride {stride}]: fused {fused_ms:.2} ms \
-             ({chunks} chunks of <= {} MiB, peak {}), unfused {unfused_ms:.2} ms (peak {}, \
-             logits {:.3} GiB), GEMM floor {floor_ms:.2} ms ({tflops:.0} TFLOP/s); fused/unfused \
+             ({chunks} chunks of <= {}, peak {}), unfused {unfused_ms:.2} ms (peak {}, \
+             logits {}), GEMM floor {floor_ms:.2} ms ({tflops:.0} TFLOP/s); fused/unfused \
              {:.3}x time, fused/floor {:.3}x, unfused/floor {:.3}x",
             c.label,
             s.rows(),
             s.vocab + 1,
-            DEFAULT_HEAD_CHUNK_BYTES >> 20,
-            gib(fused_peak),
-            gib(unfused_peak),
-            logits_bytes as f64 / (1u64 << 30) as f64,
+            mib(Some(kit.budget)),
+            mib(fused_peak),
+            mib(unfused_peak),
+            mib(Some(logits_bytes)),
             fused_ms / unfused_ms,
             fused_ms / floor_ms,
             unfused_ms / floor_ms,
@@ -351,15 +355,25 @@ mod gpu {
         Some((fused_ms, unfused_ms, floor_ms))
     }
 
-    fn run_case<T: Elem>(gpu: &Arc<GpuContext>, label: &str, shape: LossShape, d: usize)
-    where
-        CudaBlas: Gemm<T>,
-    {
-        let kit = Kit {
+    fn kit(gpu: &Arc<GpuContext>, shape: LossShape, budget: usize) -> Kit {
+        Kit {
             gpu: gpu.clone(),
             linear: Linear::new(gpu).expect("cuBLAS"),
             loss: CybLoss::new(gpu, &objective(shape)).expect("loss"),
-        };
+            budget,
+        }
+    }
+
+    fn run_case<T: Elem>(
+        gpu: &Arc<GpuContext>,
+        label: &str,
+        shape: LossShape,
+        d: usize,
+        budget: usize,
+    ) where
+        CudaBlas: Gemm<T>,
+    {
+        let kit = kit(gpu, shape, budget);
         let mut c = case::<T>(gpu, label, shape, d);
         compare(&kit, &mut c);
     }
@@ -371,35 +385,47 @@ mod gpu {
         }
         // A device that is there but unusable is an error, not a skip.
         let gpu = GpuContext::new(0).expect("open CUDA device 0");
-        if gpu.is_emulator() {
+        // CYB_HEAD_BENCH_TINY=1: every path at a tiny shape, also on the emulator (a
+        // check that the bench runs through, before a GPU run depends on it; no timing).
+        let tiny = std::env::var_os("CYB_HEAD_BENCH_TINY").is_some();
+        if gpu.is_emulator() && !tiny {
             eprintln!("GPU head bench skipped: the device is the CPU emulator, not a GPU");
             return;
         }
-        let shape = |batch, vocab| LossShape {
-            batch,
-            pauses: 3,
-            seq: 1024,
-            vocab,
+        let shape = |batch: usize, vocab: usize| match tiny {
+            false => LossShape {
+                batch,
+                pauses: 3,
+                seq: 1024,
+                vocab,
+            },
+            true => LossShape {
+                batch: batch.div_ceil(4),
+                pauses: 3,
+                seq: 8,
+                vocab: vocab / 256,
+            },
         };
-        let d = 768;
-        run_case::<f32>(&gpu, "GPT-2 small", shape(8, 50257), d);
-        run_case::<f32>(&gpu, "V=256k (B 2)", shape(2, 256_000), d);
-        run_case::<bf16>(&gpu, "V=256k", shape(8, 256_000), d);
+        // The CLI's default budget; 16 KiB (several chunks) at the tiny shape.
+        let (d, budget) = if tiny {
+            (32, 16 << 10)
+        } else {
+            (768, DEFAULT_HEAD_CHUNK_BYTES)
+        };
+        run_case::<f32>(&gpu, "GPT-2 small", shape(8, 50257), d, budget);
+        run_case::<f32>(&gpu, "V=256k (B 2)", shape(2, 256_000), d, budget);
+        run_case::<bf16>(&gpu, "V=256k", shape(8, 256_000), d, budget);
 
         // GPT-2 small in bf16 last, also through criterion.
         let s = shape(8, 50257);
-        let kit = Kit {
-            gpu: gpu.clone(),
-            linear: Linear::new(&gpu).expect("cuBLAS"),
-            loss: CybLoss::new(&gpu, &objective(s)).expect("loss"),
-        };
+        let kit = kit(&gpu, s, budget);
         let mut case = case::<bf16>(&gpu, "GPT-2 small", s, d);
-        if compare(&kit, &mut case).is_none() {
+        if compare(&kit, &mut case).is_none() || tiny {
             return;
         }
         let stride = padded_row_stride(s.vocab + 1);
         let mut logits = gpu.zeros::<bf16>(s.rows() * stride).expect("logits");
-        let mut head = GpuHead::<bf16>::new(&gpu, DEFAULT_HEAD_CHUNK_BYTES).expect("head");
+        let mut head = GpuHead::<bf16>::new(&gpu, kit.budget).expect("head");
         let mut group = c.benchmark_group("gpu_head_loss_gpt2_small_bf16");
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(3));
