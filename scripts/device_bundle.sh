@@ -7,7 +7,10 @@
 #                                 at run time: without it on the GPU machine gpu_nccl and
 #                                 the data_parallel bench say so and skip)
 #                                 (all of them, so GPU tests added later are included)
-#   device_bundle/benches/<name>  every bench executable
+#   device_bundle/benches/<name>  every bench executable (attention, head_loss: fused vs
+#                                 unfused head at GPT-2 small and V = 256k, ms and peak
+#                                 bytes; loss, shard_loader, train_step); their `gpu ...`
+#                                 lines end up under run_all.sh's table
 #   device_bundle/examples/gpt2_finetune_smoke  30 bf16 fine-tune steps of an imported
 #                                 random GPT-2 at the 124M shape (K = 3): loss, tokens/s,
 #                                 peak memory (examples/gpt2_finetune_smoke.rs)

@@ -406,19 +406,46 @@ impl Stepper for CpuStepper {
 mod cuda {
     use super::*;
     use crate::config::Precision;
+    use crate::gpu::memory::{device_bytes_in_use, PeakMemory};
     use crate::gpu::{model::GpuModel, GpuContext};
 
     struct GpuStepper {
         model: GpuModel,
+        gpu: std::sync::Arc<GpuContext>,
         /// Device bytes in use before the first step (`None` once reported).
         used_at_start: Option<usize>,
+        /// The peak of the buffers' memory over the first step (the memory pool's high
+        /// watermark), where the device has a memory pool.
+        peak: Option<PeakMemory>,
     }
 
-    /// `total - free` from `cuMemGetInfo`: what the whole device has allocated.
-    fn device_bytes_in_use() -> Option<usize> {
-        cudarc::driver::result::mem_get_info()
-            .ok()
-            .map(|(free, total)| total.saturating_sub(free))
+    impl GpuStepper {
+        /// After the first step: its peak device memory (the memory pool's high
+        /// watermark, temporaries freed inside the step included) and what stays in use
+        /// (cuMemGetInfo: activations, chunk buffers, optimizer state, the context).
+        fn report_memory(&mut self, start: usize, cfg: &TrainConfig) -> Result<()> {
+            self.gpu.synchronize()?;
+            let now = device_bytes_in_use(&self.gpu)?;
+            let mib = |b: usize| b as f64 / (1 << 20) as f64;
+            let peak = match self.peak.take() {
+                Some(p) => format!(
+                    "peak device memory in the first step {:.1} MiB (the buffers' memory \
+                     pool, {:.1} MiB before it), ",
+                    mib(p.peak_bytes()?),
+                    mib(p.start_bytes()),
+                ),
+                None => "no memory pool, so no peak; ".into(),
+            };
+            crate::console::note(format!(
+                "cuda: {peak}in use after it {:.1} MiB ({:.1} MiB allocated by the model and \
+                 the step; cuMemGetInfo); head {:?}, chunk buffers {:.1} MiB",
+                mib(now),
+                mib(now.saturating_sub(start)),
+                cfg.head,
+                mib(self.model.head_buffer_bytes()),
+            ));
+            Ok(())
+        }
     }
 
     impl Stepper for GpuStepper {
@@ -440,20 +467,8 @@ mod cuda {
             // The update is queued behind the backward; reading the loss waits for both.
             self.model.step(lr, cfg.grad_clip)?;
             let stats = out.stats()?;
-            if let (Some(start), Some(now)) = (self.used_at_start.take(), device_bytes_in_use()) {
-                // Activations, chunk buffers and optimizer state stay allocated after the
-                // first step, so this is the step's footprint (temporaries freed inside
-                // the step are not seen).
-                let mib = |b: usize| b as f64 / (1 << 20) as f64;
-                crate::console::note(format!(
-                    "cuda: device memory in use after the first step {:.1} MiB ({:.1} MiB \
-                     allocated by the model and the step; head {:?}, chunk buffers {:.1} MiB; \
-                     cuMemGetInfo)",
-                    mib(now),
-                    mib(now.saturating_sub(start)),
-                    cfg.head,
-                    mib(self.model.head_buffer_bytes()),
-                ));
+            if let Some(start) = self.used_at_start.take() {
+                self.report_memory(start, cfg)?;
             }
             Ok((out.loss()?, stats.mean_pauses, self.model.grad_norm()?))
         }
@@ -495,13 +510,12 @@ mod cuda {
         let mut model = GpuModel::with_precision(&gpu, &model, precision)?;
         model.optimizer_mut().weight_decay = cfg.weight_decay;
         model.set_head(cfg.head);
-        // cuMemGetInfo reads the calling thread's current context.
-        gpu.context()
-            .bind_to_thread()
-            .map_err(crate::gpu::cuda_err("binding the CUDA context"))?;
+        gpu.synchronize()?;
         let stepper = GpuStepper {
             model,
-            used_at_start: device_bytes_in_use(),
+            used_at_start: Some(device_bytes_in_use(&gpu)?),
+            peak: PeakMemory::new(&gpu)?,
+            gpu,
         };
         run.run(stepper, data_rng)
     }

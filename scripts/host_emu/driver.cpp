@@ -19,6 +19,10 @@
 //   AddressSanitizer build puts redzones around every buffer). Copies and memsets check
 //   that the device range lies inside one live allocation.
 // - Streams and events exist but everything runs at once, in call order.
+// - Memory: one pool per device (its default), from which cuMemAllocAsync allocates (the
+//   device reports MEMORY_POOLS_SUPPORTED, so cudarc allocates stream-ordered, as on an
+//   H200); cuMemPoolGetAttribute gives the bytes in use and their peak since the last
+//   reset (USED_MEM_CURRENT / USED_MEM_HIGH), counted over every allocation.
 // - cuModuleLoadData takes PTX text or a fatbin (what build.rs embeds: sm_90 SASS plus
 //   compute_80 PTX); from a fatbin it reads the first uncompressed PTX entry (build.rs
 //   passes --compress-mode=none; a fatbin with only compressed PTX or none at all is
@@ -137,7 +141,8 @@ struct Alloc {
 
 std::mutex g_mem_mutex;
 std::map<uintptr_t, Alloc> g_allocs;
-size_t g_used[kMaxDevices] = {};
+size_t g_used[kMaxDevices] = {}; // per device: bytes in live allocations (cuMemAlloc*, sync or stream-ordered)
+size_t g_peak[kMaxDevices] = {}; // per device: the most g_used has been since the last reset of its pool's high watermark
 std::atomic<bool> g_init{false};
 
 bool quiet() { return getenv("CYB_EMU_QUIET") != nullptr; }
@@ -411,7 +416,7 @@ API cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     case 97: *v = kOptinShared; break;               // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     case 106: *v = 32; break;                        // MAX_BLOCKS_PER_MULTIPROCESSOR
     case 111: *v = 1024; break;                      // RESERVED_SHARED_MEMORY_PER_BLOCK
-    case 115: *v = 0; break;                         // MEMORY_POOLS_SUPPORTED: plain cuMemAlloc
+    case 115: *v = 1; break;                         // MEMORY_POOLS_SUPPORTED: cuMemAllocAsync, as an H200
     default: *v = 0; break;
     }
     return CUDA_SUCCESS;
@@ -615,6 +620,7 @@ API cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
     g_allocs[(uintptr_t)m] = Alloc{n, c->device};
     g_used[c->device] += n;
+    if (g_used[c->device] > g_peak[c->device]) g_peak[c->device] = g_used[c->device];
     *p = (CUdeviceptr)m;
     return CUDA_SUCCESS;
 }
@@ -639,6 +645,68 @@ API cuMemGetInfo_v2(size_t *fr, size_t *total) {
     *total = kTotalMem;
     *fr = kTotalMem > g_used[c->device] ? kTotalMem - g_used[c->device] : 0;
     return CUDA_SUCCESS;
+}
+
+// ---- each device's memory pool: how a program reads its peak device memory ----
+// One pool per device, its default and current one, holding every allocation (cudarc
+// allocates from it with cuMemAllocAsync, as on an H200, since the device reports
+// MEMORY_POOLS_SUPPORTED; a cuMemAlloc_v2 is counted too, which the driver would not).
+// Its attributes are the driver's: USED_MEM_CURRENT / RESERVED_MEM_CURRENT are the bytes
+// in live allocations, USED_MEM_HIGH / RESERVED_MEM_HIGH their peak since the last
+// reset. A reset (set to 0, the only value the driver accepts) starts the peak again
+// from the bytes in use at that moment. src/gpu/memory.rs reads these, on the emulator
+// and on the hardware alike; tests/gpu_head_loss.rs measures the fused head's peak so.
+namespace {
+int g_pool_dummy[kMaxDevices]; // device d's pool is &g_pool_dummy[d]
+enum {
+    kPoolReleaseThreshold = 4,
+    kPoolReservedCurrent = 5,
+    kPoolReservedHigh = 6,
+    kPoolUsedCurrent = 7,
+    kPoolUsedHigh = 8,
+};
+// The device whose pool `pool` is, or -1.
+int pool_device(void *pool) {
+    for (int d = 0; d < ndev(); ++d)
+        if (pool == &g_pool_dummy[d]) return d;
+    return -1;
+}
+} // namespace
+API cuDeviceGetDefaultMemPool(void **pool, CUdevice d) {
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
+    *pool = &g_pool_dummy[d];
+    return CUDA_SUCCESS;
+}
+API cuDeviceGetMemPool(void **pool, CUdevice d) { return cuDeviceGetDefaultMemPool(pool, d); }
+API cuMemPoolGetAttribute(void *pool, int attr, void *value) {
+    const int d = pool_device(pool);
+    if (d < 0 || !value) return err(CUDA_ERROR_INVALID_VALUE, "cuMemPoolGetAttribute: not a device's pool");
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto *v = static_cast<uint64_t *>(value);
+    switch (attr) {
+    case kPoolReleaseThreshold: *v = 0; break;
+    case kPoolReservedCurrent: case kPoolUsedCurrent: *v = g_used[d]; break;
+    case kPoolReservedHigh: case kPoolUsedHigh: *v = g_peak[d]; break;
+    default: return err(CUDA_ERROR_NOT_SUPPORTED, "cuMemPoolGetAttribute: attribute %d is not emulated", attr);
+    }
+    return CUDA_SUCCESS;
+}
+API cuMemPoolSetAttribute(void *pool, int attr, void *value) {
+    const int d = pool_device(pool);
+    if (d < 0 || !value) return err(CUDA_ERROR_INVALID_VALUE, "cuMemPoolSetAttribute: not a device's pool");
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    switch (attr) {
+    case kPoolReleaseThreshold: return CUDA_SUCCESS; // nothing is cached
+    case kPoolReservedHigh: case kPoolUsedHigh:
+        if (*static_cast<uint64_t *>(value) != 0)
+            return err(CUDA_ERROR_INVALID_VALUE, "cuMemPoolSetAttribute: a high watermark can only be reset to 0");
+        g_peak[d] = g_used[d];
+        return CUDA_SUCCESS;
+    default: return err(CUDA_ERROR_NOT_SUPPORTED, "cuMemPoolSetAttribute: attribute %d is not emulated", attr);
+    }
+}
+API cuMemPoolTrimTo(void *pool, size_t) {
+    return pool_device(pool) >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 #define CHECK_DEV(p, n, what)                                                                      \

@@ -12,6 +12,7 @@
 //! - [`model`]: the whole model on the device ([`model::GpuModel`]), built from the
 //!   kernel wrappers [`embedding`], [`layernorm`], [`gelu`], [`residual`], [`linear`]
 //!   (cuBLAS) and [`adamw`], twins of the CPU ops of the same names.
+//! - [`memory`]: the device memory the buffers hold and its peak over a step.
 //!
 //! All buffers are plain `cudarc` [`CudaSlice`]s, so a trainer that owns its own
 //! buffers (and its own stream, see [`GpuContext::with_stream`]) can call the kernels
@@ -30,6 +31,7 @@ pub(crate) mod kernels;
 pub mod layernorm;
 pub mod linear;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod residual;
 

@@ -19,6 +19,11 @@ CUresult cuModuleGetFunction(void **, void *, const char *);
 CUresult cuFuncSetAttribute(void *, int, int);
 CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
 CUresult cuMemFree_v2(CUdeviceptr);
+CUresult cuMemAllocAsync(CUdeviceptr *, size_t, void *);
+CUresult cuMemFreeAsync(CUdeviceptr, void *);
+CUresult cuDeviceGetMemPool(void **, int);
+CUresult cuMemPoolGetAttribute(void *, int, void *);
+CUresult cuMemPoolSetAttribute(void *, int, void *);
 CUresult cuMemcpyHtoD_v2(CUdeviceptr, const void *, size_t);
 CUresult cuMemcpyDtoH_v2(void *, CUdeviceptr, size_t);
 CUresult cuLaunchKernel(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **,
@@ -199,6 +204,26 @@ int main() {
               "fatbin entry larger than its container: CUDA_ERROR_INVALID_IMAGE");
         const std::string big = fatbin(ptx("shift_ok", 48 * 1024 + 4));
         check(cuModuleLoadData(&mod, big.data()) == 218, "fatbin: the PTX checks still apply (static shared)");
+    }
+    {
+        // The device's memory pool counts every allocation, stream-ordered ones included
+        // (what cudarc makes on a device with MEMORY_POOLS_SUPPORTED): the bytes in use
+        // (attribute 7, USED_MEM_CURRENT) and their peak since the last reset (8,
+        // USED_MEM_HIGH; only 0 resets it, to the bytes in use then).
+        void *pool = nullptr;
+        uint64_t used0 = 0, used = 0, peak = 0, zero = 0, one = 1;
+        bool ok = cuDeviceGetMemPool(&pool, 0) == 0 && cuMemPoolGetAttribute(pool, 7, &used0) == 0 &&
+                  cuMemPoolSetAttribute(pool, 8, &zero) == 0;
+        CUdeviceptr a = 0, c = 0;
+        ok = ok && cuMemAllocAsync(&a, 1000, nullptr) == 0 && cuMemAlloc_v2(&c, 24) == 0;
+        ok = ok && cuMemFreeAsync(a, nullptr) == 0;
+        ok = ok && cuMemPoolGetAttribute(pool, 7, &used) == 0 && cuMemPoolGetAttribute(pool, 8, &peak) == 0;
+        ok = ok && used == used0 + 24 && peak == used0 + 1024;
+        ok = ok && cuMemPoolSetAttribute(pool, 8, &zero) == 0 && cuMemPoolGetAttribute(pool, 8, &peak) == 0 &&
+             peak == used0 + 24 && cuMemPoolSetAttribute(pool, 8, &one) == 1;
+        cuMemFree_v2(c);
+        ok = ok && cuMemPoolGetAttribute(pool, 7, &used) == 0 && used == used0;
+        check(ok, "memory pool: bytes in use and their peak (async allocs too), reset");
     }
     {
         // Faults are sticky as on the driver: every later call fails with the same error
