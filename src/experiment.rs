@@ -437,7 +437,7 @@ pub fn run_experiment(
     let mut widest = cfg.base.clone();
     (widest.pauses, widest.model.k_max) = (k_max, k_max);
     widest.steps = cfg.base.steps * r_max;
-    crate::limits::check_experiment(&widest, k_max, total)?;
+    widest.check_experiment(k_max, total)?;
     let shared = cfg.base.model.pause_attention == crate::config::PauseAttention::Shared;
     let work_of = |steps: usize, k: usize| steps as f64 * step_cost(k, shared);
     let seed_work: f64 = work_of(pretrain, 0)

@@ -4,12 +4,15 @@
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, v2_dir, v2_objectives, vectors_v2};
+use common::{
+    all_objectives, assert_close, f64s, i32s, v2_dir, v2_objectives, v2_objectives_with_dk_bias,
+    vectors_v2,
+};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape, PauseAttention};
 use cyb::cpu::embedding::StepShape;
-use cyb::cpu::model::{Model, Params, Workspace};
+use cyb::cpu::model::{HeadMode, Model, Params, Workspace};
 use cyb::rng::{seeded, CybRng};
 use cyb::{CybError, Objective};
 use rand::RngExt;
@@ -92,6 +95,99 @@ fn reproduces_spec_model_losses_and_gradients_in_both_modes() {
                 1e-12,
                 1e-9,
             );
+        }
+    }
+}
+
+/// The model scores with its own `config.dk_bias`: objectives resolved without one (as
+/// `Objective::resolve` gives them) reproduce the SPEC losses and gradients of both
+/// cases through `loss` (fused and unfused head) and `forward_backward`; the same
+/// weights with the bias taken out of the config give other losses (what omitting the
+/// bias used to compute, so this test can fail); an objective with another non-zero
+/// bias is a `Param` error naming it, on every path.
+#[test]
+fn the_model_applies_its_own_dk_bias() {
+    for name in MODEL_CASES {
+        let (m32, case) = spec_case(name);
+        let model: Model<f64> = m32.cast();
+        let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+        let (batch, kk) = (2, model.config.k_max);
+        let seq = tokens.len() / batch;
+        let bias = model.config.dk_bias;
+        assert!(bias != 0.0, "{name}: the case needs a DK bias to test");
+        let mut without_bias = model.clone();
+        without_bias.config.dk_bias = 0.0;
+        let mut grads = Params::zeros(&model.config);
+        for (obj_name, obj) in v2_objectives_with_dk_bias(&case["params"], kk, 0.0) {
+            let obj = obj.unwrap();
+            assert_eq!(obj.dk_bias, 0.0);
+            let want = case["objectives"][obj_name]["loss"].as_f64().unwrap();
+            let what = format!("{name} {obj_name}");
+            let step = model
+                .forward_backward(&tokens, &targets, batch, seq, kk, &obj, &mut grads)
+                .unwrap();
+            let eval = model.loss(&tokens, &targets, batch, seq, kk, &obj).unwrap();
+            let unfused = model
+                .loss_with_head(HeadMode::Unfused, &tokens, &targets, batch, seq, kk, &obj)
+                .unwrap();
+            assert_eq!(eval, step, "{what}");
+            for (path, got) in [("step", step.loss), ("unfused", unfused.loss)] {
+                assert_close(&format!("{what} {path}"), &[got], &[want], 0.0, 1e-9);
+            }
+            let off = without_bias
+                .loss(&tokens, &targets, batch, seq, kk, &obj)
+                .unwrap()
+                .loss;
+            // ce_final scores the answer at step K alone and never reads d_k.
+            let reads_dk = obj_name != "ce_final";
+            assert_eq!(
+                (off - want).abs() > 1e-6 * want.abs(),
+                reads_dk,
+                "{what}: the loss without the bias is {off}, with it {want}"
+            );
+            let other = obj.clone().with_dk_bias(bias + 1.0).unwrap();
+            let refused = [
+                model
+                    .loss(&tokens, &targets, batch, seq, kk, &other)
+                    .map(|_| ()),
+                model
+                    .loss_with_head(HeadMode::Unfused, &tokens, &targets, batch, seq, kk, &other)
+                    .map(|_| ()),
+                model
+                    .forward_backward(&tokens, &targets, batch, seq, kk, &other, &mut grads)
+                    .map(|_| ()),
+                without_bias
+                    .loss(
+                        &tokens,
+                        &targets,
+                        batch,
+                        seq,
+                        kk,
+                        &obj.clone().with_dk_bias(bias).unwrap(),
+                    )
+                    .map(|_| ()),
+            ];
+            for r in refused {
+                match r {
+                    Err(CybError::Param(msg)) => assert!(msg.contains("dk_bias"), "{what}: {msg}"),
+                    other => panic!("{what}: another model's DK bias gave {other:?}"),
+                }
+            }
+        }
+        // The gradients of the SPEC's `grads` objective, resolved without the bias.
+        let g = &case["grads"];
+        let obj_name = g["objective"].as_str().unwrap();
+        let (_, obj) = v2_objectives_with_dk_bias(&g["params"], kk, 0.0)
+            .into_iter()
+            .find(|(n, _)| *n == obj_name)
+            .unwrap();
+        model
+            .forward_backward(&tokens, &targets, batch, seq, kk, &obj.unwrap(), &mut grads)
+            .unwrap();
+        let want = g["by_name"].as_object().unwrap();
+        for (tname, _, gx) in grads.tensors() {
+            let what = format!("{name} grad {tname} without the bias in the objective");
+            assert_close(&what, gx, &f64s(&want[&tname]), 1e-12, 1e-9);
         }
     }
 }

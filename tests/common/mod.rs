@@ -47,6 +47,17 @@ pub fn v2_objectives(
     params: &serde_json::Value,
     k: usize,
 ) -> Vec<(&'static str, cyb::Result<cyb::ResolvedObjective>)> {
+    let dk_bias = params["dk_bias"].as_f64().expect("dk_bias");
+    v2_objectives_with_dk_bias(params, k, dk_bias)
+}
+
+/// [`v2_objectives`] with `dk_bias` instead of the entry's (0: none, as
+/// `Objective::resolve` gives them, for a model that applies its own).
+pub fn v2_objectives_with_dk_bias(
+    params: &serde_json::Value,
+    k: usize,
+    dk_bias: f64,
+) -> Vec<(&'static str, cyb::Result<cyb::ResolvedObjective>)> {
     use cyb::{Discount, Objective, StepWeights};
     let num = |key: &str| params[key].as_f64().expect(key);
     let ratios = |key: &str| -> StepWeights { params[key].as_str().expect(key).parse().unwrap() };
@@ -84,12 +95,7 @@ pub fn v2_objectives(
     ];
     objectives
         .into_iter()
-        .map(|(name, o)| {
-            (
-                name,
-                o.resolve(k).and_then(|r| r.with_dk_bias(num("dk_bias"))),
-            )
-        })
+        .map(|(name, o)| (name, o.resolve(k).and_then(|r| r.with_dk_bias(dk_bias))))
         .collect()
 }
 
