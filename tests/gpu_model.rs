@@ -102,6 +102,7 @@ mod gpu_tests {
     use cyb::cpu::gelu::{gelu_backward, gelu_forward};
     use cyb::cpu::layernorm::{layernorm_backward, layernorm_forward};
     use cyb::cpu::linear::{linear_backward, linear_forward};
+    use cyb::cpu::loss::{cyb_loss as cpu_loss, LossShape};
     use cyb::cpu::model::{HeadMode, Model, Params, Workspace};
     use cyb::cpu::scalar::{matmul, Op};
     use cyb::gpu::adamw::GpuAdamW;
@@ -113,7 +114,7 @@ mod gpu_tests {
     use cyb::gpu::residual::ResidualKernels;
     use cyb::gpu::GpuContext;
     use cyb::rng::{seeded, CybRng};
-    use cyb::{CybError, Objective};
+    use cyb::{CybError, Objective, Reduction};
     use libtest_mimic::Failed;
     use rand::RngExt;
     use rand_distr::StandardNormal;
@@ -200,7 +201,7 @@ mod gpu_tests {
             "forward_backward_bf16_is_deterministic" => deterministic_bf16(gpu, &mut rng),
             "bf16_step_keeps_f32_masters" => bf16_masters(gpu, &mut rng),
             "training_curves_bf16_track_f32_k3" => curves_bf16(gpu, &mut rng),
-            "model_applies_its_own_dk_bias" => own_dk_bias(gpu),
+            "model_applies_its_own_dk_bias" => own_dk_bias(gpu, &mut rng),
             other => Err(format!("unknown test {other}").into()),
         }
     }
@@ -1057,59 +1058,69 @@ mod gpu_tests {
         Ok(())
     }
 
-    /// The SPEC v2 model cases (non-zero `dk_bias`) with objectives resolved without a
-    /// bias: the GPU step, fused and unfused head, gives the SPEC losses and the SPEC
-    /// gradients of the `grads` objective (the model applies its own bias; omitting it
-    /// used to be 2.3e-3 relative off, far outside `STEP_REL`); an objective with another
-    /// non-zero bias is a `Param` error before anything is queued.
-    fn own_dk_bias(gpu: &Arc<GpuContext>) -> R {
-        let vectors = common::vectors_v2();
-        for name in ["model_case", "model_case_private"] {
-            let case = &vectors[name];
-            let file = common::v2_dir().join(case["checkpoint"].as_str().expect("checkpoint"));
-            let m: Model<f32> = checkpoint::load(&file).map_err(err)?;
-            let (tokens, targets) = (
-                common::i32s(&case["tokens"]),
-                common::i32s(&case["targets"]),
-            );
-            let (b, k) = (2, m.config.k_max);
-            let t = tokens.len() / b;
-            let bias = m.config.dk_bias;
-            if bias == 0.0 {
-                return Err(format!("{name}: the case needs a DK bias to test").into());
-            }
-            let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
-            for head in [HeadMode::default(), HeadMode::Unfused] {
-                g.set_head(head);
-                for (obj_name, obj) in common::v2_objectives_with_dk_bias(&case["params"], k, 0.0) {
-                    let obj = obj.map_err(err)?;
-                    let what = format!("{name} {obj_name} {head:?}");
-                    let want = case["objectives"][obj_name]["loss"].as_f64().expect("loss");
-                    let got = g
-                        .forward_backward(&tokens, &targets, b, t, k, &obj)
-                        .map_err(err)?
-                        .loss()
-                        .map_err(err)?;
-                    close(&what, &[got], &[want], 0.0, STEP_REL)?;
-                    let other = obj.with_dk_bias(bias + 1.0).map_err(err)?;
-                    match g.forward_backward(&tokens, &targets, b, t, k, &other) {
-                        Err(CybError::Param(msg)) if msg.contains("dk_bias") => {}
-                        Err(e) => return Err(format!("{what}: another bias gave {e}").into()),
-                        Ok(_) => return Err(format!("{what}: another bias was accepted").into()),
+    /// A model with a non-zero DK bias (the paper's prior 0.9) and objectives resolved
+    /// without one: the GPU step, fused and unfused head, gives the raw CPU loss of the
+    /// model's logits with the bias passed explicitly, and the CPU model's gradients (the
+    /// CPU model's own bias is checked against the SPEC vectors in tests/model_cpu.rs;
+    /// their d_head = 8 is below what the kernels take). The bias moves every loss but
+    /// `ce_final`'s far beyond `STEP_REL`, so a step without it fails; an objective with
+    /// another non-zero bias is a `Param` error.
+    fn own_dk_bias(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
+        let mut m = random_model(rng, PauseAttention::Shared);
+        let bias = cyb::objective::dk_bias_from_prior(0.9, m.config.vocab).map_err(err)?;
+        m.config.dk_bias = bias;
+        let (tokens, targets, b, t) = batch(rng, &m.config);
+        let k = m.config.k_max;
+        let shape = LossShape {
+            batch: b,
+            pauses: k,
+            seq: t,
+            vocab: m.config.vocab,
+        };
+        let logits = m.forward(&tokens, b, t, k).map_err(err)?;
+        let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
+        for head in [HeadMode::default(), HeadMode::Unfused] {
+            g.set_head(head);
+            for objective in common::all_objectives() {
+                let what = format!("{} {head:?}", objective.name());
+                let obj = objective.resolve(k).map_err(err)?;
+                let biased = obj.clone().with_dk_bias(bias).map_err(err)?;
+                let raw = |o: &cyb::ResolvedObjective| {
+                    cpu_loss(&logits, &targets, shape, o, Reduction::Mean, None, None)
+                        .map(|f| f.loss)
+                        .map_err(err)
+                };
+                let (want, unbiased) = (raw(&biased)?, raw(&obj)?);
+                if (want - unbiased).abs() > 10.0 * STEP_REL * want.abs() {
+                    if objective.name() == "ce_final" {
+                        return Err(format!("{what}: ce_final never reads d_k").into());
                     }
+                } else if objective.name() != "ce_final" {
+                    return Err(format!("{what}: the bias must move the loss").into());
                 }
-                let gc = &case["grads"];
-                let obj_name = gc["objective"].as_str().expect("objective");
-                let (_, obj) = common::v2_objectives_with_dk_bias(&gc["params"], k, 0.0)
-                    .into_iter()
-                    .find(|(n, _)| *n == obj_name)
-                    .expect("grads objective");
-                g.forward_backward(&tokens, &targets, b, t, k, &obj.map_err(err)?)
+                let got = g
+                    .forward_backward(&tokens, &targets, b, t, k, &obj)
+                    .map_err(err)?
+                    .loss()
                     .map_err(err)?;
-                let want = gc["by_name"].as_object().expect("by_name");
-                for (tname, _, gx) in g.grads_to_cpu().map_err(err)?.tensors() {
-                    let what = format!("{name} {head:?} grad {tname}");
-                    rel(&what, &f64s(gx), &common::f64s(&want[&tname]), STEP_REL)?;
+                close(&format!("{what} loss"), &[got], &[want], 1e-6, STEP_REL)?;
+                let mut want_g = Params::zeros(&m.config);
+                m.forward_backward(&tokens, &targets, b, t, k, &obj, &mut want_g)
+                    .map_err(err)?;
+                let got_g = g.grads_to_cpu().map_err(err)?;
+                for ((name, _, gx), (_, _, wx)) in got_g.tensors().iter().zip(want_g.tensors()) {
+                    rel(
+                        &format!("{what} grad {name}"),
+                        &f64s(gx),
+                        &f64s(wx),
+                        STEP_REL,
+                    )?;
+                }
+                let other = obj.with_dk_bias(bias + 1.0).map_err(err)?;
+                match g.forward_backward(&tokens, &targets, b, t, k, &other) {
+                    Err(CybError::Param(msg)) if msg.contains("dk_bias") => {}
+                    Err(e) => return Err(format!("{what}: another bias gave {e}").into()),
+                    Ok(_) => return Err(format!("{what}: another bias was accepted").into()),
                 }
             }
         }
