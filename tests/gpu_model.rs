@@ -94,6 +94,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
+    use super::common::{err, rel};
     use super::*;
     use cyb::checkpoint;
     use cyb::config::{ModelConfig, PauseAttention};
@@ -155,10 +156,6 @@ mod gpu_tests {
                 .with_ignored_flag(ignored)
             })
             .collect()
-    }
-
-    fn err(e: CybError) -> Failed {
-        format!("{e}").into()
     }
 
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
@@ -233,37 +230,6 @@ mod gpu_tests {
     /// (`|got - want| <= atol` or `<= rtol * max(|got|, |want|)`); see common::assert_close.
     fn close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) -> R {
         common::assert_close(what, got, want, atol, rtol);
-        Ok(())
-    }
-
-    /// Norm-wise relative error `||got - want|| / ||want||` (absolute when want = 0).
-    fn rel(what: &str, got: &[f64], want: &[f64], bound: f64) -> R {
-        if got.len() != want.len() {
-            return Err(format!("{what}: length {} vs {}", got.len(), want.len()).into());
-        }
-        if let Some(i) = got.iter().position(|x| !x.is_finite()) {
-            return Err(format!("{what}: got non-finite {} at [{i}]", got[i]).into());
-        }
-        let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-        let den: f64 = want.iter().map(|w| w * w).sum();
-        let e = num.sqrt() / den.sqrt().max(1e-30);
-        // The decision: ||got - want|| within `bound` times ||want|| (absolute when want = 0).
-        let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
-        if !approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
-            let worst = got
-                .iter()
-                .zip(want)
-                .enumerate()
-                .max_by(|a, b| {
-                    (a.1 .0 - a.1 .1)
-                        .abs()
-                        .partial_cmp(&(b.1 .0 - b.1 .1).abs())
-                        .unwrap()
-                })
-                .map(|(i, (g, w))| format!("worst [{i}] got {g:e} want {w:e}"))
-                .unwrap_or_default();
-            return Err(format!("{what}: relative error {e:.3e} > {bound:e}; {worst}").into());
-        }
         Ok(())
     }
 

@@ -143,6 +143,52 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     );
 }
 
+/// A crate error as a libtest-mimic failure (its message).
+pub fn err(e: cyb::CybError) -> libtest_mimic::Failed {
+    format!("{e}").into()
+}
+
+/// `obj` resolved for `k` pause steps with DK bias `dk_bias`, as a test failure if not.
+pub fn resolved(
+    obj: &cyb::Objective,
+    k: usize,
+    dk_bias: f64,
+) -> Result<cyb::ResolvedObjective, libtest_mimic::Failed> {
+    obj.resolve(k)
+        .and_then(|o| o.with_dk_bias(dk_bias))
+        .map_err(err)
+}
+
+/// Norm-wise relative error: passes when `||got - want|| <= bound * ||want||` (absolute
+/// when want = 0); a non-finite `got` fails, and the failure names the worst element.
+pub fn rel(what: &str, got: &[f64], want: &[f64], bound: f64) -> Result<(), libtest_mimic::Failed> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} vs {}", got.len(), want.len()).into());
+    }
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        return Err(format!("{what}: got non-finite {} at [{i}]", got[i]).into());
+    }
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
+    // The decision: ||got - want|| within `bound` times ||want|| (absolute when want = 0).
+    if approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
+        return Ok(());
+    }
+    let worst = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
+        .map(|(i, (g, w))| format!("worst [{i}] got {g:e} want {w:e}"))
+        .unwrap_or_default();
+    Err(format!(
+        "{what}: relative error {:.3e} > {bound:e}; {worst}",
+        num.sqrt() / scale
+    )
+    .into())
+}
+
 /// The base seed of a randomized test run: `$CYB_TEST_SEED`, else the clock (printed
 /// with every failure by [`with_seed`], so any run can be repeated).
 pub fn base_seed() -> u64 {
