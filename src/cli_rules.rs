@@ -41,6 +41,13 @@ pub(crate) fn cli() -> clap::Command {
                 a.default_value(DEFAULT_EXPERIMENT_STEPS.to_string())
                     .help("Optimizer steps of every arm (fine-tuning after --pretrain)")
             })
+            .mut_arg("lr", |a| {
+                a.help(
+                    "Peak learning rate of every arm: linear warm-up, then cosine decay to a \
+                     hundredth of it (the paper's schedule; the no-pause pretraining decays \
+                     to a tenth, as `train`). --lrs sweeps several",
+                )
+            })
             .mut_arg("pauses", |a| {
                 a.help(
                     "Pause steps K of the pause arms, at least 1 (the experiment trains its \

@@ -55,11 +55,46 @@ impl Batch {
     }
 }
 
-/// Which split of a source to draw from (validation never overlaps training).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which split of a source to draw from. The three never overlap: what a model trains
+/// on, what a choice is made on (validation: learning curves, the best learning rate of
+/// `cyb experiment --lrs`) and what the chosen model is reported on (test).
+///
+/// | source | train | test | validation |
+/// |---|---|---|---|
+/// | generated task (`modsum`) | the training generator | [`crate::train::eval_rng`]`(Test, seed)` | [`crate::train::validation_rng`]`(seed)` |
+/// | `--text` (bytes or tokens) | first 80% | next 10% | last 10% |
+/// | `--data` shards | training shards less the test part | the last `min(validation, training / 9)` training tokens | `val` shards |
+///
+/// Validation is what it was before the test split existed (the last 10% of a text, the
+/// validation shards, the validation generator), so validation numbers did not move;
+/// the test part was taken from training data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
     Train,
     Validation,
+    Test,
+}
+
+impl Split {
+    /// The split's name, as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// Where a sequence of `len` items is cut into its splits: `[0, test)` trains,
+/// `[test, validation)` tests and `[validation, len)` validates (80% / 10% / 10%;
+/// `validation` = 90%, where the validation part started before there was a test part).
+///
+/// ```
+/// assert_eq!(cyb::data::split_points(1000), (800, 900));
+/// ```
+pub fn split_points(len: usize) -> (usize, usize) {
+    (len * 8 / 10, len * 9 / 10)
 }
 
 /// A source of batches with a fixed vocabulary.
@@ -280,8 +315,8 @@ impl DataSource for ModSum {
         }
     }
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
-        // The data is an endless generated stream: train and validation differ only
-        // by the generator the caller passes (see `train::validation_rng`).
+        // The data is an endless generated stream: the splits differ only by the
+        // generator the caller passes (see `train::eval_rng`).
         let _ = split;
         let mut out = Batch::with_capacity(batch, seq);
         for _ in 0..batch {
@@ -302,13 +337,15 @@ impl DataSource for ModSum {
     }
 }
 
-/// Byte-level text (`V = 256`): the first 90% of the file trains, the last 10%
-/// validates. Classes are byte kinds (letter, digit, space, punctuation, other).
+/// Byte-level text (`V = 256`): the first 80% of the file trains, the next 10% tests,
+/// the last 10% validates ([`split_points`]). Classes are byte kinds (letter, digit,
+/// space, punctuation, other).
 #[derive(Clone, Debug)]
 pub struct ByteText {
     name: String,
     bytes: Vec<u8>,
-    split_at: usize,
+    /// [`split_points`] of the bytes.
+    cuts: (usize, usize),
 }
 
 impl ByteText {
@@ -333,8 +370,8 @@ impl ByteText {
 
     /// Text already in memory.
     pub fn from_bytes(name: String, bytes: Vec<u8>, seq: usize) -> Result<Self> {
-        let split_at = bytes.len() * 9 / 10;
-        let shortest = split_at.min(bytes.len() - split_at);
+        let cuts = split_points(bytes.len());
+        let shortest = cuts.0.min(cuts.1 - cuts.0).min(bytes.len() - cuts.1);
         if shortest < seq + 1 {
             return Err(CybError::Data(format!(
                 "{name}: {} bytes are too few for context {seq} (each split needs at least {} bytes; the file needs about {})",
@@ -343,11 +380,17 @@ impl ByteText {
                 10 * (seq + 1)
             )));
         }
-        Ok(ByteText {
-            name,
-            bytes,
-            split_at,
-        })
+        Ok(ByteText { name, bytes, cuts })
+    }
+}
+
+/// The items `[lo, hi)` of `split` in a sequence of `len` items cut at `cuts`
+/// ([`split_points`]).
+fn split_range(cuts: (usize, usize), len: usize, split: Split) -> (usize, usize) {
+    match split {
+        Split::Train => (0, cuts.0),
+        Split::Test => cuts,
+        Split::Validation => (cuts.1, len),
     }
 }
 
@@ -416,10 +459,7 @@ impl DataSource for ByteText {
         Bytes.token_text(id)
     }
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
-        let (lo, hi) = match split {
-            Split::Train => (0, self.split_at),
-            Split::Validation => (self.split_at, self.bytes.len()),
-        };
+        let (lo, hi) = split_range(self.cuts, self.bytes.len(), split);
         windows(&self.bytes[lo..hi], batch, seq, rng, |&b| {
             (b as i32, byte_class(b))
         })
@@ -427,8 +467,9 @@ impl DataSource for ByteText {
 }
 
 /// Text as the tokens of a [`TextTokenizer`] (a Hugging Face tokenizer.json, or a
-/// byte-level BPE trained on the same file for `--bpe`): the first 90% of the text
-/// trains, the last 10% validates, each encoded on its own. Classes: the kind of a
+/// byte-level BPE trained on the same file for `--bpe`): the first 80% of the text
+/// trains, the next 10% tests, the last 10% validates ([`split_points`], moved back to
+/// a char boundary), each encoded on its own. Classes: the kind of a
 /// token's first visible character (word, number, space, punctuation, other), as for
 /// bytes. Without text ([`TokenText::without_text`]) it only names and encodes tokens.
 #[derive(Clone, Debug)]
@@ -436,18 +477,24 @@ pub struct TokenText {
     name: String,
     tokenizer: TextTokenizer,
     ids: Vec<u32>,
-    split_at: usize,
+    /// Where the test and the validation tokens start in `ids`.
+    cuts: (usize, usize),
     /// The class of every token id (decoding per sampled token would be slow).
     classes: Vec<u16>,
 }
 
-/// The first 90% of `text`, cut on a char boundary, and the rest.
-fn split_text(text: &str) -> (&str, &str) {
-    let mut cut = text.len() * 9 / 10;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.split_at(cut)
+/// The training, test and validation parts of `text` ([`split_points`], each cut moved
+/// back to a char boundary).
+fn split_text(text: &str) -> [&str; 3] {
+    let boundary = |mut cut: usize| {
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cut
+    };
+    let (test, valid) = split_points(text.len());
+    let (test, valid) = (boundary(test), boundary(valid));
+    [&text[..test], &text[test..valid], &text[valid..]]
 }
 
 fn read_utf8(path: &Path) -> Result<String> {
@@ -464,10 +511,11 @@ impl TokenText {
         Self::from_text(path.display().to_string(), &text, vocab, seq)
     }
 
-    /// Text already in memory. The vocabulary is learnt from the first 90% (on a char
-    /// boundary) only, so validation text is unseen by the tokenizer too.
+    /// Text already in memory. The vocabulary is learnt from the training part (the
+    /// first 80%, on a char boundary) only, so test and validation text are unseen by
+    /// the tokenizer too.
     pub fn from_text(name: String, text: &str, vocab: usize, seq: usize) -> Result<Self> {
-        let tokenizer = TextTokenizer::train_bpe(split_text(text).0, vocab)?;
+        let tokenizer = TextTokenizer::train_bpe(split_text(text)[0], vocab)?;
         Self::with_tokenizer(name, text, tokenizer, seq)
     }
 
@@ -477,7 +525,7 @@ impl TokenText {
         Self::with_tokenizer(path.display().to_string(), &text, tokenizer, seq)
     }
 
-    /// `text` encoded with `tokenizer`: an error if either split encodes to nothing or to
+    /// `text` encoded with `tokenizer`: an error if any split encodes to nothing or to
     /// fewer than `seq + 1` tokens.
     pub fn with_tokenizer(
         name: String,
@@ -485,38 +533,42 @@ impl TokenText {
         tokenizer: TextTokenizer,
         seq: usize,
     ) -> Result<Self> {
-        let (train_text, valid_text) = split_text(text);
-        let (train, valid) = (tokenizer.encode(train_text)?, tokenizer.encode(valid_text)?);
-        if train.is_empty() || valid.is_empty() {
+        let parts = split_text(text)
+            .into_iter()
+            .map(|part| tokenizer.encode(part))
+            .collect::<Result<Vec<_>>>()?;
+        let counts = format!(
+            "{} + {} + {} tokens (train + test + validation)",
+            parts[0].len(),
+            parts[1].len(),
+            parts[2].len()
+        );
+        if parts.iter().any(|p| p.is_empty()) {
             return Err(CybError::Data(format!(
-                "{name}: the text encodes to nothing with the tokenizer ({}; {} + {} tokens \
+                "{name}: the text encodes to nothing with the tokenizer ({}; {counts} \
                  from {} bytes): empty text, or characters the tokenizer drops",
                 tokenizer.describe(),
-                train.len(),
-                valid.len(),
                 text.len()
             )));
         }
-        if train.len().min(valid.len()) < seq + 1 {
+        if parts.iter().any(|p| p.len() < seq + 1) {
             return Err(CybError::Data(format!(
-                "{name}: {} + {} tokens are too few for context {seq}",
-                train.len(),
-                valid.len()
+                "{name}: {counts} are too few for context {seq} (each split needs at \
+                 least {})",
+                seq + 1
             )));
         }
-        let split_at = train.len();
-        let mut ids = train;
-        ids.extend(valid);
-        Ok(Self::build(name, tokenizer, ids, split_at))
+        let cuts = (parts[0].len(), parts[0].len() + parts[1].len());
+        Ok(Self::build(name, tokenizer, parts.concat(), cuts))
     }
 
     /// A vocabulary with no text: what `cyb generate` needs to encode a prompt and show
     /// tokens (samples have every target ignored).
     pub fn without_text(tokenizer: TextTokenizer) -> Self {
-        Self::build("(no text)".into(), tokenizer, Vec::new(), 0)
+        Self::build("(no text)".into(), tokenizer, Vec::new(), (0, 0))
     }
 
-    fn build(name: String, tokenizer: TextTokenizer, ids: Vec<u32>, split_at: usize) -> Self {
+    fn build(name: String, tokenizer: TextTokenizer, ids: Vec<u32>, cuts: (usize, usize)) -> Self {
         let classes = (0..tokenizer.vocab() as u32)
             .map(|id| {
                 let text = tokenizer.token_text(id);
@@ -530,7 +582,7 @@ impl TokenText {
             name,
             tokenizer,
             ids,
-            split_at,
+            cuts,
             classes,
         }
     }
@@ -579,10 +631,7 @@ impl DataSource for TokenText {
         self.tokenizer.token_text(id as u32)
     }
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
-        let (lo, hi) = match split {
-            Split::Train => (0, self.split_at),
-            Split::Validation => (self.split_at, self.ids.len()),
-        };
+        let (lo, hi) = split_range(self.cuts, self.ids.len(), split);
         if hi - lo <= seq {
             // No text (a vocabulary only): every target ignored, as for `Bytes`.
             return Bytes.sample(split, batch, seq, rng);

@@ -100,6 +100,33 @@ pub fn check_schedule(
     at_least_one("--eval-batches", eval_batches)
 }
 
+/// The learning rates of a sweep (`cyb experiment --lrs`): at least one, each finite and
+/// `> 0`, none given twice (a rate counted twice would be one run reported as two).
+///
+/// ```
+/// use cyb::limits::learning_rates;
+/// assert!(learning_rates(&[3e-3, 1e-3]).is_ok());
+/// assert!(learning_rates(&[1e-3, 0.001]).is_err()); // the same rate twice
+/// assert!(learning_rates(&[]).is_err());
+/// ```
+pub fn learning_rates(lrs: &[f32]) -> Result<()> {
+    if lrs.is_empty() {
+        return Err(bad(
+            "--lrs: give at least one learning rate (e.g. --lrs 3e-3,1e-3,3e-4)".into(),
+        ));
+    }
+    for (i, &lr) in lrs.iter().enumerate() {
+        positive("--lrs", Num::from(lr).0)?;
+        if lrs[..i].contains(&lr) {
+            return Err(bad(format!(
+                "--lrs: {} is given twice; every rate counts once (e.g. --lrs 3e-3,1e-3,3e-4)",
+                Num::from(lr)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `--eval-every` of the CLI: at most `--steps` (0 = only at the end); a larger value
 /// would silently give a curve of one point. (The library takes any value.)
 pub fn eval_every(eval_every: usize, steps: usize) -> Result<()> {

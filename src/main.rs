@@ -259,6 +259,22 @@ enum Device {
     Cuda,
 }
 
+/// The held-out parts `eval --split` reads (training data is not an evaluation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    Validation,
+    Test,
+}
+
+impl From<SplitArg> for cyb::data::Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Validation => cyb::data::Split::Validation,
+            SplitArg::Test => cyb::data::Split::Test,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     F32,
@@ -309,7 +325,7 @@ struct DataArgs {
 enum TokenizerChoice {
     /// Bytes, a given tokenizer.json, or the loaded model's own.
     Fixed(TextTokenizer),
-    /// `--bpe N`: a byte-level BPE trained on the text's first 90%.
+    /// `--bpe N`: a byte-level BPE trained on the text's training part (its first 80%).
     TrainBpe(usize),
 }
 
@@ -547,8 +563,8 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     load: Option<PathBuf>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer,
-    /// GPT-2's byte-level setup) on the file's first 90% instead of bytes; --save writes
-    /// it beside the checkpoint as NAME.tokenizer.json.
+    /// GPT-2's byte-level setup) on the file's first 80% (its training part) instead of
+    /// bytes; --save writes it beside the checkpoint as NAME.tokenizer.json.
     #[arg(long)]
     bpe: Option<usize>,
     /// Start from a Hugging Face GPT-2 folder (config.json, model.safetensors,
@@ -646,6 +662,17 @@ struct ExperimentArgs {
     /// Seeds: every variant is trained once per seed.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u64, 2, 3])]
     seeds: Vec<u64>,
+    /// Learning-rate sweep, e.g. 3e-3,1e-3,3e-4 (instead of --lr): every arm and regime
+    /// is fine-tuned at every rate; each arm is reported at the rate with its best mean
+    /// validation quality over seeds, measured on the test split (the pretraining runs
+    /// once per seed at --lr's default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "lr"
+    )]
+    lrs: Vec<f32>,
     /// Folder for report.md, curves.csv, ratios.csv and the plots.
     #[arg(long, default_value = "experiment")]
     out: PathBuf,
@@ -678,7 +705,7 @@ struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize])]
     regimes: Vec<usize>,
     /// With --text: train an N-token byte-level BPE (Hugging Face tokenizers' trainer)
-    /// on the file's first 90% instead of bytes.
+    /// on the file's first 80% (its training part) instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
 }
@@ -727,6 +754,16 @@ struct EvalArgs {
     /// (non-overlapping windows of --ctx), instead of --eval-batches random batches.
     #[arg(long, requires = "data")]
     tokens: Option<u64>,
+    /// The held-out part to evaluate on: validation (what learning curves and choices
+    /// use) or test (what `experiment` reports; 10% of a text, the end of the training
+    /// shards, its own generator for a task).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "validation",
+        conflicts_with = "tokens"
+    )]
+    split: SplitArg,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
 }
@@ -1179,6 +1216,19 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     ])?;
     no_repeats("--seeds", &a.seeds)?;
     no_repeats("--regimes", &a.regimes)?;
+    if given.has("lrs") {
+        limits::learning_rates(&a.lrs)?;
+        for &lr in &a.lrs {
+            check_params(
+                &[],
+                &RunArgs {
+                    lr,
+                    ..a.run.clone()
+                },
+                DEFAULT_EXPERIMENT_STEPS,
+            )?;
+        }
+    }
     let arms = [a.params.ap(), a.params.va(), a.params.dp()];
     check_params(&arms, &a.run, DEFAULT_EXPERIMENT_STEPS)?;
     limits::experiment_pauses(a.run.pauses)?;
@@ -1242,6 +1292,7 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         pretrain: a.pretrain,
         init,
         device,
+        lrs: a.lrs.clone(),
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {
@@ -1308,11 +1359,12 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
         seq,
         threshold: a.threshold,
         seed: a.seed,
+        split: a.split.into(),
     };
     let (summary, what) = match a.tokens {
         None => (
             evaluate_shown(&model, data.as_ref(), &cfg, true)?,
-            String::new(),
+            format!(", {} split", cfg.split.name()),
         ),
         Some(n) => {
             let spec = a.data.data.as_deref().unwrap_or_default();

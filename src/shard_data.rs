@@ -7,7 +7,9 @@
 //! shard boundary); a shard is thus drawn in proportion to its length. The position in
 //! the data is therefore the generator's state alone, which a resumable run saves.
 //! Validation windows come from the validation shards the same way (from the
-//! validation generator), and [`ShardData::validation_stream`] reads the validation
+//! validation generator). The **test part** is the last `min(validation, training / 9)`
+//! tokens of the training shards (in file order), which training never reads; test
+//! windows are drawn from it the same way. And [`ShardData::validation_stream`] reads the validation
 //! shards in order for `cyb eval --tokens N`.
 
 use crate::data::{Batch, Bytes, DataSource, Split};
@@ -16,24 +18,70 @@ use crate::shards::{is_validation, list_shards, Shard, ShardMeta};
 use rand::{Rng, RngExt};
 use std::path::Path;
 
-/// The shards of one split, with the cumulative count of window starts.
+/// A range `[lo, hi)` of one shard's tokens.
+struct Part {
+    shard: std::sync::Arc<Shard>,
+    lo: usize,
+    hi: usize,
+}
+
+/// The shard ranges of one split, with the cumulative count of window starts.
 struct ShardSet {
-    shards: Vec<Shard>,
-    /// `ends[i]` = window starts in shards `0..=i`.
+    parts: Vec<Part>,
+    /// `ends[i]` = window starts in parts `0..=i`.
     ends: Vec<u64>,
 }
 
 impl ShardSet {
-    fn new(shards: Vec<Shard>, seq: usize) -> ShardSet {
+    fn new(parts: Vec<Part>, seq: usize) -> ShardSet {
         let mut total = 0u64;
-        let ends = shards
+        let ends = parts
             .iter()
-            .map(|s| {
-                total += s.len().saturating_sub(seq) as u64;
+            .map(|p| {
+                total += (p.hi - p.lo).saturating_sub(seq) as u64;
                 total
             })
             .collect();
-        ShardSet { shards, ends }
+        ShardSet { parts, ends }
+    }
+
+    /// Every token of every shard.
+    fn whole(shards: Vec<Shard>, seq: usize) -> ShardSet {
+        let parts = shards
+            .into_iter()
+            .map(|s| Part {
+                lo: 0,
+                hi: s.len(),
+                shard: std::sync::Arc::new(s),
+            })
+            .collect();
+        ShardSet::new(parts, seq)
+    }
+
+    /// The training shards cut in two: all but their last `held` tokens (in shard
+    /// order) train, those `held` tokens test.
+    fn cut_off(shards: Vec<Shard>, held: u64, seq: usize) -> (ShardSet, ShardSet) {
+        let total: u64 = shards.iter().map(|s| s.len() as u64).sum();
+        let cut = total - held.min(total);
+        let (mut train, mut test, mut start) = (Vec::new(), Vec::new(), 0u64);
+        for s in shards {
+            let (len, shard) = (s.len() as u64, std::sync::Arc::new(s));
+            // This shard's tokens before the cut train, the others test.
+            let mid = cut.saturating_sub(start).min(len) as usize;
+            let part = |lo, hi| Part {
+                shard: shard.clone(),
+                lo,
+                hi,
+            };
+            if mid > 0 {
+                train.push(part(0, mid));
+            }
+            if mid < len as usize {
+                test.push(part(mid, len as usize));
+            }
+            start += len;
+        }
+        (ShardSet::new(train, seq), ShardSet::new(test, seq))
     }
 
     fn windows(&self) -> u64 {
@@ -41,14 +89,19 @@ impl ShardSet {
     }
 
     fn tokens(&self) -> u64 {
-        self.shards.iter().map(|s| s.len() as u64).sum()
+        self.parts.iter().map(|p| (p.hi - p.lo) as u64).sum()
+    }
+
+    fn shard_count(&self) -> usize {
+        self.parts.len()
     }
 
     /// Shard and start of window number `w` (`w < windows()`).
     fn locate(&self, w: u64) -> (&Shard, usize) {
         let i = self.ends.partition_point(|&e| e <= w);
         let before = if i == 0 { 0 } else { self.ends[i - 1] };
-        (&self.shards[i], (w - before) as usize)
+        let part = &self.parts[i];
+        (&part.shard, part.lo + (w - before) as usize)
     }
 }
 
@@ -57,6 +110,7 @@ pub struct ShardData {
     name: String,
     meta: ShardMeta,
     train: ShardSet,
+    test: ShardSet,
     val: ShardSet,
     seq: usize,
 }
@@ -102,14 +156,17 @@ impl ShardData {
                 train.push(shard);
             }
         }
-        let (train, val) = (ShardSet::new(train, seq), ShardSet::new(val, seq));
-        for (set, what) in [(&train, "training"), (&val, "validation")] {
+        let val = ShardSet::whole(val, seq);
+        let train_tokens: u64 = train.iter().map(|s| s.len() as u64).sum();
+        let (train, test) = ShardSet::cut_off(train, test_tokens(train_tokens, val.tokens()), seq);
+        for (set, what) in [(&train, "training"), (&test, "test"), (&val, "validation")] {
             if set.windows() == 0 {
                 return Err(CybError::Data(format!(
-                    "--data {spec}: the {what} shards ({} of them, {} tokens) hold no window \
-                     of {} tokens (validation shards have `val` in their name, e.g. \
-                     val_000000.bin; `cyb tokenize --val-tokens N` writes them)",
-                    set.shards.len(),
+                    "--data {spec}: the {what} part ({} shard ranges, {} tokens) holds no \
+                     window of {} tokens (validation shards have `val` in their name, e.g. \
+                     val_000000.bin, and `cyb tokenize --val-tokens N` writes them; the test \
+                     part is the last min(validation, training / 9) training tokens)",
+                    set.shard_count(),
                     set.tokens(),
                     seq + 1
                 )));
@@ -119,14 +176,20 @@ impl ShardData {
             name: spec.to_string(),
             meta,
             train,
+            test,
             val,
             seq,
         })
     }
 
-    /// Tokens in the training and validation shards.
+    /// Tokens of the training and validation parts.
     pub fn tokens(&self) -> (u64, u64) {
         (self.train.tokens(), self.val.tokens())
+    }
+
+    /// Tokens of the test part (taken from the end of the training shards).
+    pub fn test_tokens(&self) -> u64 {
+        self.test.tokens()
     }
 
     fn byte_level(&self) -> bool {
@@ -160,8 +223,9 @@ impl ShardData {
         seq: usize,
         tokens: u64,
     ) -> impl Iterator<Item = Batch> + '_ {
-        let mut windows = self.val.shards.iter().flat_map(move |s| {
-            (0..s.len().saturating_sub(1) / seq.max(1)).map(move |w| (s, w * seq))
+        let mut windows = self.val.parts.iter().flat_map(move |p| {
+            (0..(p.hi - p.lo).saturating_sub(1) / seq.max(1))
+                .map(move |w| (&*p.shard, p.lo + w * seq))
         });
         let mut left = tokens;
         std::iter::from_fn(move || {
@@ -179,6 +243,12 @@ impl ShardData {
     }
 }
 
+/// Tokens of the test part for `train` training and `val` validation tokens: as many as
+/// validation holds, at most a ninth of training (the 80/10/10 of a text).
+fn test_tokens(train: u64, val: u64) -> u64 {
+    val.min(train / 9)
+}
+
 impl DataSource for ShardData {
     fn vocab(&self) -> usize {
         self.meta.vocab
@@ -192,12 +262,11 @@ impl DataSource for ShardData {
     }
     fn describe(&self) -> String {
         format!(
-            "token shards {} ({} train + {} validation tokens in {} + {} shards, {}, V = {})",
+            "token shards {} ({} train + {} test + {} validation tokens, {}, V = {})",
             self.name,
             self.train.tokens(),
+            self.test.tokens(),
             self.val.tokens(),
-            self.train.shards.len(),
-            self.val.shards.len(),
             self.meta.tokenizer,
             self.meta.vocab
         )
@@ -238,6 +307,7 @@ impl DataSource for ShardData {
     fn sample(&self, split: Split, batch: usize, seq: usize, rng: &mut dyn Rng) -> Batch {
         let set = match split {
             Split::Train => &self.train,
+            Split::Test => &self.test,
             Split::Validation => &self.val,
         };
         // Opened for `self.seq`: a longer window would run past a shard's end.

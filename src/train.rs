@@ -51,6 +51,7 @@ impl TrainConfig {
             seq: self.seq,
             threshold: 0.5,
             seed: self.seed,
+            split: Split::Validation,
         }
     }
 }
@@ -137,6 +138,18 @@ pub struct RunControl {
 /// Generator for validation batches: fixed by the seed, independent of training.
 pub fn validation_rng(seed: u64) -> CybRng {
     seeded(seed ^ 0x0005_EED0_F0A1_1DA7)
+}
+
+/// Generator for the evaluation batches of `split`: [`validation_rng`] for validation,
+/// a stream of its own for test (and for evaluating on training data). For a generated
+/// task the generator *is* the split (see [`crate::data::Split`]); for text and shards
+/// it only picks the windows within the split's part.
+pub fn eval_rng(split: Split, seed: u64) -> CybRng {
+    match split {
+        Split::Validation => validation_rng(seed),
+        Split::Test => seeded(seed ^ 0x7E57_5EED_0B5E_55ED),
+        Split::Train => seeded(seed ^ 0x0007_2A1E_7A1E_0A7D),
+    }
 }
 
 /// Where the training steps run.
@@ -795,8 +808,11 @@ pub struct EvalConfig {
     pub seq: usize,
     /// Greedy policy: DK at step `k < K` when `p(DK) > threshold` (SPEC default 0.5).
     pub threshold: f64,
-    /// Validation batches are drawn from [`validation_rng`]`(seed)`.
+    /// Batches are drawn from [`eval_rng`]`(split, seed)`.
     pub seed: u64,
+    /// The split evaluated on: validation for learning curves and choices, test for
+    /// reporting a chosen model.
+    pub split: Split,
 }
 
 /// Outcomes of the greedy policy on the validation batches of `cfg`.
@@ -838,9 +854,9 @@ fn validation_detail_shown(
 ) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
     cfg.check(&model.config)?;
     let mut progress = EvalProgress::new(show_progress, cfg.batches)?;
-    let mut rng = validation_rng(cfg.seed);
+    let mut rng = eval_rng(cfg.split, cfg.seed);
     let batches = (0..cfg.batches)
-        .map(|_| data.sample(Split::Validation, cfg.batch, cfg.seq, &mut rng))
+        .map(|_| data.sample(cfg.split, cfg.batch, cfg.seq, &mut rng))
         .map(Ok);
     let mut done = 0;
     batches_detail(model, cfg.pauses, cfg.threshold, batches, &mut |_| {

@@ -700,6 +700,7 @@ fn experiment_reports_first_and_writes_what_it_can() {
         "latency.csv",
         "tokens.csv",
         "regimes.csv",
+        "verdicts.csv",
         "curves.png",
         "pauses.png",
         "halting.png",
@@ -1776,5 +1777,118 @@ fn experiment_on_bpe_text() {
     ]);
     assert!(report.contains("BPE tokenizer"), "{report}");
     assert!(out.join("report.md").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `experiment --lrs`: every arm at each rate, the sweep table and its CSV files; every
+/// rate finite and positive, none twice, not with `--lr`, each refusal naming the flag
+/// before any work.
+#[test]
+fn experiment_learning_rate_sweep_runs_and_is_checked() {
+    let dir = tmpdir("lrs");
+    let out = dir.join("exp");
+    let mut args = vec!["experiment", "--lrs", "3e-3,1e-3", "--seeds", "1"];
+    args.extend_from_slice(&["--pretrain", "3", "--pauses", "1", "--out", s(&out)]);
+    args.extend_from_slice(TINY);
+    let o = cyb(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| arm | 0.003 | 0.001 |"), "{report}");
+    assert!(
+        report.contains("every peak lr of {0.003, 0.001}"),
+        "{report}"
+    );
+    let sweep = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(
+        sweep.lines().count(),
+        1 + 5 * 2,
+        "5 arms x 2 rates: {sweep}"
+    );
+    let test = std::fs::read_to_string(out.join("test.csv")).unwrap();
+    assert_eq!(test.lines().count(), 1 + 5, "5 arms at their rate: {test}");
+    assert!(
+        stderr(&o).contains("cyb-ap seed 1, lr 0.001, 6 steps"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    for (args, needle) in [
+        (vec!["--lrs", "1e-3,0.001"], "--lrs: 0.001 is given twice"),
+        (
+            vec!["--lrs", "3e-3,0"],
+            "--lrs = 0: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "-1e-3"],
+            "--lrs = -0.001: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "NaN"],
+            "--lrs = NaN: must be a finite number > 0",
+        ),
+        (
+            vec!["--lrs", "1e-3,inf"],
+            "--lrs = inf: must be a finite number > 0",
+        ),
+        (vec!["--lrs", "3e-3,x"], "invalid value 'x' for '--lrs"),
+        (
+            vec!["--lr", "1e-3", "--lrs", "3e-3,1e-3"],
+            "'--lr <LR>' cannot be used with '--lrs <LRS>'",
+        ),
+        (
+            vec!["--lrs", "3e-3,20", "--weight-decay", "0.1"],
+            "--weight-decay = 0.1 with --lr = 20",
+        ),
+    ] {
+        let mut all = vec!["experiment"];
+        all.extend_from_slice(&args);
+        fails_with(&cyb(&all), needle);
+    }
+}
+
+/// `eval --split test` reads the test part (other positions, so other numbers) and says
+/// so; with `--tokens` (the validation shards in order) it is refused.
+#[test]
+fn eval_reads_the_split_it_is_asked_for() {
+    let dir = tmpdir("split");
+    let model = tiny_model(&dir, "m.safetensors", &[]);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--load", s(&model), "--eval-batches", "2"];
+        args.extend_from_slice(extra);
+        let o = cyb(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (default, validation, test) = (
+        eval(&[]),
+        eval(&["--split", "validation"]),
+        eval(&["--split", "test"]),
+    );
+    assert_eq!(default, validation);
+    assert!(validation.contains("validation split"), "{validation}");
+    assert!(test.contains("test split"), "{test}");
+    let numbers = |report: &str| -> String {
+        report
+            .lines()
+            .filter(|l| l.contains("NLL"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(!numbers(&test).is_empty());
+    assert_ne!(numbers(&test), numbers(&validation), "other positions");
+    fails_with(
+        &cyb(&[
+            "eval",
+            "--load",
+            s(&model),
+            "--data",
+            "x",
+            "--tokens",
+            "9",
+            "--split",
+            "test",
+        ]),
+        "cannot be used with",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

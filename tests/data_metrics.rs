@@ -241,3 +241,148 @@ fn bpe_learns_words_and_encodes_back_to_the_text() {
     let dot = bpe.encode(".").unwrap()[0];
     assert_eq!(names[src.class_of(dot) as usize], "punctuation");
 }
+
+/// The three splits of every source never overlap, and validation is what it was
+/// before the test split existed (the last 10% of a text, the validation shards, the
+/// validation generator), so validation numbers did not move.
+#[test]
+fn every_source_has_disjoint_train_test_and_validation_splits() {
+    use cyb::data::{split_points, TokenText};
+    use cyb::train::{eval_rng, validation_rng};
+    use rand::RngExt;
+    let seq = 8;
+    // Bytes: 80% 'a', 10% 'b', 10% 'c': each split's windows hold only its letter.
+    let bytes: Vec<u8> = [(b'a', 800), (b'b', 100), (b'c', 100)]
+        .iter()
+        .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+        .collect();
+    assert_eq!(split_points(bytes.len()), (800, 900));
+    let text = ByteText::from_bytes("abc".into(), bytes.clone(), seq).unwrap();
+    for (split, letter) in [
+        (Split::Train, b'a'),
+        (Split::Test, b'b'),
+        (Split::Validation, b'c'),
+    ] {
+        let b = text.sample(split, 64, seq, &mut seeded(3));
+        assert!(
+            b.tokens
+                .iter()
+                .chain(&b.targets)
+                .all(|&t| t == letter as i32),
+            "{split:?}"
+        );
+    }
+    // Validation windows: the last 10%, drawn exactly as before (a start uniform over
+    // the part's window starts, from the caller's generator).
+    let varied: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let text = ByteText::from_bytes("varied".into(), varied.clone(), seq).unwrap();
+    let b = text.sample(Split::Validation, 4, seq, &mut validation_rng(5));
+    let mut rng = validation_rng(5);
+    for w in 0..4 {
+        let start = 900 + rng.random_range(0..100 - seq);
+        let want: Vec<i32> = varied[start..start + seq]
+            .iter()
+            .map(|&x| x as i32)
+            .collect();
+        assert_eq!(&b.tokens[w * seq..(w + 1) * seq], &want[..]);
+    }
+    // Too short for three splits of seq + 1: the error says how much is needed.
+    let e = ByteText::from_bytes("short".into(), vec![b'x'; 85], seq).unwrap_err();
+    assert!(e.to_string().contains("too few for context 8"), "{e}");
+
+    // Tokens: each part encoded on its own, the BPE learnt on the training part only.
+    let words = format!(
+        "{}{}{}",
+        "alpha ".repeat(800),
+        "beta ".repeat(120),
+        "gamma ".repeat(100)
+    );
+    assert_eq!(
+        split_points(words.len()),
+        (4800, 5400),
+        "cut between the words"
+    );
+    let tok = TokenText::from_text("words".into(), &words, 260, seq).unwrap();
+    // Letters only the other splits' words have.
+    for (split, foreign) in [
+        (Split::Train, "betgm"),
+        (Split::Test, "lphgm"),
+        (Split::Validation, "lphbet"),
+    ] {
+        let b = tok.sample(split, 32, seq, &mut seeded(9));
+        let ids: Vec<u32> = b.tokens.iter().map(|&t| t as u32).collect();
+        let decoded = tok.tokenizer().decode(&ids).unwrap();
+        assert!(
+            !decoded.chars().any(|c| foreign.contains(c)),
+            "{split:?}: {decoded:?}"
+        );
+    }
+
+    // The generated task: the split is the generator; test batches are their own.
+    let task = ModSum::default();
+    let val = task.sample(
+        Split::Validation,
+        4,
+        32,
+        &mut eval_rng(Split::Validation, 1),
+    );
+    let again = task.sample(Split::Validation, 4, 32, &mut validation_rng(1));
+    let test = task.sample(Split::Test, 4, 32, &mut eval_rng(Split::Test, 1));
+    assert_eq!(val.tokens, again.tokens);
+    assert_ne!(val.tokens, test.tokens);
+}
+
+/// Shards: the test part is the last `min(validation, training / 9)` training tokens,
+/// which training windows never reach; validation windows are the validation shards'.
+#[test]
+fn shard_test_part_is_cut_from_the_end_of_training() {
+    use cyb::shard_data::ShardData;
+    use cyb::shards::{ShardMeta, ShardWriter, TokenWidth};
+    let dir = std::env::temp_dir().join(format!("cyb-split-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two training shards of 600 and 300 tokens (tokens 0..600 and 2000..2300, so a
+    // window across them would show), validation tokens 1000..1200 (200 tokens): the
+    // test part is the last min(200, 900 / 9 = 100) training tokens, 2200..2300.
+    let write = |name: &str, tokens: Vec<u32>| {
+        let mut w = ShardWriter::create(&dir.join(name), TokenWidth::U16).unwrap();
+        w.write(&tokens).unwrap();
+        w.finish().unwrap();
+    };
+    write("train_000000.bin", (0..600).collect());
+    write("train_000001.bin", (2000..2300).collect());
+    write("val_000000.bin", (1000..1200).collect());
+    ShardMeta {
+        vocab: 2300,
+        tokenizer: "test".into(),
+        eot: None,
+        train_tokens: 900,
+        val_tokens: 200,
+    }
+    .write(&dir)
+    .unwrap();
+    let seq = 8;
+    let data = ShardData::open(dir.to_str().unwrap(), None, seq).unwrap();
+    assert_eq!(data.tokens(), (800, 200));
+    assert_eq!(data.test_tokens(), 100);
+    for (split, parts) in [
+        (Split::Train, &[(0, 600), (2000, 2200)][..]),
+        (Split::Test, &[(2200, 2300)]),
+        (Split::Validation, &[(1000, 1200)]),
+    ] {
+        let b = data.sample(split, 256, seq, &mut seeded(2));
+        let mut seen = vec![false; parts.len()];
+        for w in 0..256 {
+            let first = b.tokens[w * seq];
+            let last = b.targets[(w + 1) * seq - 1];
+            // A window is `seq + 1` consecutive tokens inside one part of the split.
+            let part = parts
+                .iter()
+                .position(|&(lo, hi)| (lo..hi).contains(&first) && (lo..hi).contains(&last));
+            assert!(part.is_some(), "{split:?}: window {first}..={last}");
+            assert_eq!(last - first, seq as i32, "{split:?}");
+            seen[part.unwrap()] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "{split:?}: every part drawn");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

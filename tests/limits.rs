@@ -104,6 +104,7 @@ fn evaluation_and_experiment_refuse_bad_settings() {
         seq: 16,
         threshold: 0.5,
         seed: 1,
+        split: cyb::data::Split::Validation,
     };
     evaluate(&model, &ModSum::default(), &ok).unwrap();
     for (bad, needle) in [
@@ -158,10 +159,24 @@ fn evaluation_and_experiment_refuse_bad_settings() {
         pretrain: 0,
         init: None,
         device: Default::default(),
+        lrs: Vec::new(),
     };
     let run = |c: &ExperimentConfig| run_experiment(c, &ModSum::default(), false, |_, _, _| {});
     assert!(param_error(run(&exp(0, 2))).contains("K >= 1"));
     assert!(param_error(run(&exp(2, 0))).contains("--steps = 0"));
+    // The sweep's rates: positive, finite, each once, each fitting the weight decay.
+    for (lrs, needle) in [
+        (vec![1e-3, 1e-3], "--lrs: 0.001 is given twice"),
+        (
+            vec![1e-3, f32::NAN],
+            "--lrs = NaN: must be a finite number > 0",
+        ),
+        (vec![0.0], "--lrs = 0: must be a finite number > 0"),
+        (vec![1e-3, 20.0], "--weight-decay = 0.1 with --lr = 20"),
+    ] {
+        let msg = param_error(run(&ExperimentConfig { lrs, ..exp(2, 2) }));
+        assert!(msg.contains(needle), "'{needle}' not in: {msg}");
+    }
 }
 
 #[test]
