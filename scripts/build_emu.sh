@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator from source (no GPU, no CUDA toolkit needed): the crate's
 # unmodified kernels/*.cu compiled for the host with the shim in scripts/host_emu/shim,
-# behind a stand-in for the CUDA driver library and the cuBLAS GEMMs.
+# behind a stand-in for the CUDA driver library and the cuBLAS GEMMs, and a stand-in NCCL
+# (scripts/host_emu/nccl.cpp: collectives between the emulated devices of one process).
 #
-#   bash scripts/build_emu.sh          -> target/emu/libcuda.so{,.1}, libcublas.so{,.13}
+#   bash scripts/build_emu.sh          -> target/emu/libcuda.so{,.1}, libcublas.so{,.13},
+#                                         libnccl.so{,.2}
 #   bash scripts/build_emu.sh asan     -> target/emu-asan/ (AddressSanitizer build: run
 #                                         with LD_PRELOAD=$(gcc -print-file-name=libasan.so))
 #   bash scripts/build_emu.sh race     -> target/emu-race/ (race checker: kernels built with
@@ -90,4 +92,11 @@ bash "$EMU/shared_table.sh" "$OUT/libcuda.so.1" "$OUT"/obj/reg_*.o >"$OUT/libcud
 newer "$OUT/libcublas.so.13" "$EMU/cublas.cpp" "$0" &&
   $CXX "${FLAGS[@]}" -shared -Wl,-soname,libcublas.so.13 -Wl,--no-undefined -o "$OUT/libcublas.so.13" "$EMU/cublas.cpp"
 ln -sf libcublas.so.13 "$OUT/libcublas.so"
-echo "build_emu: $OUT/libcuda.so and $OUT/libcublas.so ($MODE)"
+# libnccl.so.2 is the name NCCL's runtime packages install; cudarc 0.19's loader tries
+# libnccl.so (and libnccl.so.<CUDA major>, .12, .11, .10, .9, .1) but not libnccl.so.2,
+# so both names are here. Linked against the emulated driver (same folder, $ORIGIN).
+newer "$OUT/libnccl.so.2" "$EMU/nccl.cpp" "$0" &&
+  $CXX "${FLAGS[@]}" -shared -Wl,-soname,libnccl.so.2 -Wl,--no-undefined -Wl,-rpath,'$ORIGIN' -o "$OUT/libnccl.so.2" \
+    "$EMU/nccl.cpp" -L"$OUT" -l:libcuda.so.1 -pthread
+ln -sf libnccl.so.2 "$OUT/libnccl.so"
+echo "build_emu: $OUT/libcuda.so, $OUT/libcublas.so and $OUT/libnccl.so ($MODE)"

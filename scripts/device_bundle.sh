@@ -2,7 +2,10 @@
 # Builds everything a GPU machine needs to run the crate's tests and benches without a
 # Rust toolchain, into the git-ignored device_bundle/:
 #
-#   device_bundle/tests/<name>    every test executable of `cargo test --features cuda`
+#   device_bundle/tests/<name>    every test executable of `cargo test --features nccl`
+#                                 (feature nccl = cuda + data parallel; libnccl is loaded
+#                                 at run time: without it on the GPU machine gpu_nccl and
+#                                 the data_parallel bench say so and skip)
 #                                 (all of them, so GPU tests added later are included)
 #   device_bundle/benches/<name>  every bench executable
 #   device_bundle/examples/gpt2_finetune_smoke  30 bf16 fine-tune steps of an imported
@@ -59,11 +62,11 @@ copy() { # kinds-to-keep dir
   done
 }
 
-echo "building test executables (release, --features cuda)"
-cargo test --release --features cuda --no-run --message-format=json-render-diagnostics \
+echo "building test executables (release, --features nccl)"
+cargo test --release --features nccl --no-run --message-format=json-render-diagnostics \
   | executables | copy "lib bin test" "$OUT/tests"
-echo "building bench executables (--features cuda)"
-cargo bench --features cuda --no-run --message-format=json-render-diagnostics \
+echo "building bench executables (--features nccl; benches/data_parallel.rs: the step at N = 1 with and without NCCL)"
+cargo bench --features nccl --no-run --message-format=json-render-diagnostics \
   | executables | copy "bench" "$OUT/benches"
 
 echo "building the GPT-2 fine-tune smoke run (example, --features cuda)"

@@ -19,7 +19,9 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --release
-cargo test --release --features cuda
+# Feature nccl = cuda + data parallel (src/gpu/data_parallel.rs); the GPU tests report
+# ignored here (no device), the emulated runs below execute them.
+cargo test --release --features nccl
 # Feature `candle` (the loss as a candle custom op, src/candle.rs; CPU only): its test,
 # its example trainer, and the doctests that use it (src/candle.rs and the README); the
 # rest of the crate is unchanged by the feature and tested above.

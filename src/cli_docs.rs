@@ -8,7 +8,7 @@ use clap::Command;
 
 const README: &str = include_str!("../README.md");
 
-/// Flags of the tools README.md shows besides `cyb` (cargo, nvcc): not `cyb` flags.
+/// Flags of the tools README.md shows besides `cyb` (cargo, nvcc, srun): not `cyb` flags.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--all-features",
     "--all-targets",
@@ -25,6 +25,11 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--release",
     "--test",
     "--workspace",
+    // srun (README "Data parallel")
+    "--nodes",
+    "--ntasks-per-node",
+    "--gpus-per-node",
+    "--kill-on-bad-exit",
 ];
 
 /// The long flags of `cmd` (with `--help` and `--version`).

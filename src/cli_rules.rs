@@ -151,6 +151,7 @@ fn flag(id: &str) -> String {
 /// is an error, not a silent default).
 pub(crate) fn check_environment() -> Result<()> {
     limits::progress_secs()?;
+    cyb::launch::timeout_from_env()?;
     limits::memory_limit().map(|_| ())
 }
 

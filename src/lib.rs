@@ -22,6 +22,7 @@ pub mod generated_text;
 pub mod gpu;
 pub mod hf_import;
 pub mod input_file;
+pub mod launch;
 pub mod limits;
 pub mod metrics;
 pub mod number;

@@ -596,6 +596,25 @@ struct TrainArgs {
     /// the CPU, which runs f32 only].
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
+    /// Data parallel in one process: a model replica on each of CUDA devices 0..N, the
+    /// --batch split evenly over them, gradients summed with NCCL; equals one device on
+    /// the whole batch (needs --device cuda and a build with feature `nccl`).
+    #[arg(long)]
+    gpus: Option<usize>,
+    /// Data parallel over W processes, one GPU each (with --rank and --rendezvous; else
+    /// WORLD_SIZE or SLURM_NTASKS). The device is LOCAL_RANK or SLURM_LOCALID, else
+    /// the rank.
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// This process's rank in 0..W (else RANK or SLURM_PROCID); rank 0 writes the
+    /// checkpoints and the report.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// A file on a filesystem every rank sees, absent before the run: rank 0 writes
+    /// NCCL's id there, the others wait for it: up to CYB_NCCL_TIMEOUT_S seconds (300 when
+    /// unset).
+    #[arg(long)]
+    rendezvous: Option<PathBuf>,
 }
 
 /// Model shape, schedule and seed: the same for `train` and `experiment`.
@@ -908,6 +927,30 @@ impl RunArgs {
     }
 }
 
+/// The data-parallel launch of `train` (`--gpus`, `--world-size/--rank/--rendezvous`,
+/// else a launcher's environment), `None` for one device. The environment is read with
+/// --device cuda only; the flags elsewhere are errors.
+fn data_parallel_launch(a: &TrainArgs) -> Result<Option<cyb::launch::Launch>> {
+    let flags = a.gpus.is_some() || a.world_size.is_some() || a.rank.is_some();
+    if let Device::Cpu = a.device {
+        if flags || a.rendezvous.is_some() {
+            return Err(CybError::Param(
+                "--gpus, --world-size, --rank and --rendezvous run data-parallel replicas on \
+                 GPUs: add --device cuda"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    cyb::launch::Launch::from_flags_and_env(
+        a.gpus,
+        a.world_size,
+        a.rank,
+        a.rendezvous.clone(),
+        &|k| std::env::var(k).ok(),
+    )
+}
+
 fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
     let objective = objective(&a)?;
@@ -1004,16 +1047,24 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     if let (Some(m), None) = (&init, &resume) {
         cfg.model = m.config.clone();
     }
-    let stop = match &a.save {
+    let launch = data_parallel_launch(&a)?;
+    if let Some(l) = &launch {
+        l.check_batch(cfg.batch)?;
+    }
+    // Rank 0 alone writes checkpoints, snapshots and the report.
+    let writer = launch.as_ref().is_none_or(|l| l.writes_checkpoints());
+    let save = a.save.clone().filter(|_| writer);
+    let stop = match &save {
         Some(_) => Some(stop_on_signals()?),
         None => None,
     };
     let control = RunControl {
-        snapshot_base: a.save.clone(),
+        snapshot_base: save.clone(),
         save_every: a.save_every,
         keep: a.keep,
         resume,
         stop,
+        launch: launch.clone(),
     };
     cfg.check()?;
     let m = &cfg.model;
@@ -1034,7 +1085,7 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     if let Some(state) = &control.resume {
         note(format!("resuming at step {} of {}", state.step, cfg.steps));
     }
-    let trained = train_with(&cfg, data.as_ref(), init, true, device, control)?;
+    let trained = train_with(&cfg, data.as_ref(), init, writer, device, control)?;
     if let Some(stopped) = &trained.stopped {
         match &stopped.snapshot {
             Some(snap) => note(format!(
@@ -1048,7 +1099,15 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         }
         std::process::exit(STOPPED_EXIT);
     }
-    if let Some(path) = &a.save {
+    if !writer {
+        let l = launch.as_ref().map_or(0, |l| l.local[0].rank);
+        note(format!(
+            "rank {l}: {} steps done (rank 0 writes the checkpoint and the report)",
+            cfg.steps
+        ));
+        return Ok(());
+    }
+    if let Some(path) = &save {
         checkpoint_tokenizer::save_with(
             path,
             &trained.model,
@@ -1093,8 +1152,12 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
                     Num(trained.seconds)
                 ),
                 TrainDevice::Cuda(precision) => format!(
-                    "speed: {:.0} real tokens/s on CUDA device 0 ({precision}), {:.1} s in all",
+                    "speed: {:.0} real tokens/s on {} ({precision}), {:.1} s in all",
                     Num(trained.tokens_per_sec),
+                    match &launch {
+                        None => "CUDA device 0".to_string(),
+                        Some(l) => format!("{} GPUs, data parallel", l.world_size),
+                    },
                     Num(trained.seconds)
                 ),
             },

@@ -133,6 +133,10 @@ pub struct RunControl {
     pub resume: Option<crate::train_state::TrainState>,
     /// Checked after every step: when set, the run saves a snapshot and stops.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Data-parallel replicas on several GPUs ([`crate::launch::Launch`], feature
+    /// `nccl`, `--device cuda` only); `None`: one device. The steps equal one device's
+    /// on the global batch, so snapshots resume with any world size that divides it.
+    pub launch: Option<crate::launch::Launch>,
 }
 
 /// Generator for validation batches: fixed by the seed, independent of training.
@@ -293,6 +297,12 @@ pub fn train_with(
         fingerprint,
         control,
     };
+    if let (Some(launch), TrainDevice::Cpu) = (&run.control.launch, device) {
+        return Err(CybError::Param(format!(
+            "{} data-parallel replicas need --device cuda",
+            launch.world_size
+        )));
+    }
     match device {
         TrainDevice::Cpu => {
             let stepper = CpuStepper {
@@ -303,7 +313,10 @@ pub fn train_with(
             };
             run.run(stepper, data_rng)
         }
-        TrainDevice::Cuda(precision) => cuda::train(run, model, data_rng, precision),
+        TrainDevice::Cuda(precision) => match run.control.launch.clone() {
+            Some(launch) => cuda::train_data_parallel(run, model, data_rng, precision, launch),
+            None => cuda::train(run, model, data_rng, precision),
+        },
     }
 }
 
@@ -494,6 +507,93 @@ mod cuda {
         };
         run.run(stepper, data_rng)
     }
+
+    /// The steps on data-parallel replicas (feature `nccl`).
+    #[cfg(feature = "nccl")]
+    pub(super) fn train_data_parallel(
+        run: RunLoop<'_>,
+        model: Model<f32>,
+        data_rng: CybRng,
+        precision: Precision,
+        launch: crate::launch::Launch,
+    ) -> Result<TrainOutcome> {
+        use crate::gpu::data_parallel::{DataParallel, ReplicaSettings};
+        let cfg = run.cfg;
+        launch.check_batch(cfg.batch)?;
+        let settings = ReplicaSettings {
+            precision,
+            head: cfg.head,
+            weight_decay: cfg.weight_decay,
+        };
+        let dp = DataParallel::new(&model, &launch, &settings)?;
+        run.run(DataParallelStepper { dp }, data_rng)
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    pub(super) fn train_data_parallel(
+        _run: RunLoop<'_>,
+        _model: Model<f32>,
+        _data_rng: CybRng,
+        _precision: Precision,
+        launch: crate::launch::Launch,
+    ) -> Result<TrainOutcome> {
+        Err(CybError::Unavailable(format!(
+            "{} data-parallel replicas: this build has no NCCL support; rebuild with \
+             `cargo build --release --features nccl`",
+            launch.world_size
+        )))
+    }
+
+    /// The replicas of [`crate::gpu::data_parallel::DataParallel`] as a training backend.
+    #[cfg(feature = "nccl")]
+    struct DataParallelStepper {
+        dp: crate::gpu::data_parallel::DataParallel,
+    }
+
+    #[cfg(feature = "nccl")]
+    impl Stepper for DataParallelStepper {
+        fn step(
+            &mut self,
+            batch: &crate::data::Batch,
+            cfg: &TrainConfig,
+            objective: &ResolvedObjective,
+            lr: f32,
+        ) -> Result<(f64, f64, f32)> {
+            let out = self.dp.step(
+                &batch.tokens,
+                &batch.targets,
+                cfg.batch,
+                cfg.seq,
+                cfg.pauses,
+                objective,
+                lr,
+                cfg.grad_clip,
+            )?;
+            Ok((out.loss, out.stats.mean_pauses, out.grad_norm))
+        }
+
+        fn eval(
+            &mut self,
+            f: &mut dyn FnMut(&Model<f32>) -> Result<EvalSummary>,
+        ) -> Result<EvalSummary> {
+            f(&self.dp.model()?)
+        }
+
+        fn into_model(mut self) -> Result<Model<f32>> {
+            self.dp.model()
+        }
+
+        fn with_state(
+            &mut self,
+            f: &mut dyn FnMut(&Model<f32>, AdamWState) -> Result<()>,
+        ) -> Result<()> {
+            f(&self.dp.model()?, self.dp.optimizer_state()?)
+        }
+
+        fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()> {
+            self.dp.set_optimizer_state(&state)
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -511,6 +611,16 @@ mod cuda {
              `cargo build --release --features cuda`, or use --device cpu"
                 .into(),
         ))
+    }
+
+    pub(super) fn train_data_parallel(
+        run: RunLoop<'_>,
+        model: Model<f32>,
+        data_rng: CybRng,
+        precision: crate::config::Precision,
+        _launch: crate::launch::Launch,
+    ) -> Result<TrainOutcome> {
+        train(run, model, data_rng, precision)
     }
 }
 

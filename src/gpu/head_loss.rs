@@ -114,6 +114,9 @@ pub struct GpuHead<T> {
     budget_bytes: usize,
     bufs: Option<ChunkBuffers<T>>,
     inv_weight_sum: CudaSlice<f32>,
+    /// The weight sum `Mean` divides the gradients by, when the batch is one shard of
+    /// a larger one ([`GpuHead::set_mean_divisor`]); `None`: this batch's own.
+    mean_divisor: Option<f64>,
 }
 
 impl<T> std::fmt::Debug for GpuHead<T> {
@@ -160,7 +163,18 @@ where
             budget_bytes,
             bufs: None,
             inv_weight_sum: gpu.zeros::<f32>(1)?,
+            mean_divisor: None,
         })
+    }
+
+    /// Makes the gradients of a `Reduction::Mean` step divide by `weight_sum` (the
+    /// weight sum of a global batch this batch is one shard of, as in data-parallel
+    /// training) instead of this batch's own: then the shards' gradients add up to the
+    /// global batch's, and each position's gradient is bit for bit the one the whole
+    /// batch gives it (`1/weight_sum` is rounded to f32 as the device kernel does).
+    /// `None` restores the batch's own. The reported loss stays this batch's mean.
+    pub fn set_mean_divisor(&mut self, weight_sum: Option<f64>) {
+        self.mean_divisor = weight_sum;
     }
 
     /// Positions per chunk for `K = pauses` and vocabulary `V`: what fits the budget
@@ -229,7 +243,13 @@ where
             Reduction::Mean => Reduction::Sum,
             r => r,
         };
-        if reduction == Reduction::Mean && grads.is_some() && n > 0 {
+        if let (Reduction::Mean, Some(_), Some(w)) = (reduction, &grads, self.mean_divisor) {
+            // As cyb_inverse_weight_sum: 1/sum in double, rounded to float, 0 for none.
+            let inv = if w > 0.0 { (1.0 / w) as f32 } else { 0.0 };
+            stream
+                .memcpy_htod(&[inv], &mut self.inv_weight_sum)
+                .map_err(cuda_err("uploading the global batch's mean divisor"))?;
+        } else if reduction == Reduction::Mean && grads.is_some() && n > 0 {
             let (n32, v32) = (as_i32("positions", n)?, as_i32("V", s.vocab)?);
             let null: u64 = 0;
             let mut b = stream.launch_builder(&self.inverse_weight_sum);

@@ -20,6 +20,8 @@
 
 pub mod adamw;
 pub mod attention;
+#[cfg(feature = "nccl")]
+pub mod data_parallel;
 pub mod embedding;
 pub mod fatbin;
 pub mod gelu;

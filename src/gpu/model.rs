@@ -350,6 +350,9 @@ pub struct GpuModel {
     /// The fused head's kernels and chunk buffers, per precision, made on first use.
     head_f32: Option<GpuHead<f32>>,
     head_bf16: Option<GpuHead<bf16>>,
+    /// The global batch's weight sum when this model steps one shard of it
+    /// ([`GpuModel::set_mean_divisor`], data parallel).
+    mean_divisor: Option<f64>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -423,7 +426,24 @@ impl GpuModel {
             head: HeadMode::default(),
             head_f32: None,
             head_bf16: None,
+            mean_divisor: None,
         })
+    }
+
+    /// Makes [`GpuModel::forward_backward`] divide the gradients by `valid_positions`,
+    /// the valid positions of a global batch whose shard this model steps (data
+    /// parallel, [`super::data_parallel`]), instead of its own batch's: the shards'
+    /// gradients then sum to the global batch's ([`GpuHead::set_mean_divisor`]). The
+    /// reported loss stays the shard's mean. Needs the fused head (the default); `None`
+    /// restores the plain step.
+    pub fn set_mean_divisor(&mut self, valid_positions: Option<f64>) {
+        self.mean_divisor = valid_positions;
+    }
+
+    /// The flat gradient buffer, writable (to all-reduce it in place between
+    /// [`GpuModel::forward_backward`] and [`GpuModel::step`]).
+    pub fn grads_device_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.grads
     }
 
     /// How [`GpuModel::forward_backward`] computes the head: fused with the loss in
@@ -629,6 +649,18 @@ impl GpuModel {
                 }
                 _ => {}
             }
+        } else if self.mean_divisor.is_some() {
+            return Err(CybError::Param(
+                "a shard of a global batch (data parallel) needs the fused head \
+                 (--head-chunk-mb > 0)"
+                    .into(),
+            ));
+        }
+        for head in self.head_f32.iter_mut() {
+            head.set_mean_divisor(self.mean_divisor);
+        }
+        for head in self.head_bf16.iter_mut() {
+            head.set_mean_divisor(self.mean_divisor);
         }
         let GpuModel {
             config,
