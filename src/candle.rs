@@ -20,6 +20,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! **DK bias.** The op adds the objective's `dk_bias` to every DK logit, and no other:
+//! a candle model has no `cyb` config, so `Objective::resolve` (bias 0) is right for
+//! it. Logits of a `cyb` model (whose config carries `dk_bias`) are scored as the
+//! model scores them with `objective.for_model(config.dk_bias)`.
+//!
 //! [`CybLossOp`] is the op itself: `logits.apply_op1(op)` gives the per-position
 //! losses `w_i L_i`, `[B, T]` (0 at ignored positions), and its backward takes one
 //! upstream gradient per position; [`cyb_loss`] adds the reduction with ordinary
@@ -89,7 +94,8 @@ pub struct CybLossOp {
 impl CybLossOp {
     /// The op for one batch: `targets` `[B, T]` flattened (`-1` or `0..V`, checked
     /// against the logits' `V` when the op runs), optional `weights` `[B, T]` (finite,
-    /// `>= 0`), and an objective resolved for the logits' `K` (with its `dk_bias`).
+    /// `>= 0`), and an objective resolved for the logits' `K` (with its `dk_bias`, the
+    /// only DK bias the op adds: see the module docs).
     pub fn new(objective: ResolvedObjective, targets: Vec<i32>, weights: Option<Vec<f32>>) -> Self {
         CybLossOp {
             objective,

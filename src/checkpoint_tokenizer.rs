@@ -78,6 +78,12 @@ fn folder_of(checkpoint: &Path) -> PathBuf {
     }
 }
 
+/// Where [`save`] writes the tokenizer of `checkpoint`: [`tokenizer_file_name`] in the
+/// checkpoint's folder.
+pub fn tokenizer_path(checkpoint: &Path) -> Result<PathBuf> {
+    Ok(folder_of(checkpoint).join(tokenizer_file_name(checkpoint)?))
+}
+
 /// Saves `model` to `checkpoint`; a Hugging Face tokenizer is written first (atomically)
 /// as `NAME.tokenizer.json` beside it and named with its hash in the metadata, so the
 /// checkpoint never names a file that is not there. Bytes need no file: a plain
@@ -126,7 +132,7 @@ fn tokenizer_file_with(
         )));
     }
     let file = tokenizer_file_name(checkpoint)?;
-    crate::atomic_file::write_atomic(&folder_of(checkpoint).join(&file), tokenizer_json)?;
+    crate::atomic_file::write_atomic(&tokenizer_path(checkpoint)?, tokenizer_json)?;
     let entry = TokenizerRef {
         file,
         sha256: sha256_hex(tokenizer_json),
@@ -228,4 +234,18 @@ fn resolve(checkpoint: &Path, value: &str, model_vocab: usize) -> Result<TextTok
         ));
     }
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FIPS 180-2 example ("abc").
+    #[test]
+    fn sha256_of_abc() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }

@@ -37,14 +37,15 @@
 //! embedding, missing or extra tensors, wrong shapes, non-finite weights, a tokenizer
 //! with ids the model has no row for.
 //!
-//! The tokenizer travels with the checkpoint ([`import_to_file`]): `tokenizer.json` is
-//! copied beside it as `<stem>.tokenizer.json`, and the checkpoint's `__metadata__`
-//! gains the key [`TOKENIZER_KEY`] whose value is the JSON string
+//! The tokenizer travels with the checkpoint ([`import_to_file`]), as
+//! [`crate::checkpoint_tokenizer`] saves it: `tokenizer.json` is copied verbatim beside
+//! it as `<stem>.tokenizer.json`, and the checkpoint's `__metadata__` gains the key
+//! [`crate::checkpoint_tokenizer::METADATA_KEY`] whose value is the JSON string
 //! `{"file":"<that name>","sha256":"<hex>"}` (the file relative to the checkpoint's
 //! folder).
 
-use crate::atomic_file::write_atomic;
 use crate::checkpoint;
+use crate::checkpoint_tokenizer;
 use crate::config::{ModelConfig, PauseAttention};
 use crate::cpu::model::Model;
 use crate::cpu::params::{BlockParams, Params};
@@ -52,13 +53,8 @@ use crate::error::{CybError, Result};
 use crate::objective::dk_bias_from_prior;
 use safetensors::tensor::SafeTensors;
 use serde_json::Value;
-use sha2::Digest;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// The `__metadata__` key of a checkpoint that records its tokenizer:
-/// `{"file":"<name relative to the checkpoint's folder>","sha256":"<hex of its bytes>"}`.
-pub const TOKENIZER_KEY: &str = "tokenizer";
 
 /// The `activation_function` values that are SPEC section 5's tanh GELU.
 const TANH_GELUS: [&str; 2] = ["gelu_new", "gelu_pytorch_tanh"];
@@ -107,16 +103,8 @@ pub struct Imported {
 impl Imported {
     /// Lowercase hex SHA-256 of the tokenizer file, as recorded in the metadata.
     pub fn tokenizer_sha256(&self) -> String {
-        sha256_hex(&self.tokenizer_bytes)
+        checkpoint_tokenizer::sha256_hex(&self.tokenizer_bytes)
     }
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn bad(dir: &Path, msg: impl Into<String>) -> CybError {
@@ -188,34 +176,18 @@ pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Imported> {
 }
 
 /// [`import`], then writes the model to `out` (an ordinary SPEC checkpoint, atomically)
-/// with its tokenizer beside it as `<out stem>.tokenizer.json`, recorded under
-/// [`TOKENIZER_KEY`] in the checkpoint's metadata. Returns what was imported.
+/// with its tokenizer file beside it, byte for byte, as
+/// [`checkpoint_tokenizer::save_with_tokenizer_file`] does (`<out stem>.tokenizer.json`,
+/// recorded with its hash in the checkpoint's metadata). Returns what was imported.
 pub fn import_to_file(dir: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> {
     crate::atomic_file::check_writable_file(out)?;
     let imported = import(dir, opts)?;
-    let tok_out = tokenizer_path_beside(out)?;
-    write_atomic(&tok_out, &imported.tokenizer_bytes)?;
-    let record = serde_json::json!({
-        "file": tok_out.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
-        "sha256": imported.tokenizer_sha256(),
-    });
-    checkpoint::save_with_metadata(out, &imported.model, &[(TOKENIZER_KEY, record.to_string())])?;
+    checkpoint_tokenizer::save_with_tokenizer_file(
+        out,
+        &imported.model,
+        &imported.tokenizer_bytes,
+    )?;
     Ok(imported)
-}
-
-/// `<folder>/<stem>.tokenizer.json` for a checkpoint at `<folder>/<stem>.<ext>`.
-pub fn tokenizer_path_beside(checkpoint: &Path) -> Result<PathBuf> {
-    let stem = checkpoint
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            CybError::Param(format!(
-                "{}: a checkpoint path needs a UTF-8 file name",
-                checkpoint.display()
-            ))
-        })?;
-    Ok(checkpoint.with_file_name(format!("{stem}.tokenizer.json")))
 }
 
 /// The ids a `tokenizer.json` can produce: its largest id + 1, over the model's
@@ -543,13 +515,5 @@ mod tests {
         assert_eq!(tokenizer_vocab(j).unwrap(), 6);
         assert!(tokenizer_vocab(br#"{"model":{}}"#).is_err());
         assert!(tokenizer_vocab(b"nonsense").is_err());
-    }
-
-    #[test]
-    fn sha256_of_abc() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

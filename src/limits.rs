@@ -3,15 +3,15 @@
 //! settings fail with one clear line instead of a plausible report, a capacity
 //! overflow or an allocation abort.
 //!
-//! The CLI calls these before it reads data or builds a model; [`crate::train::train_on`],
-//! [`crate::train::evaluate`] and [`crate::experiment::run_experiment`] call them too,
-//! so the library API refuses the same settings.
+//! The CLI calls these before it reads data or builds a model. The checks of a whole
+//! run live with its types, on top of these: [`crate::train::TrainConfig::check`],
+//! [`crate::train::EvalConfig::check`] (which [`crate::train::train_on`],
+//! [`crate::train::evaluate`] and [`crate::experiment::run_experiment`] call, so the
+//! library API refuses the same settings). This module knows nothing of training.
 
 use crate::config::{ModelConfig, PauseAttention};
 use crate::error::{CybError, Result};
-use crate::metrics::PositionOutcome;
 use crate::number::Num;
-use crate::train::{EvalConfig, EvalPoint, StepLog, TrainConfig};
 
 fn bad(msg: String) -> CybError {
     CybError::Param(msg)
@@ -138,43 +138,9 @@ pub fn eval_every(eval_every: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every number of `cfg` in range ([`check_schedule`], the learning-rate floor, the
-/// objective's parameters for `K = pauses`) and its memory estimate within what the
-/// machine has ([`train_bytes`], [`check_memory`]).
-pub fn check_train(cfg: &TrainConfig) -> Result<()> {
-    check_schedule(
-        cfg.lr,
-        cfg.weight_decay,
-        cfg.grad_clip,
-        cfg.steps,
-        cfg.batch,
-        cfg.seq,
-        cfg.eval_batches,
-    )?;
-    if !(0.0..=1.0).contains(&cfg.min_lr_ratio) {
-        return Err(bad(format!(
-            "min_lr_ratio = {}: must be in [0, 1]",
-            cfg.min_lr_ratio
-        )));
-    }
-    cfg.objective
-        .resolve(cfg.pauses)
-        .map_err(|e| bad(format!("--objective {}: {e}", cfg.objective.name())))?;
-    check_memory("this training run", train_bytes(cfg))
-}
-
-/// The numbers of an evaluation and its memory estimate.
-pub fn check_eval(model: &ModelConfig, cfg: &EvalConfig) -> Result<()> {
-    at_least_one("--eval-batches", cfg.batches)?;
-    at_least_one("--batch", cfg.batch)?;
-    at_least_one("--ctx", cfg.seq)?;
-    threshold(cfg.threshold)?;
-    check_memory("this evaluation", eval_bytes(model, cfg))
-}
-
-// Estimates are in f64 bytes: a product of huge sizes saturates to a huge number
-// instead of overflowing.
-const F32: f64 = 4.0;
+/// Bytes of one f32 value. Estimates are in f64 bytes: a product of huge sizes
+/// saturates to a huge number instead of overflowing.
+pub const F32_BYTES: f64 = 4.0;
 
 /// Parameters of a model of this shape (SPEC section 7 tensors).
 pub fn param_count(m: &ModelConfig) -> f64 {
@@ -201,46 +167,7 @@ pub fn forward_bytes(m: &ModelConfig, batch: usize, seq: usize, pauses: usize) -
     let att = b * m.n_head as f64 * k1 * t * keys;
     let per_layer = rows * (16.0 * d + 6.0) + att;
     let rest = rows * (2.0 * d + 2.0) + rows * (m.vocab as f64 + 1.0);
-    F32 * (m.n_layer as f64 * per_layer + rest)
-}
-
-/// Estimated peak bytes of a training run: the weights with their gradients and
-/// AdamW moments, the forward's activations twice (the backward's buffers mirror
-/// them) plus the logit gradient, the log of every step and evaluation point, and one
-/// evaluation.
-pub fn train_bytes(cfg: &TrainConfig) -> f64 {
-    let m = &cfg.model;
-    let weights = 4.0 * F32 * param_count(m);
-    let rows = cfg.batch as f64 * (cfg.pauses as f64 + 1.0) * cfg.seq as f64;
-    let acts = 2.0 * forward_bytes(m, cfg.batch, cfg.seq, cfg.pauses)
-        + F32 * rows * (m.vocab as f64 + 1.0);
-    let evals = 1 + cfg.steps.checked_div(cfg.eval_every).unwrap_or(0);
-    let logs = cfg.steps as f64 * std::mem::size_of::<StepLog>() as f64
-        + evals as f64 * std::mem::size_of::<EvalPoint>() as f64;
-    weights + acts + logs + outcome_bytes(&cfg.eval_config())
-}
-
-fn outcome_bytes(cfg: &EvalConfig) -> f64 {
-    cfg.batches as f64
-        * cfg.batch as f64
-        * cfg.seq as f64
-        * std::mem::size_of::<PositionOutcome>() as f64
-}
-
-/// Estimated peak bytes of an evaluation: one forward and every position's outcome.
-pub fn eval_bytes(m: &ModelConfig, cfg: &EvalConfig) -> f64 {
-    F32 * param_count(m) + forward_bytes(m, cfg.batch, cfg.seq, cfg.pauses) + outcome_bytes(cfg)
-}
-
-/// Every number of an experiment's base run, its memory estimate with the outcomes
-/// it keeps of all `runs` runs, and at least one pause step to compare (`pauses`).
-pub fn check_experiment(base: &TrainConfig, pauses: usize, runs: usize) -> Result<()> {
-    experiment_pauses(pauses)?;
-    check_train(base)?;
-    check_memory(
-        "this experiment",
-        train_bytes(base) + runs as f64 * outcome_bytes(&base.eval_config()),
-    )
+    F32_BYTES * (m.n_layer as f64 * per_layer + rest)
 }
 
 /// An experiment compares pause variants with the no-pause baseline: `K >= 1`.

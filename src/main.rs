@@ -181,7 +181,7 @@ fn run_import(a: ImportArgs) -> Result<()> {
         c.dk_bias,
         a.dk_prior,
         a.out.display(),
-        hf_import::tokenizer_path_beside(&a.out)?.display()
+        cyb::checkpoint_tokenizer::tokenizer_path(&a.out)?.display()
     );
     Ok(())
 }
@@ -1066,7 +1066,7 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         stop,
         launch: launch.clone(),
     };
-    limits::check_train(&cfg)?;
+    cfg.check()?;
     let m = &cfg.model;
     note(format!(
         "training {} on {} | d={} L={} H={} T={} K={} ({} pauses) | {} steps x {} x {}",

@@ -8,6 +8,7 @@
 
 use crate::error::{CybError, Result};
 use crate::number::Num;
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -276,7 +277,8 @@ impl Objective {
     }
 
     /// Check the parameters and fix every `K`-dependent vector for this `K`, with no
-    /// DK bias (see [`ResolvedObjective::with_dk_bias`]).
+    /// DK bias: a model adds its own ([`ResolvedObjective::for_model`]); the raw losses
+    /// on logits take one from [`ResolvedObjective::with_dk_bias`].
     pub fn resolve(&self, k: usize) -> Result<ResolvedObjective> {
         // A KL weight beyond MAX_KL_WEIGHT only overflows the loss or its gradient.
         let nonneg = |name: &str, x: f64, default: f64| {
@@ -435,6 +437,8 @@ pub struct ResolvedObjective {
 
 impl ResolvedObjective {
     /// The same objective with the DK bias `b_DK` (a model's `dk_bias`); must be finite.
+    /// For the losses on raw logits (`cpu::loss`, `gpu::CybLoss`, the candle op); the
+    /// models apply their own ([`ResolvedObjective::for_model`]).
     pub fn with_dk_bias(mut self, dk_bias: f64) -> Result<Self> {
         if !dk_bias.is_finite() {
             return Err(CybError::Param(format!(
@@ -443,6 +447,38 @@ impl ResolvedObjective {
         }
         self.dk_bias = dk_bias;
         Ok(self)
+    }
+
+    /// This objective as a model whose `config.dk_bias` is `model_dk_bias` scores with
+    /// it: the DK bias is the model's. An objective without one (0, as
+    /// [`Objective::resolve`] gives) takes the model's; one that already carries the
+    /// model's is returned as it is (borrowed); one carrying a different non-zero bias
+    /// is an error, since it would score the model's DK logit unlike decoding, the
+    /// metrics and training do. The models' `loss` and `forward_backward` call this, so
+    /// a caller never has to remember [`ResolvedObjective::with_dk_bias`].
+    ///
+    /// ```
+    /// use cyb::Objective;
+    /// let obj = Objective::ap_default().resolve(2).unwrap();
+    /// assert_eq!(obj.for_model(1.5).unwrap().dk_bias, 1.5);
+    /// let carried = obj.with_dk_bias(1.5).unwrap();
+    /// assert_eq!(carried.for_model(1.5).unwrap().dk_bias, 1.5);
+    /// assert!(carried.for_model(0.0).is_err()); // another model's bias
+    /// ```
+    pub fn for_model(&self, model_dk_bias: f64) -> Result<Cow<'_, ResolvedObjective>> {
+        if self.dk_bias == model_dk_bias {
+            return Ok(Cow::Borrowed(self));
+        }
+        if self.dk_bias != 0.0 {
+            return Err(CybError::Param(format!(
+                "the objective carries dk_bias = {} but the model's config.dk_bias is {}: \
+                 a model scores with its own DK bias (resolve the objective without one, \
+                 or with the model's)",
+                Num(self.dk_bias),
+                Num(model_dk_bias)
+            )));
+        }
+        Ok(Cow::Owned(self.clone().with_dk_bias(model_dk_bias)?))
     }
 
     /// `log omega_k` and `log Omega_k = log sum_{j>k} omega_j` (`-inf` for 0), the

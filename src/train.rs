@@ -7,6 +7,7 @@ use crate::cpu::loss::LossShape;
 use crate::cpu::model::{HeadMode, Model, Params, Workspace};
 use crate::data::{DataSource, Split};
 use crate::error::{CybError, Result};
+use crate::limits;
 use crate::metrics::{greedy_outcomes, EvalSummary, PositionOutcome};
 use crate::number::Num;
 use crate::objective::{Objective, ResolvedObjective};
@@ -219,7 +220,7 @@ pub fn train_with(
     control: RunControl,
 ) -> Result<TrainOutcome> {
     cfg.model.validate()?;
-    crate::limits::check_train(cfg)?;
+    cfg.check()?;
     // The data's ids must be the model's tokens; a model with more tokens (a pretrained
     // one fine-tuned on a built-in task) reads them as they are.
     if data.vocab() > cfg.model.vocab {
@@ -265,7 +266,8 @@ pub fn train_with(
             )));
         }
     }
-    // The loss reads d_k with the model's DK bias, as decoding and the metrics do.
+    // The loss reads d_k with the model's DK bias, as decoding and the metrics do. The
+    // models add it themselves; resolving with it once spares them a copy every step.
     let objective = cfg
         .objective
         .resolve(cfg.pauses)?
@@ -974,7 +976,7 @@ fn validation_detail_shown(
     cfg: &EvalConfig,
     show_progress: bool,
 ) -> Result<(Vec<PositionOutcome>, Vec<PositionHalting>)> {
-    crate::limits::check_eval(&model.config, cfg)?;
+    cfg.check(&model.config)?;
     let mut progress = EvalProgress::new(show_progress, cfg.batches)?;
     let mut rng = eval_rng(cfg.split, cfg.seed);
     let batches = (0..cfg.batches)
@@ -1065,4 +1067,87 @@ pub fn evaluate_shown(
         cfg.pauses,
         &data.class_names(),
     ))
+}
+
+// The settings checks of the run types above, built on the generic checks of
+// `crate::limits` (below this module: it knows nothing of training).
+impl TrainConfig {
+    /// Every number in range ([`limits::check_schedule`], the learning-rate floor, the
+    /// objective's parameters for `K = pauses`) and the memory estimate within what the
+    /// machine has ([`TrainConfig::memory_bytes`], [`limits::check_memory`]).
+    pub fn check(&self) -> Result<()> {
+        limits::check_schedule(
+            self.lr,
+            self.weight_decay,
+            self.grad_clip,
+            self.steps,
+            self.batch,
+            self.seq,
+            self.eval_batches,
+        )?;
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(CybError::Param(format!(
+                "min_lr_ratio = {}: must be in [0, 1]",
+                self.min_lr_ratio
+            )));
+        }
+        self.objective
+            .resolve(self.pauses)
+            .map_err(|e| CybError::Param(format!("--objective {}: {e}", self.objective.name())))?;
+        limits::check_memory("this training run", self.memory_bytes())
+    }
+
+    /// Estimated peak bytes of the run: the weights with their gradients and AdamW
+    /// moments, the forward's activations twice (the backward's buffers mirror them)
+    /// plus the logit gradient, the log of every step and evaluation point, and one
+    /// evaluation.
+    pub fn memory_bytes(&self) -> f64 {
+        let m = &self.model;
+        let weights = 4.0 * limits::F32_BYTES * limits::param_count(m);
+        let rows = self.batch as f64 * (self.pauses as f64 + 1.0) * self.seq as f64;
+        let acts = 2.0 * limits::forward_bytes(m, self.batch, self.seq, self.pauses)
+            + limits::F32_BYTES * rows * (m.vocab as f64 + 1.0);
+        let evals = 1 + self.steps.checked_div(self.eval_every).unwrap_or(0);
+        let logs = self.steps as f64 * std::mem::size_of::<StepLog>() as f64
+            + evals as f64 * std::mem::size_of::<EvalPoint>() as f64;
+        weights + acts + logs + self.eval_config().outcome_bytes()
+    }
+
+    /// This run as the widest run of an experiment: [`TrainConfig::check`], its memory
+    /// estimate with the outcomes it keeps of all `runs` runs, and at least one pause
+    /// step to compare (`pauses`, [`limits::experiment_pauses`]).
+    pub fn check_experiment(&self, pauses: usize, runs: usize) -> Result<()> {
+        limits::experiment_pauses(pauses)?;
+        self.check()?;
+        limits::check_memory(
+            "this experiment",
+            self.memory_bytes() + runs as f64 * self.eval_config().outcome_bytes(),
+        )
+    }
+}
+
+impl EvalConfig {
+    /// The numbers of an evaluation of a `model`-shaped model, and its memory estimate.
+    pub fn check(&self, model: &ModelConfig) -> Result<()> {
+        limits::at_least_one("--eval-batches", self.batches)?;
+        limits::at_least_one("--batch", self.batch)?;
+        limits::at_least_one("--ctx", self.seq)?;
+        limits::threshold(self.threshold)?;
+        limits::check_memory("this evaluation", self.memory_bytes(model))
+    }
+
+    /// Estimated peak bytes of the evaluation: one forward and every position's outcome.
+    pub fn memory_bytes(&self, model: &ModelConfig) -> f64 {
+        limits::F32_BYTES * limits::param_count(model)
+            + limits::forward_bytes(model, self.batch, self.seq, self.pauses)
+            + self.outcome_bytes()
+    }
+
+    /// Bytes of the outcome of every position evaluated.
+    fn outcome_bytes(&self) -> f64 {
+        self.batches as f64
+            * self.batch as f64
+            * self.seq as f64
+            * std::mem::size_of::<PositionOutcome>() as f64
+    }
 }

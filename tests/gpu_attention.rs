@@ -118,7 +118,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
-    use super::common::{assert_close, base_seed, test_seed, with_seed};
+    use super::common::{assert_close, base_seed, err, test_seed, with_seed};
     use super::*;
     use cyb::cpu::attention::{attention_backward, attention_forward, AttnShape};
     use cyb::cpu::embedding::StepShape;
@@ -188,10 +188,6 @@ mod gpu_tests {
             );
         }
         trials
-    }
-
-    fn err(e: CybError) -> Failed {
-        format!("{e}").into()
     }
 
     fn dims(c: Case) -> AttnDims {

@@ -60,6 +60,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
+    use super::common::{err, rel};
     use super::*;
     use cyb::cpu::head_loss::{head_loss, HeadGrads, HeadShape};
     use cyb::cpu::loss::LossShape;
@@ -108,10 +109,6 @@ mod gpu_tests {
                 .with_ignored_flag(ignored)
             })
             .collect()
-    }
-
-    fn err(e: CybError) -> Failed {
-        format!("{e}").into()
     }
 
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
@@ -349,28 +346,6 @@ mod gpu_tests {
         Ok((out, fwd.chunks()))
     }
 
-    /// Norm-wise relative error `||got - want|| <= bound * ||want||` (absolute when
-    /// want = 0); non-finite values fail.
-    fn rel(what: &str, got: &[f64], want: &[f64], bound: f64) -> R {
-        if got.len() != want.len() {
-            return Err(format!("{what}: length {} vs {}", got.len(), want.len()).into());
-        }
-        if let Some(i) = got.iter().position(|x| !x.is_finite()) {
-            return Err(format!("{what}: got non-finite {} at [{i}]", got[i]).into());
-        }
-        let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-        let den: f64 = want.iter().map(|w| w * w).sum();
-        let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
-        if !approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
-            return Err(format!(
-                "{what}: relative error {:.3e} > {bound:e}",
-                num.sqrt() / scale
-            )
-            .into());
-        }
-        Ok(())
-    }
-
     fn compare(what: &str, got: &Out, want: &Out, bound: f64) -> R {
         rel(&format!("{what} loss"), &[got.loss], &[want.loss], bound)?;
         rel(&format!("{what} stats"), &got.stats, &want.stats, bound)?;
@@ -391,9 +366,7 @@ mod gpu_tests {
     }
 
     fn resolve(obj: &Objective, k: usize) -> Result<ResolvedObjective, Failed> {
-        obj.resolve(k)
-            .and_then(|o| o.with_dk_bias(0.7))
-            .map_err(err)
+        common::resolved(obj, k, 0.7)
     }
 
     /// Fused against unfused on the device, same precision: the same kernels and GEMMs

@@ -239,6 +239,7 @@ fn trials() -> Vec<Trial> {
 #[cfg(feature = "cuda")]
 mod gpu_tests {
     use super::common::assert_close;
+    use super::common::{err, resolved};
     use super::*;
     use cyb::cpu::loss::{
         dlogits_from_row_grads, position_objectives, row_scalars, LossForward, RowScalar,
@@ -305,10 +306,6 @@ mod gpu_tests {
             );
         }
         trials
-    }
-
-    fn err(e: CybError) -> Failed {
-        format!("{e}").into()
     }
 
     /// Host inputs of one comparison.
@@ -647,13 +644,6 @@ mod gpu_tests {
                 row_stride: shape.vocab + 1,
             },
         )
-    }
-
-    /// `obj` resolved for `k` pause steps with DK bias `dk_bias`.
-    fn resolved(obj: &Objective, k: usize, dk_bias: f64) -> Result<cyb::ResolvedObjective, Failed> {
-        obj.resolve(k)
-            .and_then(|o| o.with_dk_bias(dk_bias))
-            .map_err(err)
     }
 
     fn upstream_for(rng: &mut CybRng, shape: LossShape, reduction: Reduction) -> Vec<f64> {

@@ -59,6 +59,7 @@ fn names() -> Vec<String> {
         "forward_backward_bf16_is_deterministic",
         "bf16_step_keeps_f32_masters",
         "training_curves_bf16_track_f32_k3",
+        "model_applies_its_own_dk_bias",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -93,6 +94,7 @@ fn trials() -> Vec<Trial> {
 
 #[cfg(feature = "cuda")]
 mod gpu_tests {
+    use super::common::{err, rel};
     use super::*;
     use cyb::checkpoint;
     use cyb::config::{ModelConfig, PauseAttention};
@@ -101,7 +103,8 @@ mod gpu_tests {
     use cyb::cpu::gelu::{gelu_backward, gelu_forward};
     use cyb::cpu::layernorm::{layernorm_backward, layernorm_forward};
     use cyb::cpu::linear::{linear_backward, linear_forward};
-    use cyb::cpu::model::{Model, Params, Workspace};
+    use cyb::cpu::loss::{cyb_loss as cpu_loss, LossShape};
+    use cyb::cpu::model::{HeadMode, Model, Params, Workspace};
     use cyb::cpu::scalar::{matmul, Op};
     use cyb::gpu::adamw::GpuAdamW;
     use cyb::gpu::embedding::{EmbeddingKernels, TableDims, TokenIndex};
@@ -112,7 +115,7 @@ mod gpu_tests {
     use cyb::gpu::residual::ResidualKernels;
     use cyb::gpu::GpuContext;
     use cyb::rng::{seeded, CybRng};
-    use cyb::{CybError, Objective};
+    use cyb::{CybError, Objective, Reduction};
     use libtest_mimic::Failed;
     use rand::RngExt;
     use rand_distr::StandardNormal;
@@ -155,10 +158,6 @@ mod gpu_tests {
             .collect()
     }
 
-    fn err(e: CybError) -> Failed {
-        format!("{e}").into()
-    }
-
     fn run(gpu: &Arc<GpuContext>, name: &str, seed: u64) -> R {
         let mut rng = seeded(seed);
         for (prefix, precision) in [
@@ -199,6 +198,7 @@ mod gpu_tests {
             "forward_backward_bf16_is_deterministic" => deterministic_bf16(gpu, &mut rng),
             "bf16_step_keeps_f32_masters" => bf16_masters(gpu, &mut rng),
             "training_curves_bf16_track_f32_k3" => curves_bf16(gpu, &mut rng),
+            "model_applies_its_own_dk_bias" => own_dk_bias(gpu, &mut rng),
             other => Err(format!("unknown test {other}").into()),
         }
     }
@@ -230,37 +230,6 @@ mod gpu_tests {
     /// (`|got - want| <= atol` or `<= rtol * max(|got|, |want|)`); see common::assert_close.
     fn close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) -> R {
         common::assert_close(what, got, want, atol, rtol);
-        Ok(())
-    }
-
-    /// Norm-wise relative error `||got - want|| / ||want||` (absolute when want = 0).
-    fn rel(what: &str, got: &[f64], want: &[f64], bound: f64) -> R {
-        if got.len() != want.len() {
-            return Err(format!("{what}: length {} vs {}", got.len(), want.len()).into());
-        }
-        if let Some(i) = got.iter().position(|x| !x.is_finite()) {
-            return Err(format!("{what}: got non-finite {} at [{i}]", got[i]).into());
-        }
-        let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-        let den: f64 = want.iter().map(|w| w * w).sum();
-        let e = num.sqrt() / den.sqrt().max(1e-30);
-        // The decision: ||got - want|| within `bound` times ||want|| (absolute when want = 0).
-        let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
-        if !approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
-            let worst = got
-                .iter()
-                .zip(want)
-                .enumerate()
-                .max_by(|a, b| {
-                    (a.1 .0 - a.1 .1)
-                        .abs()
-                        .partial_cmp(&(b.1 .0 - b.1 .1).abs())
-                        .unwrap()
-                })
-                .map(|(i, (g, w))| format!("worst [{i}] got {g:e} want {w:e}"))
-                .unwrap_or_default();
-            return Err(format!("{what}: relative error {e:.3e} > {bound:e}; {worst}").into());
-        }
         Ok(())
     }
 
@@ -1051,6 +1020,75 @@ mod gpu_tests {
         let got_g = g.grads_to_cpu().map_err(err)?;
         for ((name, _, gx), (_, _, wx)) in got_g.tensors().iter().zip(want_g.tensors()) {
             rel(&format!("grad {name}"), &f64s(gx), &f64s(wx), tol)?;
+        }
+        Ok(())
+    }
+
+    /// A model with a non-zero DK bias (the paper's prior 0.9) and objectives resolved
+    /// without one: the GPU step, fused and unfused head, gives the raw CPU loss of the
+    /// model's logits with the bias passed explicitly, and the CPU model's gradients (the
+    /// CPU model's own bias is checked against the SPEC vectors in tests/model_cpu.rs;
+    /// their d_head = 8 is below what the kernels take). The bias moves every loss but
+    /// `ce_final`'s far beyond `STEP_REL`, so a step without it fails; an objective with
+    /// another non-zero bias is a `Param` error.
+    fn own_dk_bias(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
+        let mut m = random_model(rng, PauseAttention::Shared);
+        let bias = cyb::objective::dk_bias_from_prior(0.9, m.config.vocab).map_err(err)?;
+        m.config.dk_bias = bias;
+        let (tokens, targets, b, t) = batch(rng, &m.config);
+        let k = m.config.k_max;
+        let shape = LossShape {
+            batch: b,
+            pauses: k,
+            seq: t,
+            vocab: m.config.vocab,
+        };
+        let logits = m.forward(&tokens, b, t, k).map_err(err)?;
+        let mut g = GpuModel::from_cpu(gpu, &m).map_err(err)?;
+        for head in [HeadMode::default(), HeadMode::Unfused] {
+            g.set_head(head);
+            for objective in common::all_objectives() {
+                let what = format!("{} {head:?}", objective.name());
+                let obj = objective.resolve(k).map_err(err)?;
+                let biased = obj.clone().with_dk_bias(bias).map_err(err)?;
+                let raw = |o: &cyb::ResolvedObjective| {
+                    cpu_loss(&logits, &targets, shape, o, Reduction::Mean, None, None)
+                        .map(|f| f.loss)
+                        .map_err(err)
+                };
+                let (want, unbiased) = (raw(&biased)?, raw(&obj)?);
+                if (want - unbiased).abs() > 10.0 * STEP_REL * want.abs() {
+                    if objective.name() == "ce_final" {
+                        return Err(format!("{what}: ce_final never reads d_k").into());
+                    }
+                } else if objective.name() != "ce_final" {
+                    return Err(format!("{what}: the bias must move the loss").into());
+                }
+                let got = g
+                    .forward_backward(&tokens, &targets, b, t, k, &obj)
+                    .map_err(err)?
+                    .loss()
+                    .map_err(err)?;
+                close(&format!("{what} loss"), &[got], &[want], 1e-6, STEP_REL)?;
+                let mut want_g = Params::zeros(&m.config);
+                m.forward_backward(&tokens, &targets, b, t, k, &obj, &mut want_g)
+                    .map_err(err)?;
+                let got_g = g.grads_to_cpu().map_err(err)?;
+                for ((name, _, gx), (_, _, wx)) in got_g.tensors().iter().zip(want_g.tensors()) {
+                    rel(
+                        &format!("{what} grad {name}"),
+                        &f64s(gx),
+                        &f64s(wx),
+                        STEP_REL,
+                    )?;
+                }
+                let other = obj.with_dk_bias(bias + 1.0).map_err(err)?;
+                match g.forward_backward(&tokens, &targets, b, t, k, &other) {
+                    Err(CybError::Param(msg)) if msg.contains("dk_bias") => {}
+                    Err(e) => return Err(format!("{what}: another bias gave {e}").into()),
+                    Ok(_) => return Err(format!("{what}: another bias was accepted").into()),
+                }
+            }
         }
         Ok(())
     }

@@ -3,18 +3,21 @@
 //! holds a random GPT-2 and the logits transformers computes for it. No Python, no
 //! network here.
 
+mod common;
+
 use cyb::checkpoint;
+use cyb::checkpoint_tokenizer::{sha256_hex, METADATA_KEY};
 use cyb::config::PauseAttention;
 use cyb::cpu::model::Model;
-use cyb::hf_import::{import, import_to_file, sha256_hex, ImportOptions, TOKENIZER_KEY};
+use cyb::hf_import::{import, import_to_file, ImportOptions};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/hf/tiny-gpt2");
-
-fn dir() -> &'static Path {
-    Path::new(DIR)
+/// The fixture folder, found like every test's data (`$CYB_TESTDATA` in the device
+/// bundle, else the repository's `testdata/`).
+fn dir() -> PathBuf {
+    common::testdata_dir().join("hf/tiny-gpt2")
 }
 
 fn opts(pauses: usize, mode: PauseAttention) -> ImportOptions {
@@ -94,7 +97,7 @@ fn hf_logits() -> HfLogits {
 /// moves logits by 1e-2 to 1, far outside both.
 #[test]
 fn k0_logits_match_hugging_face() {
-    let m32 = plain(dir());
+    let m32 = plain(&dir());
     let m64: Model<f64> = m32.cast();
     let hf = hf_logits();
     let (delta, v) = (hf.f32_rounding, m32.config.vocab);
@@ -134,8 +137,8 @@ fn k0_logits_match_hugging_face() {
 /// of a position sees only real tokens), so it is Hugging Face's model too.
 #[test]
 fn private_k3_step0_plane_is_the_pretrained_model() {
-    let k0: Model<f64> = plain(dir()).cast();
-    let imported = import(dir(), &opts(3, PauseAttention::Private)).unwrap();
+    let k0: Model<f64> = plain(&dir()).cast();
+    let imported = import(&dir(), &opts(3, PauseAttention::Private)).unwrap();
     let c = &imported.model.config;
     assert_eq!((c.k_max, c.pause_attention), (3, PauseAttention::Private));
     approx::assert_relative_eq!(c.dk_bias, 9f64.ln() + 1000f64.ln(), epsilon = 1e-12);
@@ -184,7 +187,7 @@ fn rounded(m: &Model<f32>, round: impl Fn(f32) -> f32) -> Model<f32> {
 /// bit for bit.
 #[test]
 fn f16_and_bf16_variants_import_to_the_rounded_model() {
-    let base = plain(dir());
+    let base = plain(&dir());
     let f16 = plain(&dir().join("f16"));
     let bf16 = plain(&dir().join("bf16"));
     assert_eq!(
@@ -209,7 +212,7 @@ fn prefixed_and_unprefixed_f32_import_alike() {
         .map(|(n, s, x)| (format!("transformer.{n}"), s, x))
         .collect();
     write_fixture(&d, &base_config(), prefixed);
-    assert_eq!(plain(&d), plain(dir()));
+    assert_eq!(plain(&d), plain(&dir()));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -219,7 +222,7 @@ fn prefixed_and_unprefixed_f32_import_alike() {
 fn import_to_file_writes_checkpoint_and_tokenizer() {
     let d = tmpdir("out");
     let out = d.join("gpt2-cyb.safetensors");
-    let imported = import_to_file(dir(), &out, &ImportOptions::default()).unwrap();
+    let imported = import_to_file(&dir(), &out, &ImportOptions::default()).unwrap();
     let loaded = checkpoint::load(&out).unwrap();
     assert_eq!(loaded, imported.model);
     assert_eq!(loaded.config.k_max, 3);
@@ -227,7 +230,7 @@ fn import_to_file_writes_checkpoint_and_tokenizer() {
     let bytes = std::fs::read(&out).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().as_ref().unwrap();
-    let record: Value = serde_json::from_str(&meta[TOKENIZER_KEY]).unwrap();
+    let record: Value = serde_json::from_str(&meta[METADATA_KEY]).unwrap();
     assert_eq!(record["file"], "gpt2-cyb.tokenizer.json");
     let copied = std::fs::read(d.join("gpt2-cyb.tokenizer.json")).unwrap();
     assert_eq!(copied, std::fs::read(dir().join("tokenizer.json")).unwrap());
@@ -491,7 +494,7 @@ fn explicit_equal_head_is_accepted_even_when_called_untied() {
     head.0 = "lm_head.weight".into();
     tensors.push(head);
     write_fixture(&d, &config, tensors);
-    assert_eq!(plain(&d), plain(dir()));
+    assert_eq!(plain(&d), plain(&dir()));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -521,7 +524,7 @@ fn missing_files_and_bad_options_are_errors() {
         dk_prior: 1.0,
         ..Default::default()
     };
-    let err = import(dir(), &bad_prior).unwrap_err().to_string();
+    let err = import(&dir(), &bad_prior).unwrap_err().to_string();
     assert!(err.contains("DK prior"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -572,7 +575,7 @@ fn cli_import_writes_what_the_library_imports() {
     let out = d.join("tiny.safetensors");
     let log = ok(&[
         "import",
-        DIR,
+        s(&dir()),
         "--out",
         s(&out),
         "--pauses",
@@ -584,7 +587,7 @@ fn cli_import_writes_what_the_library_imports() {
     ]);
     assert!(log.contains("K = 2 private pauses"), "{log}");
     let want = import(
-        dir(),
+        &dir(),
         &ImportOptions {
             pauses: 2,
             pause_attention: PauseAttention::Private,
@@ -600,7 +603,7 @@ fn cli_import_writes_what_the_library_imports() {
         "config.json",
     );
     fails(
-        &["import", DIR, "--out", s(&out), "--dk-prior", "1"],
+        &["import", s(&dir()), "--out", s(&out), "--dk-prior", "1"],
         "DK prior",
     );
     std::fs::remove_dir_all(&d).unwrap();
@@ -626,10 +629,11 @@ const FINE_TUNE: &[&str] = &[
 fn train_from_hf_fine_tunes_and_the_loss_falls() {
     let d = tmpdir("cli-train");
     let save = d.join("ft.safetensors");
+    let hf = dir();
     let mut args = vec![
         "train",
         "--from-hf",
-        DIR,
+        s(&hf),
         "--pauses",
         "3",
         "--steps",
@@ -667,7 +671,7 @@ fn train_from_hf_fine_tunes_and_the_loss_falls() {
     ok(&[
         "train",
         "--from-hf",
-        DIR,
+        s(&dir()),
         "--text",
         s(&text),
         "--steps",
@@ -695,7 +699,7 @@ fn train_from_hf_fine_tunes_and_the_loss_falls() {
     ]);
     assert!(report.contains("marginal NLL"), "{report}");
     fails(
-        &["train", "--from-hf", DIR, "--load", s(&save)],
+        &["train", "--from-hf", s(&dir()), "--load", s(&save)],
         "cannot be used with",
     );
     std::fs::remove_dir_all(&d).unwrap();
@@ -706,10 +710,11 @@ fn train_from_hf_fine_tunes_and_the_loss_falls() {
 #[test]
 fn experiment_from_hf_runs_every_arm_from_the_import() {
     let d = tmpdir("cli-exp");
+    let hf = dir();
     let mut args = vec![
         "experiment",
         "--from-hf",
-        DIR,
+        s(&hf),
         "--steps",
         "12",
         "--seeds",

@@ -59,7 +59,7 @@ fn train_refuses_numbers_out_of_range() {
     // A NaN learning rate is a bad setting, not a diverged loss.
     let mut cfg = tiny();
     cfg.lr = f32::NAN;
-    assert!(!param_error(limits::check_train(&cfg)).contains("loss became"));
+    assert!(!param_error(cfg.check()).contains("loss became"));
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn shapes_too_large_are_refused_with_the_estimate() {
     for edit in cases {
         let mut cfg = tiny();
         edit(&mut cfg);
-        let msg = param_error(limits::check_train(&cfg));
+        let msg = param_error(cfg.check());
         assert!(
             msg.contains("needs about") && msg.contains("available"),
             "{msg}"
@@ -84,12 +84,12 @@ fn shapes_too_large_are_refused_with_the_estimate() {
         assert!(msg.contains("needs about"), "{msg}");
     }
     // The estimate grows with each dimension and never overflows.
-    let base = limits::train_bytes(&tiny());
+    let base = tiny().memory_bytes();
     assert!(base > 0.0 && base < 1e9, "{base}");
     let mut c = tiny();
     c.steps = usize::MAX;
     c.batch = usize::MAX;
-    assert!(limits::train_bytes(&c).is_finite());
+    assert!(c.memory_bytes().is_finite());
     assert!(limits::human_bytes(1536.0) == "1.5 KiB");
 }
 

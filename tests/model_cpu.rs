@@ -4,14 +4,17 @@
 
 mod common;
 
-use common::{all_objectives, assert_close, f64s, i32s, v2_dir, v2_objectives, vectors_v2};
+use common::{
+    all_objectives, assert_close, f64s, i32s, v2_dir, v2_objectives, v2_objectives_with_dk_bias,
+    vectors_v2,
+};
 use cyb::checkpoint;
 use cyb::config::ModelConfig;
 use cyb::cpu::attention::{attention_forward, pause_visible, AttnShape, PauseAttention};
 use cyb::cpu::embedding::StepShape;
-use cyb::cpu::model::{Model, Params, Workspace};
+use cyb::cpu::model::{HeadMode, Model, Params, StepOutput, Workspace};
 use cyb::rng::{seeded, CybRng};
-use cyb::{CybError, Objective};
+use cyb::{CybError, Objective, ResolvedObjective, Result};
 use rand::RngExt;
 use rand_distr::StandardNormal;
 
@@ -30,29 +33,85 @@ fn spec_case(name: &str) -> (Model<f32>, serde_json::Value) {
     (model, case)
 }
 
+/// The batch of a v2 model case, `K = k_max`.
+struct SpecBatch {
+    tokens: Vec<i32>,
+    targets: Vec<i32>,
+    batch: usize,
+    seq: usize,
+    pauses: usize,
+}
+
+impl SpecBatch {
+    fn loss(&self, m: &Model<f64>, head: HeadMode, obj: &ResolvedObjective) -> Result<StepOutput> {
+        let (b, t, k) = (self.batch, self.seq, self.pauses);
+        m.loss_with_head(head, &self.tokens, &self.targets, b, t, k, obj)
+    }
+
+    fn step(
+        &self,
+        m: &Model<f64>,
+        obj: &ResolvedObjective,
+        grads: &mut Params<f64>,
+    ) -> Result<StepOutput> {
+        let (b, t, k) = (self.batch, self.seq, self.pauses);
+        m.forward_backward(&self.tokens, &self.targets, b, t, k, obj, grads)
+    }
+}
+
+/// A v2 model case in f64, the case, and its batch.
+fn spec_batch(name: &str) -> (Model<f64>, serde_json::Value, SpecBatch) {
+    let (m32, case) = spec_case(name);
+    let model: Model<f64> = m32.cast();
+    let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
+    let batch = 2;
+    let b = SpecBatch {
+        seq: tokens.len() / batch,
+        pauses: model.config.k_max,
+        tokens,
+        targets,
+        batch,
+    };
+    (model, case, b)
+}
+
+/// The objective of a case's `grads` entry, resolved with `dk_bias`.
+fn grads_objective(case: &serde_json::Value, k: usize, dk_bias: f64) -> ResolvedObjective {
+    let g = &case["grads"];
+    let obj_name = g["objective"].as_str().unwrap();
+    let (_, obj) = v2_objectives_with_dk_bias(&g["params"], k, dk_bias)
+        .into_iter()
+        .find(|(n, _)| *n == obj_name)
+        .unwrap();
+    obj.unwrap()
+}
+
+/// Every gradient against the case's `grads` entry. Gradients are sums of many terms:
+/// 1e-9 relative plus a tiny absolute floor for entries that are ~0 up to rounding.
+fn assert_spec_grads(what: &str, case: &serde_json::Value, grads: &Params<f64>) {
+    let want = case["grads"]["by_name"].as_object().unwrap();
+    assert_eq!(want.len(), grads.tensors().len(), "{what}: tensor count");
+    for (tname, _, gx) in grads.tensors() {
+        let w = f64s(&want[&tname]);
+        assert_close(&format!("{what} grad {tname}"), gx, &w, 1e-12, 1e-9);
+    }
+}
+
 /// The five losses (SPEC v2 defaults plus the model's `dk_bias`) and `mean_pauses` of
 /// each case, and the gradient of every parameter for its `grads` objective, at 1e-9
 /// relative; the evaluation path (`Model::loss`) gives the same numbers.
 #[test]
 fn reproduces_spec_model_losses_and_gradients_in_both_modes() {
     for name in MODEL_CASES {
-        let (m32, case) = spec_case(name);
-        let model: Model<f64> = m32.cast();
-        let (tokens, targets) = (i32s(&case["tokens"]), i32s(&case["targets"]));
-        let (batch, kk) = (2, model.config.k_max);
-        let seq = tokens.len() / batch;
-        assert_eq!(
-            case["params"]["dk_bias"].as_f64(),
-            Some(model.config.dk_bias)
-        );
+        let (model, case, b) = spec_batch(name);
+        let bias = model.config.dk_bias;
+        assert_eq!(case["params"]["dk_bias"].as_f64(), Some(bias));
         let mut grads = Params::zeros(&model.config);
-        for (obj_name, obj) in v2_objectives(&case["params"], kk) {
+        for (obj_name, obj) in v2_objectives(&case["params"], b.pauses) {
             let obj = obj.unwrap();
             let want = &case["objectives"][obj_name];
-            let out = model
-                .forward_backward(&tokens, &targets, batch, seq, kk, &obj, &mut grads)
-                .unwrap();
-            let eval = model.loss(&tokens, &targets, batch, seq, kk, &obj).unwrap();
+            let out = b.step(&model, &obj, &mut grads).unwrap();
+            let eval = b.loss(&model, HeadMode::default(), &obj).unwrap();
             assert_eq!(eval, out, "{name} {obj_name}");
             for (what, got) in [("loss", out.loss), ("mean_pauses", out.stats.mean_pauses)] {
                 assert_close(
@@ -64,35 +123,82 @@ fn reproduces_spec_model_losses_and_gradients_in_both_modes() {
                 );
             }
         }
-        let g = &case["grads"];
-        let obj_name = g["objective"].as_str().unwrap();
-        let (_, obj) = v2_objectives(&g["params"], kk)
-            .into_iter()
-            .find(|(n, _)| *n == obj_name)
-            .unwrap();
-        let out = model
-            .forward_backward(&tokens, &targets, batch, seq, kk, &obj.unwrap(), &mut grads)
-            .unwrap();
+        let obj = grads_objective(&case, b.pauses, bias);
+        let out = b.step(&model, &obj, &mut grads).unwrap();
+        let want = case["grads"]["loss"].as_f64().unwrap();
         assert_close(
-            &format!("{name} grads loss ({obj_name})"),
+            &format!("{name} grads loss"),
             &[out.loss],
-            &[g["loss"].as_f64().unwrap()],
+            &[want],
             0.0,
             1e-9,
         );
-        let want = g["by_name"].as_object().unwrap();
-        assert_eq!(want.len(), grads.tensors().len(), "{name}: tensor count");
-        for (tname, _, gx) in grads.tensors() {
-            // Gradients are sums of many terms: 1e-9 relative plus a tiny absolute floor
-            // for entries that are ~0 up to rounding.
-            assert_close(
-                &format!("{name} grad {tname}"),
-                gx,
-                &f64s(&want[&tname]),
-                1e-12,
-                1e-9,
+        assert_spec_grads(name, &case, &grads);
+    }
+}
+
+/// The model scores with its own `config.dk_bias`: objectives resolved without one (as
+/// `Objective::resolve` gives them) reproduce the SPEC losses and gradients of both
+/// cases through `loss` (fused and unfused head) and `forward_backward`; the same
+/// weights with the bias taken out of the config give other losses (what omitting the
+/// bias used to compute, so this test can fail); an objective with another non-zero
+/// bias is a `Param` error naming it, on every path.
+#[test]
+fn the_model_applies_its_own_dk_bias() {
+    for name in MODEL_CASES {
+        let (model, case, b) = spec_batch(name);
+        let bias = model.config.dk_bias;
+        assert!(bias != 0.0, "{name}: the case needs a DK bias to test");
+        let mut without_bias = model.clone();
+        without_bias.config.dk_bias = 0.0;
+        let mut grads = Params::zeros(&model.config);
+        for (obj_name, obj) in v2_objectives_with_dk_bias(&case["params"], b.pauses, 0.0) {
+            let obj = obj.unwrap();
+            assert_eq!(obj.dk_bias, 0.0);
+            let want = case["objectives"][obj_name]["loss"].as_f64().unwrap();
+            let what = format!("{name} {obj_name}");
+            let step = b.step(&model, &obj, &mut grads).unwrap();
+            let eval = b.loss(&model, HeadMode::default(), &obj).unwrap();
+            let unfused = b.loss(&model, HeadMode::Unfused, &obj).unwrap();
+            assert_eq!(eval, step, "{what}");
+            for (path, got) in [("step", step.loss), ("unfused", unfused.loss)] {
+                assert_close(&format!("{what} {path}"), &[got], &[want], 0.0, 1e-9);
+            }
+            let off = b
+                .loss(&without_bias, HeadMode::default(), &obj)
+                .unwrap()
+                .loss;
+            // ce_final scores the answer at step K alone and never reads d_k.
+            let reads_dk = obj_name != "ce_final";
+            assert_eq!(
+                (off - want).abs() > 1e-6 * want.abs(),
+                reads_dk,
+                "{what}: the loss without the bias is {off}, with it {want}"
             );
+            let other = obj.clone().with_dk_bias(bias + 1.0).unwrap();
+            let refused = [
+                b.loss(&model, HeadMode::default(), &other).map(|_| ()),
+                b.loss(&model, HeadMode::Unfused, &other).map(|_| ()),
+                b.step(&model, &other, &mut grads).map(|_| ()),
+                // A model without a bias refuses an objective that carries one.
+                b.loss(&without_bias, HeadMode::default(), &other)
+                    .map(|_| ()),
+            ];
+            for r in refused {
+                match r {
+                    Err(CybError::Param(msg)) => assert!(msg.contains("dk_bias"), "{what}: {msg}"),
+                    other => panic!("{what}: another model's DK bias gave {other:?}"),
+                }
+            }
         }
+        // The gradients of the SPEC's `grads` objective, resolved without the bias.
+        let obj = grads_objective(&case, b.pauses, 0.0);
+        b.step(&model, &obj, &mut grads).unwrap();
+        assert_spec_grads(
+            &format!("{name} (objective without the bias)"),
+            &case,
+            &grads,
+        );
     }
 }
 

@@ -134,7 +134,8 @@ pub fn valid_weight_sum(targets: &[i32], weights: Option<&[f32]>) -> f64 {
 /// optionally its gradients, one chunk of positions at a time (module docs). The
 /// upstream gradient is 1 (at every position for `Reduction::None`), as in
 /// [`cyb_loss`](crate::cpu::loss::cyb_loss). `hidden` is `[B, K+1, T, d]` (depth-major),
-/// `embedding` `[V+1, d]`; the DK bias is the objective's `dk_bias`.
+/// `embedding` `[V+1, d]`; the DK bias is the objective's `dk_bias` (the model's
+/// `forward_backward` sets it from its config).
 ///
 /// ```
 /// use cyb::cpu::head_loss::{head_loss, HeadGrads, HeadShape};

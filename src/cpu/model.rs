@@ -27,6 +27,7 @@ use crate::cpu::loss::{check_targets, cyb_loss, LossShape, LossStats};
 use crate::cpu::scalar::{matmul, Op, Scalar};
 use crate::error::{CybError, Result};
 use crate::objective::{Reduction, ResolvedObjective};
+use std::borrow::Cow;
 
 pub use crate::cpu::params::{is_matrix, tensor_layout, BlockParams, Params};
 
@@ -212,15 +213,18 @@ impl<T: Scalar> Model<T> {
         Ok(acts.logits)
     }
 
-    /// [`Model::check_inputs`] plus the targets: `[B, T]`, each `-1` or `0..V`.
-    fn check_step_inputs(
+    /// [`Model::check_inputs`] plus the targets (`[B, T]`, each `-1` or `0..V`); returns
+    /// the objective with this model's DK bias ([`ResolvedObjective::for_model`]).
+    #[allow(clippy::too_many_arguments)]
+    fn check_step_inputs<'o>(
         &self,
         tokens: &[i32],
         targets: &[i32],
         batch: usize,
         seq: usize,
         pauses: usize,
-    ) -> Result<()> {
+        objective: &'o ResolvedObjective,
+    ) -> Result<Cow<'o, ResolvedObjective>> {
         self.check_inputs(tokens, batch, seq, pauses)?;
         if targets.len() != batch * seq {
             return Err(CybError::Shape(format!(
@@ -228,10 +232,16 @@ impl<T: Scalar> Model<T> {
                 targets.len()
             )));
         }
-        check_targets(targets, self.config.vocab)
+        check_targets(targets, self.config.vocab)?;
+        objective.for_model(self.config.dk_bias)
     }
 
     /// Loss (`Reduction::Mean`) and statistics without gradients, for evaluation.
+    ///
+    /// The DK bias is the model's own `config.dk_bias`: `objective` comes from
+    /// [`crate::Objective::resolve`] (no bias), or carries this model's bias; a
+    /// different non-zero bias is a [`CybError::Param`] (see
+    /// [`ResolvedObjective::for_model`]). The same holds for every loss of the model.
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded, Objective};
@@ -242,6 +252,9 @@ impl<T: Scalar> Model<T> {
     /// // Weights of std 0.02 give almost uniform predictions: the loss is near ln 7 (0.1 is
     /// // loose for the init's spread and far from a broken forward).
     /// approx::assert_abs_diff_eq!(out.loss, 7f64.ln(), epsilon = 0.1);
+    /// // Another model's DK bias is refused, not silently used.
+    /// let other = obj.with_dk_bias(2.0).unwrap();
+    /// assert!(m.loss(&[1, 2, 3], &[2, 3, 4], 1, 3, 2, &other).is_err());
     /// ```
     pub fn loss(
         &self,
@@ -275,7 +288,7 @@ impl<T: Scalar> Model<T> {
         pauses: usize,
         objective: &ResolvedObjective,
     ) -> Result<StepOutput> {
-        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
+        let objective = self.check_step_inputs(tokens, targets, batch, seq, pauses, objective)?;
         let mut ws = Workspace::with_head(head);
         self.forward_acts(
             &mut ws.acts,
@@ -285,10 +298,11 @@ impl<T: Scalar> Model<T> {
             pauses,
             head == HeadMode::Unfused,
         );
-        self.head_loss_step(&mut ws, targets, objective, None)
+        self.head_loss_step(&mut ws, targets, &objective, None)
     }
 
-    /// Loss (`Reduction::Mean`) and gradients of every parameter. `grads` is
+    /// Loss (`Reduction::Mean`, with the model's DK bias as in [`Model::loss`]) and
+    /// gradients of every parameter. `grads` is
     /// overwritten (not accumulated); it must have this model's shapes (e.g.
     /// `Params::zeros(&model.config)`). Allocates its buffers on every call: a training
     /// loop should keep a [`Workspace`] and call [`Model::forward_backward_with`].
@@ -332,12 +346,12 @@ impl<T: Scalar> Model<T> {
         objective: &ResolvedObjective,
         grads: &mut Params<T>,
     ) -> Result<StepOutput> {
-        self.check_step_inputs(tokens, targets, batch, seq, pauses)?;
+        let objective = self.check_step_inputs(tokens, targets, batch, seq, pauses, objective)?;
         grads.check(&self.config)?;
         let logits = ws.head == HeadMode::Unfused;
         self.forward_acts(&mut ws.acts, tokens, batch, seq, pauses, logits);
         grads.fill_zero();
-        let out = self.head_loss_step(ws, targets, objective, Some(grads))?;
+        let out = self.head_loss_step(ws, targets, &objective, Some(grads))?;
         self.backward(ws, tokens, grads);
         Ok(out)
     }

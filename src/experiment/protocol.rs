@@ -277,7 +277,7 @@ fn check_experiment(cfg: &ExperimentConfig, pretrain: usize) -> Result<usize> {
     let mut widest = cfg.base.clone();
     (widest.pauses, widest.model.k_max) = (k_max, k_max);
     widest.steps = cfg.base.steps * r_max;
-    crate::limits::check_experiment(&widest, k_max, total)?;
+    widest.check_experiment(k_max, total)?;
     Ok(total)
 }
 

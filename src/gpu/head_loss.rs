@@ -25,6 +25,8 @@
 //! NaN bytes at allocation: the loss never reads the padding columns, and a test that
 //! compares against the CPU would see any stale read.
 //!
+//! The DK bias is the one of the [`CybLoss`]'s objective (see [`crate::gpu::loss`]).
+//!
 //! A trainer that owns its buffers hands views of them (hidden states, the tied
 //! embedding, targets, optional weights, and its gradient buffers):
 //!

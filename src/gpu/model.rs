@@ -611,7 +611,9 @@ impl GpuModel {
     }
 
     /// Loss (`Reduction::Mean`) and the gradients of every parameter (overwritten, on
-    /// the device: [`GpuModel::grads_to_cpu`]). Queued: nothing is read back.
+    /// the device: [`GpuModel::grads_to_cpu`]). Queued: nothing is read back. The DK
+    /// bias is the model's `config.dk_bias`, as in [`crate::cpu::model::Model::loss`]:
+    /// `objective` has none or this model's; another non-zero bias is an error.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,
@@ -630,8 +632,9 @@ impl GpuModel {
             )));
         }
         check_targets(targets, self.config.vocab)?;
-        if self.loss.as_ref().map(|l| l.objective()) != Some(objective) {
-            self.loss = Some(CybLoss::new(&self.k.gpu, objective)?);
+        let objective = objective.for_model(self.config.dk_bias)?;
+        if self.loss.as_ref().map(|l| l.objective()) != Some(&*objective) {
+            self.loss = Some(CybLoss::new(&self.k.gpu, &objective)?);
         }
         let steps = StepShape { batch, pauses, seq };
         self.prepare(tokens, steps)?;

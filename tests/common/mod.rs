@@ -47,6 +47,17 @@ pub fn v2_objectives(
     params: &serde_json::Value,
     k: usize,
 ) -> Vec<(&'static str, cyb::Result<cyb::ResolvedObjective>)> {
+    let dk_bias = params["dk_bias"].as_f64().expect("dk_bias");
+    v2_objectives_with_dk_bias(params, k, dk_bias)
+}
+
+/// [`v2_objectives`] with `dk_bias` instead of the entry's (0: none, as
+/// `Objective::resolve` gives them, for a model that applies its own).
+pub fn v2_objectives_with_dk_bias(
+    params: &serde_json::Value,
+    k: usize,
+    dk_bias: f64,
+) -> Vec<(&'static str, cyb::Result<cyb::ResolvedObjective>)> {
     use cyb::{Discount, Objective, StepWeights};
     let num = |key: &str| params[key].as_f64().expect(key);
     let ratios = |key: &str| -> StepWeights { params[key].as_str().expect(key).parse().unwrap() };
@@ -84,12 +95,7 @@ pub fn v2_objectives(
     ];
     objectives
         .into_iter()
-        .map(|(name, o)| {
-            (
-                name,
-                o.resolve(k).and_then(|r| r.with_dk_bias(num("dk_bias"))),
-            )
-        })
+        .map(|(name, o)| (name, o.resolve(k).and_then(|r| r.with_dk_bias(dk_bias))))
         .collect()
 }
 
@@ -135,6 +141,52 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
         got.len(),
         &bad[..bad.len().min(6)]
     );
+}
+
+/// A crate error as a libtest-mimic failure (its message).
+pub fn err(e: cyb::CybError) -> libtest_mimic::Failed {
+    format!("{e}").into()
+}
+
+/// `obj` resolved for `k` pause steps with DK bias `dk_bias`, as a test failure if not.
+pub fn resolved(
+    obj: &cyb::Objective,
+    k: usize,
+    dk_bias: f64,
+) -> Result<cyb::ResolvedObjective, libtest_mimic::Failed> {
+    obj.resolve(k)
+        .and_then(|o| o.with_dk_bias(dk_bias))
+        .map_err(err)
+}
+
+/// Norm-wise relative error: passes when `||got - want|| <= bound * ||want||` (absolute
+/// when want = 0); a non-finite `got` fails, and the failure names the worst element.
+pub fn rel(what: &str, got: &[f64], want: &[f64], bound: f64) -> Result<(), libtest_mimic::Failed> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} vs {}", got.len(), want.len()).into());
+    }
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        return Err(format!("{what}: got non-finite {} at [{i}]", got[i]).into());
+    }
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    let scale = if den > 0.0 { den.sqrt() } else { 1.0 };
+    // The decision: ||got - want|| within `bound` times ||want|| (absolute when want = 0).
+    if approx::abs_diff_eq!(num.sqrt(), 0.0, epsilon = bound * scale) {
+        return Ok(());
+    }
+    let worst = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
+        .map(|(i, (g, w))| format!("worst [{i}] got {g:e} want {w:e}"))
+        .unwrap_or_default();
+    Err(format!(
+        "{what}: relative error {:.3e} > {bound:e}; {worst}",
+        num.sqrt() / scale
+    )
+    .into())
 }
 
 /// The base seed of a randomized test run: `$CYB_TEST_SEED`, else the clock (printed
