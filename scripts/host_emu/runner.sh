@@ -13,6 +13,9 @@
 # The exit status is the first run's.
 set -euo pipefail
 export LD_LIBRARY_PATH="$CYB_EMU_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The emulated device must be found: a binary that sees none fails (tests/common) rather
+# than passing with every GPU test ignored.
+export CYB_EXPECT_GPU=1
 if [[ "${CYB_EMU_MODE:-plain}" == asan ]]; then
   export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
   export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allow_user_segv_handler=1}"

@@ -233,12 +233,21 @@ pub fn with_seed(
 }
 
 /// The GPU for a libtest-mimic GPU test binary named `binary`: `None` when there is no
-/// CUDA device (every test is then reported *ignored*); `Some(Err)` when a device is
+/// CUDA device (every test is then reported *ignored*; unless `CYB_EXPECT_GPU=1`, which
+/// scripts/host_emu/runner.sh and the device bundle set, and then every test fails); `Some(Err)` when a device is
 /// there but cannot be used (e.g. a driver too old for the PTX), so every test fails
 /// with the reason instead of passing silently as ignored.
 #[cfg(feature = "cuda")]
 pub fn test_gpu(binary: &str) -> Option<Result<std::sync::Arc<cyb::gpu::GpuContext>, String>> {
     if cyb::gpu::device_count() == 0 {
+        // Where a device is expected (the emulator's runner, the device bundle), its
+        // absence fails every test instead of letting the binary pass as all-ignored.
+        if std::env::var_os("CYB_EXPECT_GPU").is_some_and(|v| v == "1") {
+            return Some(Err(format!(
+                "{binary}: CYB_EXPECT_GPU=1 but no CUDA device was found (no driver \
+                 library on the library path, or cuInit/cuDeviceGetCount failed)"
+            )));
+        }
         eprintln!("{binary}: no CUDA device; every GPU test is ignored");
         return None;
     }
