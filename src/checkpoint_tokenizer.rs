@@ -28,6 +28,7 @@
 
 use crate::checkpoint;
 use crate::cpu::model::Model;
+use crate::data::DataSource;
 use crate::error::{CybError, Result};
 use crate::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,39 @@ pub fn save_with(
         None => checkpoint::save_with_metadata(checkpoint, model, extra),
         Some(json) => tokenizer_file_with(checkpoint, model, json.as_bytes(), extra),
     }
+}
+
+/// Saves a model trained on `data` with `tokenizer`, as a training run saves every
+/// checkpoint it writes (the final `--save` and each `--save-every` snapshot alike):
+/// the tokenizer beside it ([`save_with`]) and the data's identity under
+/// [`checkpoint::DATA_KEY`], so that `eval`, `generate`, `train --load` and `--resume`
+/// read any of them as the run's own model.
+///
+/// ```
+/// use cyb::{checkpoint, checkpoint_tokenizer, config::ModelConfig, cpu::model::Model, rng::seeded};
+/// use cyb::data::{DataSource, ModSum};
+/// use cyb::tokenizer::TextTokenizer;
+/// let data = ModSum::default();
+/// let c = ModelConfig { vocab: data.vocab(), d_model: 4, n_layer: 1, n_head: 2, t_max: 3, k_max: 1, pause_attention: cyb::config::PauseAttention::Private, dk_bias: 0.0, layer_norm_eps: 1e-5 };
+/// let m: Model<f32> = Model::init(c, &mut seeded(0)).unwrap();
+/// let path = std::env::temp_dir().join(format!("cyb_doc_trained_{}.safetensors", std::process::id()));
+/// checkpoint_tokenizer::save_trained(&path, &m, &TextTokenizer::Bytes, &data).unwrap();
+/// let (_, meta) = checkpoint::load_with_metadata(&path).unwrap();
+/// assert_eq!(meta[checkpoint::DATA_KEY], data.identity());
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn save_trained(
+    checkpoint: &Path,
+    model: &Model<f32>,
+    tokenizer: &TextTokenizer,
+    data: &dyn DataSource,
+) -> Result<()> {
+    save_with(
+        checkpoint,
+        model,
+        tokenizer,
+        &[(checkpoint::DATA_KEY, data.identity())],
+    )
 }
 
 /// [`save`] with the tokenizer given as the bytes of its `tokenizer.json`, written

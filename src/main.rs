@@ -1005,8 +1005,14 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
     }
     let (init, resume, saved, origin) = match &a.resume {
         Some(p) => {
-            let (model, state) = cyb::train_state::load_snapshot(p)?;
-            (Some((model, Default::default())), Some(state), None, None)
+            let snap = cyb::train_state::open_snapshot(p)?;
+            let origin = Some(p.clone());
+            (
+                Some((snap.model, snap.meta)),
+                Some(snap.state),
+                snap.tokenizer,
+                origin,
+            )
         }
         None => match start_model(a.load.as_deref(), a.from_hf.as_deref(), &a.run.import())? {
             Some(s) => (Some((s.model, s.meta)), None, s.tokenizer, Some(s.path)),
@@ -1035,8 +1041,25 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
             run.pauses = m.k_max;
         }
     }
+    // `--resume` takes the run's flags as they were, `--bpe N` included: the BPE is
+    // trained again and must be the one saved with the snapshot.
+    let (saved, resumed_bpe) = match (&resume, a.bpe, saved) {
+        (Some(_), Some(_), Some(t)) => (None, Some(t)),
+        (_, _, saved) => (saved, None),
+    };
     let choice = a.data.tokenizer(a.bpe, saved, origin.as_deref())?;
     let (data, tokenizer) = a.data.source(run.ctx, choice)?;
+    if let (Some(t), Some(path)) = (&resumed_bpe, &a.resume) {
+        if !same_tokenizer(t, &tokenizer)? {
+            return Err(CybError::Param(format!(
+                "cannot resume: --bpe {} on {} trains another tokenizer than the one saved \
+                 with {} (did the text or --bpe change?)",
+                a.bpe.unwrap_or_default(),
+                data.describe(),
+                path.display()
+            )));
+        }
+    }
     if let (Some((m, meta)), Some(path), None) = (&init, &origin, &resume) {
         check_loaded(path, meta, data.as_ref(), &tokenizer, m.config.vocab)?;
     }
@@ -1065,6 +1088,7 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         resume,
         stop,
         launch: launch.clone(),
+        tokenizer: Some(tokenizer.clone()),
     };
     cfg.check()?;
     let m = &cfg.model;
@@ -1108,12 +1132,7 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         return Ok(());
     }
     if let Some(path) = &save {
-        checkpoint_tokenizer::save_with(
-            path,
-            &trained.model,
-            &tokenizer,
-            &[(checkpoint::DATA_KEY, data.identity())],
-        )?;
+        checkpoint_tokenizer::save_trained(path, &trained.model, &tokenizer, data.as_ref())?;
         note(format!("saved {}", path.display()));
     }
     let summary = evaluate(&trained.model, data.as_ref(), &cfg.eval_config())?;

@@ -137,6 +137,9 @@ pub struct RunControl {
     /// `nccl`, `--device cuda` only); `None`: one device. The steps equal one device's
     /// on the global batch, so snapshots resume with any world size that divides it.
     pub launch: Option<crate::launch::Launch>,
+    /// The tokenizer the data was encoded with, saved with each snapshot as with the
+    /// final checkpoint (`None`: bytes or a task, no tokenizer file).
+    pub tokenizer: Option<crate::tokenizer::TextTokenizer>,
 }
 
 /// Generator for validation batches: fixed by the seed, independent of training.
@@ -676,6 +679,11 @@ impl RunLoop<'_> {
                 model,
                 &state,
                 self.control.keep,
+                self.control
+                    .tokenizer
+                    .as_ref()
+                    .unwrap_or(&crate::tokenizer::TextTokenizer::Bytes),
+                self.data,
             )?);
             Ok(())
         })?;

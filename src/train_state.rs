@@ -2,8 +2,11 @@
 //!
 //! A snapshot at step `s` of a run saved as `model.safetensors` is two files:
 //!
-//! - `model.step000300.safetensors`: the model, the SPEC section 7 checkpoint unchanged
-//!   (every tool that loads a checkpoint loads it);
+//! - `model.step000300.safetensors`: the model, saved as the run's final checkpoint is
+//!   (its tokenizer beside it as `model.step000300.tokenizer.json` where the run has one,
+//!   and the data's identity in its metadata: see
+//!   [`crate::checkpoint_tokenizer::save_trained`]), so every tool that loads a
+//!   checkpoint loads it as the run's own model;
 //! - `model.step000300.train-state.safetensors`: what else the run needs to continue
 //!   bit for bit: the AdamW moments (tensors `adamw.m.<name>` and `adamw.v.<name>`, f32)
 //!   and, in the metadata key `cyb_train_state` (JSON), the AdamW step count, the steps
@@ -18,10 +21,13 @@
 //! leaves the previous snapshot whole. After a save only the newest `keep` snapshots
 //! remain.
 
+use crate::checkpoint_tokenizer::{self, Metadata};
 use crate::cpu::adamw::AdamWState;
 use crate::cpu::model::Model;
+use crate::data::DataSource;
 use crate::error::{CybError, Result};
 use crate::rng::CybRng;
+use crate::tokenizer::TextTokenizer;
 use crate::train::{EvalPoint, StepLog, TrainConfig};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -166,22 +172,28 @@ fn state_err(path: &Path, msg: impl Into<String>) -> CybError {
     }
 }
 
-/// Writes the snapshot of step `state.step` (state file, then model), then removes all
-/// but the newest `keep` snapshots of `base`. Returns the model snapshot's path.
+/// Writes the snapshot of step `state.step` (state file, then the model of a run on
+/// `data` with `tokenizer`, saved as the run's final checkpoint is:
+/// [`checkpoint_tokenizer::save_trained`]), then removes all but the newest `keep`
+/// snapshots of `base`. Returns the model snapshot's path.
 pub fn save_snapshot(
     base: &Path,
     model: &Model<f32>,
     state: &TrainState,
     keep: usize,
+    tokenizer: &TextTokenizer,
+    data: &dyn DataSource,
 ) -> Result<PathBuf> {
     let snap = snapshot_path(base, state.step);
     let spath = state_path(&snap);
     crate::atomic_file::write_atomic(&spath, &state_bytes(model, state)?)?;
-    crate::checkpoint::save(&snap, model)?;
+    checkpoint_tokenizer::save_trained(&snap, model, tokenizer, data)?;
     let all = list_snapshots(base)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        // The model first: a snapshot without its state is never left behind.
-        for p in [old.clone(), state_path(old)] {
+        // The model first: a snapshot without its state or tokenizer is never left
+        // behind.
+        let tokenizer = checkpoint_tokenizer::tokenizer_path(old)?;
+        for p in [old.clone(), state_path(old), tokenizer] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -233,9 +245,28 @@ fn state_bytes(model: &Model<f32>, state: &TrainState) -> Result<Vec<u8>> {
         .map_err(|e| CybError::Shape(format!("cannot serialise the training state: {e}")))
 }
 
+/// A snapshot as [`open_snapshot`] reads it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub model: Model<f32>,
+    /// The run's tokenizer (`None`: bytes or a task; snapshots from before they carried
+    /// it also have none).
+    pub tokenizer: Option<TextTokenizer>,
+    /// The model file's `__metadata__` ([`crate::checkpoint::DATA_KEY`] included,
+    /// except in snapshots from before they carried it).
+    pub meta: Metadata,
+    pub state: TrainState,
+}
+
 /// Loads a snapshot: the model (`path`, a model snapshot) and the state beside it.
 pub fn load_snapshot(path: &Path) -> Result<(Model<f32>, TrainState)> {
-    let model = crate::checkpoint::load(path)?;
+    open_snapshot(path).map(|s| (s.model, s.state))
+}
+
+/// [`load_snapshot`], also returning the tokenizer and the metadata saved with the
+/// model (as [`checkpoint_tokenizer::load_with_metadata`] checks them).
+pub fn open_snapshot(path: &Path) -> Result<Snapshot> {
+    let (model, tokenizer, checkpoint_meta) = checkpoint_tokenizer::load_with_metadata(path)?;
     let spath = state_path(path);
     let bytes = std::fs::read(&spath).map_err(|e| {
         state_err(
@@ -306,9 +337,11 @@ pub fn load_snapshot(path: &Path) -> Result<(Model<f32>, TrainState)> {
             ),
         ));
     }
-    Ok((
+    Ok(Snapshot {
         model,
-        TrainState {
+        tokenizer,
+        meta: checkpoint_meta,
+        state: TrainState {
             step: meta.step,
             fingerprint: meta.fingerprint,
             data_rng: meta.data_rng,
@@ -316,7 +349,7 @@ pub fn load_snapshot(path: &Path) -> Result<(Model<f32>, TrainState)> {
             history: meta.history,
             curve: meta.curve,
         },
-    ))
+    })
 }
 
 #[cfg(test)]

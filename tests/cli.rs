@@ -1633,6 +1633,112 @@ fn bpe_model_carries_its_tokenizer() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A `--save-every` snapshot is saved as the final checkpoint is: its tokenizer beside
+/// it and the `data` key in its metadata, so `eval` reads the last snapshot exactly as
+/// the final model; `--resume` with the run's own flags (`--bpe` included, the BPE
+/// trained again must be the saved one) or without `--bpe` ends at the final model; a
+/// changed `--bpe` is refused.
+#[test]
+fn snapshots_carry_what_the_final_checkpoint_carries() {
+    use cyb::tokenizer::TextTokenizer;
+    let dir = tmpdir("snapshot-tokenizer");
+    let text = corpus_file(&dir);
+    let ckpt = dir.join("m.safetensors");
+    let train = |save: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--text",
+            s(&text),
+            "--pauses",
+            "1",
+            "--save",
+            s(save),
+        ];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        cyb(&args)
+    };
+    let o = train(&ckpt, &["--bpe", "300", "--save-every", "3", "--keep", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (step3, step6) = (
+        dir.join("m.step000003.safetensors"),
+        dir.join("m.step000006.safetensors"),
+    );
+    let (final_model, final_meta) = checkpoint::load_with_metadata(&ckpt).unwrap();
+    let (snap_model, snap_meta) = checkpoint::load_with_metadata(&step6).unwrap();
+    assert_eq!(
+        snap_model, final_model,
+        "the last snapshot is the final model"
+    );
+    assert_eq!(snap_meta["data"], final_meta["data"]);
+    let tok_json = std::fs::read(dir.join("m.tokenizer.json")).unwrap();
+    for snap in [&step3, &step6] {
+        let (_, meta) = checkpoint::load_with_metadata(snap).unwrap();
+        assert_eq!(meta["data"], final_meta["data"], "{}", snap.display());
+        let tok = cyb::checkpoint_tokenizer::tokenizer_path(snap).unwrap();
+        assert_eq!(std::fs::read(&tok).unwrap(), tok_json, "{}", tok.display());
+    }
+    let vocab = TextTokenizer::from_json_bytes(&tok_json).unwrap().vocab();
+    assert!(vocab > 260, "the BPE learned merges: V = {vocab}");
+
+    // eval of the last snapshot reads the text with the run's tokenizer: the same
+    // report as the final checkpoint's.
+    let eval = |load: &Path| {
+        let o = cyb(&[
+            "eval",
+            "--load",
+            s(load),
+            "--text",
+            s(&text),
+            "--eval-batches",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}: {}", load.display(), stderr(&o));
+        // Past the line that names the model file.
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let model_line = format!("- model: {} (", load.display());
+        assert!(out.contains(&model_line), "{out}");
+        out.replace(&model_line, "- model: (")
+    };
+    assert_eq!(eval(&step6), eval(&ckpt));
+
+    // Resumed from step 3, with --bpe as in the run or without it: the final model.
+    for (name, extra) in [
+        ("with-bpe", &["--bpe", "300"][..]),
+        ("saved-tokenizer", &[][..]),
+    ] {
+        let save = dir.join(format!("{name}.safetensors"));
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--resume", s(&step3)]);
+        let o = train(&save, &args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert_eq!(checkpoint::load(&save).unwrap(), final_model, "{name}");
+    }
+    // Another --bpe trains another tokenizer: refused, named.
+    let o = train(
+        &dir.join("other.safetensors"),
+        &["--bpe", "260", "--resume", s(&step3)],
+    );
+    fails_with(&o, "cannot resume: --bpe 260");
+    fails_with(&o, "trains another tokenizer than the one saved with");
+    // An old snapshot's keep-pruning also removes its tokenizer file.
+    let o = train(&ckpt, &["--bpe", "300", "--save-every", "3", "--keep", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !step3.exists()
+            && !cyb::checkpoint_tokenizer::tokenizer_path(&step3)
+                .unwrap()
+                .exists()
+    );
+    assert!(
+        step6.exists()
+            && cyb::checkpoint_tokenizer::tokenizer_path(&step6)
+                .unwrap()
+                .exists()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `--tokenizer FILE` (here Hugging Face's own, from the fixture) trains, evaluates and
 /// generates; bad tokenizer input is a clear error.
 #[test]
