@@ -97,6 +97,11 @@ pub fn split_points(len: usize) -> (usize, usize) {
     (len * 8 / 10, len * 9 / 10)
 }
 
+/// How a text file is cut ([`split_points`]), as a run's settings record it
+/// ([`DataSource::split`]). Runs from before the test split trained on the first 90%.
+pub const TEXT_SPLIT: &str = "80/10/10: train on the first 80%, test on the next 10%, \
+                              validate on the last 10%";
+
 /// A source of batches with a fixed vocabulary.
 pub trait DataSource: Send {
     /// Real vocabulary size `V`.
@@ -110,6 +115,14 @@ pub trait DataSource: Send {
     /// matters instead (its size and checksum).
     fn identity(&self) -> String {
         self.describe()
+    }
+    /// How a fixed corpus is cut into its training, test and validation parts, where
+    /// the description does not say it ([`TEXT_SPLIT`] for a text file), so that a
+    /// resumed run refuses a snapshot cut otherwise ([`crate::train_state::fingerprint`]).
+    /// `None` by default: a generated task has no cut, and shards' descriptions count
+    /// each part's tokens.
+    fn split(&self) -> Option<&'static str> {
+        None
     }
     /// Names of the difficulty classes, indexed by `Batch::classes`.
     fn class_names(&self) -> Vec<String>;
@@ -429,6 +442,9 @@ pub(crate) fn byte_class(b: u8) -> u16 {
 }
 
 impl DataSource for ByteText {
+    fn split(&self) -> Option<&'static str> {
+        Some(TEXT_SPLIT)
+    }
     fn identity(&self) -> String {
         format!(
             "byte-level text of {} bytes with CRC-32 {:08x}",
@@ -599,6 +615,9 @@ impl TokenText {
 }
 
 impl DataSource for TokenText {
+    fn split(&self) -> Option<&'static str> {
+        Some(TEXT_SPLIT)
+    }
     fn vocab(&self) -> usize {
         self.tokenizer.vocab()
     }

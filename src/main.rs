@@ -573,7 +573,8 @@ struct TrainArgs {
     #[arg(long, conflicts_with_all = ["load", "resume"])]
     from_hf: Option<PathBuf>,
     /// Every N steps write a snapshot beside --save: NAME.stepNNNNNN.safetensors (the
-    /// model) and NAME.stepNNNNNN.train-state.safetensors (optimiser, generator, data
+    /// model, saved as the final one: its tokenizer beside it, its data recorded) and
+    /// NAME.stepNNNNNN.train-state.safetensors (optimiser, generator, data
     /// position, settings), for --resume. With --save, SIGINT/SIGTERM save one and stop
     /// at the next step boundary (a second Ctrl-C exits at once).
     #[arg(long, default_value_t = 0, requires = "save")]

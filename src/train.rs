@@ -209,7 +209,7 @@ pub fn run_fingerprint(
         TrainDevice::Cpu => "cpu f32".to_string(),
         TrainDevice::Cuda(p) => format!("cuda {p}"),
     };
-    crate::train_state::fingerprint(cfg, &data.describe(), &device)
+    crate::train_state::fingerprint(cfg, &data.describe(), data.split(), &device)
 }
 
 /// [`train_on`] with snapshots, resumption and stopping ([`RunControl`]). Resuming
@@ -254,6 +254,7 @@ pub fn train_with(
                 "resuming needs the snapshot's model as `init`".into(),
             ));
         }
+        crate::train_state::refuse_unknown_split(&state.fingerprint, &fingerprint, state.step)?;
         let diff = crate::train_state::differences(&state.fingerprint, &fingerprint);
         if !diff.is_empty() {
             return Err(CybError::Param(format!(

@@ -37,8 +37,15 @@ use std::path::{Path, PathBuf};
 /// shape, objective, data, batch, schedule, seed, device), as display strings.
 pub type Fingerprint = BTreeMap<String, String>;
 
-/// The fingerprint of `cfg` trained on data described as `data` on `device`.
-pub fn fingerprint(cfg: &TrainConfig, data: &str, device: &str) -> Fingerprint {
+/// The fingerprint of `cfg` trained on data described as `data` and cut as `split`
+/// ([`crate::data::DataSource::split`]; an entry only where there is one, so that
+/// snapshots of other data from before the entry existed still resume) on `device`.
+pub fn fingerprint(
+    cfg: &TrainConfig,
+    data: &str,
+    split: Option<&str>,
+    device: &str,
+) -> Fingerprint {
     let m = &cfg.model;
     let mut f = Fingerprint::new();
     let mut put = |k: &str, v: String| {
@@ -56,6 +63,9 @@ pub fn fingerprint(cfg: &TrainConfig, data: &str, device: &str) -> Fingerprint {
     put("objective", cfg.objective.to_string());
     put("pauses", cfg.pauses.to_string());
     put("data", data.to_string());
+    if let Some(split) = split {
+        put(SPLIT_KEY, split.to_string());
+    }
     put("batch", cfg.batch.to_string());
     put("context", cfg.seq.to_string());
     put("steps", cfg.steps.to_string());
@@ -69,6 +79,31 @@ pub fn fingerprint(cfg: &TrainConfig, data: &str, device: &str) -> Fingerprint {
     put("eval batches", cfg.eval_batches.to_string());
     put("device", device.to_string());
     f
+}
+
+/// The fingerprint entry of the data's cut ([`crate::data::DataSource::split`]).
+pub const SPLIT_KEY: &str = "data split";
+
+/// Refuses to resume a snapshot of the same data that does not record how the data was
+/// cut while this run does: a `--text` snapshot from before the 80/10/10 split, which
+/// trained on the first 90% of the text. Resuming it would continue on another
+/// training part (and test on text it trained on), so it is an error, not a silent
+/// change; the error says how to go on.
+pub fn refuse_unknown_split(saved: &Fingerprint, now: &Fingerprint, step: usize) -> Result<()> {
+    let (None, Some(split)) = (saved.get(SPLIT_KEY), now.get(SPLIT_KEY)) else {
+        return Ok(());
+    };
+    if saved.get("data") != now.get("data") {
+        // Other data altogether: `differences` names it.
+        return Ok(());
+    }
+    Err(CybError::Param(format!(
+        "cannot resume: the snapshot (step {step}) does not record how its text was cut; \
+         snapshots written before the text was cut {split} trained on the first 90% and \
+         validated on the last 10%, so resuming would continue on another training part. \
+         Refused, not converted: start a new run from its weights with --load SNAPSHOT \
+         (without its optimiser state), or resume it with the build that wrote it"
+    )))
 }
 
 /// The differences between a snapshot's settings and the current ones, one line each

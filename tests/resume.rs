@@ -10,7 +10,7 @@ use common::tiny_train as tiny;
 use cyb::data::ModSum;
 use cyb::shard_data::ShardData;
 use cyb::train::{train_with, RunControl, TrainDevice};
-use cyb::train_state::{list_snapshots, load_snapshot, snapshot_path, state_path};
+use cyb::train_state::{list_snapshots, load_snapshot, snapshot_path, state_path, SPLIT_KEY};
 use cyb::Objective;
 
 #[test]
@@ -123,4 +123,50 @@ fn resuming_other_settings_is_refused_and_old_snapshots_go() {
     assert!(e.contains("train-state"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&dir2).unwrap();
+}
+
+/// A `--text` run records how the text is cut (80/10/10) and resumes bit for bit; a
+/// snapshot of the same text that does not record it (written before the test split,
+/// when training read the first 90%) is refused with an error that says why and how to
+/// go on, never resumed on the smaller training part.
+#[test]
+fn text_snapshots_record_their_split_and_pre_split_ones_are_refused() {
+    let text: Vec<u8> = b"the cat sat on the mat; the dog sat on the log. ".repeat(40);
+    let data = cyb::data::ByteText::from_bytes("corpus".into(), text, 16).unwrap();
+    let mut cfg = tiny(Objective::ap_default(), 1, 6);
+    cfg.model.vocab = 256;
+    resumed_run_is_bitwise_equal(&cfg, &data, "text", TrainDevice::Cpu);
+
+    let dir = tmpdir("presplit");
+    let base = dir.join("model.safetensors");
+    run(&cfg, &data, None, control(&base, 3, 5));
+    let (model, state) = load_snapshot(&snapshot_path(&base, 3)).unwrap();
+    assert_eq!(
+        state.fingerprint.get(SPLIT_KEY).map(String::as_str),
+        Some(cyb::data::TEXT_SPLIT)
+    );
+    let mut old = state.clone();
+    old.fingerprint.remove(SPLIT_KEY);
+    let resume = |state, model| {
+        let c = RunControl {
+            resume: Some(state),
+            ..RunControl::default()
+        };
+        train_with(&cfg, &data, Some(model), false, TrainDevice::Cpu, c)
+    };
+    let e = resume(old, model.clone())
+        .err()
+        .expect("a snapshot without the split is refused")
+        .to_string();
+    for needle in [
+        "cannot resume",
+        "does not record how its text was cut",
+        "first 90%",
+        "--load",
+    ] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    // The snapshot as written resumes.
+    assert_eq!(resume(state, model).unwrap().history.len(), cfg.steps);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
