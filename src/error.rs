@@ -20,6 +20,10 @@ pub enum CybError {
     /// A checkpoint that is missing, truncated, or does not match the expected config.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
+    /// The training loss became NaN or infinite at `step` (a learning rate too high for
+    /// the run): what `cyb experiment --lrs` records as a diverged rate.
+    #[error("training diverged: {msg}")]
+    Diverged { step: usize, msg: String },
     /// Input data (text file, task name) that cannot be used.
     #[error("data error: {0}")]
     Data(String),

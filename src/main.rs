@@ -685,7 +685,8 @@ struct ExperimentArgs {
     /// Learning-rate sweep, e.g. 3e-3,1e-3,3e-4 (instead of --lr): every arm and regime
     /// is fine-tuned at every rate; each arm is reported at the rate with its best mean
     /// validation quality over seeds, measured on the test split (the pretraining runs
-    /// once per seed at --lr's default).
+    /// once per seed at --lr's default). A rate whose loss becomes NaN/inf is recorded
+    /// as diverged and never chosen; an arm with every rate diverged is an error.
     #[arg(
         long,
         value_delimiter = ',',

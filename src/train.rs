@@ -735,13 +735,16 @@ impl RunLoop<'_> {
             );
             let (loss, mean_pauses, grad_norm) = stepper.step(&batch, cfg, objective, lr)?;
             if !loss.is_finite() {
-                return Err(CybError::Param(format!(
-                    "loss became {loss} at step {step} with --lr {} and --grad-clip {}; try \
-                     a lower --lr (e.g. {})",
-                    Num::from(cfg.lr),
-                    Num::from(cfg.grad_clip),
-                    Num::from((cfg.lr / 10.0).min(3e-3))
-                )));
+                return Err(CybError::Diverged {
+                    step,
+                    msg: format!(
+                        "loss became {loss} at step {step} with --lr {} and --grad-clip {}; \
+                         try a lower --lr (e.g. {})",
+                        Num::from(cfg.lr),
+                        Num::from(cfg.grad_clip),
+                        Num::from((cfg.lr / 10.0).min(3e-3))
+                    ),
+                });
             }
             history.push(StepLog {
                 step,

@@ -588,15 +588,21 @@ fn experiment_lr_sweep_chooses_on_validation_and_reports_test() {
     }
 }
 
-/// The sweep's choice: the lowest mean over seeds, the first of equal ones, never NaN.
+/// The sweep's choice: the lowest mean over seeds, the first of equal ones, never NaN,
+/// never a rate at which a seed diverged; none when no rate is left.
 #[test]
 fn best_rates_take_the_lowest_mean_the_first_of_ties_and_never_nan() {
-    use cyb::experiment::{best_rates, mean_quality, SweepPoint};
+    use cyb::experiment::{best_rates, diverged_at, mean_quality, SweepPoint};
     let p = |variant, seed, lr, quality| SweepPoint {
         variant,
         seed,
         lr,
         quality,
+        diverged: None,
+    };
+    let diverged = |variant, seed, lr, step| SweepPoint {
+        diverged: Some(step),
+        ..p(variant, seed, lr, f64::NAN)
     };
     let points = [
         // Arm 0: means 1.5 (1e-3), 1.5 (3e-4), 1.4 (1e-4): the last.
@@ -606,23 +612,42 @@ fn best_rates_take_the_lowest_mean_the_first_of_ties_and_never_nan() {
         p(0, 2, 3e-4, 1.5),
         p(0, 1, 1e-4, 1.3),
         p(0, 2, 1e-4, 1.5),
-        // Arm 1: a tie between 1e-3 and 3e-4 (the first given wins); 1e-4 diverged.
+        // Arm 1: a tie between 1e-3 and 3e-4 (the first given wins); 1e-4 gave NaN.
         p(1, 1, 1e-3, 0.5),
         p(1, 1, 3e-4, 0.5),
         p(1, 1, 1e-4, f64::NAN),
-        // Arm 2: only NaN: the first rate.
+        // Arm 2: only NaN: no rate.
         p(2, 1, 1e-3, f64::NAN),
+        // Arm 3: the best mean at 1e-3 but seed 2 diverged there (step 7): 3e-4;
+        // both seeds diverged at 1e-4.
+        p(3, 1, 1e-3, 0.1),
+        diverged(3, 2, 1e-3, 7),
+        p(3, 1, 3e-4, 0.9),
+        p(3, 2, 3e-4, 0.9),
+        diverged(3, 1, 1e-4, 2),
+        diverged(3, 2, 1e-4, 1),
     ];
     approx::assert_abs_diff_eq!(mean_quality(&points, 0, 1e-4), 1.4, epsilon = 1e-15);
     assert!(mean_quality(&points, 2, 3e-4).is_nan(), "no run: NaN");
     assert_eq!(
-        best_rates(&points, 3, &[1e-3, 3e-4, 1e-4]),
-        vec![1e-4, 1e-3, 1e-3]
+        best_rates(&points, 4, &[1e-3, 3e-4, 1e-4]),
+        vec![Some(1e-4), Some(1e-3), None, Some(3e-4)]
     );
     assert_eq!(
         best_rates(&points, 2, &[3e-4, 1e-3, 1e-4]),
-        vec![1e-4, 3e-4],
+        vec![Some(1e-4), Some(3e-4)],
         "ties go to the first in the given order"
+    );
+    assert_eq!(diverged_at(&points, 3, 1e-3), Some((2, 7)));
+    assert_eq!(
+        diverged_at(&points, 3, 1e-4),
+        Some((1, 2)),
+        "the first seed"
+    );
+    assert_eq!(diverged_at(&points, 3, 3e-4), None);
+    assert_eq!(
+        best_rates(&points[..15], 4, &[1e-4]),
+        vec![Some(1e-4), None, None, None]
     );
 }
 
@@ -719,4 +744,79 @@ fn the_loss_reads_dk_with_the_models_dk_bias() {
         high > 1.99 && low < 1e-6,
         "E[pauses] {high} (b = 20), {low} (b = -20)"
     );
+}
+
+/// `--lrs` with an absurd rate (1e30 without weight decay: AdamW's first update moves
+/// every weight by about the rate, and the next loss is infinite): every arm diverges
+/// there on every seed; the sweep records it (the step in `sweep.csv`, *diverged* in
+/// the table), never chooses it and goes on. An arm whose every rate diverged is an
+/// error naming each, raised before the runs after it.
+#[test]
+fn experiment_lr_sweep_records_diverged_rates_and_goes_on() {
+    let first = common::base_seed() % 1_000_000;
+    let seeds = vec![first, first + 1];
+    let mut base = tiny(Objective::CeFinal, 1, 4);
+    base.weight_decay = 0.0;
+    let cfg = ExperimentConfig {
+        pretrain: 2,
+        lrs: vec![1e30, 1e-3],
+        ..ExperimentConfig::new(base, default_variants(1), seeds.clone())
+    };
+    let mut labels = 0;
+    let res = run_experiment(&cfg, &ModSum::default(), false, |_, _, _| labels += 1)
+        .unwrap_or_else(|e| panic!("seeds {seeds:?}: {e}"));
+    assert_eq!(labels, 2 * (1 + 5 * 2), "every run ran");
+    assert_eq!(res.chosen, vec![1e-3; 5]);
+    assert_eq!(res.sweep.len(), 5 * 2 * 2);
+    for p in &res.sweep {
+        let diverged = p.lr == 1e30;
+        assert_eq!(p.diverged.is_some(), diverged, "{p:?}, seeds {seeds:?}");
+        assert_eq!(p.quality.is_nan(), diverged, "{p:?}, seeds {seeds:?}");
+    }
+    assert_eq!(res.runs.len(), 5 * 2);
+    assert!(res.runs.iter().all(|r| r.lr == 1e-3));
+    let files: std::collections::HashMap<&str, String> = csv_files(&res).into_iter().collect();
+    let sweep: Vec<&str> = files["sweep.csv"].lines().collect();
+    assert_eq!(
+        sweep[0],
+        "variant,seed,lr,quality_nll,chosen,diverged_at_step"
+    );
+    for (line, p) in sweep[1..].iter().zip(&res.sweep) {
+        let step = p.diverged.map_or(String::new(), |s| s.to_string());
+        let (q, chosen) = if p.lr == 1e30 {
+            ("NaN".to_string(), false)
+        } else {
+            (p.quality.to_string(), true)
+        };
+        let name = &cfg.variants[p.variant].name;
+        let want = format!("{name},{},{},{q},{chosen},{step}", p.seed, p.lr);
+        assert_eq!(*line, want);
+    }
+    let report = render_report(&res, "cyb experiment --lrs 1e30,1e-3");
+    assert!(report.contains("| arm | 1e30 | 0.001 |"), "{report}");
+    for (vi, v) in cfg.variants.iter().enumerate() {
+        let (seed, step) = cyb::experiment::diverged_at(&res.sweep, vi, 1e30).unwrap();
+        assert_eq!(seed, seeds[0]);
+        let row = format!("| {} | *diverged* (seed {seed}, step {step}) | **", v.name);
+        assert!(report.contains(&row), "{row} in {report}");
+    }
+
+    // Every rate diverges: an error naming the arm and each rate, after its runs.
+    let all = ExperimentConfig {
+        lrs: vec![1e30, 1e31],
+        ..cfg
+    };
+    let mut labels = 0;
+    let e = run_experiment(&all, &ModSum::default(), false, |_, _, _| labels += 1)
+        .err()
+        .unwrap_or_else(|| panic!("every rate diverges, seeds {seeds:?}"))
+        .to_string();
+    assert_eq!(labels, 1 + 2, "the pretraining and no-pause's two rates");
+    for needle in [
+        "arm no-pause has no learning rate to be reported at: 1e30 diverged (seed",
+        ", 1e31 diverged (seed",
+        "give lower --lrs (below 1e30, e.g. 1e29)",
+    ] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
 }

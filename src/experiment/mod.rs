@@ -50,5 +50,7 @@ pub use protocol::{
 pub use report::render_report;
 pub use result::{ExperimentResult, RunResult};
 pub use stats::{pearson, quantile, ranks, spearman};
-pub use sweep::{best_rates, mean_quality, sweep_csv, test_csv, SweepPoint, PAPER_MIN_LR_RATIO};
+pub use sweep::{
+    best_rates, diverged_at, mean_quality, sweep_csv, test_csv, SweepPoint, PAPER_MIN_LR_RATIO,
+};
 pub use verdict::VERDICT_RULE;

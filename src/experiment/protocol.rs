@@ -4,7 +4,7 @@
 
 use super::measures::{calibration, mean_halting};
 use super::result::{ExperimentResult, RunResult};
-use super::sweep::{best_rates, SweepPoint, PAPER_MIN_LR_RATIO};
+use super::sweep::{best_rates, diverged_at, SweepPoint, PAPER_MIN_LR_RATIO};
 use crate::config::ModelConfig;
 use crate::cpu::model::{Model, Params};
 use crate::data::DataSource;
@@ -284,7 +284,9 @@ fn check_experiment(cfg: &ExperimentConfig, pretrain: usize) -> Result<usize> {
 /// Train every variant with every seed at every rate of the sweep: per seed, first the
 /// no-pause model of `cfg.pretrain` steps (or `cfg.init`), then every arm fine-tuned
 /// from it at each rate (the depth rows it lacks drawn fresh), all on the same data
-/// order; then each arm's rate chosen on validation ([`super::best_rates`]).
+/// order; then each arm's rate chosen on validation ([`super::best_rates`]). In a sweep
+/// a run whose loss becomes NaN or infinite is recorded as diverged and its rate never
+/// chosen for its arm; an arm whose every rate diverged is an error.
 /// `progress(i, n, label)` is called before each run; the label names arm, seed, rate
 /// (in a sweep) and the time left (estimated from the steps done so far, weighted by
 /// their cost).
@@ -318,7 +320,7 @@ pub fn run_experiment(
         };
         progress(i, total, &format!("{what}{left}"));
     };
-    let mut runs = Vec::with_capacity(total);
+    let (mut runs, mut sweep) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let mut started_runs = 0;
     let mut pretrained_tokens = 0;
     for &seed in &cfg.seeds {
@@ -352,12 +354,38 @@ pub fn run_experiment(
                 );
                 started_runs += 1;
                 let pre = pre.as_ref();
-                runs.push(train_arm(cfg, data, (vi, seed, lr), pre, show_progress)?);
+                let point = |quality, diverged| SweepPoint {
+                    variant: vi,
+                    seed,
+                    lr,
+                    quality,
+                    diverged,
+                };
+                match train_arm(cfg, data, (vi, seed, lr), pre, show_progress) {
+                    Ok(run) => {
+                        let last = run.curve.last();
+                        sweep.push(point(last.map_or(f64::NAN, |p| v.quality(p)), None));
+                        runs.push(run);
+                    }
+                    // In a sweep a rate too high for an arm is a result, not the end.
+                    Err(CybError::Diverged { step, .. }) if rates.len() > 1 => {
+                        sweep.push(point(f64::NAN, Some(step)));
+                    }
+                    Err(e) => return Err(e),
+                }
                 done_work += work_of(steps, v.pauses);
             }
+            // An arm left without a rate fails now, not after the other runs.
+            arm_rate(cfg, &sweep, vi)?;
         }
     }
-    let (runs, sweep, chosen) = choose_rates(cfg, runs);
+    let chosen = (0..cfg.variants.len())
+        .map(|vi| arm_rate(cfg, &sweep, vi))
+        .collect::<Result<Vec<f32>>>()?;
+    let runs = runs
+        .into_iter()
+        .filter(|r| r.lr == chosen[r.variant])
+        .collect();
     Ok(ExperimentResult {
         config: cfg.clone(),
         runs,
@@ -371,29 +399,30 @@ pub fn run_experiment(
     })
 }
 
-/// Every run's final validation quality, each arm's best rate, and the runs at it.
-fn choose_rates(
-    cfg: &ExperimentConfig,
-    all: Vec<RunResult>,
-) -> (Vec<RunResult>, Vec<SweepPoint>, Vec<f32>) {
-    let sweep: Vec<SweepPoint> = all
+/// The rate arm `vi` is reported at ([`best_rates`] over the runs so far), or an error
+/// naming where each of its rates diverged when none is left.
+fn arm_rate(cfg: &ExperimentConfig, sweep: &[SweepPoint], vi: usize) -> Result<f32> {
+    let rates = cfg.rates();
+    let arms = cfg.variants.len();
+    if let Some(lr) = best_rates(sweep, arms, &rates)[vi] {
+        return Ok(lr);
+    }
+    let each: Vec<String> = rates
         .iter()
-        .map(|r| SweepPoint {
-            variant: r.variant,
-            seed: r.seed,
-            lr: r.lr,
-            quality: r
-                .curve
-                .last()
-                .map_or(f64::NAN, |p| cfg.variants[r.variant].quality(p)),
+        .map(|&lr| match diverged_at(sweep, vi, lr) {
+            Some((seed, step)) => format!("{} diverged (seed {seed}, step {step})", Num::from(lr)),
+            None => format!("{} gave no finite validation quality", Num::from(lr)),
         })
         .collect();
-    let chosen = best_rates(&sweep, cfg.variants.len(), &cfg.rates());
-    let runs = all
-        .into_iter()
-        .filter(|r| r.lr == chosen[r.variant])
-        .collect();
-    (runs, sweep, chosen)
+    let lowest = rates.iter().copied().fold(f32::INFINITY, f32::min);
+    Err(CybError::Param(format!(
+        "arm {} has no learning rate to be reported at: {}; give lower --lrs (below {}, \
+         e.g. {})",
+        cfg.variants[vi].name,
+        each.join(", "),
+        Num::from(lowest),
+        Num::from(lowest / 10.0)
+    )))
 }
 
 /// The no-pause model of `steps` steps that every arm of `seed` is fine-tuned from, and

@@ -20,8 +20,19 @@ pub struct SweepPoint {
     pub seed: u64,
     pub lr: f32,
     /// Final validation quality NLL by the arm's rule (marginal for CYB arms, the
-    /// final-step NLL for the baselines).
+    /// final-step NLL for the baselines); NaN for a run that diverged.
     pub quality: f64,
+    /// The step at which the training loss became NaN or infinite (the run stopped
+    /// there); `None` for a run that finished.
+    pub diverged: Option<usize>,
+}
+
+/// The first run of arm `vi` at `lr` that diverged: `(seed, step)`.
+pub fn diverged_at(points: &[SweepPoint], vi: usize, lr: f32) -> Option<(u64, usize)> {
+    points
+        .iter()
+        .filter(|p| p.variant == vi && p.lr == lr)
+        .find_map(|p| Some((p.seed, p.diverged?)))
 }
 
 /// Mean over seeds of arm `vi`'s final validation quality at `lr` (NaN without runs).
@@ -39,47 +50,53 @@ pub fn mean_quality(points: &[SweepPoint], vi: usize, lr: f32) -> f64 {
 }
 
 /// Per arm `0..arms`, the rate of `rates` with the lowest [`mean_quality`]: the first
-/// of equal ones in the order of `rates`; a NaN mean never wins (the first rate when
-/// every mean is NaN).
+/// of equal ones in the order of `rates`; a NaN mean never wins, nor does a rate at
+/// which any seed of the arm diverged ([`diverged_at`]: unstable there). `None` for an
+/// arm left without a rate.
 ///
 /// ```
 /// use cyb::experiment::{best_rates, SweepPoint};
-/// let p = |variant, seed, lr, quality| SweepPoint { variant, seed, lr, quality };
+/// let p = |variant, seed, lr, quality| SweepPoint { variant, seed, lr, quality, diverged: None };
 /// let points = [
 ///     p(0, 1, 1e-3, 2.0), p(0, 2, 1e-3, 1.0), // arm 0 at 1e-3: mean 1.5
 ///     p(0, 1, 3e-4, 1.2), p(0, 2, 3e-4, 1.6), // arm 0 at 3e-4: mean 1.4
 ///     p(1, 1, 1e-3, 0.9), p(1, 1, 3e-4, 1.1),
+///     // arm 2 diverged at 1e-3 (seed 1, step 4), and 3e-4 gave no finite quality
+///     SweepPoint { diverged: Some(4), ..p(2, 1, 1e-3, f64::NAN) }, p(2, 1, 3e-4, f64::NAN),
 /// ];
-/// assert_eq!(best_rates(&points, 2, &[1e-3, 3e-4]), vec![3e-4, 1e-3]);
+/// assert_eq!(best_rates(&points, 3, &[1e-3, 3e-4]), vec![Some(3e-4), Some(1e-3), None]);
 /// ```
-pub fn best_rates(points: &[SweepPoint], arms: usize, rates: &[f32]) -> Vec<f32> {
+pub fn best_rates(points: &[SweepPoint], arms: usize, rates: &[f32]) -> Vec<Option<f32>> {
     (0..arms)
         .map(|vi| {
             let mut best: Option<(f32, f64)> = None;
             for &lr in rates {
                 let m = mean_quality(points, vi, lr);
-                if !m.is_nan() && best.is_none_or(|(_, b)| m < b) {
+                let usable = !m.is_nan() && diverged_at(points, vi, lr).is_none();
+                if usable && best.is_none_or(|(_, b)| m < b) {
                     best = Some((lr, m));
                 }
             }
-            best.map_or(rates[0], |(lr, _)| lr)
+            best.map(|(lr, _)| lr)
         })
         .collect()
 }
 
-/// `sweep.csv`: every run's final validation quality at every rate, and whether that
-/// rate is the one its arm is reported at.
+/// `sweep.csv`: every run's final validation quality at every rate, whether that rate
+/// is the one its arm is reported at, and the step at which a run diverged (empty for
+/// one that finished; its quality is NaN).
 pub fn sweep_csv(res: &ExperimentResult) -> String {
-    let mut s = String::from("variant,seed,lr,quality_nll,chosen\n");
+    let mut s = String::from("variant,seed,lr,quality_nll,chosen,diverged_at_step\n");
     for p in &res.sweep {
         let _ = writeln!(
             s,
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             res.config.variants[p.variant].name,
             p.seed,
             p.lr,
             p.quality,
-            res.chosen[p.variant] == p.lr
+            res.chosen[p.variant] == p.lr,
+            p.diverged.map_or(String::new(), |step| step.to_string())
         );
     }
     s
@@ -118,7 +135,7 @@ pub(super) fn sweep_section(s: &mut String, res: &ExperimentResult) {
         return;
     }
     let _ = writeln!(s, "\n## Learning-rate sweep (validation)\n");
-    let _ = writeln!(s, "Every arm was fine-tuned at every peak learning rate (linear warm-up over the first 5% of the steps, then cosine decay to a hundredth of the peak: the paper's schedule). Cells: final validation quality NLL, mean over seeds; **bold** = the rate the arm is reported at (the lowest mean; the first of equal ones). Every other table reports each arm at its rate, its final numbers measured on the test split, which the choice did not see. `sweep.csv` has every run.\n");
+    let _ = writeln!(s, "Every arm was fine-tuned at every peak learning rate (linear warm-up over the first 5% of the steps, then cosine decay to a hundredth of the peak: the paper's schedule). Cells: final validation quality NLL, mean over seeds; **bold** = the rate the arm is reported at (the lowest mean; the first of equal ones); *diverged* = the training loss became NaN or infinite on at least one seed (the seed and step are given; such a rate is never chosen). Every other table reports each arm at its rate, its final numbers measured on the test split, which the choice did not see. `sweep.csv` has every run.\n");
     let mut head = String::from("| arm |");
     let mut rule = String::from("|---|");
     for &lr in &rates {
@@ -129,6 +146,10 @@ pub(super) fn sweep_section(s: &mut String, res: &ExperimentResult) {
     for (vi, v) in res.config.variants.iter().enumerate() {
         let mut row = format!("| {} |", v.name);
         for &lr in &rates {
+            if let Some((seed, step)) = diverged_at(&res.sweep, vi, lr) {
+                let _ = write!(row, " *diverged* (seed {seed}, step {step}) |");
+                continue;
+            }
             let m = format!("{:.4}", Num(mean_quality(&res.sweep, vi, lr)));
             if res.chosen[vi] == lr {
                 let _ = write!(row, " **{m}** |");
