@@ -233,7 +233,12 @@ fn resolve(checkpoint: &Path, value: &str, model_vocab: usize) -> Result<TextTok
         ));
     }
     let path = folder_of(checkpoint).join(rel);
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = crate::input_file::read_bounded(
+        &path,
+        "the tokenizer file",
+        crate::input_file::MAX_TOKENIZER_BYTES,
+    )
+    .map_err(|e| {
         ckpt_err(
             checkpoint,
             format!(

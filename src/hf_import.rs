@@ -50,6 +50,7 @@ use crate::config::{ModelConfig, PauseAttention};
 use crate::cpu::model::Model;
 use crate::cpu::params::{BlockParams, Params};
 use crate::error::{CybError, Result};
+use crate::input_file::{read_bounded, MAX_METADATA_BYTES, MAX_TOKENIZER_BYTES};
 use crate::objective::dk_bias_from_prior;
 use safetensors::tensor::SafeTensors;
 use serde_json::Value;
@@ -127,13 +128,13 @@ fn bad(dir: &Path, msg: impl Into<String>) -> CybError {
 /// ```
 pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Imported> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| CybError::io(&cfg_path, e))?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
+    let text = read_bounded(&cfg_path, "config.json", MAX_METADATA_BYTES)?;
+    let json: Value = serde_json::from_slice(&text)
+        .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
     let hf = HfConfig::read(&json).map_err(|m| bad(&cfg_path, m))?;
 
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer_bytes = std::fs::read(&tok_path).map_err(|e| CybError::io(&tok_path, e))?;
+    let tokenizer_bytes = read_bounded(&tok_path, "tokenizer.json", MAX_TOKENIZER_BYTES)?;
     let tokenizer_vocab = tokenizer_vocab(&tokenizer_bytes).map_err(|m| bad(&tok_path, m))?;
     if tokenizer_vocab > hf.vocab_size {
         return Err(bad(

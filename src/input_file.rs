@@ -11,6 +11,14 @@ use std::path::Path;
 /// run here can use; larger data belongs in shards).
 pub const MAX_INPUT_BYTES: u64 = 4 << 30;
 
+/// The largest `tokenizer.json` read: 256 MiB (the largest published ones, tens of MB
+/// for vocabularies of a quarter million tokens, fit several times over).
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
+/// The largest small JSON description read (`shards.json`, a Hugging Face
+/// `config.json`): 16 MiB, thousands of times what they hold.
+pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+
 fn refuse(path: &Path, kind: ErrorKind, msg: String) -> CybError {
     CybError::io(path, std::io::Error::new(kind, msg))
 }

@@ -219,6 +219,9 @@ impl ShardWriter {
 
 /// Opens `path` read-only and maps it into memory: the one place shard files are opened.
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    // Mapped, not read: any size is fine, but a directory, a device or a FIFO is refused
+    // with the message every other input gets.
+    crate::input_file::regular_file_size(path, "a token shard", u64::MAX)?;
     let file = std::fs::File::open(path).map_err(|e| CybError::io(path, e))?;
     let meta = file.metadata().map_err(|e| CybError::io(path, e))?;
     if !meta.is_file() {
@@ -352,14 +355,15 @@ pub struct ShardMeta {
 impl ShardMeta {
     /// Reads `dir/shards.json`, `None` if there is none.
     pub fn read(dir: &Path) -> Result<Option<ShardMeta>> {
+        use crate::input_file::{read_bounded, MAX_METADATA_BYTES};
         let path = dir.join(META_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| CybError::Data(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CybError::io(path, e)),
+        if !path.try_exists().map_err(|e| CybError::io(&path, e))? {
+            return Ok(None);
         }
+        let b = read_bounded(&path, META_FILE, MAX_METADATA_BYTES)?;
+        serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| CybError::Data(format!("{}: {e}", path.display())))
     }
 
     /// Writes `dir/shards.json` atomically.

@@ -71,7 +71,9 @@ enum Encoder {
 /// included) and its `<|endoftext|>` id. All use of the `tokenizers` crate is here and
 /// in [`hf_encode`].
 fn hf_load(path: &Path) -> Result<(tokenizers::Tokenizer, usize, Option<u32>)> {
-    let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+    use crate::input_file::{read_bounded, MAX_TOKENIZER_BYTES};
+    let bytes = read_bounded(path, "the tokenizer.json", MAX_TOKENIZER_BYTES)?;
+    let tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
         CybError::Data(format!(
             "{}: not a Hugging Face tokenizer.json: {e}",
             path.display()

@@ -48,10 +48,12 @@ fn tok_err(what: &str, e: impl std::fmt::Display) -> CybError {
 }
 
 impl TextTokenizer {
-    /// Reads a Hugging Face `tokenizer.json`; a file that does not parse as one is an
-    /// error naming the file.
+    /// Reads a Hugging Face `tokenizer.json` (a regular file of at most
+    /// [`crate::input_file::MAX_TOKENIZER_BYTES`]); a file that does not parse as one is
+    /// an error naming the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CybError::io(path, e))?;
+        use crate::input_file::{read_bounded, MAX_TOKENIZER_BYTES};
+        let bytes = read_bounded(path, "the tokenizer.json", MAX_TOKENIZER_BYTES)?;
         Self::from_json_bytes(&bytes).map_err(|e| {
             CybError::Data(format!(
                 "{} is not a usable Hugging Face tokenizer.json ({e})",

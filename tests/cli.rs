@@ -852,8 +852,20 @@ fn inputs_that_are_not_regular_files_are_refused() {
     if fifo_made {
         inputs.push(s(&fifo));
     }
+    let text = corpus_file(&dir);
+    let out = dir.join("shards");
     for input in inputs {
         for args in [
+            vec![
+                "train",
+                "--text",
+                s(&text),
+                "--tokenizer",
+                input,
+                "--steps",
+                "1",
+            ],
+            vec!["tokenize", s(&text), "--tokenizer", input, "--out", s(&out)],
             vec!["train", "--text", input, "--steps", "1"],
             vec!["experiment", "--text", input, "--steps", "1"],
             vec!["eval", "--load", input],

@@ -209,6 +209,78 @@ fn bad_tokenizer_input_is_a_clear_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A sparse file of `len` bytes (no disk blocks): "huge" without writing anything.
+fn sparse_file(path: &std::path::Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// A `tokenizer.json` (given, beside a checkpoint, in a Hugging Face folder) and a
+/// shards folder's `shards.json` larger than this reads whole are refused by size
+/// before a byte is read; a device or a FIFO is refused as not a regular file, not read
+/// forever.
+#[test]
+fn huge_tokenizer_and_shard_metadata_files_are_refused_before_reading() {
+    use cyb::input_file::{MAX_METADATA_BYTES, MAX_TOKENIZER_BYTES};
+    let dir = tmpdir("huge");
+    let huge = dir.join("huge.tokenizer.json");
+    sparse_file(&huge, MAX_TOKENIZER_BYTES + 1);
+    let too_big = |e: &CybError, what: &str| {
+        let e = e.to_string();
+        assert!(
+            e.contains(what) && e.contains("more than the 256.0 MiB this reads whole"),
+            "{e}"
+        );
+    };
+    too_big(
+        &TextTokenizer::from_file(&huge).unwrap_err(),
+        "huge.tokenizer.json",
+    );
+    let e = TextTokenizer::from_file(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
+    // The tokenizer file beside a checkpoint, replaced by a huge one.
+    let tok = TextTokenizer::train_bpe(&corpus(), 300).unwrap();
+    let ckpt = dir.join("m.safetensors");
+    checkpoint_tokenizer::save(&ckpt, &tiny_model(tok.vocab()), &tok).unwrap();
+    sparse_file(&dir.join("m.tokenizer.json"), MAX_TOKENIZER_BYTES + 1);
+    too_big(
+        &checkpoint_tokenizer::load(&ckpt).unwrap_err(),
+        "m.tokenizer.json",
+    );
+
+    // A Hugging Face folder whose tokenizer.json is huge.
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), hf.join(f)).unwrap();
+    }
+    sparse_file(&hf.join("tokenizer.json"), MAX_TOKENIZER_BYTES + 1);
+    let opts = cyb::hf_import::ImportOptions::default();
+    too_big(
+        &cyb::hf_import::import(&hf, &opts).unwrap_err(),
+        "tokenizer.json",
+    );
+    sparse_file(&hf.join("config.json"), MAX_METADATA_BYTES + 1);
+    let e = cyb::hf_import::import(&hf, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("config.json") && e.contains("more than the 16.0 MiB"),
+        "{e}"
+    );
+
+    // A shards folder whose shards.json is huge.
+    let shards = dir.join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    sparse_file(&shards.join("shards.json"), MAX_METADATA_BYTES + 1);
+    let e = cyb::shards::ShardMeta::read(&shards)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("shards.json") && e.contains("more than the 16.0 MiB"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn tokenizer_travels_with_the_checkpoint() {
     let dir = tmpdir("ckpt");
