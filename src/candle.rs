@@ -76,7 +76,7 @@ fn loss_shape(dims: &[usize]) -> candle_core::Result<LossShape> {
 }
 
 /// The CYB loss per position as a candle [`CustomOp1`] on logits `[B, K+1, T, V+1]`
-/// (depth-major, SPEC section 3): the output is `[B, T]`, position `i` holding
+/// (depth-major, docs/MATH.md, "Pause steps"): the output is `[B, T]`, position `i` holding
 /// `w_i L_i` (0 where the target is `-1`), in the logits' dtype (`f32` or `f64`).
 ///
 /// Forward and backward are [`crate::cpu::loss`] with [`Reduction::None`]; the

@@ -1,5 +1,5 @@
-//! Checkpoints (SPEC section 7): safetensors with the SPEC tensor names and shapes,
-//! little-endian f32 (bf16 and f16 weights are accepted on load), and
+//! Checkpoints (docs/MATH.md, "Checkpoints"): safetensors with the tensor names and shapes
+//! listed there, little-endian f32 (bf16 and f16 weights are accepted on load), and
 //! `__metadata__ = {"config": <ModelConfig as JSON>}`, plus `"tokenizer"` for a model
 //! whose tokenizer file travels with it (see [`crate::checkpoint_tokenizer`]), and
 //! `"data"`: what the model was trained on ([`crate::data::DataSource::identity`],
@@ -110,9 +110,9 @@ pub fn save_with_data(path: impl AsRef<Path>, model: &Model<f32>, data: &str) ->
     save_with_metadata(path, model, &[(DATA_KEY, data.to_string())])
 }
 
-/// Reads a checkpoint: every SPEC tensor present with its shape (no unknown ones),
-/// f32/bf16/f16 data, and a `config` that parses and validates. Errors say exactly
-/// which tensor or field is wrong.
+/// Reads a checkpoint: every tensor of docs/MATH.md ("Checkpoints") present with its shape
+/// (no unknown ones), f32/bf16/f16 data, and a `config` that parses and validates. Errors
+/// say exactly which tensor or field is wrong.
 pub fn load(path: impl AsRef<Path>) -> Result<Model<f32>> {
     load_with_metadata(path).map(|(model, _)| model)
 }
@@ -162,7 +162,7 @@ pub fn from_bytes_with_metadata(
     if !unknown.is_empty() {
         unknown.sort();
         return Err(format!(
-            "unknown tensors {unknown:?} (not in SPEC section 7 for {config:?})"
+            "unknown tensors {unknown:?} (not a tensor of docs/MATH.md, \"Checkpoints\", for {config:?})"
         ));
     }
     let mut tensors = Vec::with_capacity(layout.len());

@@ -1,5 +1,5 @@
-//! The size of a model (SPEC sections 2, 5 and 7): what a checkpoint's `config`
-//! metadata holds and what every backend is built from.
+//! The size of a model (docs/MATH.md: "Tokens", "The model", "Checkpoints"): what a
+//! checkpoint's `config` metadata holds and what every backend is built from.
 
 use crate::error::{CybError, Result};
 
@@ -18,9 +18,9 @@ use crate::error::{CybError, Result};
 /// assert!(bad.validate().is_err());
 /// ```
 ///
-/// In a checkpoint (SPEC section 7) `pause_attention` may be absent (v1 files: private),
-/// `dk_bias` may be absent (0) and `layer_norm_eps` may be absent (`1e-5`, the value
-/// every checkpoint before the key had); any key not listed here is an error, so a
+/// In a checkpoint (docs/MATH.md, "Checkpoints") `pause_attention` may be absent (v1 files:
+/// private), `dk_bias` may be absent (0) and `layer_norm_eps` may be absent (`1e-5`, the
+/// value every checkpoint before the key had); any key not listed here is an error, so a
 /// file that describes a different model is never evaluated as this one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,29 +37,30 @@ pub struct ModelConfig {
     pub t_max: usize,
     /// Largest pause count `K`: the depth table has `k_max + 1` rows.
     pub k_max: usize,
-    /// Which earlier steps a pause step attends to (SPEC section 3).
+    /// Which earlier steps a pause step attends to (docs/MATH.md, "Attention: two modes").
     #[serde(default = "PauseAttention::v1_default")]
     pub pause_attention: PauseAttention,
     /// Constant added to the DK logit by the loss and by decoding, never learned
-    /// (SPEC section 4, `b_DK`); 0 means no prior towards DK.
+    /// (docs/MATH.md, "DK bias", `b_DK`); 0 means no prior towards DK.
     #[serde(default)]
     pub dk_bias: f64,
-    /// The epsilon of every LayerNorm (`1 / sqrt(var + eps)`): SPEC section 5's `1e-5`
-    /// for the crate's own models, whatever `layer_norm_epsilon` an imported Hugging
-    /// Face model was trained with. Used by the CPU reference, the kernels and decoding.
+    /// The epsilon of every LayerNorm (`1 / sqrt(var + eps)`): `1e-5` of docs/MATH.md ("The
+    /// model") for the crate's own models, whatever `layer_norm_epsilon` an imported
+    /// Hugging Face model was trained with. Used by the CPU reference, the kernels and
+    /// decoding.
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
 }
 
-/// The LayerNorm epsilon of SPEC section 5 (and of GPT-2): new models use it, and a
-/// checkpoint without the `layer_norm_eps` key was written with it.
+/// The LayerNorm epsilon of docs/MATH.md, "The model" (and of GPT-2): new models use it,
+/// and a checkpoint without the `layer_norm_eps` key was written with it.
 pub const DEFAULT_LAYER_NORM_EPS: f64 = 1e-5;
 
 fn default_layer_norm_eps() -> f64 {
     DEFAULT_LAYER_NORM_EPS
 }
 
-/// The two attention visibility rules of SPEC section 3.
+/// The two attention visibility rules of docs/MATH.md, "Attention: two modes".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PauseAttention {

@@ -1,4 +1,5 @@
-//! Decoding (SPEC section 6) with a KV cache, in both attention modes (SPEC section 3).
+//! Decoding (docs/MATH.md, "Decoding") with a KV cache, in both attention modes
+//! (docs/MATH.md, "Attention: two modes").
 //!
 //! A readout policy picks the step `S` at which a position answers (greedy threshold
 //! on `p(DK)`, `S ~ h`, or forced `S = K`); `p(DK)` includes the model's `dk_bias`.
@@ -28,7 +29,7 @@ use rand::RngExt;
 /// When to say DK and how to pick the answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Policy {
-    /// DK at step `k < K` when `p(DK) > threshold` (SPEC default 0.5); answer argmax.
+    /// DK at step `k < K` when `p(DK) > threshold` (default 0.5); answer argmax.
     Greedy { threshold: f64 },
     /// DK drawn with probability `p(DK)`; the answer drawn from the answer distribution
     /// at `temperature`, restricted to the `top_k` most likely tokens (0 = all) and to
@@ -80,8 +81,8 @@ pub struct Emitted {
     /// mode with [`Decoder::with_full_halting`]), else `pauses + 1`. The entry at `K`
     /// is the model's raw `p(DK)` there, although step `K` must answer.
     pub p_dk: Vec<f64>,
-    /// `E[pauses] = sum_k k h_k` under the model's halting distribution `h` (SPEC
-    /// section 4), when every step's `p(DK)` is known (see `p_dk`).
+    /// `E[pauses] = sum_k k h_k` under the model's halting distribution `h` (docs/MATH.md,
+    /// "Three numbers per step"), when every step's `p(DK)` is known (see `p_dk`).
     pub expected_pauses: Option<f64>,
 }
 
@@ -239,8 +240,8 @@ impl<'m, T: Scalar> Decoder<'m, T> {
         Ok(self.step(self.model.config.vocab, self.depth))
     }
 
-    /// The SPEC section 4 scalars of a row of logits `[V+1]`, `e` with the model's DK
-    /// bias, and its `p(DK) = exp(e - logaddexp(r, e))`.
+    /// The three numbers (docs/MATH.md, "Three numbers per step") of a row of logits
+    /// `[V+1]`, `e` with the model's DK bias, and its `p(DK) = exp(e - logaddexp(r, e))`.
     fn scalars(&self, logits: &[T]) -> (RowScalar, f64) {
         let s = row_scalar(logits, -1, self.model.config.dk_bias);
         (s, (s.e - log_add_exp(s.r, s.e)).exp())
@@ -388,10 +389,10 @@ impl<'m, T: Scalar> Decoder<'m, T> {
             };
             kv.keys.extend_from_slice(&qkv[d..2 * d]);
             kv.values.extend_from_slice(&qkv[2 * d..]);
-            // Visible keys (SPEC section 3). Shared: every step before this one in
-            // stream order plus itself = the whole cache. Private: real steps
-            // (t' <= t, k' = 0) = the whole cache, then this position's pauses 1..=k =
-            // the whole scratch (empty at k = 0).
+            // Visible keys (docs/MATH.md, "Attention: two modes"). Shared: every step
+            // before this one in stream order plus itself = the whole cache. Private: real
+            // steps (t' <= t, k' = 0) = the whole cache, then this position's pauses 1..=k
+            // = the whole scratch (empty at k = 0).
             let (real, own) = (&self.cache[l], &self.scratch[l]);
             let n_real = real.keys.len() / d;
             let n_own = if k == 0 || shared {

@@ -5,15 +5,15 @@
 //!
 //! What the import does, and why:
 //!
-//! - Every GPT-2 tensor maps to its SPEC section 7 name. Hugging Face's `Conv1D`
+//! - Every GPT-2 tensor maps to its checkpoint name. Hugging Face's `Conv1D`
 //!   layers (`c_attn`, `c_proj`, `c_fc`) store weights `[in, out]` (`y = x W + b`);
-//!   SPEC stores `[out, in]`, so they are transposed. `c_attn`'s outputs are already
-//!   ordered q, k, v with heads contiguous, as SPEC's `qkv`.
+//!   a CYB checkpoint stores `[out, in]`, so they are transposed. `c_attn`'s outputs
+//!   are already ordered q, k, v with heads contiguous, as the checkpoint's `qkv`.
 //! - Names with or without the `transformer.` prefix (`GPT2LMHeadModel` or `GPT2Model`
 //!   files) are read alike; the causal-mask buffers older files carry
 //!   (`h.{i}.attn.bias`, `h.{i}.attn.masked_bias`) are recognised and skipped (the mask
-//!   is SPEC section 3's rule, not a weight); `lm_head.weight` may be absent (tied) or
-//!   present and equal to `wte.weight`.
+//!   is the attention rule of docs/MATH.md, "Attention: two modes", not a weight);
+//!   `lm_head.weight` may be absent (tied) or present and equal to `wte.weight`.
 //! - The PAUSE/DK row `V` of `tok_emb` is the **mean of the `V` real-token rows**. As
 //!   the DK output vector it makes the DK logit the mean of the real logits, so the DK
 //!   probability no longer depends on the absolute level of the logits (GPT-2's logits
@@ -57,7 +57,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The `activation_function` values that are SPEC section 5's tanh GELU.
+/// The `activation_function` values that are the tanh GELU of docs/MATH.md ("The model").
 const TANH_GELUS: [&str; 2] = ["gelu_new", "gelu_pytorch_tanh"];
 
 /// How the imported model gains its pauses.
@@ -71,7 +71,7 @@ pub struct ImportOptions {
     /// `k_max`: pause steps the model can take per position (the depth table has
     /// `pauses + 1` rows). 0 imports a plain GPT.
     pub pauses: usize,
-    /// The attention mode of the pause steps (SPEC section 3).
+    /// The attention mode of the pause steps (docs/MATH.md, "Attention: two modes").
     pub pause_attention: PauseAttention,
     /// The DK prior `psi` in `[0, 1)` that sets `dk_bias` (0 = no bias).
     pub dk_prior: f64,
@@ -176,7 +176,7 @@ pub fn import(dir: &Path, opts: &ImportOptions) -> Result<Imported> {
     })
 }
 
-/// [`import`], then writes the model to `out` (an ordinary SPEC checkpoint, atomically)
+/// [`import`], then writes the model to `out` (an ordinary CYB checkpoint, atomically)
 /// with its tokenizer file beside it, byte for byte, as
 /// [`checkpoint_tokenizer::save_with_tokenizer_file`] does (`<out stem>.tokenizer.json`,
 /// recorded with its hash in the checkpoint's metadata). Returns what was imported.
@@ -215,7 +215,8 @@ fn tokenizer_vocab(bytes: &[u8]) -> std::result::Result<usize, String> {
     usize::try_from(max + 1).map_err(|_| format!("token id {max} is too large"))
 }
 
-/// The `config.json` keys that decide the model, checked for what SPEC can represent.
+/// The `config.json` keys that decide the model, checked for what a CYB model can
+/// represent.
 #[derive(Debug)]
 struct HfConfig {
     vocab_size: usize,
@@ -234,8 +235,8 @@ impl HfConfig {
             Some(Value::String(t)) if t == "gpt2" => {}
             Some(other) => {
                 return Err(format!(
-                    "model_type = {other}: only \"gpt2\" models can be imported (SPEC \
-                     section 5 is GPT-2's architecture)"
+                    "model_type = {other}: only \"gpt2\" models can be imported (a CYB \
+                     model is GPT-2's architecture: docs/MATH.md, \"The model\")"
                 ))
             }
             None => return Err("no model_type (expected \"gpt2\")".into()),
@@ -266,7 +267,7 @@ impl HfConfig {
         if !TANH_GELUS.contains(&activation.as_str()) {
             return Err(format!(
                 "activation_function = \"{activation}\": the model's MLP is the tanh GELU \
-                 (SPEC section 5), which is {TANH_GELUS:?}"
+                 (docs/MATH.md, \"The model\"), which is {TANH_GELUS:?}"
             ));
         }
         match obj.get("n_inner") {
@@ -274,7 +275,8 @@ impl HfConfig {
             Some(v) if v.as_u64() == Some(4 * n_embd as u64) => {}
             Some(v) => {
                 return Err(format!(
-                    "n_inner = {v}: the MLP width must be 4 n_embd = {} (SPEC section 5)",
+                    "n_inner = {v}: the MLP width must be 4 n_embd = {} (docs/MATH.md, \
+                     \"The model\")",
                     4 * n_embd
                 ))
             }
@@ -333,7 +335,7 @@ impl HfConfig {
     }
 }
 
-/// GPT-2's tensors as f32, SPEC orientation (`[out, in]`).
+/// GPT-2's tensors as f32, in the checkpoint orientation (`[out, in]`).
 struct HfWeights {
     wte: Vec<f32>,
     wpe: Vec<f32>,
@@ -343,7 +345,7 @@ struct HfWeights {
 }
 
 impl HfWeights {
-    /// The SPEC parameters: `tok_emb` = `wte` plus the mean row (PAUSE/DK), a zero
+    /// The CYB parameters: `tok_emb` = `wte` plus the mean row (PAUSE/DK), a zero
     /// depth table.
     fn into_params(self, c: &ModelConfig) -> Params<f32> {
         let d = c.d_model;
@@ -449,8 +451,8 @@ fn read_weights(bytes: &[u8], hf: &HfConfig) -> std::result::Result<HfWeights, S
         {
             return Err(format!(
                 "lm_head.weight differs from {prefix}wte.weight (first at row {}, column {}: \
-                 {} vs {}): an untied output head cannot be represented (SPEC section 2 ties \
-                 the head to the embedding)",
+                 {} vs {}): an untied output head cannot be represented (a CYB model ties \
+                 the head to the embedding: docs/MATH.md, \"Tokens\")",
                 i / d,
                 i % d,
                 head[i],
@@ -461,7 +463,7 @@ fn read_weights(bytes: &[u8], hf: &HfConfig) -> std::result::Result<HfWeights, S
     } else if !hf.tie_word_embeddings {
         return Err(
             "tie_word_embeddings = false but there is no lm_head.weight: an untied output \
-             head cannot be represented (SPEC section 2 ties the head to the embedding)"
+             head cannot be represented (a CYB model ties the head to the embedding: docs/MATH.md, \"Tokens\")"
                 .into(),
         );
     }

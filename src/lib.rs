@@ -3,7 +3,7 @@
 //! Language models that decide for themselves how long to think on each token: at
 //! every position the model answers or says DK ("don't know"), which buys a pause
 //! step. This crate holds the CPU reference of the model and the CYB losses
-//! (SPEC.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
+//! (docs/MATH.md), and (feature `cuda`) hand-written CUDA kernels checked against it.
 
 pub mod atomic_file;
 #[cfg(feature = "candle")]

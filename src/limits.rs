@@ -142,7 +142,7 @@ pub fn eval_every(eval_every: usize, steps: usize) -> Result<()> {
 /// saturates to a huge number instead of overflowing.
 pub const F32_BYTES: f64 = 4.0;
 
-/// Parameters of a model of this shape (SPEC section 7 tensors).
+/// Parameters of a model of this shape (the tensors of docs/MATH.md, "Checkpoints").
 pub fn param_count(m: &ModelConfig) -> f64 {
     let d = m.d_model as f64;
     let per_block = 12.0 * d * d + 13.0 * d;

@@ -94,8 +94,8 @@ struct ImportArgs {
     /// The Hugging Face folder: config.json, model.safetensors (f32, f16 or bf16, with or
     /// without the `transformer.` prefix) and tokenizer.json.
     hf_dir: PathBuf,
-    /// The checkpoint to write (docs/MATH.md, "Checkpoints"; f32); the tokenizer is copied beside it
-    /// as <stem>.tokenizer.json and recorded in its metadata.
+    /// The checkpoint to write (docs/MATH.md, "Checkpoints"; f32); the tokenizer is copied
+    /// beside it as <stem>.tokenizer.json and recorded in its metadata.
     #[arg(long)]
     out: PathBuf,
     /// Pause steps K the model can take per position (0 = the plain pretrained GPT).
@@ -1476,8 +1476,8 @@ fn run_eval(a: EvalArgs, given: &Given) -> Result<()> {
     Ok(())
 }
 
-/// The SPEC section 8 measures over the first `tokens` validation tokens of `shards`,
-/// read in order, with a progress bar.
+/// The measures of docs/MATH.md ("Measures") over the first `tokens` validation tokens of
+/// `shards`, read in order, with a progress bar.
 fn stream_eval(
     model: &cyb::Model<f32>,
     shards: &cyb::shard_data::ShardData,

@@ -1,10 +1,11 @@
-//! What a trained model does with its pauses: the greedy halting policy of SPEC
-//! section 6 applied to teacher-forced logits, and summaries by difficulty class and
-//! by target token.
+//! What a trained model does with its pauses: the greedy halting policy of
+//! docs/MATH.md ("Decoding") applied to teacher-forced logits, and summaries by difficulty
+//! class and by target token.
 //!
-//! Because pauses are private (SPEC section 3), the logits of step `(t, k)` computed
-//! with all `K` pauses present are exactly those the model would see at inference
-//! after taking `k` pauses at `t`, so the greedy policy can be read off one forward.
+//! Because pauses are private (docs/MATH.md, "Attention: two modes"), the logits of step
+//! `(t, k)` computed with all `K` pauses present are exactly those the model would see at
+//! inference after taking `k` pauses at `t`, so the greedy policy can be read off one
+//! forward.
 
 use crate::cpu::loss::{halting_from_scalars, row_scalar, LossShape, RowScalar};
 use crate::error::{CybError, Result};
@@ -26,7 +27,8 @@ pub struct PositionOutcome {
     pub correct_at_final: bool,
     /// `E[pauses]` under the model's own halting distribution.
     pub expected_pauses: f64,
-    /// Marginal NLL `-log sum_k h_k p(y | answer at k)` (SPEC `marginal`).
+    /// Marginal NLL `-log sum_k h_k p(y | answer at k)` (`marginal` in docs/MATH.md, "The
+    /// five objectives").
     pub nll: f64,
     /// Cross-entropy of the forced answer at step K (the `ce_final` quantity).
     pub nll_final: f64,

@@ -1,4 +1,4 @@
-//! The five training objectives of SPEC section 4 (v2) and their parameters.
+//! The five training objectives (docs/MATH.md, "The five objectives") and their parameters.
 //!
 //! An [`Objective`] is backend independent: the CPU reference (`cpu::loss`) and the
 //! CUDA kernels (`gpu::loss`, feature `cuda`) both take one. Parameters that depend on
@@ -104,7 +104,7 @@ impl FromStr for StepWeights {
     }
 }
 
-/// How the discount `gamma_k` falls with the step (SPEC section 4).
+/// How the discount `gamma_k` falls with the step (docs/MATH.md, "Deadline and discount").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Discount {
     /// `gamma_k = gamma^k`.
@@ -164,8 +164,8 @@ impl FromStr for Discount {
 }
 
 /// The DK bias `b_DK = log(psi / (1 - psi)) + log V` that makes `d_k = psi` when all
-/// `V+1` logits are equal (SPEC section 4). `psi = 0` means no bias (0); `psi` must be
-/// in `[0, 1)`.
+/// `V+1` logits are equal (docs/MATH.md, "DK bias"). `psi = 0` means no bias (0); `psi`
+/// must be in `[0, 1)`.
 ///
 /// ```
 /// let b = cyb::objective::dk_bias_from_prior(0.9, 100).unwrap();
@@ -193,8 +193,8 @@ pub fn dk_bias_from_prior(psi: f64, vocab: usize) -> Result<f64> {
     Ok((psi / (1.0 - psi)).ln() + (vocab as f64).ln())
 }
 
-/// Which CYB loss to train (or evaluate) with. See SPEC section 4; the defaults
-/// (`ap_default` and friends, and `FromStr`) are the paper's best settings.
+/// Which CYB loss to train (or evaluate) with. See docs/MATH.md, "The five objectives"; the
+/// defaults (`ap_default` and friends, and `FromStr`) are the paper's best settings.
 ///
 /// ```
 /// use cyb::{Discount, Objective};
@@ -238,7 +238,7 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// CYB-AP with the SPEC defaults: `omega = delta_K`, `gamma = 1`, `exp`.
+    /// CYB-AP with its defaults: `omega = delta_K`, `gamma = 1`, `exp`.
     pub fn ap_default() -> Self {
         Objective::Ap {
             omega: StepWeights::Last,
@@ -246,7 +246,7 @@ impl Objective {
             discount: Discount::Exp,
         }
     }
-    /// CYB-VA with the SPEC defaults: `rho` uniform, `beta = 1`, `gamma = 1`.
+    /// CYB-VA with its defaults: `rho` uniform, `beta = 1`, `gamma = 1`.
     pub fn va_default() -> Self {
         Objective::Va {
             rho: StepWeights::Uniform,
@@ -255,7 +255,7 @@ impl Objective {
             discount: Discount::Exp,
         }
     }
-    /// CYB-DP with the SPEC defaults: `rho` uniform, `alpha = 0.01`, `gamma = 1`.
+    /// CYB-DP with its defaults: `rho` uniform, `alpha = 0.01`, `gamma = 1`.
     pub fn dp_default() -> Self {
         Objective::Dp {
             rho: StepWeights::Uniform,

@@ -942,7 +942,7 @@ pub struct EvalConfig {
     pub batches: usize,
     pub batch: usize,
     pub seq: usize,
-    /// Greedy policy: DK at step `k < K` when `p(DK) > threshold` (SPEC default 0.5).
+    /// Greedy policy: DK at step `k < K` when `p(DK) > threshold` (default 0.5).
     pub threshold: f64,
     /// Batches are drawn from [`eval_rng`]`(split, seed)`.
     pub seed: u64,
@@ -961,7 +961,7 @@ pub fn validation_outcomes(
 }
 
 /// Per position of [`validation_outcomes`] (same order): `d_k`, `t_k = p(y | answer at
-/// k)` and `h_k`, for the calibration and latency measures of SPEC section 8.
+/// k)` and `h_k`, for the calibration and latency measures of docs/MATH.md, "Measures".
 #[derive(Clone, Debug, PartialEq)]
 pub struct PositionHalting {
     /// The input token at the position: the token the pauses follow.

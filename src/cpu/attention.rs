@@ -1,4 +1,5 @@
-//! Multi-head causal attention over pause steps (SPEC section 3), in both modes.
+//! Multi-head causal attention over pause steps, in both modes of docs/MATH.md,
+//! "Attention: two modes".
 //!
 //! Query step `(t, k)` sees key step `(t', k')` iff [`pause_visible`] for the model's
 //! [`PauseAttention`] mode, the one place the rule lives (mirrored by
@@ -29,8 +30,8 @@ use rayon::prelude::*;
 
 pub use crate::config::PauseAttention;
 
-/// SPEC section 3, `shared`: query step `(t, k)` sees key step `(t2, k2)` iff
-/// `t2 < t or (t2 = t and k2 <= k)`.
+/// `shared` (docs/MATH.md, "Attention: two modes"): query step `(t, k)` sees key step
+/// `(t2, k2)` iff `t2 < t or (t2 = t and k2 <= k)`.
 ///
 /// ```
 /// use cyb::cpu::attention::shared_visible;
@@ -43,8 +44,8 @@ pub fn shared_visible(t: usize, k: usize, t2: usize, k2: usize) -> bool {
     t2 < t || (t2 == t && k2 <= k)
 }
 
-/// SPEC section 3, `private`: query step `(t, k)` sees key step `(t2, k2)` iff
-/// `(k2 = 0 and t2 <= t) or (t2 = t and 1 <= k2 <= k)`.
+/// `private` (docs/MATH.md, "Attention: two modes"): query step `(t, k)` sees key step
+/// `(t2, k2)` iff `(k2 = 0 and t2 <= t) or (t2 = t and 1 <= k2 <= k)`.
 ///
 /// ```
 /// use cyb::cpu::attention::private_visible;
@@ -57,7 +58,8 @@ pub fn private_visible(t: usize, k: usize, t2: usize, k2: usize) -> bool {
     (k2 == 0 && t2 <= t) || (t2 == t && 1 <= k2 && k2 <= k)
 }
 
-/// SPEC section 3: may query step `(t, k)` attend to key step `(t2, k2)` in `mode`?
+/// May query step `(t, k)` attend to key step `(t2, k2)` in `mode` (docs/MATH.md,
+/// "Attention: two modes")?
 pub fn pause_visible(mode: PauseAttention, t: usize, k: usize, t2: usize, k2: usize) -> bool {
     match mode {
         PauseAttention::Shared => shared_visible(t, k, t2, k2),

@@ -1,4 +1,4 @@
-//! Input vectors of the pause-step expansion (SPEC section 3):
+//! Input vectors of the pause-step expansion (docs/MATH.md, "Pause steps"):
 //! `h[b, k, t] = E[tok] + P[t] + D[k]`, where step `(t, 0)` reads the real token
 //! `x[b, t]` and every step `(t, k >= 1)` reads PAUSE (row `V` of `E`).
 //!
@@ -22,7 +22,7 @@ impl StepShape {
     pub fn rows(&self) -> usize {
         self.batch * (self.pauses + 1) * self.seq
     }
-    /// Row of step `(t, k)` of batch `b` (SPEC section 3).
+    /// Row of step `(t, k)` of batch `b` (docs/MATH.md, "Pause steps").
     pub fn row(&self, b: usize, k: usize, t: usize) -> usize {
         (b * (self.pauses + 1) + k) * self.seq + t
     }

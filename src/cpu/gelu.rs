@@ -1,4 +1,4 @@
-//! GELU, tanh approximation (SPEC section 5, as in GPT-2):
+//! GELU, tanh approximation (docs/MATH.md, "The model", as in GPT-2):
 //! `gelu(x) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))`.
 
 use crate::cpu::scalar::Scalar;

@@ -1,5 +1,6 @@
 //! The tied LM head fused with the CYB loss: loss, `d_hidden` and `dE` without the
-//! `[B, K+1, T, V+1]` logits tensor (SPEC section 4 on top of section 5's head).
+//! `[B, K+1, T, V+1]` logits tensor (docs/MATH.md, "The five objectives", on top of the
+//! tied head of "The model").
 //!
 //! ```text
 //! for each chunk of whole positions (all K+1 rows of a position together, since the

@@ -1,4 +1,4 @@
-//! LayerNorm over the last dimension (SPEC section 5; its epsilon is the model's
+//! LayerNorm over the last dimension (docs/MATH.md, "The model"; its epsilon is the model's
 //! `layer_norm_eps`, `1e-5` unless an imported model says otherwise), saving the mean
 //! and reciprocal standard deviation of every row for the backward (which therefore
 //! needs no epsilon).

@@ -1,5 +1,5 @@
-//! Linear layer `y = x W^T + b` with `W: [out, in]` (PyTorch convention, SPEC
-//! section 7), forward and backward as GEMMs.
+//! Linear layer `y = x W^T + b` with `W: [out, in]` (PyTorch convention, docs/MATH.md,
+//! "Checkpoints"), forward and backward as GEMMs.
 
 use crate::cpu::scalar::{matmul, Op, Scalar};
 

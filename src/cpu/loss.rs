@@ -1,5 +1,5 @@
-//! CPU reference of the CYB loss pipeline (SPEC section 4): the truth every kernel is
-//! checked against.
+//! CPU reference of the CYB loss pipeline (docs/MATH.md, "The five objectives"): the truth
+//! every kernel is checked against.
 //!
 //! Three stages, mirrored one to one by `kernels/cyb_loss.cu`:
 //! 1. [`row_scalars`]: one pass over each logits row `z ∈ R^{V+1}` giving
@@ -13,7 +13,7 @@
 //! The `(B, K+1, T, V+1)` probability tensor is never stored. All per-position math
 //! is f64 and in log space (never divide, never exponentiate a logit unshifted).
 
-// Index loops over k = 0..=K mirror the SPEC's sums term by term.
+// Index loops over k = 0..=K mirror docs/MATH.md's sums term by term.
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{CybError, Result};
@@ -21,8 +21,8 @@ use crate::objective::{ObjectiveKind, Reduction, ResolvedObjective};
 use num_traits::Float;
 use rayon::prelude::*;
 
-/// Shape of a logits tensor `[B, K+1, T, V+1]` (depth-major, SPEC section 3) and its
-/// targets `[B, T]`.
+/// Shape of a logits tensor `[B, K+1, T, V+1]` (depth-major, docs/MATH.md, "Pause steps")
+/// and its targets `[B, T]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LossShape {
     pub batch: usize,
@@ -139,7 +139,7 @@ fn share(x: f64, total: f64) -> f64 {
     }
 }
 
-/// The three numbers of one logits row (SPEC section 4).
+/// The three numbers of one logits row (docs/MATH.md, "Three numbers per step").
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowScalar {
     /// `logsumexp(z[0..V])` over the real vocabulary.
@@ -196,7 +196,8 @@ pub fn row_scalars<T: Float + Sync>(
         .collect())
 }
 
-/// Halting quantities of one position, from its `K+1` row scalars (SPEC section 4).
+/// Halting quantities of one position, from its `K+1` row scalars (docs/MATH.md, "Three
+/// numbers per step").
 #[derive(Clone, Debug, Default)]
 pub struct Halting {
     /// `a_k = u_k - r_k`: log p(y | answer at k).
@@ -336,7 +337,8 @@ fn discounted_marginal(log_gamma: &[f64], hal: &Halting, g: &mut HaltingGrad) ->
     -lse
 }
 
-/// Value and gradient of one objective at one position (SPEC section 4).
+/// Value and gradient of one objective at one position (docs/MATH.md, "The five
+/// objectives").
 pub fn objective_forward_backward(obj: &ResolvedObjective, hal: &Halting) -> (f64, HaltingGrad) {
     let kk = hal.pauses();
     let mut g = HaltingGrad::zeros(kk);

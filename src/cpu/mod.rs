@@ -1,12 +1,13 @@
-//! The CPU reference: plain functions that read like SPEC.md, checked by f64
+//! The CPU reference: plain functions that read like docs/MATH.md, checked by f64
 //! finite differences and by the independent test vectors in `testdata/v2`.
 //!
 //! One concern per file: [`embedding`], [`layernorm`], [`attention`], [`gelu`],
 //! [`linear`] (the ops, forward and backward), [`params`] and [`model`] (the model of
-//! SPEC section 5), [`loss`] (SPEC section 4), [`head_loss`] (the tied head fused with the loss), [`adamw`] (the optimiser), and
+//! docs/MATH.md, "The model"), [`loss`] (docs/MATH.md, "The five objectives"),
+//! [`head_loss`] (the tied head fused with the loss), [`adamw`] (the optimiser), and
 //! [`scalar`] (f32/f64 and the GEMM).
 
-// Index loops here mirror the SPEC's subscripts (`a_k`, `h_k`, row `(b, k, t)`), which
+// Index loops here mirror docs/MATH.md's subscripts (`a_k`, `h_k`, row `(b, k, t)`), which
 // is the point of a reference; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 

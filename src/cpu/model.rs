@@ -1,5 +1,5 @@
-//! The CYB model on the CPU (SPEC section 5), forward and backward, in the
-//! depth-major pause-step layout of SPEC section 3:
+//! The CYB model on the CPU (docs/MATH.md, "The model"), forward and backward, in the
+//! depth-major pause-step layout of docs/MATH.md, "Pause steps":
 //!
 //! ```text
 //! h = E[tok] + P[t] + D[k]                                  [B, K+1, T, d]
@@ -9,7 +9,7 @@
 //! logits = LN_f(h) · E^T                                    [B, K+1, T, V+1]
 //! ```
 //!
-//! The head and the loss (SPEC section 4) are by default fused
+//! The head and the loss (docs/MATH.md, "The five objectives") are by default fused
 //! (`cpu::head_loss::head_loss`: one chunk of positions' logits at a time, never the
 //! whole `[B, K+1, T, V+1]` tensor); [`HeadMode::Unfused`] computes the logits, runs
 //! `cpu::loss::cyb_loss` on them and sends `dlogits` back through the head GEMMs. The
@@ -166,8 +166,8 @@ impl<T: Scalar> Model<T> {
         Ok(Model { config, params })
     }
 
-    /// A freshly initialised model (SPEC section 5), drawn from `rng` (any `rand::Rng`;
-    /// see [`Params::init`]).
+    /// A freshly initialised model (docs/MATH.md, "The model"), drawn from `rng` (any
+    /// `rand::Rng`; see [`Params::init`]).
     ///
     /// ```
     /// use cyb::{config::ModelConfig, cpu::model::Model, rng::seeded};
@@ -198,8 +198,8 @@ impl<T: Scalar> Model<T> {
         check_batch(&self.config, tokens, batch, seq, pauses)
     }
 
-    /// Logits `[B, K+1, T, V+1]` (depth-major, SPEC section 3) for tokens `[B, T]`
-    /// with `K = pauses` pause steps per position.
+    /// Logits `[B, K+1, T, V+1]` (depth-major, docs/MATH.md, "Pause steps") for tokens `[B,
+    /// T]` with `K = pauses` pause steps per position.
     pub fn forward(
         &self,
         tokens: &[i32],

@@ -1,5 +1,5 @@
-//! The parameters of the model (SPEC section 5) under their checkpoint names and
-//! shapes (SPEC section 7), and their initialisation.
+//! The parameters of the model (docs/MATH.md, "The model") under their checkpoint names and
+//! shapes (docs/MATH.md, "Checkpoints"), and their initialisation.
 //!
 //! The order of [`tensor_layout`] is the one fixed order of the crate: `tensors()`,
 //! `tensors_mut()`, the optimiser state and the checkpoint all follow it.
@@ -9,7 +9,8 @@ use crate::cpu::scalar::Scalar;
 use rand::RngExt;
 use rand_distr::StandardNormal;
 
-/// One transformer block (SPEC section 5); names follow `blocks.{i}.*` of SPEC section 7.
+/// One transformer block (docs/MATH.md, "The model"); names follow `blocks.{i}.*` of
+/// docs/MATH.md, "Checkpoints".
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockParams<T> {
     /// `ln1.weight [d]`
@@ -205,9 +206,9 @@ impl<T: Scalar> Params<T> {
         Params::from_ordered(config.n_layer, tensors)
     }
 
-    /// SPEC section 5 initialisation: normal(0, 0.02) for every weight matrix and
-    /// embedding table, `W_o` (`attn.proj.weight`) and `W_2` (`mlp.proj.weight`) also
-    /// scaled by `1/sqrt(2L)`; zero biases; LayerNorm weight 1, bias 0. Tensors are
+    /// The initialisation of docs/MATH.md ("The model"): normal(0, 0.02) for every weight
+    /// matrix and embedding table, `W_o` (`attn.proj.weight`) and `W_2` (`mlp.proj.weight`)
+    /// also scaled by `1/sqrt(2L)`; zero biases; LayerNorm weight 1, bias 0. Tensors are
     /// drawn in the fixed order from `rng` (any `rand::Rng`; the normal draws are
     /// `rand_distr::StandardNormal` in f64), so a seed of [`crate::rng::seeded`] gives the
     /// same model everywhere (see [`crate::rng`] for what fixes the stream).
@@ -270,7 +271,7 @@ impl<T: Scalar> Params<T> {
         v
     }
 
-    /// Every tensor as `(SPEC section 7 name, shape, data)`, in the fixed order.
+    /// Every tensor as `(checkpoint name, shape, data)`, in the fixed order.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
         let (v1, t, k1, d, l) = self.dims();
         layout_of(v1, t, k1, d, l)

@@ -1,7 +1,7 @@
 //! The float types the CPU model runs in, and the one GEMM entry point.
 //!
-//! Training runs in `f32`; gradient checks and the SPEC vectors run the same code in
-//! `f64`. All the heavy lifting is `matrixmultiply`'s sgemm/dgemm (threaded). Its
+//! Training runs in `f32`; gradient checks and the reference vectors of `testdata/v2`
+//! run the same code in `f64`. All the heavy lifting is `matrixmultiply`'s sgemm/dgemm (threaded). Its
 //! threads split the output `C` into blocks and each block sums over `k` in a fixed
 //! order, so results do not depend on thread scheduling.
 

@@ -5,7 +5,8 @@ use super::result::RunResult;
 use super::stats::{quantile, spearman, variance};
 use crate::train::PositionHalting;
 
-/// Calibration of SPEC section 8: per `k < K`, Spearman of `d_k` with `t_{k+1} - t_k`.
+/// Calibration (docs/MATH.md, "Measures"): per `k < K`, Spearman of `d_k` with
+/// `t_{k+1} - t_k`.
 pub fn calibration(detail: &[PositionHalting], pauses: usize) -> Vec<f64> {
     (0..pauses)
         .map(|k| {

@@ -58,7 +58,7 @@ impl Variant {
 }
 
 /// The default arms for `K = pauses`: no pauses, pauses + CE ("TBYS") with 1..=K
-/// pauses, CYB-AP, CYB-VA, CYB-DP (SPEC v2 defaults).
+/// pauses, CYB-AP, CYB-VA, CYB-DP (each with its defaults).
 pub fn default_variants(pauses: usize) -> Vec<Variant> {
     variants(
         pauses,
@@ -203,8 +203,9 @@ impl ExperimentConfig {
 
 /// A model for `config` that starts from `pre` (a model with fewer or more depth rows):
 /// every tensor is `pre`'s, except the rows of the depth table `D` that `pre` lacks,
-/// which are drawn as a fresh model draws them (SPEC section 5: normal(0, 0.02)) from
-/// `seed`. The config (pause count, attention mode) is `config`'s; the DK bias `pre`'s.
+/// which are drawn as a fresh model draws them (docs/MATH.md, "The model": normal(0, 0.02))
+/// from `seed`. The config (pause count, attention mode) is `config`'s; the DK bias
+/// `pre`'s.
 pub fn extend_depth(pre: &Model<f32>, config: &ModelConfig, seed: u64) -> Result<Model<f32>> {
     let mut cfg = config.clone();
     cfg.dk_bias = pre.config.dk_bias;

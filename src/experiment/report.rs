@@ -252,11 +252,14 @@ fn regimes_section(s: &mut String, res: &ExperimentResult) {
     }
 }
 
-/// Calibration of d_k (SPEC section 8) per arm with pauses and k.
+/// Calibration of d_k (docs/MATH.md, "Measures") per arm with pauses and k.
 fn calibration_section(s: &mut String, res: &ExperimentResult) {
     let spread = spread(res);
     let k = res.max_pauses();
-    let _ = writeln!(s, "\n## Calibration (SPEC section 8, paper figure 10)\n");
+    let _ = writeln!(
+        s,
+        "\n## Calibration (docs/MATH.md \"Measures\", paper figure 10)\n"
+    );
     let _ = writeln!(s, "Spearman correlation over validation positions between d_k and t_(k+1) - t_k ({spread}; paper, CYB-AP on C4: 0.383, 0.157, 0.271). Baselines (`ce_final`) never train d_k: their rows are for reference.\n");
     let (head, rule) = arm_table_head((0..k).map(|kk| format!("k = {kk}")));
     let _ = writeln!(s, "{head}\n{rule}");

@@ -20,7 +20,7 @@ pub struct RunResult {
     /// Greedy outcomes on the shared validation positions (same order in every run).
     pub outcomes: Vec<PositionOutcome>,
     /// Spearman correlation of `d_k` with `t_{k+1} - t_k` over the validation
-    /// positions, for `k = 0..K-1` (SPEC section 8).
+    /// positions, for `k = 0..K-1` (docs/MATH.md, "Measures").
     pub calibration: Vec<f64>,
     /// `h_k` averaged over the validation positions, `k = 0..=K` (paper figure 7).
     pub mean_h: Vec<f64>,

@@ -23,7 +23,7 @@ const NORM_BLOCKS: usize = 512;
 /// One tensor of the flat buffers: where it starts, how long, whether it is decayed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Segment {
-    /// SPEC section 7 name.
+    /// checkpoint name.
     pub name: String,
     /// First element in the flat buffers.
     pub offset: usize,

@@ -1,5 +1,6 @@
-//! Pause-step attention on the GPU (SPEC section 3, both modes, [`AttnDims::mode`]):
-//! `kernels/pause_attention.cu`, the twin of [`crate::cpu::attention`].
+//! Pause-step attention on the GPU (docs/MATH.md, "Attention: two modes", both modes,
+//! [`AttnDims::mode`]): `kernels/pause_attention.cu`, the twin of
+//! [`crate::cpu::attention`].
 //!
 //! [`PauseAttention::forward`] computes `out [B, K+1, T, d]` and the per-query
 //! logsumexp `lse [B, H, K+1, T]` (f32, natural log of the scaled scores) from
@@ -38,7 +39,7 @@ pub struct AttnDims {
     pub heads: usize,
     /// `d_head`
     pub d_head: usize,
-    /// Which keys a pause step sees (SPEC section 3).
+    /// Which keys a pause step sees (docs/MATH.md, "Attention: two modes").
     pub mode: Mode,
 }
 

@@ -1,5 +1,5 @@
-//! Input vectors of the pause-step expansion on the GPU (SPEC sections 3 and 5):
-//! `kernels/embedding.cu`, the twin of [`crate::cpu::embedding`].
+//! Input vectors of the pause-step expansion on the GPU (docs/MATH.md, "Pause steps" and
+//! "The model"): `kernels/embedding.cu`, the twin of [`crate::cpu::embedding`].
 //!
 //! The backward is deterministic without sorting on the device or float atomics: the
 //! position and depth tables are fixed-order sums, and the token table uses a

@@ -1,5 +1,5 @@
-//! GELU (tanh approximation, SPEC section 5) on the GPU with the preceding bias fused:
-//! `kernels/gelu.cu`, the twin of [`crate::cpu::gelu`].
+//! GELU (tanh approximation, docs/MATH.md, "The model") on the GPU with the preceding bias
+//! fused: `kernels/gelu.cu`, the twin of [`crate::cpu::gelu`].
 
 use super::kernels::{as_i32, both, check_len, elementwise_cfg, KernelSet};
 use super::{cuda_err, images, GpuContext, LogitElem};

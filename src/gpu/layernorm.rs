@@ -1,4 +1,4 @@
-//! LayerNorm on the GPU (SPEC section 5): `kernels/layernorm.cu`, the twin of
+//! LayerNorm on the GPU (docs/MATH.md, "The model"): `kernels/layernorm.cu`, the twin of
 //! [`crate::cpu::layernorm`]. Activations `T` (f32 or bf16), parameters and saved
 //! statistics f32. The parameter gradients are reduced deterministically (per-chunk
 //! partial sums, then a fixed-order pass), never with float atomics.

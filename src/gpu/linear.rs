@@ -1,5 +1,5 @@
-//! Linear layers `y = x W^T (+ b)` with `W: [out, in]` (SPEC sections 5 and 7) through
-//! cuBLAS: the twin of [`crate::cpu::linear`] and of the tied head
+//! Linear layers `y = x W^T (+ b)` with `W: [out, in]` (docs/MATH.md, "The model" and
+//! "Checkpoints") through cuBLAS: the twin of [`crate::cpu::linear`] and of the tied head
 //! `logits = LN_f(h) · E^T` (a Linear without bias whose weight is `tok_emb`).
 //!
 //! cuBLAS is column-major; a row-major `[r, c]` matrix is its column-major transpose,

@@ -1,5 +1,5 @@
-//! The CYB loss on the GPU (SPEC section 4): `kernels/cyb_loss.cu`, the twin of
-//! [`crate::cpu::loss`] stage by stage, with the same semantics for reductions,
+//! The CYB loss on the GPU (docs/MATH.md, "The five objectives"): `kernels/cyb_loss.cu`,
+//! the twin of [`crate::cpu::loss`] stage by stage, with the same semantics for reductions,
 //! position weights, ignored targets (`-1`) and the DK bias (the objective's
 //! `dk_bias`, added to every DK logit; [`crate::gpu::model::GpuModel`] gives it its
 //! config's, a trainer with logits of a `cyb` model uses

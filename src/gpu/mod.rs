@@ -4,11 +4,11 @@
 //! run time, so nothing CUDA is needed to build or to run the CPU paths).
 //!
 //! - [`GpuContext`]: a device, a stream and the loaded kernel modules.
-//! - [`attention`]: pause-step attention, forward and backward (SPEC section 3), the
-//!   twin of [`crate::cpu::attention`].
-//! - [`loss`]: the CYB loss, forward and backward to the logits (SPEC section 4),
-//!   the twin of [`crate::cpu::loss`]; [`head_loss`]: the tied head fused with it
-//!   (no logits tensor), the twin of [`crate::cpu::head_loss`].
+//! - [`attention`]: pause-step attention, forward and backward (docs/MATH.md, "Attention:
+//!   two modes"), the twin of [`crate::cpu::attention`].
+//! - [`loss`]: the CYB loss, forward and backward to the logits (docs/MATH.md, "The five
+//!   objectives"), the twin of [`crate::cpu::loss`]; [`head_loss`]: the tied head fused
+//!   with it (no logits tensor), the twin of [`crate::cpu::head_loss`].
 //! - [`model`]: the whole model on the device ([`model::GpuModel`]), built from the
 //!   kernel wrappers [`embedding`], [`layernorm`], [`gelu`], [`residual`], [`linear`]
 //!   (cuBLAS) and [`adamw`], twins of the CPU ops of the same names.

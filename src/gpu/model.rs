@@ -1,10 +1,10 @@
-//! The CYB model on the GPU (SPEC section 5), forward, backward and AdamW, the twin of
-//! [`crate::cpu::model`] op by op, in the depth-major layout `[B, K+1, T, d]` of SPEC
-//! section 3.
+//! The CYB model on the GPU (docs/MATH.md, "The model"), forward, backward and AdamW, the
+//! twin of [`crate::cpu::model`] op by op, in the depth-major layout `[B, K+1, T, d]` of
+//! docs/MATH.md, "Pause steps".
 //!
 //! Everything lives on the device: the parameters, their gradients and the AdamW
-//! moments as flat f32 buffers in the fixed tensor order (SPEC section 7), and the
-//! activations the backward needs (allocated for the first batch shape, reused while
+//! moments as flat f32 buffers in the fixed tensor order (docs/MATH.md, "Checkpoints"), and
+//! the activations the backward needs (allocated for the first batch shape, reused while
 //! it stays the same). A training step queues its work on the context's stream and
 //! never waits for the host: the loss, the statistics and the gradient norm are read
 //! back only when asked for ([`GpuStep::loss`], [`GpuModel::grad_norm`]).

@@ -1,4 +1,4 @@
-//! Bias and residual helpers on the GPU (SPEC section 5): `kernels/residual.cu`.
+//! Bias and residual helpers on the GPU (docs/MATH.md, "The model"): `kernels/residual.cu`.
 //! The bias gradient is a deterministic column sum (per-chunk partials, then a
 //! fixed-order pass), never float atomics.
 
