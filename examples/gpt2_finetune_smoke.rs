@@ -4,9 +4,10 @@
 //! `gpt2` file carries, `config.json`, a `tokenizer.json` naming 50257 ids), imports it
 //! with `cyb::hf_import` (`K = 3`, shared pauses, DK prior 0.9), and fine-tunes it for
 //! 30 bf16 CYB-AP steps on the GPU. Prints the loss of every step, real tokens/s and the
-//! peak device memory in use; exits non-zero unless the loss falls (mean of the last 5
-//! steps below the mean of the first 5). No weights are downloaded: the weights are
-//! random, so the numbers measure speed and memory, not quality.
+//! peak device memory of its buffers ([`cyb::gpu::memory::PeakMemory`]); exits non-zero
+//! unless the loss falls (mean of the last 5 steps below the mean of the first 5). No
+//! weights are downloaded: the weights are random, so the numbers measure speed and
+//! memory, not quality.
 //!
 //! ```text
 //! cargo run --release --features cuda --example gpt2_finetune_smoke            # GPT-2 124M shape
@@ -17,6 +18,7 @@
 
 use cyb::config::{PauseAttention, Precision};
 use cyb::data::task_by_name;
+use cyb::gpu::{memory::PeakMemory, GpuContext};
 use cyb::hf_import::{import, ImportOptions};
 use cyb::rng::seeded;
 use cyb::train::{train_on, TrainConfig, TrainDevice};
@@ -25,9 +27,6 @@ use rand::RngExt;
 use rand_distr::StandardNormal;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// A GPT-2 shape: vocabulary, width, layers, heads, positions; the run: batch, context.
 struct Shape {
@@ -150,26 +149,6 @@ fn write_random_gpt2(dir: &Path, s: &Shape) -> Result<()> {
         .map_err(|e| CybError::Shape(format!("{}: {e}", path.display())))
 }
 
-/// Polls the device's used memory (total - free) every 20 ms until `stop`; the largest
-/// value seen minus the value before training is the run's peak.
-fn watch_memory(
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicUsize>,
-) -> Result<std::thread::JoinHandle<()>> {
-    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| CybError::Cuda(e.to_string()))?;
-    Ok(std::thread::spawn(move || {
-        if ctx.bind_to_thread().is_err() {
-            return;
-        }
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((free, total)) = cudarc::driver::result::mem_get_info() {
-                peak.fetch_max(total - free, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }))
-}
-
 fn main() -> Result<()> {
     let tiny = std::env::args().nth(1).as_deref() == Some("tiny");
     let s = if tiny { TINY } else { GPT2_SMALL };
@@ -215,24 +194,26 @@ fn main() -> Result<()> {
         // The training step's default: the LM head fused with the loss.
         head: Default::default(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let before = cudarc::driver::CudaContext::new(0)
-        .and_then(|c| c.bind_to_thread().map(|_| c))
-        .and_then(|_| cudarc::driver::result::mem_get_info())
-        .map(|(free, total)| total - free)
-        .map_err(|e| CybError::Cuda(e.to_string()))?;
-    let watcher = watch_memory(stop.clone(), peak.clone())?;
+    // The peak of every buffer of the run, temporaries freed inside a step included: the
+    // memory pool's high watermark (the training step resets it once more when it
+    // starts, after uploading the model it then holds, so the end reads the whole run).
+    let gpu = GpuContext::new(0)?;
+    let meter = PeakMemory::new(&gpu)?;
     let out = train_on(
         &cfg,
         data.as_ref(),
         Some(model),
         false,
         TrainDevice::Cuda(Precision::Bf16),
-    );
-    stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
-    let out = out?;
+    )?;
+    gpu.synchronize()?;
+    let peak = match &meter {
+        Some(m) => format!(
+            "peak device memory {:.1} MiB (the memory pool's high watermark)",
+            m.peak_bytes()?.saturating_sub(m.start_bytes()) as f64 / (1u64 << 20) as f64
+        ),
+        None => "no peak device memory (the device has no memory pool)".into(),
+    };
     let losses: Vec<f64> = out.history.iter().map(|h| h.loss).collect();
     for h in &out.history {
         println!(
@@ -245,11 +226,9 @@ fn main() -> Result<()> {
     }
     let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
     let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
-    let peak_gib = peak.load(Ordering::Relaxed).saturating_sub(before) as f64 / (1u64 << 30) as f64;
     println!(
         "gpu gpt2-smoke{}: 30 bf16 steps B={} T={} K=3 shared ap: loss {first:.3} -> {last:.3} \
-         (mean of first/last 5), {:.0} real tokens/s, {:.1} s training, peak device memory \
-         {peak_gib:.2} GiB above the idle context",
+         (mean of first/last 5), {:.0} real tokens/s, {:.1} s training, {peak}",
         if tiny { " (tiny)" } else { "" },
         s.batch,
         s.ctx,
