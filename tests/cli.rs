@@ -1477,6 +1477,68 @@ fn docs_point_at_files_a_clone_has() {
     }
 }
 
+/// The library's docs and messages cite no SPEC section (a reader of the crate has no
+/// SPEC): they point at docs/MATH.md, and every section they name there exists.
+#[test]
+fn library_docs_cite_sections_of_docs_math() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let math = std::fs::read_to_string(root.join("docs/MATH.md")).unwrap();
+    let sections: Vec<&str> = math.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    let mut files = vec![root.join("src")];
+    let mut cited = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if p.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&p).unwrap();
+        assert!(!src.contains("SPEC"), "{} cites SPEC", p.display());
+        // The text as a reader sees it: comment markers, string escapes and line breaks
+        // (a citation may wrap) gone.
+        let text: String = src
+            .lines()
+            .map(|l| {
+                let l = l.trim_start();
+                let l = ["//!", "///", "//"]
+                    .iter()
+                    .find_map(|m| l.strip_prefix(m))
+                    .unwrap_or(l);
+                l.trim().trim_end_matches('\\').replace("\\\"", "\"")
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        // `docs/MATH.md, "A"`, `docs/MATH.md ("A")`, `docs/MATH.md: "A", "B"`,
+        // `"A" and "B"`: every quoted name right after the file is a section.
+        for (at, _) in text.match_indices("docs/MATH.md") {
+            let mut rest = &text[at + "docs/MATH.md".len()..];
+            loop {
+                rest = rest.trim_start_matches([',', ':', '(', ' ']);
+                rest = rest.strip_prefix("and ").unwrap_or(rest);
+                let Some(quoted) = rest.strip_prefix('"') else {
+                    break;
+                };
+                let Some((name, after)) = quoted.split_once('"') else {
+                    break;
+                };
+                assert!(
+                    sections.contains(&name),
+                    "{}: docs/MATH.md has no section \"{name}\" ({sections:?})",
+                    p.display()
+                );
+                cited += 1;
+                rest = after;
+            }
+        }
+    }
+    assert!(
+        cited > 50,
+        "only {cited} citations found: is the parsing right?"
+    );
+}
+
 /// A corpus file for the tokenizer tests.
 fn corpus_file(dir: &Path) -> PathBuf {
     let text = dir.join("corpus.txt");
