@@ -50,7 +50,7 @@ fn tokenize_streams_under_a_memory_limit_smaller_than_its_input() {
     let readme = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let input = dir.join("big.txt");
     // The binary's own mappings and two threads' windows of pieces (text and tokens)
-    // take ~50 MB of address space.
+    // take ~50 MB of address space (it runs at 50 MiB, fails at 40).
     let limit_kb = 80 * 1024;
     let copies = (limit_kb * 1024 * 3 / 2) / readme.len() + 1;
     std::fs::write(&input, readme.repeat(copies)).unwrap();
@@ -60,16 +60,22 @@ fn tokenize_streams_under_a_memory_limit_smaller_than_its_input() {
         "the input must exceed the limit"
     );
     let out = dir.join("shards");
-    // Address space, not resident memory: the strictest limit there is. Two malloc
-    // arenas (glibc reserves 64 MiB of address space per arena and thread otherwise).
+    // Address space, not resident memory: the strictest limit there is. glibc's malloc
+    // is made to spend address space on live buffers only, the same in every run: one
+    // arena (a second one reserves 64 MiB at the first allocation of a worker thread,
+    // when the address space left allows it, which depends on timing: under load the
+    // run then failed or hung) and a fixed mmap threshold (large buffers mapped and
+    // unmapped, not kept in a heap whose growth depends on the order of frees).
+    // `timeout`: a hang fails the test instead of stalling it.
     let o = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "ulimit -v {limit_kb} && exec \"$0\" tokenize \"$1\" --bytes --out \"$2\" \
-             --val-tokens 5000 --shard-tokens 20000000"
+            "ulimit -v {limit_kb} && exec timeout 300 \"$0\" tokenize \"$1\" --bytes \
+             --out \"$2\" --val-tokens 5000 --shard-tokens 20000000"
         ))
         .args([CYB, s(&input), s(&out)])
-        .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_ARENA_MAX", "1")
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         // The window of pieces in memory grows with the threads: fixed here.
         .env("RAYON_NUM_THREADS", "2")
         .output()
