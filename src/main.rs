@@ -1059,8 +1059,10 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         cfg.model = m.config.clone();
     }
     let launch = data_parallel_launch(&a)?;
-    if let Some(l) = &launch {
-        l.check_batch(cfg.batch)?;
+    match (&launch, &resume) {
+        (Some(l), None) => l.check_batch(cfg.batch).map(|_| ())?,
+        (Some(l), Some(_)) => l.check_resumed_batch(cfg.batch).map(|_| ())?,
+        (None, _) => {}
     }
     // Rank 0 alone writes checkpoints, snapshots and the report.
     let writer = launch.as_ref().is_none_or(|l| l.writes_checkpoints());

@@ -209,6 +209,10 @@ mod runs {
             if x.iter().any(|v| !v.is_finite()) {
                 return Err(format!("{name}: non-finite numbers {x:?}").into());
             }
+            eprintln!(
+                "experiment: {name} on 2 GPUs vs 1: largest relative difference {:.2e}",
+                max_rel(&x, &y)
+            );
             common::assert_close(
                 &format!("{name} on 2 GPUs vs 1"),
                 &x,
@@ -246,6 +250,14 @@ mod runs {
             return Err(format!("ran on {} replicas, expected {n}", out.replicas).into());
         }
         Ok(out)
+    }
+
+    /// The largest relative difference of `got` from `want` (for the log).
+    fn max_rel(got: &[f64], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs() / w.abs().max(1e-30))
+            .fold(0.0, f64::max)
     }
 
     /// `||got - want|| <= bound * ||want||` over all tensors of two moment sets.
@@ -309,7 +321,15 @@ mod runs {
                 ))
                 .into());
             }
-            let losses = |o: &TrainOutcome| -> Vec<f64> { o.history.iter().map(|h| h.loss).collect() };
+            let losses =
+                |o: &TrainOutcome| -> Vec<f64> { o.history.iter().map(|h| h.loss).collect() };
+            eprintln!(
+                "resume: on {n} replicas: step 4 loss {:.2e}, gradient norm {:.2e}, losses \
+                 {:.2e} (largest relative differences from the uninterrupted run)",
+                ((lb - la) / la).abs(),
+                ((gb - ga) / ga).abs(),
+                max_rel(&losses(&b), &losses(&a))
+            );
             common::assert_close(
                 &tag("loss curve"),
                 &losses(&b),
@@ -330,8 +350,18 @@ mod runs {
                 CURVE_ATOL,
                 CURVE_RTOL,
             );
-            moments_close(&tag("first moments"), &end_b.adamw.m, &end_a.adamw.m, CURVE_RTOL)?;
-            moments_close(&tag("second moments"), &end_b.adamw.v, &end_a.adamw.v, CURVE_RTOL)?;
+            moments_close(
+                &tag("first moments"),
+                &end_b.adamw.m,
+                &end_a.adamw.m,
+                CURVE_RTOL,
+            )?;
+            moments_close(
+                &tag("second moments"),
+                &end_b.adamw.v,
+                &end_a.adamw.v,
+                CURVE_RTOL,
+            )?;
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
@@ -444,7 +474,9 @@ mod runs {
         };
         let uneven = resume("3", "three.safetensors");
         let e = String::from_utf8_lossy(&uneven.stderr);
-        if uneven.status.success() || !e.contains("split evenly over 3") || !e.contains("(1, 2, 4)")
+        if uneven.status.success()
+            || !e.contains("cannot resume on 3 replicas")
+            || !e.contains("(1, 2, 4)")
         {
             return Err(format!("resuming a batch of 4 on 3 GPUs: {e}").into());
         }
@@ -453,7 +485,8 @@ mod runs {
         if !one.status.success() || !e.contains("resuming at step 1 of 2") {
             return Err(format!("resuming on 1 GPU failed: {e}").into());
         }
-        let (_, state) = load_snapshot(&snapshot_path(&dir.join("one.safetensors"), 2)).map_err(err)?;
+        let (_, state) =
+            load_snapshot(&snapshot_path(&dir.join("one.safetensors"), 2)).map_err(err)?;
         if state.step != 2 || state.adamw.t != 2 || state.history.len() != 2 {
             return Err(format!(
                 "the resumed run ended at step {} (AdamW {}, {} logged steps)",

@@ -10,11 +10,11 @@ use crate::cpu::model::{Model, Params};
 use crate::data::DataSource;
 use crate::data::Split;
 use crate::error::{CybError, Result};
+use crate::launch::Launch;
 use crate::metrics::EvalSummary;
 use crate::number::Num;
 use crate::objective::Objective;
 use crate::rng::seeded;
-use crate::launch::Launch;
 use crate::train::{
     check_data_parallel, evaluate, train_with, validation_detail, EvalPoint, RunControl,
     TrainConfig, TrainDevice,
