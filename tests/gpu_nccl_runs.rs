@@ -193,6 +193,10 @@ mod runs {
             run_experiment(&cfg(n)?, &ModSum::default(), false, |_, _, _| {}).map_err(err)
         };
         let (one, two) = (run(1)?, run(2)?);
+        let report = cyb::experiment::render_report(&two, "cyb experiment --gpus 2");
+        if !report.contains("trained on 2 GPUs, data parallel") {
+            return Err(format!("the report does not say it ran on 2 GPUs: {report}").into());
+        }
         if one.runs.len() != arms.len() || two.runs.len() != arms.len() {
             return Err(format!("{} and {} runs", one.runs.len(), two.runs.len()).into());
         }
