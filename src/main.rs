@@ -582,7 +582,9 @@ struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     keep: usize,
     /// Continue the run of a snapshot (NAME.stepNNNNNN.safetensors) exactly where it
-    /// stopped; every other flag must be as in that run (differences are refused).
+    /// stopped; every other flag must be as in that run (differences are refused),
+    /// except the data-parallel ones: any number of GPUs that divides --batch resumes
+    /// it (with --world-size, every rank passes the same snapshot).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Write report.md and curve.csv into this folder.
