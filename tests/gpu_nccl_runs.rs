@@ -1,5 +1,6 @@
 //! Whole runs on data-parallel replicas (feature `nccl`): `experiment` with its
-//! pretraining and arms on `--gpus 2` against `--gpus 1`, and resumption with another
+//! pretraining and arms on `--gpus 2` against `--gpus 1` (and `cyb experiment --gpus 2`
+//! end to end), and resumption with another
 //! world size: a run saved at 2 replicas resumes at 1, 2 and 3 and continues the
 //! uninterrupted run's curve; with two `--world-size 2` processes only rank 0 writes
 //! (snapshots, the model, the report); an uneven world size on resume is refused.
@@ -21,6 +22,7 @@ const TESTS: &[(&str, usize)] = &[
     ("experiment_gpus_2_equals_gpus_1", 2),
     ("resume_at_other_world_sizes_continues_the_curve", 3),
     ("cli_world_size_2_only_rank_0_writes_then_resumes_on_1", 2),
+    ("cli_experiment_gpus_2", 2),
 ];
 
 fn main() {
@@ -101,6 +103,7 @@ mod runs {
                         "experiment_gpus_2_equals_gpus_1" => experiment(seed),
                         "resume_at_other_world_sizes_continues_the_curve" => resume(seed),
                         "cli_world_size_2_only_rank_0_writes_then_resumes_on_1" => cli_ranks(),
+                        "cli_experiment_gpus_2" => cli_experiment(),
                         other => Err(format!("unknown test {other}").into()),
                     })
                 })
@@ -503,6 +506,34 @@ mod runs {
                 state.history.len()
             )
             .into());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// `cyb experiment --device cuda --gpus 2` end to end (one step per run): the files
+    /// are written and the report says where every run trained.
+    fn cli_experiment() -> R {
+        let dir = tmpdir("cli_experiment");
+        let out = dir.join("exp");
+        let args: Vec<String> = "experiment --device cuda --gpus 2 --precision f32 --task modsum \
+             --seeds 1 --pretrain 1 --steps 1 --batch 4 --ctx 6 --d-model 64 --heads 1 \
+             --layers 1 --pauses 1 --eval-batches 1 --out"
+            .split_whitespace()
+            .map(String::from)
+            .chain([out.to_string_lossy().into_owned()])
+            .collect();
+        let run = cyb(&args, &[]).output().expect("cyb runs");
+        let e = String::from_utf8_lossy(&run.stderr);
+        if !run.status.success() {
+            return Err(format!("experiment --gpus 2 failed: {e}").into());
+        }
+        let report = std::fs::read_to_string(out.join("report.md")).map_err(|e| e.to_string())?;
+        if !report
+            .contains("trained on 2 GPUs, data parallel (f32; every run, the pretraining included)")
+            || !out.join("curves.csv").exists()
+        {
+            return Err(format!("the report does not say it ran on 2 GPUs: {report}").into());
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
