@@ -25,7 +25,9 @@
 //   recorded behind it, cuStreamWaitEvent on such an event (the waiting stream, idle,
 //   makes it run now; a waiting stream with queued work queues the wait), any later
 //   work on the same stream (which runs it first: stream order), a copy, memset or free
-//   outside a stream (every stream of the context first), cuStreamDestroy. So work on
+//   outside a stream or on the null stream (the context's blocking streams first:
+//   streams made CU_STREAM_NON_BLOCKING, as cudarc's, are not ordered with those, as on
+//   the driver), cuStreamDestroy. So work on
 //   another stream that does not wait for a collective's event runs before the
 //   collective has: a missing wait gives wrong numbers instead of passing by luck.
 // - Memory: one pool per device (its default), from which cuMemAllocAsync allocates (the
@@ -134,6 +136,7 @@ struct Pending {
 struct Stream {
     uint32_t magic = kStreamMagic;
     Ctx *ctx;
+    bool blocking = true;   // not CU_STREAM_NON_BLOCKING: ordered with the null stream
     std::deque<Pending> q;  // queued, not run yet (guarded by g_queue_mu)
     uint64_t enq = 0;       // items ever queued
     uint64_t done = 0;      // items run
@@ -416,14 +419,15 @@ CUresult flush_to(Stream *s, uint64_t upto) {
     return first;
 }
 
-// Runs every queued item of context `c`'s streams.
-CUresult drain_ctx(Ctx *c) {
+// Runs every queued item of context `c`'s blocking streams (what work on the null
+// stream, or outside any stream, is ordered after), or of all its streams.
+CUresult drain_ctx(Ctx *c, bool all = false) {
     if (g_queued.load() == 0 || !c) return CUDA_SUCCESS;
     std::vector<Stream *> mine;
     {
         std::lock_guard<std::mutex> lock(g_queue_mu);
         for (Stream *s : g_streams)
-            if (s->ctx == c && !s->q.empty()) mine.push_back(s);
+            if (s->ctx == c && (all || s->blocking) && !s->q.empty()) mine.push_back(s);
     }
     CUresult first = CUDA_SUCCESS;
     for (Stream *s : mine)
@@ -468,11 +472,14 @@ extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_readable(vo
         if (!p.fn || (p.lo < hi && lo < p.hi)) return 0;
     return 1;
 }
-// Runs what is queued on stream handle `h` (see drain_for); a CUresult.
-extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_drain(void *h) { return drain_for(h); }
-// Runs what is queued on device `d`'s streams; a CUresult.
-extern "C" __attribute__((visibility("default"))) int cyb_emu_device_drain(int d) {
-    return d >= 0 && d < kMaxDevices ? drain_ctx(&g_ctx[d]) : CUDA_SUCCESS;
+// Runs what is queued on stream handle `h` (see drain_for); a CUresult. A handle that
+// is no longer a live stream has nothing queued (its destroy ran it).
+extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_drain(void *h) {
+    if ((uintptr_t)h > 2) {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        if (!g_streams.count(static_cast<Stream *>(h))) return CUDA_SUCCESS;
+    }
+    return drain_for(h);
 }
 
 API cuInit(unsigned) {
@@ -608,7 +615,7 @@ API cuCtxGetDevice(CUdevice *d) {
 }
 API cuCtxSynchronize() {
     CURRENT(c, "cuCtxSynchronize");
-    return drain_ctx(c);
+    return drain_ctx(c, true);
 }
 API cuCtxSetFlags(unsigned) { return CUDA_SUCCESS; }
 API cuCtxGetStreamPriorityRange(int *lo, int *hi) {
@@ -651,10 +658,11 @@ API cuCtxDisablePeerAccess(void *peer) {
 
 // ---- streams and events: work runs at once, in call order, except the collectives
 // queued by the stand-in NCCL (see "streams" above) ----
-API cuStreamCreate(void **s, unsigned) {
+API cuStreamCreate(void **s, unsigned flags) {
     CURRENT(c, "cuStreamCreate");
     auto *st = new Stream;
     st->ctx = c;
+    st->blocking = (flags & 1) == 0; // CU_STREAM_NON_BLOCKING
     {
         std::lock_guard<std::mutex> lock(g_queue_mu);
         g_streams.insert(st);

@@ -126,7 +126,6 @@ int cyb_emu_device_busy(int device);
 int cyb_emu_stream_defer(void *stream, int (*fn)(void *), void *arg, uintptr_t lo, uintptr_t hi);
 int cyb_emu_stream_readable(void *stream, uintptr_t lo, uintptr_t hi);
 int cyb_emu_stream_drain(void *stream);
-int cyb_emu_device_drain(int device);
 }
 
 #define NCCL_API extern "C" __attribute__((visibility("default")))
@@ -184,6 +183,7 @@ struct Comm {
     uint64_t seq = 0;  // this rank's collectives so far: the next one's number
     Xp *xp = nullptr;  // the shared file, while joining and when ranks span processes
     bool cross = false; // ranks in other processes: collectives go through `xp`
+    std::set<void *> queued_on; // streams its collectives were queued on
 };
 
 // One collective (or the init rendezvous) of a clique, as the ranks deposit it.
@@ -1139,7 +1139,10 @@ ncclResult_t enqueue(Call c, void *stream) {
         }
         const bool has_output = c.recv && !(c.kind == kReduce && c.comm->rank != c.root);
         const uintptr_t lo = has_output ? (uintptr_t)c.recv : 0, hi = has_output ? lo + recv_bytes(c) : 0;
-        if (cyb_emu_stream_defer(stream, run_deferred, d, lo, hi) == 0) return ncclSuccess;
+        if (cyb_emu_stream_defer(stream, run_deferred, d, lo, hi) == 0) {
+            c.comm->queued_on.insert(stream);
+            return ncclSuccess;
+        }
         delete d;
     }
     // At the call: after the work queued on its stream.
@@ -1284,7 +1287,8 @@ NCCL_API ncclResult_t ncclCommFinalize(Comm *comm) {
 }
 // As NCCL's, waits for the collectives queued on the communicator's device first.
 NCCL_API ncclResult_t ncclCommDestroy(Comm *comm) {
-    if (live(comm)) (void)cyb_emu_device_drain(comm->device);
+    if (live(comm))
+        for (void *s : comm->queued_on) (void)cyb_emu_stream_drain(s);
     return leave(comm, "ncclCommDestroy");
 }
 NCCL_API ncclResult_t ncclCommAbort(Comm *comm) { return leave(comm, "ncclCommAbort"); }

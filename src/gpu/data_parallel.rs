@@ -107,6 +107,9 @@ pub struct DataParallelStep {
     pub stats: LossStats,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
+    /// All-reduces the gradients took: the buckets ([`Launch::bucket_bytes`]), 1 with
+    /// one all-reduce after the backward.
+    pub grad_buckets: usize,
 }
 
 /// What libnccl is needed for, said when it cannot be loaded: cudarc 0.19 dlopens
@@ -303,16 +306,15 @@ impl Replica {
         if let Some(c) = &comm {
             compute
                 .join(c)
-                .map_err(cuda_err("waiting for the loss all-reduce"))?;
+                .map_err(cuda_err("NCCL all-reduce of the loss (waiting for it)"))?;
         }
         Ok(())
     }
 
     fn step(&mut self, w: &StepWork) -> Result<DataParallelStep> {
-        self.model
-            .set_mean_divisor(Some(w.global_valid as f64));
+        self.model.set_mean_divisor(Some(w.global_valid as f64));
         // Sum over the ranks: each holds its positions' share of the global mean.
-        let out = if self.bucket_bytes > 0 {
+        let (out, grad_buckets) = if self.bucket_bytes > 0 {
             let compute = self.model.context().stream().clone();
             let fail = w.fail.then_some(self.rank);
             let mut buckets = GradBuckets::new(&self.comm, &compute, self.bucket_bytes, fail);
@@ -326,8 +328,8 @@ impl Replica {
                 &w.objective,
                 &mut buckets,
             )?;
-            buckets.finish(m.grads_device_mut())?;
-            out
+            let n = buckets.finish(m.grads_device_mut())?;
+            (out, n)
         } else {
             let m = &mut self.model;
             let out = m.forward_backward(
@@ -347,8 +349,26 @@ impl Replica {
             self.comm
                 .all_reduce_in_place(m.grads_device_mut(), &ReduceOp::Sum)
                 .map_err(nccl_err("all-reduce of the gradients"))?;
-            out
+            (out, 1)
         };
+        self.finish_step(w, &out, grad_buckets)
+            .map_err(|e| match e {
+                // NCCL's collectives are queued on a stream: one that fails (a rank lost)
+                // fails the next call that waits for it, whatever that call was.
+                CybError::Cuda(msg) => CybError::Cuda(format!(
+                    "{msg} (after the NCCL all-reduce of the gradients was queued)"
+                )),
+                other => other,
+            })
+    }
+
+    /// AdamW on the reduced gradients, then the global loss statistics.
+    fn finish_step(
+        &mut self,
+        w: &StepWork,
+        out: &super::model::GpuStep,
+        grad_buckets: usize,
+    ) -> Result<DataParallelStep> {
         self.model.step(w.lr, w.grad_clip)?;
         let stats = out.stats()?;
         let local = [
@@ -369,6 +389,7 @@ impl Replica {
                 mean_pauses: per(sums[2]),
             },
             grad_norm: self.model.grad_norm()?,
+            grad_buckets,
         })
     }
 

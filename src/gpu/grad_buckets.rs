@@ -21,8 +21,8 @@
 //! hardware the bucketed and unbucketed sums may differ in the last bits (the replicas
 //! still agree with each other).
 
-use super::grad_ready::GradReady;
 use super::cuda_err;
+use super::grad_ready::GradReady;
 use crate::error::{CybError, Result};
 use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::safe::{Comm, ReduceOp};
@@ -96,9 +96,11 @@ impl<'a> GradBuckets<'a> {
     /// number of buckets.
     pub(crate) fn finish(mut self, grads: &mut CudaSlice<f32>) -> Result<usize> {
         self.launch(grads)?;
-        self.compute
-            .join(&self.comm.stream())
-            .map_err(cuda_err("waiting for the gradient all-reduce"))?;
+        // A collective that failed (a rank lost) may surface only here, where the
+        // compute stream waits for it.
+        self.compute.join(&self.comm.stream()).map_err(cuda_err(
+            "NCCL all-reduce of the gradients (waiting for it)",
+        ))?;
         if self.reported != grads.len() {
             return Err(CybError::Shape(format!(
                 "the backward reported {} of {} gradient elements as final",

@@ -23,11 +23,11 @@ pub mod adamw;
 pub mod attention;
 #[cfg(feature = "nccl")]
 pub mod data_parallel;
-#[cfg(feature = "nccl")]
-mod grad_buckets;
 pub mod embedding;
 pub mod fatbin;
 pub mod gelu;
+#[cfg(feature = "nccl")]
+mod grad_buckets;
 pub mod grad_ready;
 pub mod head_loss;
 pub(crate) mod kernels;

@@ -727,8 +727,7 @@ impl GpuModel {
                 k.gpu.copy_into(targets, &mut a.targets)?;
                 let head = head_bf16.as_mut();
                 step_acts(
-                    k, layout, config, params, w, grads, a, &index, loss, head, shape,
-                    observer,
+                    k, layout, config, params, w, grads, a, &index, loss, head, shape, observer,
                 )?
             }
         };
