@@ -1164,7 +1164,8 @@ mod gpu_tests {
         }
     }
 
-    /// The backward's [`GradReady`] hook, both heads, f32 and bf16: the reported ranges
+    /// The backward's [`GradReady`] hook, f32 with the fused head and bf16 with the
+    /// unfused one (the head decides how `tok_emb`'s gradient starts): the reported ranges
     /// descend through the flat buffer, each ending where the previous one started, and
     /// cover it (2 + 6 per layer: ln_f, each block's six weight/bias pairs, the tables);
     /// each holds its final gradients already when reported (what a bucketed all-reduce
@@ -1173,8 +1174,11 @@ mod gpu_tests {
         let m = random_model(rng, PauseAttention::Shared);
         let (tokens, targets, b, t) = batch(rng, &m.config);
         let obj = Objective::ap_default().resolve(3).map_err(err)?;
-        for precision in [Precision::F32, Precision::Bf16] {
-            for head in [HeadMode::default(), HeadMode::Unfused] {
+        for (precision, head) in [
+            (Precision::F32, HeadMode::default()),
+            (Precision::Bf16, HeadMode::Unfused),
+        ] {
+            {
                 let what = format!("{precision:?} {head:?}");
                 let mut g = GpuModel::with_precision(gpu, &m, precision).map_err(err)?;
                 g.set_head(head);
