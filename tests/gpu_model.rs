@@ -1201,51 +1201,47 @@ mod gpu_tests {
             (Precision::F32, HeadMode::default()),
             (Precision::Bf16, HeadMode::Unfused),
         ] {
+            let what = format!("{precision:?} {head:?}");
+            let mut g = GpuModel::with_precision(gpu, &m, precision).map_err(err)?;
+            g.set_head(head);
+            g.forward_backward(&tokens, &targets, b, t, 3, &obj)
+                .map_err(err)?;
+            let plain = flat(&g.grads_to_cpu().map_err(err)?);
+            let mut log = RangeLog {
+                gpu: gpu.clone(),
+                seen: Vec::new(),
+            };
+            g.forward_backward_observed(&tokens, &targets, b, t, 3, &obj, &mut log)
+                .map_err(err)?;
+            let got = flat(&g.grads_to_cpu().map_err(err)?);
+            if got
+                .iter()
+                .zip(&plain)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
             {
-                let what = format!("{precision:?} {head:?}");
-                let mut g = GpuModel::with_precision(gpu, &m, precision).map_err(err)?;
-                g.set_head(head);
-                g.forward_backward(&tokens, &targets, b, t, 3, &obj)
-                    .map_err(err)?;
-                let plain = flat(&g.grads_to_cpu().map_err(err)?);
-                let mut log = RangeLog {
-                    gpu: gpu.clone(),
-                    seen: Vec::new(),
-                };
-                g.forward_backward_observed(&tokens, &targets, b, t, 3, &obj, &mut log)
-                    .map_err(err)?;
-                let got = flat(&g.grads_to_cpu().map_err(err)?);
-                if got
+                return Err(format!("{what}: observed gradients differ from plain").into());
+            }
+            let want = 2 + 6 * m.config.n_layer;
+            if log.seen.len() != want {
+                return Err(format!("{what}: {} ranges, want {want}", log.seen.len()).into());
+            }
+            let mut end = got.len();
+            for (range, values) in &log.seen {
+                if range.end != end || range.is_empty() {
+                    return Err(format!("{what}: range {range:?} after start {end}").into());
+                }
+                end = range.start;
+                let fin = &got[range.clone()];
+                if values
                     .iter()
-                    .zip(&plain)
+                    .zip(fin)
                     .any(|(a, b)| a.to_bits() != b.to_bits())
                 {
-                    return Err(format!("{what}: observed gradients differ from plain").into());
+                    return Err(format!("{what}: range {range:?} not final when reported").into());
                 }
-                let want = 2 + 6 * m.config.n_layer;
-                if log.seen.len() != want {
-                    return Err(format!("{what}: {} ranges, want {want}", log.seen.len()).into());
-                }
-                let mut end = got.len();
-                for (range, values) in &log.seen {
-                    if range.end != end || range.is_empty() {
-                        return Err(format!("{what}: range {range:?} after start {end}").into());
-                    }
-                    end = range.start;
-                    let fin = &got[range.clone()];
-                    if values
-                        .iter()
-                        .zip(fin)
-                        .any(|(a, b)| a.to_bits() != b.to_bits())
-                    {
-                        return Err(
-                            format!("{what}: range {range:?} not final when reported").into()
-                        );
-                    }
-                }
-                if end != 0 {
-                    return Err(format!("{what}: the ranges stop at {end}, not 0").into());
-                }
+            }
+            if end != 0 {
+                return Err(format!("{what}: the ranges stop at {end}, not 0").into());
             }
         }
         Ok(())
