@@ -25,11 +25,12 @@
 //   recorded behind it, cuStreamWaitEvent on such an event (the waiting stream, idle,
 //   makes it run now; a waiting stream with queued work queues the wait), any later
 //   work on the same stream (which runs it first: stream order), a copy, memset or free
-//   outside a stream or on the null stream (the context's blocking streams first:
-//   streams made CU_STREAM_NON_BLOCKING, as cudarc's, are not ordered with those, as on
-//   the driver), cuStreamDestroy. So work on
-//   another stream that does not wait for a collective's event runs before the
-//   collective has: a missing wait gives wrong numbers instead of passing by luck.
+//   outside a stream or on the null stream (first the blocking streams whose work the
+//   calling thread queued; streams made CU_STREAM_NON_BLOCKING, as cudarc's, are not
+//   ordered with those, as on the driver), cuStreamDestroy. So work on another stream
+//   that does not wait for a collective's event runs before the collective has: a
+//   missing wait gives wrong numbers instead of passing by luck. cuCtxSynchronize and
+//   the null stream leave other threads' queued collectives to them (see drain_ctx).
 // - Memory: one pool per device (its default), from which cuMemAllocAsync allocates (the
 //   device reports MEMORY_POOLS_SUPPORTED, so cudarc allocates stream-ordered, as on an
 //   H200); cuMemPoolGetAttribute gives the bytes in use and their peak since the last
@@ -142,6 +143,7 @@ struct Stream {
     uint64_t done = 0;      // items run
     bool running = false;   // an item is being run (by `runner`)
     std::thread::id runner;
+    std::thread::id owner;  // the thread that queued the last item
 };
 // An event is complete once its stream has run the `ticket` items queued before it was
 // recorded (`st` null: recorded on an idle stream, complete at once).
@@ -419,15 +421,20 @@ CUresult flush_to(Stream *s, uint64_t upto) {
     return first;
 }
 
-// Runs every queued item of context `c`'s blocking streams (what work on the null
-// stream, or outside any stream, is ordered after), or of all its streams.
+// Runs the queued items of context `c`'s blocking streams (what work on the null
+// stream, or outside any stream, is ordered after), or of all its streams, that the
+// calling thread queued. Another thread's queued collectives are left to it: run here
+// they could wait for ranks that wait for this thread (several runs sharing a device
+// in one process, as tests do); the driver would wait for them, here they count as
+// still running.
 CUresult drain_ctx(Ctx *c, bool all = false) {
     if (g_queued.load() == 0 || !c) return CUDA_SUCCESS;
     std::vector<Stream *> mine;
     {
         std::lock_guard<std::mutex> lock(g_queue_mu);
         for (Stream *s : g_streams)
-            if (s->ctx == c && (all || s->blocking) && !s->q.empty()) mine.push_back(s);
+            if (s->ctx == c && (all || s->blocking) && !s->q.empty() && s->owner == std::this_thread::get_id())
+                mine.push_back(s);
     }
     CUresult first = CUDA_SUCCESS;
     for (Stream *s : mine)
@@ -457,6 +464,7 @@ extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_defer(void 
     auto *s = static_cast<Stream *>(h);
     std::lock_guard<std::mutex> lock(g_queue_mu);
     s->q.push_back(Pending{fn, arg, lo, hi, nullptr, 0});
+    s->owner = std::this_thread::get_id();
     ++s->enq;
     ++g_queued;
     return 0;
@@ -707,6 +715,7 @@ API cuStreamWaitEvent(void *s, void *e, unsigned) {
     auto *self = (uintptr_t)s <= 2 ? nullptr : static_cast<Stream *>(s);
     if (self && !self->q.empty()) {
         self->q.push_back(Pending{nullptr, nullptr, 0, 0, on, ticket});
+        self->owner = std::this_thread::get_id();
         ++self->enq;
         ++g_queued;
         return CUDA_SUCCESS;
