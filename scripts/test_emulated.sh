@@ -89,10 +89,11 @@ echo "test_emulated: ${jobs[*]} ($njobs side by side)"
 run_one() { # mode:binary
   local m=${1%%:*} t=${1#*:}
   local start=$SECONDS
-  # gpu_nccl runs 2 and 3 data-parallel replicas: an emulated machine of 3 devices.
-  # Its failing-rank test waits for the stand-in NCCL's timeout: 4 s, not the default 10.
+  # gpu_nccl and gpu_nccl_runs run 2 and 3 data-parallel replicas: an emulated machine
+  # of 3 devices. gpu_nccl's failing-rank test waits for the stand-in NCCL's timeout: 4 s,
+  # not the default 10.
   local devices=1 nccl_timeout=${CYB_EMU_NCCL_TIMEOUT_MS:-10000}
-  [[ "$t" == gpu_nccl ]] && devices=3 nccl_timeout=4000
+  [[ "$t" == gpu_nccl* ]] && devices=3 nccl_timeout=4000
   set +e
   CYB_EMU_DEVICES=$devices CYB_EMU_NCCL_TIMEOUT_MS=$nccl_timeout CYB_EMU_LIB=$(emu_dir "$m") CYB_EMU_MODE=$m /usr/bin/time -f "%U %S" -o "$logs/$m-$t.cpu" \
     bash "$ROOT/scripts/host_emu/runner.sh" "${exe[$t]}" >"$logs/$m-$t.log" 2>&1

@@ -30,6 +30,8 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--ntasks-per-node",
     "--gpus-per-node",
     "--kill-on-bad-exit",
+    "--gpus-per-task",
+    "--gpu-bind",
 ];
 
 /// The long flags of `cmd` (with `--help` and `--version`).

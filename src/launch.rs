@@ -197,6 +197,28 @@ impl Launch {
         }
         Ok(batch / w)
     }
+
+    /// [`Launch::check_batch`] for a resumed run, which keeps its snapshot's `batch`:
+    /// the error names the world sizes it can resume on.
+    ///
+    /// ```
+    /// let l = cyb::launch::Launch::single_process(3)?;
+    /// let e = l.check_resumed_batch(4).unwrap_err().to_string();
+    /// assert!(e.contains("(1, 2, 4)"), "{e}");
+    /// # Ok::<(), cyb::CybError>(())
+    /// ```
+    pub fn check_resumed_batch(&self, batch: usize) -> Result<usize> {
+        self.check_batch(batch).map_err(|_| {
+            CybError::Param(format!(
+                "cannot resume on {} replicas: the run keeps its snapshot's --batch {batch}, \
+                 which does not split evenly over {}; resume on a number of replicas that \
+                 divides {batch}{}",
+                self.world_size,
+                self.world_size,
+                divisors_note(batch)
+            ))
+        })
+    }
 }
 
 /// " (1, 2, 4, 8)": the world sizes that split `batch`.

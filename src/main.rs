@@ -582,7 +582,9 @@ struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     keep: usize,
     /// Continue the run of a snapshot (NAME.stepNNNNNN.safetensors) exactly where it
-    /// stopped; every other flag must be as in that run (differences are refused).
+    /// stopped; every other flag must be as in that run (differences are refused),
+    /// except the data-parallel ones: any number of GPUs that divides --batch resumes
+    /// it (with --world-size, every rank passes the same snapshot).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Write report.md and curve.csv into this folder.
@@ -733,6 +735,12 @@ struct ExperimentArgs {
     /// on the file's first 80% (its training part) instead of bytes.
     #[arg(long)]
     bpe: Option<usize>,
+    /// Data parallel in one process, as for `train`: every run (the pretraining and
+    /// every arm) on a model replica on each of CUDA devices 0..N, the --batch split
+    /// evenly over them; the results equal one device's within the rounding of the
+    /// gradient sums (needs --device cuda and a build with feature `nccl`).
+    #[arg(long)]
+    gpus: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -946,14 +954,7 @@ fn data_parallel_launch(a: &TrainArgs) -> Result<Option<cyb::launch::Launch>> {
     }
     let flags = a.gpus.is_some() || a.world_size.is_some() || a.rank.is_some();
     if let Device::Cpu = a.device {
-        if flags || a.rendezvous.is_some() {
-            return Err(CybError::Param(
-                "--gpus, --world-size, --rank and --rendezvous run data-parallel replicas on \
-                 GPUs: add --device cuda"
-                    .into(),
-            ));
-        }
-        return Ok(None);
+        return no_replicas_on_cpu(flags || a.rendezvous.is_some()).map(|()| None);
     }
     let launch = cyb::launch::Launch::from_flags_and_env(
         a.gpus,
@@ -967,6 +968,18 @@ fn data_parallel_launch(a: &TrainArgs) -> Result<Option<cyb::launch::Launch>> {
         l.bucket_bytes = (a.bucket_mb * (1u64 << 20) as f64).ceil() as usize;
         l
     }))
+}
+
+/// The refusal of data-parallel flags (`given`) with `--device cpu`.
+fn no_replicas_on_cpu(given: bool) -> Result<()> {
+    if given {
+        return Err(CybError::Param(
+            "--gpus, --world-size, --rank and --rendezvous run data-parallel replicas on \
+             GPUs: add --device cuda"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
@@ -1066,8 +1079,10 @@ fn run_train(a: TrainArgs, given: &Given) -> Result<()> {
         cfg.model = m.config.clone();
     }
     let launch = data_parallel_launch(&a)?;
-    if let Some(l) = &launch {
-        l.check_batch(cfg.batch)?;
+    match (&launch, &resume) {
+        (Some(l), None) => l.check_batch(cfg.batch).map(|_| ())?,
+        (Some(l), Some(_)) => l.check_resumed_batch(cfg.batch).map(|_| ())?,
+        (None, _) => {}
     }
     // Rank 0 alone writes checkpoints, snapshots and the report.
     let writer = launch.as_ref().is_none_or(|l| l.writes_checkpoints());
@@ -1276,6 +1291,15 @@ fn run_tokenize(a: TokenizeArgs) -> Result<()> {
 
 fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
     let device = train_device(a.device, a.precision)?;
+    // Only `--gpus` here: every run of an experiment joins its replicas anew, which a
+    // one-process launch does by itself (no rendezvous file per run).
+    let launch = match (a.device, a.gpus) {
+        (Device::Cpu, g) => no_replicas_on_cpu(g.is_some()).map(|()| None)?,
+        (Device::Cuda, g) => g.map(cyb::launch::Launch::single_process).transpose()?,
+    };
+    if let Some(l) = &launch {
+        l.check_batch(a.run.batch)?;
+    }
     given.refuse(&[
         (
             "task",
@@ -1374,6 +1398,7 @@ fn run_experiment_cmd(a: ExperimentArgs, given: &Given) -> Result<()> {
         init,
         device,
         lrs: a.lrs.clone(),
+        launch,
     };
     let command: Vec<String> = std::env::args().collect();
     let res = run_experiment(&cfg, data.as_ref(), true, |i, n, label| {

@@ -107,6 +107,8 @@ pub struct TrainOutcome {
     /// `Some(snapshot)` when the run stopped early on [`RunControl::stop`], after saving
     /// this snapshot (`None` if nothing could be saved: no snapshot base was given).
     pub stopped: Option<Stopped>,
+    /// Data-parallel replicas the steps ran on (1: one device, or the CPU).
+    pub replicas: usize,
 }
 
 /// Where an interrupted run stopped.
@@ -297,11 +299,8 @@ pub fn train_with(
         fingerprint,
         control,
     };
-    if let (Some(launch), TrainDevice::Cpu) = (&run.control.launch, device) {
-        return Err(CybError::Param(format!(
-            "{} data-parallel replicas need --device cuda",
-            launch.world_size
-        )));
+    if let Some(launch) = &run.control.launch {
+        check_data_parallel(cfg, device, launch)?;
     }
     match device {
         TrainDevice::Cpu => {
@@ -318,6 +317,58 @@ pub fn train_with(
             None => cuda::train(run, model, data_rng, precision),
         },
     }
+}
+
+/// Whether `cfg` can run on the data-parallel replicas of `launch` on `device`: a
+/// GPU, a global batch that splits evenly over the replicas, a build with feature
+/// `nccl`, and the fused head. Checked by [`train_with`] before any step, and by the
+/// experiment before any run, so that every refusal reads the same.
+///
+/// ```
+/// use cyb::launch::Launch;
+/// use cyb::train::{check_data_parallel, TrainDevice};
+/// # let model = cyb::config::ModelConfig { vocab: 10, d_model: 8, n_layer: 1, n_head: 2,
+/// #     t_max: 8, k_max: 1, pause_attention: cyb::config::PauseAttention::Shared,
+/// #     dk_bias: 0.0, layer_norm_eps: 1e-5 };
+/// let cfg = cyb::train::TrainConfig {
+///     model, objective: cyb::Objective::CeFinal, pauses: 1, steps: 10, batch: 6, seq: 8,
+///     lr: 1e-3, min_lr_ratio: 0.1, warmup: 1, weight_decay: 0.1, grad_clip: 1.0, seed: 1,
+///     eval_every: 5, eval_batches: 1, head: Default::default(),
+/// };
+/// let two = Launch::single_process(2)?;
+/// // The CPU reference has no replicas.
+/// assert!(check_data_parallel(&cfg, TrainDevice::Cpu, &two).is_err());
+/// // 6 sequences do not split over 4 replicas: the error names sizes that do.
+/// let four = Launch::single_process(4)?;
+/// let gpu = TrainDevice::Cuda(cyb::config::Precision::F32);
+/// let e = check_data_parallel(&cfg, gpu, &four).unwrap_err().to_string();
+/// assert!(e.contains("(1, 2, 3, 6)"), "{e}");
+/// # Ok::<(), cyb::CybError>(())
+/// ```
+pub fn check_data_parallel(
+    cfg: &TrainConfig,
+    device: TrainDevice,
+    launch: &crate::launch::Launch,
+) -> Result<()> {
+    let n = launch.world_size;
+    if device == TrainDevice::Cpu {
+        return Err(CybError::Param(format!(
+            "{n} data-parallel replicas need --device cuda"
+        )));
+    }
+    launch.check_batch(cfg.batch)?;
+    if !cfg!(feature = "nccl") {
+        return Err(CybError::Unavailable(format!(
+            "{n} data-parallel replicas: this build has no NCCL support; rebuild with \
+             `cargo build --release --features nccl`"
+        )));
+    }
+    if cfg.head == HeadMode::Unfused {
+        return Err(CybError::Param(
+            "data parallel needs the fused head (--head-chunk-mb > 0)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One backend of the training loop: a step on a batch, and the model for evaluation.
@@ -345,6 +396,10 @@ trait Stepper {
     ) -> Result<()>;
     /// Restores the optimiser state of a snapshot.
     fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()>;
+    /// Data-parallel replicas each step runs on.
+    fn replicas(&self) -> usize {
+        1
+    }
 }
 
 struct CpuStepper {
@@ -607,6 +662,10 @@ mod cuda {
         fn set_optimizer_state(&mut self, state: AdamWState) -> Result<()> {
             self.dp.set_optimizer_state(&state)
         }
+
+        fn replicas(&self) -> usize {
+            self.dp.launch().world_size
+        }
     }
 }
 
@@ -801,7 +860,9 @@ impl RunLoop<'_> {
         let seconds = start.elapsed().as_secs_f64();
         let train_secs = (seconds - eval_time).max(1e-9);
         let done = history.len().saturating_sub(first);
+        let replicas = stepper.replicas();
         Ok(TrainOutcome {
+            replicas,
             model: stepper.into_model()?,
             history,
             curve,

@@ -1907,3 +1907,38 @@ fn bucket_mb_must_be_a_size() {
         );
     }
 }
+
+/// `experiment --gpus N` is refused before any work without `--device cuda`, with a
+/// batch that does not split over N (the same message as `train`), with N = 0, and in a
+/// build without feature `nccl`. (With the feature, tests/gpu_nccl_runs.rs runs it.)
+#[test]
+fn experiment_gpus_refusals() {
+    let dir = tmpdir("exp-gpus");
+    let out = dir.join("out");
+    let exp = |extra: &[&str]| {
+        let mut args = vec!["experiment", "--out", s(&out), "--pretrain", "2"];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        cyb(&args)
+    };
+    fails_with(&exp(&["--gpus", "2"]), "add --device cuda");
+    fails_with(
+        &exp(&["--device", "cuda", "--gpus", "3"]),
+        "--batch 2 does not split evenly over 3 replicas",
+    );
+    fails_with(
+        &exp(&["--device", "cuda", "--gpus", "0"]),
+        "--gpus must be at least 1",
+    );
+    #[cfg(not(feature = "nccl"))]
+    fails_with(
+        &exp(&["--device", "cuda", "--gpus", "2"]),
+        "rebuild with `cargo build --release --features nccl`",
+    );
+    assert!(
+        !out.exists(),
+        "a refused experiment wrote {}",
+        out.display()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

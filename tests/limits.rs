@@ -160,6 +160,7 @@ fn evaluation_and_experiment_refuse_bad_settings() {
         init: None,
         device: Default::default(),
         lrs: Vec::new(),
+        launch: None,
     };
     let run = |c: &ExperimentConfig| run_experiment(c, &ModSum::default(), false, |_, _, _| {});
     assert!(param_error(run(&exp(0, 2))).contains("K >= 1"));

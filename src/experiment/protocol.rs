@@ -10,11 +10,15 @@ use crate::cpu::model::{Model, Params};
 use crate::data::DataSource;
 use crate::data::Split;
 use crate::error::{CybError, Result};
+use crate::launch::Launch;
 use crate::metrics::EvalSummary;
 use crate::number::Num;
 use crate::objective::Objective;
 use crate::rng::seeded;
-use crate::train::{evaluate, train_on, validation_detail, EvalPoint, TrainConfig, TrainDevice};
+use crate::train::{
+    check_data_parallel, evaluate, train_with, validation_detail, EvalPoint, RunControl,
+    TrainConfig, TrainDevice,
+};
 
 /// One arm of the experiment.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,6 +179,11 @@ pub struct ExperimentConfig {
     /// at its best ([`super::best_rates`]). Empty = `base.lr` alone. The pretraining
     /// runs once per seed at `base.lr`.
     pub lrs: Vec<f32>,
+    /// Data-parallel replicas for every run, the pretraining included (`--gpus N`,
+    /// feature `nccl`, a CUDA `device`); `None`: one device. A data-parallel step equals
+    /// one device's on the global batch up to the order of the gradient sums, so the
+    /// results are the one-device results within that rounding.
+    pub launch: Option<Launch>,
 }
 
 impl ExperimentConfig {
@@ -188,6 +197,16 @@ impl ExperimentConfig {
             init: None,
             device: TrainDevice::Cpu,
             lrs: Vec::new(),
+            launch: None,
+        }
+    }
+
+    /// How every run of the experiment is run: on [`ExperimentConfig::launch`]'s
+    /// replicas, without snapshots.
+    fn control(&self) -> RunControl {
+        RunControl {
+            launch: self.launch.clone(),
+            ..RunControl::default()
         }
     }
 
@@ -259,6 +278,9 @@ fn check_experiment(cfg: &ExperimentConfig, pretrain: usize) -> Result<usize> {
         crate::limits::learning_rates(&cfg.lrs)?;
     }
     let b = &cfg.base;
+    if let Some(launch) = &cfg.launch {
+        check_data_parallel(b, cfg.device, launch)?;
+    }
     for lr in cfg.rates() {
         crate::limits::check_schedule(
             lr,
@@ -410,7 +432,7 @@ fn pretrain_model(
     (tc.pauses, tc.model.k_max, tc.steps, tc.seed) = (0, 0, steps, seed);
     tc.warmup = (steps / 20).max(1);
     tc.eval_every = 0;
-    let out = train_on(&tc, data, None, show_progress, cfg.device)?;
+    let out = train_with(&tc, data, None, show_progress, cfg.device, cfg.control())?;
     Ok((out.model, steps * tc.batch * tc.seq))
 }
 
@@ -468,7 +490,7 @@ fn train_arm(
         }
         None => None,
     };
-    let out = train_on(&tc, data, init, show_progress, cfg.device)?;
+    let out = train_with(&tc, data, init, show_progress, cfg.device, cfg.control())?;
     // Every run is judged on the same validation (and test) positions (seed of the
     // experiment's first seed), so per-position comparisons line up.
     let mut ec = tc.eval_config();
@@ -490,5 +512,6 @@ fn train_arm(
         seconds: out.seconds,
         lr,
         test,
+        replicas: out.replicas,
     })
 }

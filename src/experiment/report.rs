@@ -113,9 +113,17 @@ fn header(s: &mut String, res: &ExperimentResult, command: &str) {
         "- model: d_model {} layers {} heads {} context {}; {} steps x {} sequences x {} tokens per arm (x r for regime r); {lr}; linear warm-up over 5% of the steps, then cosine decay to lr/100 (the paper's schedule)",
         b.model.d_model, b.model.n_layer, b.model.n_head, b.seq, b.steps, b.batch, b.seq
     );
+    let device = match (cfg.device, &cfg.launch) {
+        (crate::train::TrainDevice::Cpu, _) => "the CPU (f32)".to_string(),
+        (crate::train::TrainDevice::Cuda(p), None) => format!("CUDA device 0 ({p})"),
+        (crate::train::TrainDevice::Cuda(p), Some(l)) => format!(
+            "{} GPUs, data parallel ({p}; every run, the pretraining included)",
+            l.world_size
+        ),
+    };
     let _ = writeln!(
         s,
-        "- seeds: {:?}; wall time {:.1} min",
+        "- seeds: {:?}; trained on {device}; wall time {:.1} min",
         cfg.seeds,
         Num(res.seconds / 60.0)
     );

@@ -36,6 +36,8 @@ pub struct RunResult {
     /// the test generator of the experiment's first seed): what the report's final
     /// numbers are, so that choosing a rate on validation does not flatter them.
     pub test: EvalSummary,
+    /// Data-parallel replicas its steps ran on (1: one device, or the CPU).
+    pub replicas: usize,
 }
 
 /// Everything measured, ready to render.
