@@ -4,10 +4,14 @@
 //! AdamW, the loss read back), and the same step through
 //! [`cyb::gpu::data_parallel::DataParallel`] with one replica (its thread, the NCCL
 //! all-reduce of the 124M f32 gradients, the f64 loss all-reduce, the answer over a
-//! channel). Wall-clock time per step (both wait for the step's loss), median of 5; one
-//! line `gpu data_parallel ...` with both and the difference, plus the gradient bytes
-//! every step all-reduces (the volume that the README's scaling estimate starts from).
-//! Scaling across GPUs cannot be measured on one GPU.
+//! channel), once with the gradients all-reduced in 25 MiB buckets on a second stream
+//! overlapping the backward (the default) and once in one all-reduce after the
+//! backward (`--bucket-mb 0`). Wall-clock time per step (all wait for the step's loss),
+//! median of 5; one line `gpu data_parallel N=1 ...` with the three and the
+//! differences, plus the gradient bytes every step all-reduces (the volume that the
+//! README's scaling estimate starts from). With more than one GPU, one more line at N
+//! = all of them (B = 8 per GPU), bucketed against unbucketed: what the overlap gains
+//! there. Scaling across GPUs cannot be measured on one GPU.
 //!
 //! Needs feature `nccl`, a GPU and libnccl (see README "Data parallel"); anything
 //! missing is said and the bench skipped.
@@ -69,10 +73,16 @@ mod gpu {
             layer_norm_eps: 1e-5,
         };
         let (b, t, k) = (8, 1024, 3);
+        let gpus = cyb::gpu::device_count().max(1);
         let mut rng = seeded(11);
         let cpu: Model<f32> = Model::init(config.clone(), &mut rng).expect("model");
-        let tokens: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..32000)).collect();
-        let targets: Vec<i32> = (0..b * t).map(|_| rng.random_range(0..32000)).collect();
+        // B = 8 per device for the largest N; N = 1 takes the first 8 sequences.
+        let tokens: Vec<i32> = (0..gpus * b * t)
+            .map(|_| rng.random_range(0..32000))
+            .collect();
+        let targets: Vec<i32> = (0..gpus * b * t)
+            .map(|_| rng.random_range(0..32000))
+            .collect();
         let obj = Objective::ap_default().resolve(k).expect("objective");
         let params = cpu
             .params
@@ -93,7 +103,7 @@ mod gpu {
             m.optimizer_mut().weight_decay = 0.1;
             median_ms(|| {
                 let s = m
-                    .forward_backward(&tokens, &targets, b, t, k, &obj)
+                    .forward_backward(&tokens[..b * t], &targets[..b * t], b, t, k, &obj)
                     .expect("step");
                 m.step(1e-4, 1.0).expect("update");
                 s.loss().expect("loss");
@@ -104,25 +114,58 @@ mod gpu {
             weight_decay: 0.1,
             ..ReplicaSettings::default()
         };
-        let launch = Launch::single_process(1).expect("launch");
-        let mut dp = match DataParallel::new(&cpu, &launch, &settings) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("data-parallel bench skipped: {e}");
-                return;
-            }
-        };
-        let through_nccl = median_ms(|| {
-            dp.step(&tokens, &targets, b, t, k, &obj, 1e-4, 1.0)
+        // ms/step of `n` replicas (B = 8 each) with gradient buckets of `bucket_bytes`
+        // (one replica set at a time: each holds a whole model per device).
+        let dp_ms = |n: usize, bucket_bytes: usize| -> Option<f64> {
+            let mut launch = Launch::single_process(n).expect("launch");
+            launch.bucket_bytes = bucket_bytes;
+            let mut dp = match DataParallel::new(&cpu, &launch, &settings) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("data-parallel bench skipped: {e}");
+                    return None;
+                }
+            };
+            let rows = n * b * t;
+            Some(median_ms(|| {
+                dp.step(
+                    &tokens[..rows],
+                    &targets[..rows],
+                    n * b,
+                    t,
+                    k,
+                    &obj,
+                    1e-4,
+                    1.0,
+                )
                 .expect("data-parallel step");
-        });
+            }))
+        };
+        let bucketed = cyb::launch::DEFAULT_BUCKET_BYTES;
+        let (Some(unbucketed_1), Some(bucketed_1)) = (dp_ms(1, 0), dp_ms(1, bucketed)) else {
+            return;
+        };
         println!(
             "gpu data_parallel N=1 bf16 GPT-2-small B={b} T={t} K={k}: one device {one:.1} \
-             ms/step, through NCCL {through_nccl:.1} ms/step ({:+.1}%); all-reduce volume \
-             {:.0} MB of f32 gradients per step",
-            100.0 * (through_nccl / one - 1.0),
+             ms/step, through NCCL unbucketed {unbucketed_1:.1} ms/step ({:+.1}%), 25 MiB \
+             buckets overlapping the backward {bucketed_1:.1} ms/step ({:+.1}%); all-reduce \
+             volume {:.0} MB of f32 gradients per step",
+            100.0 * (unbucketed_1 / one - 1.0),
+            100.0 * (bucketed_1 / one - 1.0),
             (params * 4) as f64 / 1e6
         );
+        if gpus > 1 {
+            let (Some(unbucketed), Some(overlapped)) = (dp_ms(gpus, 0), dp_ms(gpus, bucketed))
+            else {
+                return;
+            };
+            println!(
+                "gpu data_parallel N={gpus} bf16 GPT-2-small B={b}/GPU T={t} K={k}: unbucketed \
+                 {unbucketed:.1} ms/step, 25 MiB buckets overlapping the backward \
+                 {overlapped:.1} ms/step ({:+.1}%)",
+                100.0 * (overlapped / unbucketed - 1.0)
+            );
+        }
     }
 }
 

@@ -68,7 +68,7 @@ copy() { # kinds-to-keep dir
 echo "building test executables (release, --features nccl)"
 cargo test --release --features nccl --no-run --message-format=json-render-diagnostics \
   | executables | copy "lib bin test" "$OUT/tests"
-echo "building bench executables (--features nccl; benches/data_parallel.rs: the step at N = 1 with and without NCCL)"
+echo "building bench executables (--features nccl; benches/data_parallel.rs: the step at N = 1 with and without NCCL, bucketed and not)"
 cargo bench --features nccl --no-run --message-format=json-render-diagnostics \
   | executables | copy "bench" "$OUT/benches"
 

@@ -22,6 +22,10 @@ use std::time::Duration;
 /// answers) before it gives up with an error, unless `CYB_NCCL_TIMEOUT_S` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The gradient bucket of a data-parallel step: 25 MiB, PyTorch DDP's `bucket_cap_mb`
+/// (`--bucket-mb`, [`Launch::bucket_bytes`]).
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
 /// One replica run by this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalRank {
@@ -43,6 +47,12 @@ pub struct Launch {
     pub rendezvous: Option<PathBuf>,
     /// How long to wait for the other ranks before failing.
     pub timeout: Duration,
+    /// Gradients are all-reduced in buckets of at least this many bytes, each launched
+    /// on a communication stream as soon as the backward has finished it, so that the
+    /// reduction overlaps the rest of the backward; 0: one all-reduce of the whole
+    /// gradient after the backward, on the compute stream (the reference path). Default
+    /// [`DEFAULT_BUCKET_BYTES`].
+    pub bucket_bytes: usize,
 }
 
 impl Launch {
@@ -58,6 +68,7 @@ impl Launch {
                 .collect(),
             rendezvous: None,
             timeout: timeout_from_env()?,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         })
     }
 
@@ -79,6 +90,7 @@ impl Launch {
             local: vec![LocalRank { rank, device }],
             rendezvous: Some(rendezvous),
             timeout: timeout_from_env()?,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         })
     }
 

@@ -618,6 +618,12 @@ struct TrainArgs {
     /// unset).
     #[arg(long)]
     rendezvous: Option<PathBuf>,
+    /// Data parallel: the gradients are all-reduced in buckets of at least this many
+    /// MiB (fractions allowed), each on a second stream as soon as the backward has
+    /// finished it, overlapping the rest of the backward (PyTorch DDP's bucket_cap_mb);
+    /// 0 = one all-reduce of all gradients after the backward.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 25.0)]
+    bucket_mb: f64,
 }
 
 /// Model shape, schedule and seed: the same for `train` and `experiment`.
@@ -941,17 +947,29 @@ impl RunArgs {
 /// else a launcher's environment), `None` for one device. The environment is read with
 /// --device cuda only; the flags elsewhere are errors.
 fn data_parallel_launch(a: &TrainArgs) -> Result<Option<cyb::launch::Launch>> {
+    if !(a.bucket_mb.is_finite() && a.bucket_mb >= 0.0) {
+        return Err(CybError::Param(format!(
+            "--bucket-mb {} must be a finite number >= 0 (0 = one all-reduce after the \
+             backward)",
+            a.bucket_mb
+        )));
+    }
     let flags = a.gpus.is_some() || a.world_size.is_some() || a.rank.is_some();
     if let Device::Cpu = a.device {
         return no_replicas_on_cpu(flags || a.rendezvous.is_some()).map(|()| None);
     }
-    cyb::launch::Launch::from_flags_and_env(
+    let launch = cyb::launch::Launch::from_flags_and_env(
         a.gpus,
         a.world_size,
         a.rank,
         a.rendezvous.clone(),
         &|k| std::env::var(k).ok(),
-    )
+    )?;
+    Ok(launch.map(|mut l| {
+        // Rounded up: a positive size never becomes 0, the unbucketed path.
+        l.bucket_bytes = (a.bucket_mb * (1u64 << 20) as f64).ceil() as usize;
+        l
+    }))
 }
 
 /// The refusal of data-parallel flags (`given`) with `--device cpu`.

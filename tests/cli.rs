@@ -2073,6 +2073,21 @@ fn eval_reads_the_split_it_is_asked_for() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--bucket-mb` (data-parallel gradient buckets) refuses a negative or non-finite size
+/// with an error naming the flag, before any training.
+#[test]
+fn bucket_mb_must_be_a_size() {
+    for bad in ["-1", "NaN", "inf"] {
+        let o = cyb(&["train", "--steps", "1", "--bucket-mb", bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--bucket-mb {bad} was accepted");
+        assert!(
+            err.contains("--bucket-mb") && err.contains(">= 0"),
+            "--bucket-mb {bad}: unclear error: {err}"
+        );
+    }
+}
+
 /// `experiment --gpus N` is refused before any work without `--device cuda`, with a
 /// batch that does not split over N (the same message as `train`), with N = 0, and in a
 /// build without feature `nccl`. (With the feature, tests/gpu_nccl_runs.rs runs it.)

@@ -7,7 +7,8 @@
 //! mixed precision ([`Precision::Bf16`]): the bf16 step against the f32 CPU reference
 //! within tolerances derived from bf16's 8-bit significand (see `BF16_STEP_REL`), a
 //! 50-step bf16 curve against the f32 one, f32 masters with an exactly rounded bf16
-//! copy.
+//! copy. The backward's final-gradient hook (`GradReady`): ranges in order, final when
+//! reported, the same gradients.
 //!
 //! `harness = false` (libtest-mimic): when no CUDA device can be opened, or without
 //! feature `cuda`, every test is reported as *ignored*, never as passed.
@@ -60,6 +61,7 @@ fn names() -> Vec<String> {
         "bf16_step_keeps_f32_masters",
         "training_curves_bf16_track_f32_k3",
         "model_applies_its_own_dk_bias",
+        "backward_reports_final_gradient_ranges",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -107,8 +109,10 @@ mod gpu_tests {
     use cyb::cpu::model::{HeadMode, Model, Params, Workspace};
     use cyb::cpu::scalar::{matmul, Op};
     use cyb::gpu::adamw::GpuAdamW;
+    use cyb::gpu::cudarc::driver::CudaSlice;
     use cyb::gpu::embedding::{EmbeddingKernels, TableDims, TokenIndex};
     use cyb::gpu::gelu::GeluKernels;
+    use cyb::gpu::grad_ready::GradReady;
     use cyb::gpu::layernorm::LayerNormKernels;
     use cyb::gpu::linear::Linear;
     use cyb::gpu::model::{GpuModel, Precision};
@@ -199,6 +203,7 @@ mod gpu_tests {
             "bf16_step_keeps_f32_masters" => bf16_masters(gpu, &mut rng),
             "training_curves_bf16_track_f32_k3" => curves_bf16(gpu, &mut rng),
             "model_applies_its_own_dk_bias" => own_dk_bias(gpu, &mut rng),
+            "backward_reports_final_gradient_ranges" => reports_final_ranges(gpu, &mut rng),
             other => Err(format!("unknown test {other}").into()),
         }
     }
@@ -1159,6 +1164,85 @@ mod gpu_tests {
             .all(|(a, b)| a.to_bits() == b.to_bits());
         if !same {
             return Err("gradients differ bitwise between two identical runs".into());
+        }
+        Ok(())
+    }
+
+    /// Records each reported range with the gradients it holds at the report (a copy,
+    /// which waits for the stream: everything queued before the report has run).
+    struct RangeLog {
+        gpu: Arc<GpuContext>,
+        seen: Vec<(std::ops::Range<usize>, Vec<f32>)>,
+    }
+
+    impl GradReady for RangeLog {
+        fn ready(
+            &mut self,
+            grads: &mut CudaSlice<f32>,
+            range: std::ops::Range<usize>,
+        ) -> cyb::Result<()> {
+            let values = self.gpu.dtoh(&grads.slice(range.clone()))?;
+            self.seen.push((range, values));
+            Ok(())
+        }
+    }
+
+    /// The backward's [`GradReady`] hook, f32 with the fused head and bf16 with the
+    /// unfused one (the head decides how `tok_emb`'s gradient starts): the reported ranges
+    /// descend through the flat buffer, each ending where the previous one started, and
+    /// cover it (2 + 6 per layer: ln_f, each block's six weight/bias pairs, the tables);
+    /// each holds its final gradients already when reported (what a bucketed all-reduce
+    /// launched then would read); the gradients are the bits of the plain backward.
+    fn reports_final_ranges(gpu: &Arc<GpuContext>, rng: &mut CybRng) -> R {
+        let m = random_model(rng, PauseAttention::Shared);
+        let (tokens, targets, b, t) = batch(rng, &m.config);
+        let obj = Objective::ap_default().resolve(3).map_err(err)?;
+        for (precision, head) in [
+            (Precision::F32, HeadMode::default()),
+            (Precision::Bf16, HeadMode::Unfused),
+        ] {
+            let what = format!("{precision:?} {head:?}");
+            let mut g = GpuModel::with_precision(gpu, &m, precision).map_err(err)?;
+            g.set_head(head);
+            g.forward_backward(&tokens, &targets, b, t, 3, &obj)
+                .map_err(err)?;
+            let plain = flat(&g.grads_to_cpu().map_err(err)?);
+            let mut log = RangeLog {
+                gpu: gpu.clone(),
+                seen: Vec::new(),
+            };
+            g.forward_backward_observed(&tokens, &targets, b, t, 3, &obj, &mut log)
+                .map_err(err)?;
+            let got = flat(&g.grads_to_cpu().map_err(err)?);
+            if got
+                .iter()
+                .zip(&plain)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                return Err(format!("{what}: observed gradients differ from plain").into());
+            }
+            let want = 2 + 6 * m.config.n_layer;
+            if log.seen.len() != want {
+                return Err(format!("{what}: {} ranges, want {want}", log.seen.len()).into());
+            }
+            let mut end = got.len();
+            for (range, values) in &log.seen {
+                if range.end != end || range.is_empty() {
+                    return Err(format!("{what}: range {range:?} after start {end}").into());
+                }
+                end = range.start;
+                let fin = &got[range.clone()];
+                if values
+                    .iter()
+                    .zip(fin)
+                    .any(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    return Err(format!("{what}: range {range:?} not final when reported").into());
+                }
+            }
+            if end != 0 {
+                return Err(format!("{what}: the ranges stop at {end}, not 0").into());
+            }
         }
         Ok(())
     }

@@ -2,7 +2,10 @@
 //! the global batch: 2 and 3 replicas, f32 and bf16, one step (gradients, loss) and a
 //! 20-step f32 curve with the replicas bit-identical after every step, run-to-run
 //! determinism, ranks joined through a rendezvous file, and a failing rank that makes
-//! the step fail on every rank instead of hanging.
+//! the step fail on every rank instead of hanging. The gradient all-reduce in buckets
+//! overlapping the backward (`Launch::bucket_bytes`) at sizes that make 1, several and
+//! one bucket per reported range, against one all-reduce after the backward (0) and
+//! one device; the failing rank with each.
 //!
 //! Needs feature `nccl` and as many CUDA devices as replicas: under the CPU emulator
 //! `CYB_EMU_DEVICES=3` (scripts/test_emulated.sh sets it for this binary) with its
@@ -29,10 +32,14 @@ fn names() -> Vec<(String, usize)> {
         "curve_20_steps_replicas_bit_identical::3_gpus_f32".into(),
         3,
     ));
+    v.push(("bucketed_step_equals_unbucketed::3_gpus_f32".into(), 3));
+    v.push(("bucketed_step_equals_unbucketed::2_gpus_bf16".into(), 2));
     v.push(("deterministic_run_to_run".into(), 2));
     v.push(("rendezvous_file_ranks_equal_one_process".into(), 2));
     v.push(("rendezvous_without_rank_0_times_out".into(), 2));
-    v.push(("failing_rank_fails_every_rank".into(), 3));
+    for b in ["default_buckets", "one_byte_buckets", "unbucketed"] {
+        v.push((format!("failing_rank_fails_every_rank::{b}"), 3));
+    }
     v.push(("uneven_batch_is_refused".into(), 2));
     v.push(("cli_train_gpus_2_saves".into(), 2));
     v.push(("cli_world_size_without_rank_0_times_out".into(), 2));
@@ -64,7 +71,7 @@ mod gpu_tests {
     use super::*;
     use cyb::config::{ModelConfig, PauseAttention};
     use cyb::cpu::model::{Model, Params};
-    use cyb::gpu::data_parallel::{DataParallel, ReplicaSettings};
+    use cyb::gpu::data_parallel::{DataParallel, DataParallelStep, ReplicaSettings};
     use cyb::gpu::model::{GpuModel, Precision};
     use cyb::gpu::GpuContext;
     use cyb::launch::Launch;
@@ -129,10 +136,18 @@ mod gpu_tests {
         match (group, gpus) {
             ("step_equals_one_device", Some(n)) => step_equals_one_device(gpu, rng, n, precision),
             ("curve_20_steps_replicas_bit_identical", Some(n)) => curve(gpu, rng, n, precision),
+            ("bucketed_step_equals_unbucketed", Some(n)) => buckets(gpu, rng, n, precision),
             ("deterministic_run_to_run", _) => deterministic(rng),
             ("rendezvous_file_ranks_equal_one_process", _) => rendezvous(rng),
             ("rendezvous_without_rank_0_times_out", _) => rendezvous_timeout(rng),
-            ("failing_rank_fails_every_rank", _) => failing_rank(rng),
+            ("failing_rank_fails_every_rank", _) => failing_rank(
+                rng,
+                match case {
+                    "one_byte_buckets" => 1,
+                    "unbucketed" => 0,
+                    _ => cyb::launch::DEFAULT_BUCKET_BYTES,
+                },
+            ),
             ("uneven_batch_is_refused", _) => uneven_batch(rng),
             ("cli_train_gpus_2_saves", _) => cli_gpus(),
             ("cli_world_size_without_rank_0_times_out", _) => cli_world_size_timeout(),
@@ -322,6 +337,24 @@ mod gpu_tests {
             .step(&tokens, &targets, B, T, K, &objective(), LR, CLIP)
             .map_err(err)?;
         let replicas = dp.grads().map_err(err)?;
+        // The default 25 MiB bucket holds this model's 0.2 MB of gradients whole.
+        if out.grad_buckets != 1 {
+            return Err(format!("{} gradient all-reduces, expected 1", out.grad_buckets).into());
+        }
+        equals_one_device(n, &replicas, &out, &shards, &grads1, loss1, &targets)
+    }
+
+    /// The checks of [`step_equals_one_device`] on a data-parallel step's `out` and
+    /// every replica's gradients, given the shards' gradients and one device's.
+    fn equals_one_device(
+        n: usize,
+        replicas: &[Params<f32>],
+        out: &DataParallelStep,
+        shards: &[Vec<f32>],
+        grads1: &Params<f32>,
+        loss1: f64,
+        targets: &[i32],
+    ) -> R {
         if replicas.len() != n {
             return Err(format!("{} replicas answered, expected {n}", replicas.len()).into());
         }
@@ -368,6 +401,100 @@ mod gpu_tests {
         // about lr * sign(g), so gradients that are rounding noise (the key bias's,
         // which the softmax ignores) move by up to lr either way. The curve test
         // compares where the steps lead.
+        Ok(())
+    }
+
+    /// The bucketed all-reduce overlapping the backward against one all-reduce after it
+    /// (bucket size 0, the reference path) and one device: bucket sizes that give
+    /// several buckets (a third of the gradient bytes) and one per reported range (1
+    /// byte: 2 + 6 per layer); the 25 MiB default, one bucket at this size, is what
+    /// [`step_equals_one_device`] and the other tests run.
+    /// Two steps each from the same model on the same batches; after each, every
+    /// replica holds the same parameters bit for bit. Each first step passes the checks
+    /// of [`step_equals_one_device`] (the shards' sum, one device). Against the
+    /// reference path: on the emulator the same bits (its reduction order, rank by
+    /// rank, does not depend on the count); on hardware NCCL may chunk a bucket
+    /// differently from the whole buffer, so the same per-element bound as against the
+    /// shards' sum, `2 gamma_{n-1} sum_r |g_r|`, twice (both within it of the exact sum).
+    fn buckets(gpu: &Arc<GpuContext>, rng: &mut CybRng, n: usize, precision: Precision) -> R {
+        let m = random_model(rng);
+        let batches: Vec<_> = (0..2).map(|_| batch(rng)).collect();
+        let (tokens, targets) = &batches[0];
+        let (loss1, grads1) = one_device(gpu, &m, precision, tokens, targets)?;
+        let shards = shard_grads(gpu, &m, precision, n, tokens, targets)?;
+        let grad_bytes = 4 * flat(&grads1).len();
+        let ranges = 2 + 6 * config().n_layer;
+        // The default (one bucket here) runs in every other test of this file.
+        let sizes = [
+            (0, 1..=1),
+            (grad_bytes / 3, 2..=ranges - 1),
+            (1, ranges..=ranges),
+        ];
+        let gamma = |k: usize| k as f64 * U / (1.0 - k as f64 * U);
+        let mut reference: Option<Vec<Vec<f32>>> = None;
+        for (bytes, want_buckets) in sizes {
+            let mut launch = Launch::single_process(n).map_err(err)?;
+            launch.bucket_bytes = bytes;
+            let mut dp = DataParallel::new(&m, &launch, &settings(precision)).map_err(err)?;
+            let mut run = Vec::new();
+            for (step, (tokens, targets)) in batches.iter().enumerate() {
+                let out = dp
+                    .step(tokens, targets, B, T, K, &objective(), LR, CLIP)
+                    .map_err(err)?;
+                if !want_buckets.contains(&out.grad_buckets) {
+                    return Err(format!(
+                        "bucket size {bytes} B: {} all-reduces, expected {want_buckets:?}",
+                        out.grad_buckets
+                    )
+                    .into());
+                }
+                let grads = dp.grads().map_err(err)?;
+                if step == 0 {
+                    equals_one_device(n, &grads, &out, &shards, &grads1, loss1, targets).map_err(
+                        |e| format!("bucket size {bytes} B: {}", e.message().unwrap_or("")),
+                    )?;
+                }
+                let models = dp.models().map_err(err)?;
+                let first = bits(&flat(&models[0].params));
+                for (r, x) in models.iter().enumerate().skip(1) {
+                    if bits(&flat(&x.params)) != first {
+                        return Err(format!(
+                            "bucket size {bytes} B: after step {step} replica {r} differs from replica 0"
+                        )
+                        .into());
+                    }
+                }
+                run.push(flat(&grads[0]));
+            }
+            let Some(want) = &reference else {
+                reference = Some(run);
+                continue;
+            };
+            // The first step's gradients (the second's start from AdamW updates that
+            // may have moved rounding-noise gradients by lr, see step_equals_one_device).
+            let (got, want) = (&run[0], &want[0]);
+            for i in 0..got.len() {
+                let abs: f64 = shards.iter().map(|g| (g[i] as f64).abs()).sum();
+                let tol = if gpu.is_emulator() {
+                    0.0
+                } else {
+                    4.0 * gamma(n - 1) * abs
+                };
+                if ((got[i] - want[i]) as f64).abs() > tol {
+                    return Err(format!(
+                        "bucket size {bytes} B: gradient [{i}] {:e}, one all-reduce {:e} (tolerance {tol:e})",
+                        got[i], want[i]
+                    )
+                    .into());
+                }
+            }
+            if gpu.is_emulator() && bits(&run[1]) != bits(&reference.as_ref().expect("set")[1]) {
+                return Err(format!(
+                    "bucket size {bytes} B: second step differs from one all-reduce"
+                )
+                .into());
+            }
+        }
         Ok(())
     }
 
@@ -420,18 +547,16 @@ mod gpu_tests {
     }
 
     /// Two data-parallel runs from the same model on the same batches give the same
-    /// bits (losses, gradient norms, parameters).
+    /// bits (losses, gradient norms, parameters), with one bucket per reported range.
     fn deterministic(rng: &mut CybRng) -> R {
         let m = random_model(rng);
         let batches: Vec<_> = (0..3).map(|_| batch(rng)).collect();
         let mut runs = Vec::new();
         for _ in 0..2 {
-            let mut dp = DataParallel::new(
-                &m,
-                &Launch::single_process(2).map_err(err)?,
-                &settings(Precision::F32),
-            )
-            .map_err(err)?;
+            // One bucket per reported range: the most collectives in flight.
+            let mut launch = Launch::single_process(2).map_err(err)?;
+            launch.bucket_bytes = 1;
+            let mut dp = DataParallel::new(&m, &launch, &settings(Precision::F32)).map_err(err)?;
             let mut trace = Vec::new();
             for (tokens, targets) in &batches {
                 let out = dp
@@ -544,14 +669,16 @@ mod gpu_tests {
         Ok(())
     }
 
-    /// Rank 1 of 3 fails after its backward and never joins the all-reduce: the step
+    /// Rank 1 of 3 fails in its backward (bucketed: before its first bucket; else after
+    /// the backward) and never joins the all-reduce: the step
     /// returns one error naming rank 1's failure and the other ranks' NCCL errors,
     /// within the timeout, and the replicas refuse further work.
-    fn failing_rank(rng: &mut CybRng) -> R {
+    fn failing_rank(rng: &mut CybRng, bucket_bytes: usize) -> R {
         let m = random_model(rng);
         let (tokens, targets) = batch(rng);
         let mut launch = Launch::single_process(3).map_err(err)?;
         launch.timeout = Duration::from_secs(120);
+        launch.bucket_bytes = bucket_bytes;
         let mut dp = DataParallel::new(&m, &launch, &settings(Precision::F32)).map_err(err)?;
         dp.step(&tokens, &targets, B, T, K, &objective(), LR, CLIP)
             .map_err(err)?;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <dlfcn.h>
 #include <vector>
 
 typedef int cublasStatus_t;
@@ -94,6 +95,18 @@ cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void
         }
     return OK;
 }
+// Stream order with the emulated driver's queued work (the stand-in NCCL's collectives,
+// see driver.cpp): what is queued on the handle's stream runs before a GEMM. Found in
+// the libcuda.so.1 already loaded (this library does not link it); absent: nothing is
+// ever queued.
+void drain(void *stream) {
+    using Fn = int (*)(void *);
+    static Fn fn = [] {
+        void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        return lib ? reinterpret_cast<Fn>(dlsym(lib, "cyb_emu_stream_drain")) : nullptr;
+    }();
+    if (fn) (void)fn(stream);
+}
 } // namespace
 
 #define API extern "C" __attribute__((visibility("default"))) cublasStatus_t
@@ -132,12 +145,14 @@ API cublasGetVersion_v2(void *, int *v) {
 API cublasSgemm_v2(void *h, int ta, int tb, int m, int n, int k, const float *alpha, const float *A, int lda,
                    const float *B, int ldb, const float *beta, float *C, int ldc) {
     if (!h) return NOT_INITIALIZED;
+    drain(static_cast<Handle *>(h)->stream);
     const bool t = (static_cast<Handle *>(h)->math & 0xf) == 3; // CUBLAS_TF32_TENSOR_OP_MATH
     return gemm(ta, tb, m, n, k, *alpha, A, R_32F, lda, B, R_32F, ldb, *beta, C, R_32F, ldc, t);
 }
 API cublasGemmEx(void *h, int ta, int tb, int m, int n, int k, const void *alpha, const void *A, int at, int lda,
                  const void *B, int bt, int ldb, const void *beta, void *C, int ct, int ldc, int compute, int) {
     if (!h) return NOT_INITIALIZED;
+    drain(static_cast<Handle *>(h)->stream);
     for (int t : {at, bt, ct})
         if (t != R_32F && t != R_16BF) return bad("cublasGemmEx: data type not emulated");
     if (compute != COMPUTE_32F && compute != COMPUTE_32F_PEDANTIC && compute != COMPUTE_32F_FAST_TF32)

@@ -18,7 +18,19 @@
 // - A device pointer is a host address (cuMemAlloc = posix_memalign, so the
 //   AddressSanitizer build puts redzones around every buffer). Copies and memsets check
 //   that the device range lies inside one live allocation.
-// - Streams and events exist but everything runs at once, in call order.
+// - Streams and events: kernels, copies and memsets run at once, in call order. The
+//   stand-in NCCL's collectives are stream-ordered instead (nccl.cpp): a collective is
+//   queued on its stream (cyb_emu_stream_defer) and runs only when something needs it:
+//   cuStreamSynchronize/Query, cuCtxSynchronize, cuEventSynchronize/Query of an event
+//   recorded behind it, cuStreamWaitEvent on such an event (the waiting stream, idle,
+//   makes it run now; a waiting stream with queued work queues the wait), any later
+//   work on the same stream (which runs it first: stream order), a copy, memset or free
+//   outside a stream or on the null stream (first the blocking streams whose work the
+//   calling thread queued; streams made CU_STREAM_NON_BLOCKING, as cudarc's, are not
+//   ordered with those, as on the driver), cuStreamDestroy. So work on another stream
+//   that does not wait for a collective's event runs before the collective has: a
+//   missing wait gives wrong numbers instead of passing by luck. cuCtxSynchronize and
+//   the null stream leave other threads' queued collectives to them (see drain_ctx).
 // - Memory: one pool per device (its default), from which cuMemAllocAsync allocates (the
 //   device reports MEMORY_POOLS_SUPPORTED, so cudarc allocates stream-ordered, as on an
 //   H200); cuMemPoolGetAttribute gives the bytes in use and their peak since the last
@@ -42,11 +54,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -109,13 +125,33 @@ struct Ctx {
 };
 Ctx g_ctx[kMaxDevices];
 
+// Work queued on a stream (see "streams" above): a collective (`fn`, writing device
+// bytes [lo, hi)), or a wait for stream `wait_st` to have run `wait_ticket` items.
+struct Pending {
+    int (*fn)(void *) = nullptr;
+    void *arg = nullptr;
+    uintptr_t lo = 0, hi = 0;
+    struct Stream *wait_st = nullptr;
+    uint64_t wait_ticket = 0;
+};
 struct Stream {
     uint32_t magic = kStreamMagic;
     Ctx *ctx;
+    bool blocking = true;   // not CU_STREAM_NON_BLOCKING: ordered with the null stream
+    std::deque<Pending> q;  // queued, not run yet (guarded by g_queue_mu)
+    uint64_t enq = 0;       // items ever queued
+    uint64_t done = 0;      // items run
+    bool running = false;   // an item is being run (by `runner`)
+    std::thread::id runner;
+    std::thread::id owner;  // the thread that queued the last item
 };
+// An event is complete once its stream has run the `ticket` items queued before it was
+// recorded (`st` null: recorded on an idle stream, complete at once).
 struct Event {
     uint32_t magic = kEventMagic;
     Ctx *ctx;
+    Stream *st = nullptr;
+    uint64_t ticket = 0;
 };
 
 struct Function {
@@ -352,6 +388,108 @@ void clear_fault(Ctx *c) {
                                         : err(CUDA_ERROR_INVALID_HANDLE, "%s: %p is not a stream", call, stream); \
     if (CUresult sticky_ = sticky(var, call)) return sticky_;
 
+// ---- stream-ordered work (the stand-in NCCL's collectives, see "streams" above) ----
+namespace {
+std::mutex g_queue_mu;
+std::condition_variable g_queue_cv;
+std::set<Stream *> g_streams;          // live streams (guarded by g_queue_mu)
+std::atomic<uint64_t> g_queued{0};     // items queued and not yet run, on all streams
+
+// Runs `s`'s queued items in order until it has run `upto` items (or all); the first
+// error of an item is returned. One thread runs a stream's items at a time.
+CUresult flush_to(Stream *s, uint64_t upto) {
+    CUresult first = CUDA_SUCCESS;
+    std::unique_lock<std::mutex> lock(g_queue_mu);
+    for (;;) {
+        if (!g_streams.count(s)) break;
+        g_queue_cv.wait(lock, [&] { return !s->running || s->runner == std::this_thread::get_id(); });
+        if (s->done >= upto || s->q.empty()) break;
+        const Pending p = s->q.front();
+        s->q.pop_front();
+        const bool outer = !s->running;
+        s->running = true;
+        s->runner = std::this_thread::get_id();
+        lock.unlock();
+        const CUresult r = p.fn ? (CUresult)p.fn(p.arg) : flush_to(p.wait_st, p.wait_ticket);
+        lock.lock();
+        ++s->done;
+        --g_queued;
+        if (outer) s->running = false;
+        g_queue_cv.notify_all();
+        if (r != CUDA_SUCCESS && first == CUDA_SUCCESS) first = r;
+    }
+    return first;
+}
+
+// Runs the queued items of context `c`'s blocking streams (what work on the null
+// stream, or outside any stream, is ordered after), or of all its streams, that the
+// calling thread queued. Another thread's queued collectives are left to it: run here
+// they could wait for ranks that wait for this thread (several runs sharing a device
+// in one process, as tests do); the driver would wait for them, here they count as
+// still running.
+CUresult drain_ctx(Ctx *c, bool all = false) {
+    if (g_queued.load() == 0 || !c) return CUDA_SUCCESS;
+    std::vector<Stream *> mine;
+    {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        for (Stream *s : g_streams)
+            if (s->ctx == c && (all || s->blocking) && !s->q.empty() && s->owner == std::this_thread::get_id())
+                mine.push_back(s);
+    }
+    CUresult first = CUDA_SUCCESS;
+    for (Stream *s : mine)
+        if (CUresult r = flush_to(s, UINT64_MAX); r && !first) first = r;
+    return first;
+}
+
+// Before work on stream handle `h` runs at once: its queued items first (the null and
+// legacy streams: every stream of the current context).
+CUresult drain_for(void *h) {
+    if (g_queued.load() == 0) return CUDA_SUCCESS;
+    if ((uintptr_t)h <= 2) return drain_ctx(current());
+    return flush_to(static_cast<Stream *>(h), UINT64_MAX);
+}
+
+bool event_complete(const Event *e) {
+    return !e->st || !g_streams.count(e->st) || e->st->done >= e->ticket;
+}
+} // namespace
+
+// For the stand-in NCCL: queues `fn(arg)` (returning a CUresult) on stream `h`, which
+// writes device bytes [lo, hi). 0, or -1 when `h` is not a stream of its own (the null
+// or legacy stream: the caller runs the work at once after cyb_emu_stream_drain).
+extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_defer(void *h, int (*fn)(void *), void *arg,
+                                                                            uintptr_t lo, uintptr_t hi) {
+    if ((uintptr_t)h <= 2 || static_cast<Stream *>(h)->magic != kStreamMagic) return -1;
+    auto *s = static_cast<Stream *>(h);
+    std::lock_guard<std::mutex> lock(g_queue_mu);
+    s->q.push_back(Pending{fn, arg, lo, hi, nullptr, 0});
+    s->owner = std::this_thread::get_id();
+    ++s->enq;
+    ++g_queued;
+    return 0;
+}
+// Whether work queued on `h` now could read device bytes [lo, hi) at once and see what
+// stream order gives it: nothing queued before it waits for another stream or writes
+// those bytes.
+extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_readable(void *h, uintptr_t lo, uintptr_t hi) {
+    if ((uintptr_t)h <= 2 || static_cast<Stream *>(h)->magic != kStreamMagic) return 0;
+    auto *s = static_cast<Stream *>(h);
+    std::lock_guard<std::mutex> lock(g_queue_mu);
+    for (const Pending &p : s->q)
+        if (!p.fn || (p.lo < hi && lo < p.hi)) return 0;
+    return 1;
+}
+// Runs what is queued on stream handle `h` (see drain_for); a CUresult. A handle that
+// is no longer a live stream has nothing queued (its destroy ran it).
+extern "C" __attribute__((visibility("default"))) int cyb_emu_stream_drain(void *h) {
+    if ((uintptr_t)h > 2) {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        if (!g_streams.count(static_cast<Stream *>(h))) return CUDA_SUCCESS;
+    }
+    return drain_for(h);
+}
+
 API cuInit(unsigned) {
     if (ndev() == 0)
         return err(CUDA_ERROR_INVALID_VALUE, "cuInit: CYB_EMU_DEVICES=%s is not a number of devices in 1..%d",
@@ -485,7 +623,7 @@ API cuCtxGetDevice(CUdevice *d) {
 }
 API cuCtxSynchronize() {
     CURRENT(c, "cuCtxSynchronize");
-    return CUDA_SUCCESS;
+    return drain_ctx(c, true);
 }
 API cuCtxSetFlags(unsigned) { return CUDA_SUCCESS; }
 API cuCtxGetStreamPriorityRange(int *lo, int *hi) {
@@ -526,34 +664,65 @@ API cuCtxDisablePeerAccess(void *peer) {
     return CUDA_SUCCESS;
 }
 
-// ---- streams and events: all work runs at once, in call order, so they only need to
-// exist and belong to a context ----
-API cuStreamCreate(void **s, unsigned) {
+// ---- streams and events: work runs at once, in call order, except the collectives
+// queued by the stand-in NCCL (see "streams" above) ----
+API cuStreamCreate(void **s, unsigned flags) {
     CURRENT(c, "cuStreamCreate");
-    *s = new Stream{kStreamMagic, c};
+    auto *st = new Stream;
+    st->ctx = c;
+    st->blocking = (flags & 1) == 0; // CU_STREAM_NON_BLOCKING
+    {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        g_streams.insert(st);
+    }
+    *s = st;
     return CUDA_SUCCESS;
 }
 API cuStreamCreateWithPriority(void **s, unsigned f, int) { return cuStreamCreate(s, f); }
 API cuStreamDestroy_v2(void *s) {
     if ((uintptr_t)s <= 2 || static_cast<Stream *>(s)->magic != kStreamMagic) return CUDA_ERROR_INVALID_HANDLE;
-    static_cast<Stream *>(s)->magic = 0;
-    delete static_cast<Stream *>(s);
+    auto *st = static_cast<Stream *>(s);
+    // The driver lets queued work finish after the destroy returns; here it runs first.
+    (void)flush_to(st, UINT64_MAX);
+    {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        g_streams.erase(st);
+    }
+    st->magic = 0;
+    delete st;
     return CUDA_SUCCESS;
 }
 API cuStreamSynchronize(void *s) {
     STREAM_CTX(c, s, "cuStreamSynchronize");
-    return CUDA_SUCCESS;
+    return drain_for(s);
 }
 API cuStreamQuery(void *s) {
     STREAM_CTX(c, s, "cuStreamQuery");
-    return CUDA_SUCCESS;
+    return drain_for(s);
 }
 // A stream may wait on an event of any context (cudarc's copies between devices do).
+// The event's work runs now when the waiting stream has nothing queued (everything
+// queued on it later would wait for it); otherwise the wait is queued behind that.
 API cuStreamWaitEvent(void *s, void *e, unsigned) {
     STREAM_CTX(c, s, "cuStreamWaitEvent");
-    if (!e || static_cast<Event *>(e)->magic != kEventMagic)
+    auto *ev = static_cast<Event *>(e);
+    if (!ev || ev->magic != kEventMagic)
         return err(CUDA_ERROR_INVALID_HANDLE, "cuStreamWaitEvent: %p is not an event", e);
-    return CUDA_SUCCESS;
+    std::unique_lock<std::mutex> lock(g_queue_mu);
+    if (event_complete(ev)) return CUDA_SUCCESS;
+    Stream *on = ev->st;
+    const uint64_t ticket = ev->ticket;
+    auto *self = (uintptr_t)s <= 2 ? nullptr : static_cast<Stream *>(s);
+    if (self && !self->q.empty()) {
+        self->q.push_back(Pending{nullptr, nullptr, 0, 0, on, ticket});
+        self->owner = std::this_thread::get_id();
+        ++self->enq;
+        ++g_queued;
+        return CUDA_SUCCESS;
+    }
+    lock.unlock();
+    if (!self) (void)drain_ctx(c);
+    return flush_to(on, ticket);
 }
 API cuStreamIsCapturing(void *, int *status) {
     *status = 0;
@@ -562,7 +731,9 @@ API cuStreamIsCapturing(void *, int *status) {
 API cuEventCreate(void **e, unsigned) {
     Ctx *c = current();
     if (!c) return no_context("cuEventCreate");
-    *e = new Event{kEventMagic, c};
+    auto *ev = new Event;
+    ev->ctx = c;
+    *e = ev;
     return CUDA_SUCCESS;
 }
 API cuEventDestroy_v2(void *e) {
@@ -581,20 +752,38 @@ API cuEventRecord(void *e, void *s) {
         return err(CUDA_ERROR_INVALID_HANDLE,
                    "cuEventRecord: an event of device %d's context recorded on a stream of device %d's",
                    ev->ctx->device, c->device);
+    if ((uintptr_t)s <= 2)
+        if (CUresult r = drain_ctx(c)) return r;
+    std::lock_guard<std::mutex> lock(g_queue_mu);
+    auto *st = (uintptr_t)s <= 2 ? nullptr : static_cast<Stream *>(s);
+    ev->st = st && !st->q.empty() ? st : nullptr;
+    ev->ticket = st ? st->enq : 0;
     return CUDA_SUCCESS;
+}
+// Runs the work an event waits for.
+static CUresult event_flush(Event *ev) {
+    Stream *on;
+    uint64_t ticket;
+    {
+        std::lock_guard<std::mutex> lock(g_queue_mu);
+        if (event_complete(ev)) return CUDA_SUCCESS;
+        on = ev->st;
+        ticket = ev->ticket;
+    }
+    return flush_to(on, ticket);
 }
 API cuEventRecordWithFlags(void *e, void *s, unsigned) { return cuEventRecord(e, s); }
 API cuEventSynchronize(void *e) {
     auto *ev = static_cast<Event *>(e);
     if (!ev || ev->magic != kEventMagic) return CUDA_ERROR_INVALID_HANDLE;
     if (CUresult r = sticky(ev->ctx, "cuEventSynchronize")) return r;
-    return CUDA_SUCCESS;
+    return event_flush(ev);
 }
 API cuEventQuery(void *e) {
     auto *ev = static_cast<Event *>(e);
     if (!ev || ev->magic != kEventMagic) return CUDA_ERROR_INVALID_HANDLE;
     if (CUresult r = sticky(ev->ctx, "cuEventQuery")) return r;
-    return CUDA_SUCCESS;
+    return event_flush(ev);
 }
 API cuEventElapsedTime(float *ms, void *a, void *) {
     auto *ev = static_cast<Event *>(a);
@@ -606,6 +795,7 @@ API cuEventElapsedTime(float *ms, void *a, void *) {
 API cuEventElapsedTime_v2(float *ms, void *a, void *b) { return cuEventElapsedTime(ms, a, b); }
 API cuLaunchHostFunc(void *s, void (*fn)(void *), void *user) {
     STREAM_CTX(c, s, "cuLaunchHostFunc");
+    if (CUresult r = drain_for(s)) return r;
     fn(user);
     return CUDA_SUCCESS;
 }
@@ -627,6 +817,8 @@ API cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
 API cuMemAllocAsync(CUdeviceptr *p, size_t n, void *) { return cuMemAlloc_v2(p, n); }
 API cuMemFree_v2(CUdeviceptr p) {
     if (p == 0) return CUDA_SUCCESS;
+    // Queued collectives may still use it (on the driver the free would wait for them).
+    if (CUresult r = drain_ctx(current())) return r;
     {
         std::lock_guard<std::mutex> lock(g_mem_mutex);
         auto it = g_allocs.find((uintptr_t)p);
@@ -637,7 +829,10 @@ API cuMemFree_v2(CUdeviceptr p) {
     free((void *)p);
     return CUDA_SUCCESS;
 }
-API cuMemFreeAsync(CUdeviceptr p, void *) { return cuMemFree_v2(p); }
+API cuMemFreeAsync(CUdeviceptr p, void *s) {
+    if (CUresult r = drain_for(s)) return r;
+    return cuMemFree_v2(p);
+}
 API cuMemGetInfo_v2(size_t *fr, size_t *total) {
     Ctx *c = current();
     if (!c) return no_context("cuMemGetInfo");
@@ -717,18 +912,21 @@ API cuMemPoolTrimTo(void *pool, size_t) {
 // Unified addressing: a copy reaches any device's memory, whichever context is current.
 API cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     CURRENT(c, "cuMemcpyHtoD_v2");
+    if (CUresult r = drain_ctx(c)) return r;
     CHECK_DEV(dst, n, "cuMemcpyHtoD");
     if (n) memcpy((void *)dst, src, n);
     return CUDA_SUCCESS;
 }
 API cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
     CURRENT(c, "cuMemcpyDtoH_v2");
+    if (CUresult r = drain_ctx(c)) return r;
     CHECK_DEV(src, n, "cuMemcpyDtoH");
     if (n) memcpy(dst, (const void *)src, n);
     return CUDA_SUCCESS;
 }
 API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     CURRENT(c, "cuMemcpyDtoD_v2");
+    if (CUresult r = drain_ctx(c)) return r;
     CHECK_DEV(dst, n, "cuMemcpyDtoD (destination)");
     CHECK_DEV(src, n, "cuMemcpyDtoD (source)");
     if (n) memmove((void *)dst, (const void *)src, n);
@@ -740,6 +938,7 @@ API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
         if (sc_ != current())                                                                       \
             return err(CUDA_ERROR_INVALID_HANDLE, "%s: a stream of device %d's context while device %d's is current", \
                        call, sc_->device, current() ? current()->device : -1);                      \
+        if (CUresult r_ = drain_for(s)) return r_;                                                  \
     }
 API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, void *s) {
     ON_STREAM(s, "cuMemcpyHtoDAsync_v2");
@@ -778,10 +977,12 @@ API cuMemcpyPeer(CUdeviceptr dst, void *dst_ctx, CUdeviceptr src, void *src_ctx,
 }
 API cuMemcpyPeerAsync(CUdeviceptr dst, void *dst_ctx, CUdeviceptr src, void *src_ctx, size_t n, void *s) {
     STREAM_CTX(c, s, "cuMemcpyPeerAsync");
+    if (CUresult r = drain_for(s)) return r;
     return cuMemcpyPeer(dst, dst_ctx, src, src_ctx, n);
 }
 API cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
     CURRENT(c, "cuMemsetD8_v2");
+    if (CUresult r = drain_ctx(c)) return r;
     CHECK_DEV(dst, n, "cuMemsetD8");
     if (n) memset((void *)dst, v, n);
     return CUDA_SUCCESS;
@@ -792,6 +993,7 @@ API cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void *s) {
 }
 API cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n) {
     CURRENT(c, "cuMemsetD32_v2");
+    if (CUresult r = drain_ctx(c)) return r;
     CHECK_DEV(dst, n * 4, "cuMemsetD32");
     if (dst % 4) return err(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32 to a misaligned address");
     for (size_t i = 0; i < n; ++i) ((unsigned *)dst)[i] = v;
@@ -1058,6 +1260,8 @@ API cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     if (shmem > 0)
         return err(CUDA_ERROR_NOT_SUPPORTED, "launch of %s: dynamic shared memory is not emulated", n);
     if (!params && f->k->nparams > 0) return err(CUDA_ERROR_INVALID_VALUE, "launch of %s: no kernelParams", n);
+    // Stream order: what is queued on the stream runs first.
+    if (CUresult r = drain_for(stream)) return r;
     // A fault on demand (tests/gpu_fault.rs: what a user sees after a kernel fault).
     if (const char *inject = getenv("CYB_EMU_FAULT_KERNEL"); inject && f->name == inject) {
         fprintf(stderr, "cyb emulator: kernel %s failed: an illegal address, injected by CYB_EMU_FAULT_KERNEL\n", n);

@@ -9,10 +9,24 @@
 // - A collective is one rendezvous of every rank of a communicator: each rank's n-th
 //   collective meets the other ranks' n-th. In one process the last rank to arrive
 //   computes every rank's result, in a FIXED order (below), and the others wait for it;
-//   across processes each rank computes its own in the same order. Either way a call
-//   returns when the collective is complete. The emulator runs all work at call time in
-//   stream order, so every kernel a rank queued before the collective has run, and every
-//   kernel it queues after runs after it (the GPU's stream order, without the overlap).
+//   across processes each rank computes its own in the same order.
+// - Stream order. A collective outside a group, on a stream of its own, between ranks
+//   of one process, is QUEUED on its stream (driver.cpp's cyb_emu_stream_defer) and the
+//   call returns at once, as NCCL's does: it takes place when the stream's work is
+//   needed (a synchronisation, an event recorded behind it that something waits for,
+//   later work on that stream; see driver.cpp). It reads its input as early as stream
+//   order allows: at the call, when nothing queued before it on its stream waits for
+//   another stream or writes that input (a snapshot, so a later write by another
+//   stream that did not wait is not seen), else when it runs; and it writes its output
+//   as late as possible, when it runs. So both orderings a program must state are
+//   checked: a kernel that writes the input after the call without the collective's
+//   stream having waited for it is lost, and a kernel that reads the output without
+//   waiting for the collective's event reads the old values. A queued collective that
+//   fails makes the call that ran it return CUDA_ERROR_LAUNCH_FAILED (the NCCL error is
+//   printed and kept for ncclGetLastError / ncclCommGetAsyncError).
+//   CYB_EMU_NCCL_SYNC=1 runs every collective at the call instead (after the work
+//   queued on its stream), as do groups, the null stream and ranks in several
+//   processes: the call returns when the collective is complete.
 //   Inside a group (ncclGroupStart/End) the calls are queued and take place at the
 //   outermost ncclGroupEnd, as in NCCL (this is what lets one thread drive every rank).
 // - Reduction order, for every element: ((x_0 op x_1) op x_2) ... op x_{n-1} over ranks
@@ -39,7 +53,8 @@
 //   ncclSystemError, once per communicator; the other ranks then get ncclRemoteError.
 // - Errors are printed on stderr ("cyb emulator (nccl): ...", unless CYB_EMU_QUIET) and
 //   kept for ncclGetLastError.
-// Not emulated: interconnect timing, overlap of communication with computation,
+// Not emulated: interconnect timing, concurrency of communication with computation
+// (the queued collectives run on the host thread that needs them),
 // ncclSend/Recv, ncclCommSplit, custom reduction operations (each returns
 // ncclInvalidUsage saying so), fp8 datatypes (ncclInvalidArgument); across processes, one
 // thread driving two ranks of one communicator in a group (ncclInvalidUsage).
@@ -108,6 +123,9 @@ int cyb_emu_ptr_device(uintptr_t p, size_t n);
 int cyb_emu_device_fault(int device);
 uint64_t cyb_emu_device_activity(int device);
 int cyb_emu_device_busy(int device);
+int cyb_emu_stream_defer(void *stream, int (*fn)(void *), void *arg, uintptr_t lo, uintptr_t hi);
+int cyb_emu_stream_readable(void *stream, uintptr_t lo, uintptr_t hi);
+int cyb_emu_stream_drain(void *stream);
 }
 
 #define NCCL_API extern "C" __attribute__((visibility("default")))
@@ -165,6 +183,7 @@ struct Comm {
     uint64_t seq = 0;  // this rank's collectives so far: the next one's number
     Xp *xp = nullptr;  // the shared file, while joining and when ranks span processes
     bool cross = false; // ranks in other processes: collectives go through `xp`
+    std::set<void *> queued_on; // streams its collectives were queued on
 };
 
 // One collective (or the init rendezvous) of a clique, as the ranks deposit it.
@@ -391,6 +410,7 @@ struct Call {
     int dtype, op, root;
     Op *o = nullptr;   // the rendezvous it joined
     bool skip = false; // failed before it could join one
+    void *stream = nullptr;
 };
 
 struct Group {
@@ -1065,15 +1085,69 @@ ncclResult_t run_calls(std::vector<Call> &calls) {
     return first;
 }
 
+// Bytes of a call's input and output.
+size_t send_bytes(const Call &c) {
+    const size_t b = c.count * kTypeSize[c.dtype];
+    return c.kind == kReduceScatter ? b * c.comm->clique->nranks : b;
+}
+size_t recv_bytes(const Call &c) {
+    const size_t b = c.count * kTypeSize[c.dtype];
+    return c.kind == kAllGather ? b * c.comm->clique->nranks : b;
+}
+
+// A collective queued on its stream, with its input when it was read at the call.
+struct Deferred {
+    Call c;
+    std::vector<char> input;
+    bool snapped = false;
+};
+
+// Runs a queued collective (from driver.cpp, when its stream's work is needed).
+int run_deferred(void *arg) {
+    auto *d = static_cast<Deferred *>(arg);
+    if (d->snapped) d->c.send = d->input.data();
+    std::vector<Call> one{d->c};
+    const ncclResult_t r = live(d->c.comm) ? run_calls(one)
+                                           : fail(ncclInvalidUsage, "%s: its communicator was destroyed while it was queued",
+                                                  kKindNames[d->c.kind]);
+    delete d;
+    return r == ncclSuccess ? 0 : 719; // CUDA_ERROR_LAUNCH_FAILED
+}
+
+bool sync_mode() {
+    const char *e = getenv("CYB_EMU_NCCL_SYNC");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
 ncclResult_t enqueue(Call c, void *stream) {
     if (ncclResult_t r = check_call(c, stream)) {
         if (t_group.depth > 0 && !t_group.error) t_group.error = r;
         return r;
     }
+    c.stream = stream;
     if (t_group.depth > 0) {
         t_group.calls.push_back(c);
         return ncclSuccess;
     }
+    if (!sync_mode() && !c.comm->cross && c.count > 0 && (uintptr_t)stream > 2) {
+        auto *d = new Deferred{c, {}, false};
+        const size_t in = send_bytes(c);
+        const bool has_input = c.send && !(c.kind == kBroadcast && c.comm->rank != c.root);
+        if (has_input && cyb_emu_stream_readable(stream, (uintptr_t)c.send, (uintptr_t)c.send + in)) {
+            d->input.assign(static_cast<const char *>(c.send), static_cast<const char *>(c.send) + in);
+            d->snapped = true;
+        }
+        const bool has_output = c.recv && !(c.kind == kReduce && c.comm->rank != c.root);
+        const uintptr_t lo = has_output ? (uintptr_t)c.recv : 0, hi = has_output ? lo + recv_bytes(c) : 0;
+        if (cyb_emu_stream_defer(stream, run_deferred, d, lo, hi) == 0) {
+            c.comm->queued_on.insert(stream);
+            return ncclSuccess;
+        }
+        delete d;
+    }
+    // At the call: after the work queued on its stream.
+    if (int r = cyb_emu_stream_drain(stream))
+        return fail(ncclUnhandledCudaError, "%s: work queued on its stream failed (CUDA error %d)", kKindNames[c.kind], r);
     std::vector<Call> one{c};
     return run_calls(one);
 }
@@ -1211,7 +1285,12 @@ NCCL_API ncclResult_t ncclCommFinalize(Comm *comm) {
     if (!live(comm)) return fail(ncclInvalidArgument, "ncclCommFinalize: %p is not a live communicator", (void *)comm);
     return ncclSuccess; // blocking mode: nothing is left in flight
 }
-NCCL_API ncclResult_t ncclCommDestroy(Comm *comm) { return leave(comm, "ncclCommDestroy"); }
+// As NCCL's, waits for the collectives queued on the communicator's device first.
+NCCL_API ncclResult_t ncclCommDestroy(Comm *comm) {
+    if (live(comm))
+        for (void *s : comm->queued_on) (void)cyb_emu_stream_drain(s);
+    return leave(comm, "ncclCommDestroy");
+}
 NCCL_API ncclResult_t ncclCommAbort(Comm *comm) { return leave(comm, "ncclCommAbort"); }
 
 NCCL_API ncclResult_t ncclCommGetAsyncError(Comm *comm, ncclResult_t *error) {

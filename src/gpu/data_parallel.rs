@@ -19,8 +19,21 @@
 //! [`Launch::timeout`]). Both go through the same code: every replica thread calls
 //! `ncclCommInitRank` with the shared id.
 //!
-//! **Overlap.** The gradients are all-reduced in one call after the whole backward,
-//! on the replica's stream (no buckets overlapping the backward yet).
+//! **Overlap.** With [`Launch::bucket_bytes`] > 0 (the default, 25 MiB as PyTorch
+//! DDP's `bucket_cap_mb`; `--bucket-mb`), each replica has a second, communication
+//! stream, and the backward tells a bucketing observer (`src/gpu/grad_buckets.rs`) each
+//! range of the gradient buffer that is final ([`super::grad_ready`]): consecutive
+//! ranges fill a contiguous bucket, and a full bucket is all-reduced on the
+//! communication stream (after an event of the compute stream) while the compute
+//! stream runs the layers below; the compute stream waits for the communication
+//! stream before AdamW, so clipping sees the reduced gradients. With 0, one all-reduce
+//! of the whole buffer after the backward on the compute stream: the reference path.
+//! Both give the same sums wherever NCCL's reduction order does not depend on the
+//! count (the emulator's; on hardware the last bits may differ, the replicas still
+//! agree with each other). Bucketing replicas order their two streams themselves:
+//! cudarc's per-buffer event tracking is off in their contexts, since it would make the
+//! compute stream wait for every all-reduce of the gradient buffer before writing any
+//! other part of it, which is no overlap.
 //!
 //! **Failures.** A rank that fails answers with its error; the others' collectives fail
 //! when NCCL gives up on it, and every answer is awaited at most [`Launch::timeout`].
@@ -47,6 +60,7 @@
 //! # Ok::<(), cyb::CybError>(())
 //! ```
 
+use super::grad_buckets::GradBuckets;
 use super::model::{GpuModel, Precision};
 use super::{cuda_err, GpuContext};
 use crate::cpu::adamw::AdamWState;
@@ -55,6 +69,7 @@ use crate::cpu::model::{check_batch, HeadMode, Model, Params};
 use crate::error::{CybError, Result};
 use crate::launch::{Launch, LocalRank};
 use crate::objective::ResolvedObjective;
+use cudarc::driver::{CudaContext, CudaStream};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -92,6 +107,9 @@ pub struct DataParallelStep {
     pub stats: LossStats,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
+    /// All-reduces the gradients took: the buckets ([`Launch::bucket_bytes`]), 1 with
+    /// one all-reduce after the backward.
+    pub grad_buckets: usize,
 }
 
 /// What libnccl is needed for, said when it cannot be loaded: cudarc 0.19 dlopens
@@ -213,7 +231,10 @@ enum Request {
 struct Replica {
     rank: usize,
     model: GpuModel,
+    /// On the communication stream when bucketing, else on the model's stream.
     comm: Comm,
+    /// [`Launch::bucket_bytes`]: 0 = one all-reduce after the backward.
+    bucket_bytes: usize,
     /// `[loss sum, valid positions, E[pauses] sum]` of a step, all-reduced.
     sums: cudarc::driver::CudaSlice<f64>,
 }
@@ -225,8 +246,21 @@ impl Replica {
         id: Id,
         model: &Model<f32>,
         settings: &ReplicaSettings,
+        bucket_bytes: usize,
     ) -> Result<Replica> {
-        let gpu = GpuContext::new(local.device)?;
+        let gpu = if bucket_bytes > 0 {
+            let ctx = CudaContext::new(local.device)
+                .map_err(cuda_err(&format!("opening CUDA device {}", local.device)))?;
+            // SAFETY: before any buffer of this context exists. Every buffer is used on
+            // the compute stream alone, except the gradients and `sums`, whose uses on
+            // the communication stream are ordered by the events of `GradBuckets` and
+            // `Replica::all_reduce_sums` (module docs: why tracking is off).
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+            GpuContext::with_stream(stream)?
+        } else {
+            GpuContext::new(local.device)?
+        };
         // NCCL works on the calling thread's current device.
         gpu.context()
             .bind_to_thread()
@@ -234,49 +268,117 @@ impl Replica {
         let mut m = GpuModel::with_precision(&gpu, model, settings.precision)?;
         m.optimizer_mut().weight_decay = settings.weight_decay;
         m.set_head(settings.head);
-        let comm = Comm::from_rank(gpu.stream().clone(), local.rank, world_size, id)
+        let comm_stream = if bucket_bytes > 0 {
+            gpu.context()
+                .new_stream()
+                .map_err(cuda_err("creating the communication stream"))?
+        } else {
+            gpu.stream().clone()
+        };
+        let comm = Comm::from_rank(comm_stream, local.rank, world_size, id)
             .map_err(nccl_err(&format!("setting up rank {}", local.rank)))?;
         Ok(Replica {
             rank: local.rank,
             sums: gpu.zeros(3)?,
             model: m,
             comm,
+            bucket_bytes,
         })
     }
 
-    fn step(&mut self, w: &StepWork) -> Result<DataParallelStep> {
-        let m = &mut self.model;
-        m.set_mean_divisor(Some(w.global_valid as f64));
-        let out = m.forward_backward(
-            &w.tokens,
-            &w.targets,
-            w.batch,
-            w.seq,
-            w.pauses,
-            &w.objective,
-        )?;
-        if w.fail {
-            return Err(CybError::Cuda(format!(
-                "rank {}: failure injected before the gradient all-reduce",
-                self.rank
-            )));
+    /// Whether the collectives run on a stream of their own.
+    fn comm_stream(&self) -> Option<Arc<CudaStream>> {
+        let s = self.comm.stream();
+        (!Arc::ptr_eq(&s, self.model.context().stream())).then_some(s)
+    }
+
+    /// All-reduces `sums` (written on the compute stream, read there afterwards).
+    fn all_reduce_sums(&mut self) -> Result<()> {
+        let compute = self.model.context().stream().clone();
+        let comm = self.comm_stream();
+        if let Some(c) = &comm {
+            c.join(&compute)
+                .map_err(cuda_err("ordering the loss all-reduce"))?;
         }
-        // Sum over the ranks: each holds its positions' share of the global mean.
         self.comm
-            .all_reduce_in_place(m.grads_device_mut(), &ReduceOp::Sum)
-            .map_err(nccl_err("all-reduce of the gradients"))?;
-        m.step(w.lr, w.grad_clip)?;
+            .all_reduce_in_place(&mut self.sums, &ReduceOp::Sum)
+            .map_err(nccl_err("all-reduce of the loss"))?;
+        if let Some(c) = &comm {
+            compute
+                .join(c)
+                .map_err(cuda_err("NCCL all-reduce of the loss (waiting for it)"))?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, w: &StepWork) -> Result<DataParallelStep> {
+        self.model.set_mean_divisor(Some(w.global_valid as f64));
+        // Sum over the ranks: each holds its positions' share of the global mean.
+        let (out, grad_buckets) = if self.bucket_bytes > 0 {
+            let compute = self.model.context().stream().clone();
+            let fail = w.fail.then_some(self.rank);
+            let mut buckets = GradBuckets::new(&self.comm, &compute, self.bucket_bytes, fail);
+            let m = &mut self.model;
+            let out = m.forward_backward_observed(
+                &w.tokens,
+                &w.targets,
+                w.batch,
+                w.seq,
+                w.pauses,
+                &w.objective,
+                &mut buckets,
+            )?;
+            let n = buckets.finish(m.grads_device_mut())?;
+            (out, n)
+        } else {
+            let m = &mut self.model;
+            let out = m.forward_backward(
+                &w.tokens,
+                &w.targets,
+                w.batch,
+                w.seq,
+                w.pauses,
+                &w.objective,
+            )?;
+            if w.fail {
+                return Err(CybError::Cuda(format!(
+                    "rank {}: failure injected before the gradient all-reduce",
+                    self.rank
+                )));
+            }
+            self.comm
+                .all_reduce_in_place(m.grads_device_mut(), &ReduceOp::Sum)
+                .map_err(nccl_err("all-reduce of the gradients"))?;
+            (out, 1)
+        };
+        self.finish_step(w, &out, grad_buckets)
+            .map_err(|e| match e {
+                // NCCL's collectives are queued on a stream: one that fails (a rank lost)
+                // fails the next call that waits for it, whatever that call was.
+                CybError::Cuda(msg) => CybError::Cuda(format!(
+                    "{msg} (after the NCCL all-reduce of the gradients was queued)"
+                )),
+                other => other,
+            })
+    }
+
+    /// AdamW on the reduced gradients, then the global loss statistics.
+    fn finish_step(
+        &mut self,
+        w: &StepWork,
+        out: &super::model::GpuStep,
+        grad_buckets: usize,
+    ) -> Result<DataParallelStep> {
+        self.model.step(w.lr, w.grad_clip)?;
         let stats = out.stats()?;
         let local = [
             out.loss()? * stats.weight_sum,
             stats.weight_sum,
             stats.mean_pauses * stats.weight_sum,
         ];
-        let gpu = m.context().clone();
+        let gpu = self.model.context().clone();
         gpu.copy_into(&local, &mut self.sums)?;
-        self.comm
-            .all_reduce_in_place(&mut self.sums, &ReduceOp::Sum)
-            .map_err(nccl_err("all-reduce of the loss"))?;
+        self.all_reduce_sums()?;
         let sums = gpu.dtoh(&self.sums)?;
         let per = |x: f64| if sums[1] > 0.0 { x / sums[1] } else { 0.0 };
         Ok(DataParallelStep {
@@ -286,7 +388,8 @@ impl Replica {
                 weight_sum: sums[1],
                 mean_pauses: per(sums[2]),
             },
-            grad_norm: m.grad_norm()?,
+            grad_norm: self.model.grad_norm()?,
+            grad_buckets,
         })
     }
 
@@ -314,16 +417,18 @@ impl Replica {
 
 /// The body of a replica thread: builds the replica, says so, serves requests until
 /// its request channel closes.
+#[allow(clippy::too_many_arguments)]
 fn replica_thread(
     local: LocalRank,
     world_size: usize,
     id: Id,
     model: Model<f32>,
     settings: ReplicaSettings,
+    bucket_bytes: usize,
     ready: Sender<Result<()>>,
     requests: Receiver<Request>,
 ) {
-    let mut replica = match Replica::new(local, world_size, id, &model, &settings) {
+    let mut replica = match Replica::new(local, world_size, id, &model, &settings, bucket_bytes) {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -381,7 +486,7 @@ impl DataParallel {
             (Some(path), Some(l)) => wait_for_id(path, l.rank, launch.timeout)?,
             (Some(_), None) => unreachable!("checked above"),
         };
-        let world_size = launch.world_size;
+        let (world_size, bucket_bytes) = (launch.world_size, launch.bucket_bytes);
         let (ready_tx, ready_rx) = channel();
         let mut dp = DataParallel {
             launch: launch.clone(),
@@ -395,7 +500,7 @@ impl DataParallel {
             let (m, s, ready) = (model.clone(), settings.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("cyb-rank-{}", local.rank))
-                .spawn(move || replica_thread(local, world_size, id, m, s, ready, rx))
+                .spawn(move || replica_thread(local, world_size, id, m, s, bucket_bytes, ready, rx))
                 .map_err(|e| CybError::Param(format!("starting a replica thread: {e}")))?;
             dp.replicas.push((tx, Some(thread)));
         }

@@ -26,6 +26,9 @@ pub mod data_parallel;
 pub mod embedding;
 pub mod fatbin;
 pub mod gelu;
+#[cfg(feature = "nccl")]
+mod grad_buckets;
+pub mod grad_ready;
 pub mod head_loss;
 pub(crate) mod kernels;
 pub mod layernorm;

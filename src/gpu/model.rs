@@ -32,6 +32,7 @@ use super::attention::{AttnDims, PauseAttention};
 use super::adamw::{check_flat, segments, GpuAdamW, Segment};
 use super::embedding::{EmbeddingKernels, TableDims, TokenIndex};
 use super::gelu::GeluKernels;
+use super::grad_ready::{GradReady, Unobserved};
 use super::head_loss::{GpuHead, GpuHeadForward, GpuHeadGrads};
 use super::layernorm::LayerNormKernels;
 use super::linear::{GemmElem, Linear};
@@ -83,6 +84,10 @@ impl Layout {
     }
     /// A LayerNorm's weight and bias, adjacent.
     fn block_ln(&self, l: usize, w: usize) -> Range<usize> {
+        self.block_pair(l, w)
+    }
+    /// Block `l`'s tensor `w` and the next one (a weight and its bias), adjacent.
+    fn block_pair(&self, l: usize, w: usize) -> Range<usize> {
         self.block(l, w).start..self.block(l, w + 1).end
     }
     fn tok_emb(&self) -> Range<usize> {
@@ -624,6 +629,32 @@ impl GpuModel {
         pauses: usize,
         objective: &ResolvedObjective,
     ) -> Result<GpuStep> {
+        self.forward_backward_observed(
+            tokens,
+            targets,
+            batch,
+            seq,
+            pauses,
+            objective,
+            &mut Unobserved,
+        )
+    }
+
+    /// [`GpuModel::forward_backward`], telling `observer` each range of the flat
+    /// gradient buffer as soon as the backward has queued its last write (in backward
+    /// order; see [`super::grad_ready`]), e.g. to all-reduce it on another stream
+    /// while the rest of the backward runs. The gradients are the same bits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_observed(
+        &mut self,
+        tokens: &[i32],
+        targets: &[i32],
+        batch: usize,
+        seq: usize,
+        pauses: usize,
+        objective: &ResolvedObjective,
+        observer: &mut dyn GradReady,
+    ) -> Result<GpuStep> {
         check_batch(&self.config, tokens, batch, seq, pauses)?;
         if targets.len() != batch * seq {
             return Err(CybError::Shape(format!(
@@ -688,6 +719,7 @@ impl GpuModel {
                 let head = head_f32.as_mut();
                 step_acts(
                     k, layout, config, params, params, grads, a, &index, loss, head, shape,
+                    observer,
                 )?
             }
             AnyActs::Bf16(a) => {
@@ -695,7 +727,7 @@ impl GpuModel {
                 k.gpu.copy_into(targets, &mut a.targets)?;
                 let head = head_bf16.as_mut();
                 step_acts(
-                    k, layout, config, params, w, grads, a, &index, loss, head, shape,
+                    k, layout, config, params, w, grads, a, &index, loss, head, shape, observer,
                 )?
             }
         };
@@ -876,6 +908,7 @@ fn step_acts<T: GemmElem>(
     loss: &CybLoss,
     head: Option<&mut GpuHead<T>>,
     shape: LossShape,
+    observer: &mut dyn GradReady,
 ) -> Result<StepForward>
 where
     CudaBlas: Gemm<T>,
@@ -937,13 +970,15 @@ where
             StepForward::Unfused(Box::new(fwd))
         }
     };
-    backward(k, lay, c, p, wt, g, a, index)?;
+    backward(k, lay, c, p, wt, g, a, index, observer)?;
     Ok(fwd)
 }
 
 /// The backward from `a.dln` (holding dlnf, the head's gradient) through the
 /// activations, adding to the f32 gradients `g` (zeroed, holding the head's `tok_emb`
-/// gradient; every weight-gradient GEMM accumulates in f32 into f32).
+/// gradient; every weight-gradient GEMM accumulates in f32 into f32). Each
+/// (weight, bias) pair is reported to `observer` right after its last write: the
+/// ranges descend through the buffer (see [`super::grad_ready`]).
 #[allow(clippy::too_many_arguments)]
 fn backward<T: GemmElem>(
     k: &Kernels,
@@ -954,6 +989,7 @@ fn backward<T: GemmElem>(
     g: &mut CudaSlice<f32>,
     a: &mut Acts<T>,
     index: &TokenIndex,
+    observer: &mut dyn GradReady,
 ) -> Result<()>
 where
     CudaBlas: Gemm<T>,
@@ -976,6 +1012,7 @@ where
         n,
         d,
     )?;
+    observer.ready(g, lay.ln_f())?;
     for l in (0..c.n_layer).rev() {
         let b = &a.blocks[l];
         let w = |j: usize| p.slice(lay.block(l, j));
@@ -994,6 +1031,7 @@ where
         )?;
         k.resid
             .colsum(&mut g.slice_mut(lay.block(l, MLP_PROJ_B)), &a.dresid, n, d)?;
+        observer.ready(g, lay.block_pair(l, MLP_PROJ_W))?;
         k.gelu.backward(&mut a.dfc, &b.fc, &a.dgelu, n * 4 * d)?;
         k.linear
             .backward_input(&mut a.dln, &a.dfc, &wm(FC_W), n, d, 4 * d)?;
@@ -1008,6 +1046,7 @@ where
         )?;
         k.resid
             .colsum(&mut g.slice_mut(lay.block(l, FC_B)), &a.dfc, n, 4 * d)?;
+        observer.ready(g, lay.block_pair(l, FC_W))?;
         k.ln.backward(
             &mut a.dresid,
             &mut g.slice_mut(lay.block_ln(l, LN2_W)),
@@ -1019,6 +1058,7 @@ where
             n,
             d,
         )?;
+        observer.ready(g, lay.block_pair(l, LN2_W))?;
         // Attention half (dresid becomes ∂L/∂x, the block input).
         k.linear
             .backward_input(&mut a.datty, &a.dresid, &wm(PROJ_W), n, d, d)?;
@@ -1033,6 +1073,7 @@ where
         )?;
         k.resid
             .colsum(&mut g.slice_mut(lay.block(l, PROJ_B)), &a.dresid, n, d)?;
+        observer.ready(g, lay.block_pair(l, PROJ_W))?;
         k.attn
             .backward(&b.qkv, &b.atty, &a.datty, &b.lse, &mut a.dqkv, dims)?;
         k.linear
@@ -1048,6 +1089,7 @@ where
         )?;
         k.resid
             .colsum(&mut g.slice_mut(lay.block(l, QKV_B)), &a.dqkv, n, 3 * d)?;
+        observer.ready(g, lay.block_pair(l, QKV_W))?;
         k.ln.backward(
             &mut a.dresid,
             &mut g.slice_mut(lay.block_ln(l, LN1_W)),
@@ -1059,6 +1101,7 @@ where
             n,
             d,
         )?;
+        observer.ready(g, lay.block_pair(l, LN1_W))?;
     }
     k.emb.backward(
         &mut g.slice_mut(lay.tables()),
@@ -1066,7 +1109,8 @@ where
         index,
         table_dims(c),
         st,
-    )
+    )?;
+    observer.ready(g, lay.tables())
 }
 
 fn missing_copy() -> CybError {

@@ -2,7 +2,8 @@
 // driver (contexts per thread, memory per device, peer access and copies, faults per
 // context, launches from several host threads at once) and the stand-in NCCL
 // (nccl.cpp: collectives of 2 and 3 ranks in threads against a serial reference, group
-// calls, errors, a rank that never arrives, an injected failure). Linked against the
+// calls, errors, a rank that never arrives, an injected failure, the stream order of
+// queued collectives). Linked against the
 // emulator's libcuda.so.1 and libnccl.so.2 as built by run.sh (the exported symbols are
 // what cudarc finds). Run by run.sh with CYB_EMU_DEVICES=3 in each mode.
 #include <atomic>
@@ -49,6 +50,8 @@ CUresult cuMemcpyPeer(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
 CUresult cuStreamCreate(void **, unsigned);
 CUresult cuStreamDestroy_v2(void *);
 CUresult cuStreamWaitEvent(void *, void *, unsigned);
+CUresult cuStreamSynchronize(void *);
+CUresult cuEventDestroy_v2(void *);
 CUresult cuEventCreate(void **, unsigned);
 CUresult cuEventRecord(void *, void *);
 CUresult cuModuleLoadData(void **, const void *);
@@ -794,6 +797,108 @@ static void nccl_tests() {
     }
 }
 
+// Stream order of the collectives (nccl.cpp "Stream order", driver.cpp "streams"): two
+// rank threads, each with a compute stream A and a communication stream B. The queued
+// collectives make each ordering a program must state observable: without the event
+// wait the numbers come out wrong, with it right.
+static void stream_order_tests() {
+    const int n = 2;
+    ncclUniqueId id;
+    ncclGetUniqueId(&id);
+    // Per rank: x[t] = (r + 1) * (t + 1); sums over the ranks are 3 (t + 1).
+    auto x_of = [](int r) {
+        std::vector<float> x(64);
+        for (int t = 0; t < 64; ++t) x[t] = (float)((r + 1) * (t + 1));
+        return x;
+    };
+    std::vector<std::vector<float>> before_wait(n), after_wait(n), queued_wait(n), late_write(n), chained(n);
+    std::vector<int> rc(n, 0);
+    per_rank(n, [&](int r) {
+        ncclComm_t c = nullptr;
+        if ((rc[r] = ncclCommInitRank(&c, n, id, r))) return;
+        void *mod = nullptr, *fn = nullptr, *a = nullptr, *b = nullptr, *e = nullptr;
+        cuModuleLoadData(&mod, kPtx);
+        cuModuleGetFunction(&fn, mod, "shift_ok");
+        cuStreamCreate(&a, 0);
+        cuStreamCreate(&b, 0);
+        const auto x = x_of(r);
+        DevBuf dx(256), dy(256), dz(256), dw(256);
+        auto shift = [&](CUdeviceptr out, CUdeviceptr in, void *stream) { // out[t] = in[(t + 1) % 64]
+            void *args[] = {&out, &in};
+            rc[r] |= cuLaunchKernel(fn, 1, 1, 1, 64, 1, 1, 0, stream, args, nullptr);
+        };
+        auto host = [&](CUdeviceptr p) {
+            std::vector<float> h(64);
+            cuMemcpyDtoH_v2(h.data(), p, 256);
+            return h;
+        };
+        // 1. The consumer: a kernel on A reads the all-reduced x (B) without waiting for
+        // B, then (second round) after waiting for B's event.
+        cuMemcpyHtoD_v2(dx.p, x.data(), 256);
+        rc[r] |= ncclAllReduce(dx.ptr(), dx.ptr(), 64, kF32, kSum, c, b);
+        shift(dw.p, dx.p, a); // no wait: runs before the queued collective
+        before_wait[r] = host(dw.p);
+        cuMemcpyHtoD_v2(dx.p, x.data(), 256);
+        rc[r] |= ncclAllReduce(dx.ptr(), dx.ptr(), 64, kF32, kSum, c, b);
+        cuEventCreate(&e, 0);
+        rc[r] |= cuEventRecord(e, b);
+        rc[r] |= cuStreamWaitEvent(a, e, 0);
+        shift(dw.p, dx.p, a);
+        after_wait[r] = host(dw.p);
+        // 2. The producer side, B busy: B holds a queued collective (on z), then waits for
+        // A's event recorded behind A's own queued collective (x, in place), then reduces
+        // x into y. Only the queued wait makes y see A's result.
+        cuMemcpyHtoD_v2(dx.p, x.data(), 256);
+        cuMemcpyHtoD_v2(dz.p, x.data(), 256);
+        rc[r] |= ncclAllReduce(dz.ptr(), dz.ptr(), 64, kF32, kSum, c, b);
+        rc[r] |= ncclAllReduce(dx.ptr(), dx.ptr(), 64, kF32, kSum, c, a);
+        rc[r] |= cuEventRecord(e, a);
+        rc[r] |= cuStreamWaitEvent(b, e, 0);
+        rc[r] |= ncclAllReduce(dx.ptr(), dy.ptr(), 64, kF32, kSum, c, b);
+        rc[r] |= cuStreamSynchronize(b);
+        queued_wait[r] = host(dy.p);
+        // 3. A kernel on A writes x after the all-reduce of x was queued on B, B never
+        // having waited for it (a bucket reported final too early): the write is lost.
+        cuMemcpyHtoD_v2(dx.p, x.data(), 256);
+        rc[r] |= ncclAllReduce(dx.ptr(), dx.ptr(), 64, kF32, kSum, c, b);
+        shift(dx.p, dz.p, a);
+        rc[r] |= cuStreamSynchronize(b);
+        late_write[r] = host(dx.p);
+        // 4. Two collectives on B, the second reading the first's output: read when it runs.
+        cuMemcpyHtoD_v2(dx.p, x.data(), 256);
+        rc[r] |= ncclAllReduce(dx.ptr(), dx.ptr(), 64, kF32, kSum, c, b);
+        rc[r] |= ncclAllReduce(dx.ptr(), dy.ptr(), 64, kF32, kSum, c, b);
+        rc[r] |= cuStreamSynchronize(b);
+        chained[r] = host(dy.p);
+        cuEventDestroy_v2(e);
+        cuStreamDestroy_v2(a);
+        cuStreamDestroy_v2(b);
+        ncclCommDestroy(c);
+    });
+    auto shifted = [](const std::vector<float> &v) {
+        std::vector<float> s(64);
+        for (int t = 0; t < 64; ++t) s[t] = v[(t + 1) % 64];
+        return s;
+    };
+    std::vector<float> sum(64), twice(64);
+    for (int t = 0; t < 64; ++t) sum[t] = (float)(3 * (t + 1)), twice[t] = 2 * sum[t];
+    bool ok = rc == std::vector<int>(n, 0);
+    for (int r = 0; r < n && ok; ++r) ok = before_wait[r] == shifted(x_of(r));
+    check(ok, "stream order: a kernel that does not wait for the collective's event reads the old values");
+    ok = rc == std::vector<int>(n, 0);
+    for (int r = 0; r < n && ok; ++r) ok = after_wait[r] == shifted(sum);
+    check(ok, "stream order: after cuStreamWaitEvent on it, the all-reduced values");
+    ok = rc == std::vector<int>(n, 0);
+    for (int r = 0; r < n && ok; ++r) ok = queued_wait[r] == twice;
+    check(ok, "stream order: a collective on B queued behind a wait for A's event sees A's collective");
+    ok = rc == std::vector<int>(n, 0);
+    for (int r = 0; r < n && ok; ++r) ok = late_write[r] == sum;
+    check(ok, "stream order: a write to the input after the call, not waited for, is lost (input read at the call)");
+    ok = rc == std::vector<int>(n, 0);
+    for (int r = 0; r < n && ok; ++r) ok = chained[r] == twice;
+    check(ok, "stream order: a collective reading an earlier queued one's output on its stream sees it");
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "rank")) return child_rank(atoi(argv[2]), atoi(argv[3]), argv[4], argv[5]);
     if (cuInit(0) != 0) {
@@ -802,6 +907,7 @@ int main(int argc, char **argv) {
     }
     driver_tests();
     nccl_tests();
+    stream_order_tests();
     printf("selftest (multi-device, %s): %s\n", getenv("CYB_EMU_SELFTEST_MODE") ? getenv("CYB_EMU_SELFTEST_MODE") : "plain",
            failures ? "FAILED" : "all ok");
     return failures ? 1 : 0;
