@@ -6,7 +6,8 @@
 //! while the rest of the backward runs. The model knows nothing of what the observer
 //! does; without an observer ([`GpuModel::forward_backward`]) nothing is reported.
 //!
-//! **Order.** The flat buffer holds the tensors in the fixed order of SPEC section 7:
+//! **Order.** The flat buffer holds the tensors in the order the checkpoint lists them
+//! (docs/MATH.md, "Checkpoints"; `cyb::cpu::params::tensor_layout`):
 //! `[tok_emb | pos_emb | depth_emb | block 0 | ... | block L-1 | ln_f]`, each block
 //! `[ln1 | qkv | proj | ln2 | fc | mlp.proj]` (weight, bias). The backward runs the
 //! other way: `ln_f`, then block `L-1` down to block 0 (inside a block `mlp.proj`,
