@@ -1015,12 +1015,16 @@ mod gpu_tests {
             .to_step_output()
             .map_err(err)?;
         close("loss", &[got.loss], &[want.loss], 1e-6, loss_tol)?;
+        // E[pauses] of a fresh model is small (~ d_0): its relative error is that of the
+        // DK probabilities, i.e. of the logits (the step's per-element bound), not that of
+        // the loss, a sum dominated by ln V (bf16 with loss_tol = u failed by 4e-3 > u
+        // for one seed in CI).
         close(
             "mean pauses",
             &[got.stats.mean_pauses],
             &[want.stats.mean_pauses],
             1e-6,
-            loss_tol,
+            tol,
         )?;
         let got_g = g.grads_to_cpu().map_err(err)?;
         for ((name, _, gx), (_, _, wx)) in got_g.tensors().iter().zip(want_g.tensors()) {
